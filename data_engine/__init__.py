@@ -1,0 +1,1 @@
+"""drivestack data_engine (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""drivestack perception (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""drivestack planning (built in a later issue)."""

@@ -1,0 +1,94 @@
+"""Action spaces and the low-level controller that turns them into ego controls.
+
+- continuous: Box([-1, 1]^2) = (steer, accel); steer * MAX_STEER is the wheel angle,
+  accel > 0 scales MAX_ACCEL, accel < 0 scales MAX_BRAKE.
+- meta: Discrete(5) = LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER (HighwayEnv order),
+  tracked by pure pursuit on the target lane centre and a PI speed controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gymnasium import spaces
+
+from sim.types import EgoState
+from sim.world.actors import MAX_ACCEL, MAX_BRAKE, MAX_STEER
+from sim.world.road import Road
+
+META_ACTIONS: tuple[str, ...] = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(len(META_ACTIONS))
+SPEED_STEP = 2.5
+"""Target-speed change of one FASTER / SLOWER [m/s]."""
+
+
+def action_space(action_type: str) -> spaces.Space:
+    if action_type == "continuous":
+        return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    if action_type == "meta":
+        return spaces.Discrete(len(META_ACTIONS))
+    raise ValueError(f"action_type={action_type!r}; allowed: 'continuous', 'meta'")
+
+
+def continuous_to_controls(action: np.ndarray) -> tuple[float, float]:
+    """(steer, accel) in [-1, 1] -> (wheel angle [rad], acceleration [m/s^2])."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)
+    if a.shape != (2,):
+        raise ValueError(f"continuous action must have shape (2,), got {np.shape(action)}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+    steer, acc = np.clip(a, -1.0, 1.0)
+    return float(steer * MAX_STEER), float(acc * (MAX_ACCEL if acc > 0 else MAX_BRAKE))
+
+
+def pure_pursuit(ego: EgoState, road: Road, target_d: float, lookahead: float) -> float:
+    """Wheel angle [rad] steering the rear axle toward the point `lookahead` m ahead
+    on the line d = target_d."""
+    px, py, _ = road.to_world(ego.s + lookahead, target_d)
+    dx, dy = float(px) - ego.x, float(py) - ego.y
+    c, s = np.cos(ego.yaw), np.sin(ego.yaw)
+    lx, ly = c * dx + s * dy, -s * dx + c * dy
+    dist2 = max(lx * lx + ly * ly, 1e-6)
+    return float(np.clip(np.arctan(2.0 * ego.wheelbase * ly / dist2), -MAX_STEER, MAX_STEER))
+
+
+@dataclass
+class SpeedController:
+    """PI controller on speed; its memory is part of the episode state."""
+
+    kp: float = 0.8
+    ki: float = 0.1
+    integral: float = 0.0
+
+    def __call__(self, speed: float, target: float, dt: float) -> float:
+        err = target - speed
+        self.integral = float(np.clip(self.integral + err * dt, -5.0, 5.0))
+        return float(np.clip(self.kp * err + self.ki * self.integral, -MAX_BRAKE, MAX_ACCEL))
+
+
+@dataclass
+class MetaController:
+    """Tracks a target lane and a target speed chosen by meta-actions."""
+
+    target_lane: int
+    target_speed: float
+    speed_pid: SpeedController
+
+    def apply(self, action: int, road: Road, speed_limit: float) -> None:
+        a = int(action)
+        if not 0 <= a < len(META_ACTIONS):
+            raise ValueError(f"meta action {action!r} out of range 0..{len(META_ACTIONS) - 1}")
+        if a == LANE_LEFT:
+            self.target_lane = min(self.target_lane + 1, road.n_lanes - 1)
+        elif a == LANE_RIGHT:
+            self.target_lane = max(self.target_lane - 1, 0)
+        elif a == FASTER:
+            self.target_speed = min(self.target_speed + SPEED_STEP, 1.2 * speed_limit)
+        elif a == SLOWER:
+            self.target_speed = max(self.target_speed - SPEED_STEP, 0.0)
+
+    def controls(self, ego: EgoState, road: Road, dt: float) -> tuple[float, float]:
+        lookahead = max(8.0, 1.0 * ego.speed)
+        steer = pure_pursuit(ego, road, float(road.lane_center(self.target_lane)), lookahead)
+        return steer, self.speed_pid(ego.speed, self.target_speed, dt)

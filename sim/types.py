@@ -1,0 +1,188 @@
+"""Plain data types that cross package boundaries (numpy only, no torch).
+
+All quantities are SI (metres, seconds, radians) unless a suffix says otherwise.
+Image coordinates are pixels, x to the right, y down, origin at the top-left corner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ("car", "truck", "pedestrian", "cyclist", "cone")
+"""Class id -> name. Stalled vehicles are cars or trucks with zero speed."""
+
+CAR, TRUCK, PEDESTRIAN, CYCLIST, CONE = range(len(CLASS_NAMES))
+
+MARKING_NAMES: tuple[str, ...] = ("dashed", "solid", "double")
+"""Lane-boundary marking type id -> name."""
+
+DASHED, SOLID, DOUBLE = range(len(MARKING_NAMES))
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """A pinhole camera mounted on the ego, looking forward."""
+
+    width: int = 320
+    """Image width [px]."""
+    height: int = 192
+    """Image height [px]."""
+    fov_deg: float = 70.0
+    """Horizontal field of view [deg]."""
+    mount_height: float = 1.4
+    """Height of the optical centre above the ground [m]."""
+    mount_forward: float = 0.8
+    """Position of the optical centre ahead of the ego's reference point (rear axle) [m]."""
+    pitch_deg: float = 4.0
+    """Downward pitch of the optical axis [deg]."""
+    near: float = 0.5
+    """Near clipping distance [m]."""
+    far: float = 180.0
+    """Far drawing distance [m]."""
+
+    def __post_init__(self) -> None:
+        if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
+            raise ValueError(f"camera size {self.width}x{self.height} must be in 16..4096 px")
+        if not 10.0 <= self.fov_deg <= 150.0:
+            raise ValueError(f"camera fov_deg={self.fov_deg} must be in [10, 150]")
+        if not -30.0 <= self.pitch_deg <= 45.0:
+            raise ValueError(f"camera pitch_deg={self.pitch_deg} must be in [-30, 45]")
+        if self.mount_height <= 0.2:
+            raise ValueError(f"camera mount_height={self.mount_height} must be > 0.2 m")
+
+    @property
+    def focal_px(self) -> float:
+        """Focal length [px] (square pixels)."""
+        return 0.5 * self.width / float(np.tan(np.radians(self.fov_deg) / 2.0))
+
+    @property
+    def K(self) -> np.ndarray:  # noqa: N802 - the usual name for intrinsics
+        """3x3 intrinsic matrix."""
+        f = self.focal_px
+        return np.array(
+            [[f, 0.0, self.width / 2.0], [0.0, f, self.height / 2.0], [0.0, 0.0, 1.0]]
+        )
+
+    @property
+    def horizon_y(self) -> float:
+        """Image row of the horizon of a flat ground [px]."""
+        return self.height / 2.0 - self.focal_px * float(np.tan(np.radians(self.pitch_deg)))
+
+
+@dataclass
+class EgoState:
+    """The ego vehicle: a kinematic bicycle referenced at the rear axle."""
+
+    x: float
+    """World x [m]."""
+    y: float
+    """World y [m]."""
+    yaw: float
+    """Heading [rad], counter-clockwise from world x."""
+    speed: float
+    """Longitudinal speed [m/s]."""
+    steer: float = 0.0
+    """Front-wheel steering angle [rad]."""
+    accel: float = 0.0
+    """Longitudinal acceleration applied in the last step [m/s^2]."""
+    s: float = 0.0
+    """Frenet arc length of the body centre along the road centerline [m]."""
+    d: float = 0.0
+    """Frenet lateral offset of the body centre, left positive [m]."""
+    length: float = 4.6
+    """Body length [m]."""
+    width: float = 1.9
+    """Body width [m]."""
+    wheelbase: float = 2.8
+    """Distance rear axle to front axle [m]."""
+
+
+@dataclass
+class LaneLabels:
+    """Lane boundaries as image polylines sampled at fixed rows (TuSimple style)."""
+
+    rows: np.ndarray
+    """(R,) int image rows at which x is sampled [px]."""
+    xs: np.ndarray
+    """(B, R) float32 x position of each boundary at each row [px]; NaN where absent."""
+    visible: np.ndarray
+    """(B, R) bool: the boundary is in the image and not hidden by an object at that point."""
+    boundary_ids: np.ndarray
+    """(B,) int boundary index, 0 = right road edge, counting to the left."""
+    marking: np.ndarray
+    """(B,) int marking type (see MARKING_NAMES)."""
+    ego_boundaries: tuple[int, int]
+    """Indices (into the B rows) of the right and left boundary of the ego lane."""
+
+
+@dataclass
+class GroundTruth:
+    """Exact labels of one frame, from the instance-id buffer and the geometry."""
+
+    boxes_xyxy: np.ndarray
+    """(N, 4) float32 boxes clipped to the image [px]."""
+    class_ids: np.ndarray
+    """(N,) int64 class ids (see CLASS_NAMES)."""
+    track_ids: np.ndarray
+    """(N,) int64 ids stable over an episode."""
+    distance: np.ndarray
+    """(N,) float32 distance from the camera to the object's nearest footprint point [m]."""
+    visible_fraction: np.ndarray
+    """(N,) float32 visible pixels / pixels of the object drawn alone on an unbounded image."""
+    truncation: np.ndarray
+    """(N,) float32 fraction of the object's silhouette outside the image."""
+    occluded: np.ndarray
+    """(N,) bool: more than half of its in-image silhouette is hidden by something in front."""
+    lanes: LaneLabels
+    """Lane boundary polylines."""
+    ego_lane_offset: float
+    """Ego reference point minus the ego lane centre, left positive [m]."""
+    ego_heading_error: float
+    """Ego yaw minus the road heading [rad]."""
+    ego_lane: int
+    """Index of the lane the ego is in (0 = rightmost)."""
+
+    def __len__(self) -> int:
+        return int(self.boxes_xyxy.shape[0])
+
+
+@dataclass
+class Frame:
+    """One camera frame with its ground truth."""
+
+    image: np.ndarray
+    """(H, W, 3) uint8 RGB."""
+    ground_truth: GroundTruth
+    step: int
+    """Step index within the episode."""
+    ids: np.ndarray | None = None
+    """(H, W) int32 instance-id buffer (see sim.render.raster for the encoding)."""
+
+
+@dataclass
+class Events:
+    """What happened in one step."""
+
+    collision: bool = False
+    """The ego's box overlaps an actor's box."""
+    off_road: bool = False
+    """The ego left the paved road (shoulder included)."""
+    min_ttc: float = float("inf")
+    """Smallest time to collision with an actor ahead in the ego's path [s]."""
+    hard_brake: bool = False
+    """The ego decelerated harder than 4 m/s^2."""
+    npc_collisions: int = 0
+    """Pairs of non-ego actors whose boxes overlap (should stay 0)."""
+    collided_track_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, float | bool | int | list[int]]:
+        return {
+            "collision": self.collision,
+            "off_road": self.off_road,
+            "min_ttc": self.min_ttc,
+            "hard_brake": self.hard_brake,
+            "npc_collisions": self.npc_collisions,
+            "collided_track_ids": list(self.collided_track_ids),
+        }

@@ -1,0 +1,152 @@
+"""Actors as a struct of arrays, the ego's kinematic bicycle, and oriented-box collisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK, EgoState
+
+# Body variants per class; each has a (length, width, height) [m] and an IDM profile.
+BODY_SHAPES: dict[int, tuple[str, ...]] = {
+    CAR: ("sedan", "suv", "van"),
+    TRUCK: ("box_truck", "semi"),
+    PEDESTRIAN: ("adult", "child"),
+    CYCLIST: ("bicycle",),
+    CONE: ("cone",),
+}
+SHAPE_SIZE: dict[str, tuple[float, float, float]] = {
+    "sedan": (4.5, 1.8, 1.45),
+    "suv": (4.8, 1.95, 1.75),
+    "van": (5.2, 2.0, 2.2),
+    "box_truck": (8.0, 2.45, 3.4),
+    "semi": (15.5, 2.55, 3.9),
+    "adult": (0.5, 0.6, 1.75),
+    "child": (0.4, 0.5, 1.25),
+    "bicycle": (1.8, 0.6, 1.75),
+    "cone": (0.4, 0.4, 0.7),
+}
+SHAPE_NAMES: tuple[str, ...] = tuple(SHAPE_SIZE)
+"""Global shape id -> name (the renderer builds each shape from parts)."""
+
+MAX_STEER = 0.55
+"""Largest front-wheel angle [rad]."""
+MAX_ACCEL = 3.0
+"""Ego throttle limit [m/s^2]."""
+MAX_BRAKE = 8.0
+"""Ego brake limit [m/s^2]."""
+
+
+@dataclass
+class ActorTable:
+    """Every non-ego actor, one row each. Positions live in the road's Frenet frame."""
+
+    track_id: np.ndarray
+    """(N,) int64, stable while the actor lives; a respawned actor gets a new one."""
+    cls: np.ndarray
+    """(N,) int64 class id."""
+    shape: np.ndarray
+    """(N,) int64 index into SHAPE_NAMES."""
+    active: np.ndarray
+    """(N,) bool: inactive rows are parked and ignored everywhere."""
+    s: np.ndarray
+    """(N,) arc length [m]."""
+    d: np.ndarray
+    """(N,) lateral offset, left positive [m]."""
+    speed: np.ndarray
+    """(N,) speed along s [m/s] (pedestrians: signed)."""
+    v_lat: np.ndarray
+    """(N,) lateral speed [m/s]."""
+    accel: np.ndarray
+    """(N,) last longitudinal acceleration [m/s^2]."""
+    target_lane: np.ndarray
+    """(N,) int64 lane being driven to (vehicles); -1 for others."""
+    desired_speed: np.ndarray
+    """(N,) IDM desired speed [m/s]."""
+    headway: np.ndarray
+    """(N,) IDM time headway [s]."""
+    lc_timer: np.ndarray
+    """(N,) seconds until the next lane change may start."""
+    cross_state: np.ndarray
+    """(N,) int64 pedestrians: 0 walks along, 1 waits to cross, 2 crosses."""
+    length: np.ndarray
+    """(N,) [m]"""
+    width: np.ndarray
+    """(N,) [m]"""
+    height: np.ndarray
+    """(N,) [m]"""
+    color: np.ndarray
+    """(N, 3) uint8 RGB body colour."""
+
+    def __len__(self) -> int:
+        return int(self.s.shape[0])
+
+    def copy(self) -> ActorTable:
+        return ActorTable(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+
+    @property
+    def yaw_rel(self) -> np.ndarray:
+        """Heading relative to the road [rad]."""
+        walker = self.cls == PEDESTRIAN
+        along = np.where(walker, self.speed, np.maximum(np.abs(self.speed), 3.0))
+        return np.arctan2(self.v_lat, np.where(np.abs(along) > 0.05, along, 0.05))
+
+    @property
+    def is_vehicle(self) -> np.ndarray:
+        """Rows driven by IDM + MOBIL (moving cars, trucks, cyclists)."""
+        return self.active & (self.cls != PEDESTRIAN) & (self.cls != CONE) & (self.desired_speed > 0)
+
+    @staticmethod
+    def empty(n: int) -> ActorTable:
+        z = np.zeros(n)
+        zi = np.zeros(n, dtype=np.int64)
+        return ActorTable(
+            track_id=zi.copy(), cls=zi.copy(), shape=zi.copy(), active=np.zeros(n, bool),
+            s=z.copy(), d=z.copy(), speed=z.copy(), v_lat=z.copy(), accel=z.copy(),
+            target_lane=zi - 1, desired_speed=z.copy(), headway=z + 1.5, lc_timer=z.copy(),
+            cross_state=zi.copy(), length=z + 1.0, width=z + 1.0, height=z + 1.0,
+            color=np.zeros((n, 3), np.uint8),
+        )
+
+
+def step_bicycle(ego: EgoState, steer: float, accel: float, dt: float) -> None:
+    """Advance the ego's kinematic bicycle (rear-axle reference) by dt, in place."""
+    steer = float(np.clip(steer, -MAX_STEER, MAX_STEER))
+    accel = float(np.clip(accel, -MAX_BRAKE, MAX_ACCEL))
+    v0 = ego.speed
+    v1 = max(0.0, v0 + accel * dt)
+    v_mid = 0.5 * (v0 + v1)
+    yaw_mid = ego.yaw + 0.5 * v_mid / ego.wheelbase * np.tan(steer) * dt
+    ego.x += v_mid * np.cos(yaw_mid) * dt
+    ego.y += v_mid * np.sin(yaw_mid) * dt
+    ego.yaw += v_mid / ego.wheelbase * np.tan(steer) * dt
+    ego.accel = (v1 - v0) / dt
+    ego.speed = v1
+    ego.steer = steer
+
+
+def box_corners(
+    cx: np.ndarray, cy: np.ndarray, yaw: np.ndarray, length: np.ndarray, width: np.ndarray
+) -> np.ndarray:
+    """(N, 4, 2) corners of oriented boxes, counter-clockwise from front-left."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    hl, hw = 0.5 * np.asarray(length), 0.5 * np.asarray(width)
+    lx = np.stack([hl, -hl, -hl, hl], axis=-1)
+    ly = np.stack([hw, hw, -hw, -hw], axis=-1)
+    x = np.asarray(cx)[..., None] + lx * c[..., None] - ly * s[..., None]
+    y = np.asarray(cy)[..., None] + lx * s[..., None] + ly * c[..., None]
+    return np.stack([x, y], axis=-1)
+
+
+def boxes_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Separating-axis test for pairs of oriented boxes given as (P, 4, 2) corners."""
+    overlap = np.ones(a.shape[0], dtype=bool)
+    for box in (a, b):
+        edges = box[:, [1, 3]] - box[:, [0, 0]]  # two edge directions per box
+        axes = np.stack([-edges[..., 1], edges[..., 0]], axis=-1)  # (P, 2, 2)
+        pa = np.einsum("pcx,pkx->pkc", a, axes)
+        pb = np.einsum("pcx,pkx->pkc", b, axes)
+        sep = (pa.max(-1) < pb.min(-1)) | (pb.max(-1) < pa.min(-1))
+        overlap &= ~sep.any(-1)
+    return overlap

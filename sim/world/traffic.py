@@ -1,0 +1,196 @@
+"""IDM car following and MOBIL lane changes, vectorized over the actor table.
+
+Every function here is pure numpy over arrays: one row per actor plus one row for the
+ego (which NPCs follow and yield to but never steer). Pairwise quantities are (E, E)
+matrices; with E ~ 50 that is far cheaper than a Python loop over vehicles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.types import CYCLIST, PEDESTRIAN, TRUCK, EgoState
+from sim.world.actors import ActorTable
+from sim.world.road import Road
+
+S0 = 2.5
+"""IDM jam distance [m]."""
+COMFORT_DECEL = 2.5
+"""IDM comfortable deceleration b [m/s^2]."""
+MAX_DECEL = 9.0
+"""Hardest NPC braking [m/s^2]."""
+POLITENESS = 0.3
+"""MOBIL politeness p."""
+LC_THRESHOLD = 0.25
+"""MOBIL incentive threshold [m/s^2]."""
+KEEP_RIGHT_BIAS = 0.1
+"""MOBIL bias toward the right lane [m/s^2]."""
+B_SAFE = 3.5
+"""MOBIL safety limit on the deceleration imposed on the new follower [m/s^2]."""
+LC_COOLDOWN = 6.0
+"""Seconds between two lane changes of one vehicle."""
+LAT_SPEED = 1.1
+"""Largest lateral speed during a lane change [m/s]."""
+PED_SPEED = 1.4
+"""Walking speed [m/s]."""
+
+
+def idm(
+    v: np.ndarray, v0: np.ndarray, headway: np.ndarray, a_max: np.ndarray,
+    gap: np.ndarray, dv: np.ndarray,
+) -> np.ndarray:
+    """Intelligent Driver Model acceleration; gap = inf means a free road."""
+    s_star = S0 + np.maximum(0.0, v * headway + v * dv / (2.0 * np.sqrt(a_max * COMFORT_DECEL)))
+    free = 1.0 - (v / np.maximum(v0, 0.1)) ** 4
+    interaction = (s_star / np.maximum(gap, 0.1)) ** 2
+    return np.maximum(a_max * (free - interaction), -MAX_DECEL)
+
+
+def lane_occupancy(road: Road, d: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """(E, n_lanes) bool: which lanes each footprint overlaps."""
+    bounds = road.boundary_d(np.arange(road.n_lanes + 1))
+    lo = (d - 0.5 * width)[:, None]
+    hi = (d + 0.5 * width)[:, None]
+    return (lo < bounds[None, 1:]) & (hi > bounds[None, :-1])
+
+
+def _nearest(mask: np.ndarray, key: np.ndarray, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the column of the smallest (or largest) key where mask holds; -1 if none."""
+    fill = -np.inf if largest else np.inf
+    k = np.where(mask, key, fill)
+    j = np.argmax(k, axis=1) if largest else np.argmin(k, axis=1)
+    found = mask[np.arange(mask.shape[0]), j]
+    return np.where(found, j, -1), found
+
+
+class _Participants:
+    """Actors plus the ego as the last row, with their pairwise geometry."""
+
+    def __init__(self, actors: ActorTable, road: Road, ego: EgoState) -> None:
+        self.n = len(actors)
+        active = np.append(actors.active, True)
+        self.s = np.append(actors.s, ego.s)
+        self.d = np.append(actors.d, ego.d)
+        self.v = np.append(np.abs(actors.speed), ego.speed)
+        self.length = np.append(actors.length, ego.length)
+        width = np.append(actors.width, ego.width)
+        self.acc = np.append(actors.accel, ego.accel)
+        self.occ = lane_occupancy(road, self.d, width) & active[:, None]
+        self.ds = self.s[None, :] - self.s[:, None]  # ds[i, j] = s_j - s_i
+        self.gap = np.abs(self.ds) - 0.5 * (self.length[:, None] + self.length[None, :])
+        self.not_self = ~np.eye(self.n + 1, dtype=bool)
+
+
+def _a_max(actors: ActorTable) -> np.ndarray:
+    return np.where(actors.cls == TRUCK, 1.0, np.where(actors.cls == CYCLIST, 1.0, 1.8))
+
+
+def _leader_accel(
+    actors: ActorTable, p: _Participants, lanes_of_interest: np.ndarray
+) -> np.ndarray:
+    """IDM acceleration of every actor row with its leader in any lane of interest."""
+    share = (lanes_of_interest.astype(np.float32) @ p.occ.T.astype(np.float32)) > 0
+    ahead = share[: p.n] & (p.ds[: p.n] > 0) & p.not_self[: p.n]
+    j, found = _nearest(ahead, p.ds[: p.n], largest=False)
+    gap = np.where(found, p.gap[np.arange(p.n), j], np.inf)
+    dv = np.where(found, p.v[: p.n] - p.v[j], 0.0)
+    return idm(p.v[: p.n], actors.desired_speed, actors.headway, _a_max(actors), gap, dv)
+
+
+def _mobil(
+    actors: ActorTable, road: Road, p: _Participants, acc_now: np.ndarray, lane: np.ndarray,
+    can_change: np.ndarray,
+) -> np.ndarray:
+    """Target lane chosen by MOBIL for each actor (its current lane if it keeps it)."""
+    rows = np.arange(p.n)
+    best_gain = np.full(p.n, -np.inf)
+    target = lane.copy()
+    a_max = _a_max(actors)
+    for delta, bias in ((1, 0.0), (-1, KEEP_RIGHT_BIAS)):
+        new_lane = lane + delta
+        valid = can_change & (new_lane >= 0) & (new_lane < road.n_lanes)
+        in_new = p.occ[:, np.clip(new_lane, 0, road.n_lanes - 1)].T & p.not_self[: p.n]
+        beside = in_new & (p.gap[: p.n] < 1.0)
+        lead, has_lead = _nearest(in_new & (p.ds[: p.n] > 0), p.ds[: p.n], largest=False)
+        foll, has_foll = _nearest(in_new & (p.ds[: p.n] < 0), p.ds[: p.n], largest=True)
+        gap_l = np.where(has_lead, p.gap[rows, lead], np.inf)
+        dv_l = np.where(has_lead, p.v[: p.n] - p.v[lead], 0.0)
+        a_new = idm(p.v[: p.n], actors.desired_speed, actors.headway, a_max, gap_l, dv_l)
+        f = np.where(has_foll, foll, p.n)  # the ego row stands in when there is none
+        gap_f = np.where(has_foll, p.gap[rows, f], np.inf)
+        v_f = p.v[f]
+        f_v0 = np.where(f < p.n, actors.desired_speed[np.minimum(f, p.n - 1)], v_f + 5.0)
+        a_f_new = idm(v_f, f_v0, 1.5, 1.8, gap_f, v_f - p.v[: p.n])
+        a_f_old = p.acc[f]
+        safe = (a_new > -B_SAFE) & (a_f_new > -B_SAFE) & ~beside.any(axis=1)
+        gain = a_new - acc_now + POLITENESS * np.where(has_foll, a_f_new - a_f_old, 0.0) + bias
+        ok = valid & safe & (gain > LC_THRESHOLD) & (gain > best_gain)
+        best_gain = np.where(ok, gain, best_gain)
+        target = np.where(ok, new_lane, target)
+    return target
+
+
+def step_vehicles(actors: ActorTable, road: Road, ego: EgoState, dt: float) -> None:
+    """One IDM + MOBIL step for every moving vehicle, in place."""
+    veh = actors.is_vehicle
+    if not veh.any():
+        return
+    p = _Participants(actors, road, ego)
+    lane = road.lane_of(actors.d)
+    target = np.where(actors.target_lane >= 0, actors.target_lane, lane)
+    interest = p.occ[: p.n].copy()
+    interest[np.arange(p.n), target] = True
+    acc = _leader_accel(actors, p, interest)
+    settled = np.abs(actors.d - road.lane_center(target)) < 0.3
+    can_change = veh & settled & (actors.lc_timer <= 0) & (actors.cls != CYCLIST)
+    new_target = _mobil(actors, road, p, acc, lane, can_change)
+    changed = new_target != target
+    actors.lc_timer = np.where(changed, LC_COOLDOWN, np.maximum(actors.lc_timer - dt, 0.0))
+    # lateral motion toward the target lane centre (cyclists keep their line)
+    d_goal = np.where(actors.cls == CYCLIST, actors.d, road.lane_center(new_target))
+    v_lat = np.clip(0.9 * (d_goal - actors.d), -LAT_SPEED, LAT_SPEED)
+    v_lat *= np.minimum(1.0, actors.speed / 2.0)  # no sideways creep when stopped
+    v_new = np.maximum(actors.speed + acc * dt, 0.0)
+    actors.s = np.where(veh, actors.s + 0.5 * (actors.speed + v_new) * dt, actors.s)
+    actors.d = np.where(veh, actors.d + v_lat * dt, actors.d)
+    actors.v_lat = np.where(veh, v_lat, actors.v_lat)
+    actors.accel = np.where(veh, acc, actors.accel)
+    actors.speed = np.where(veh, v_new, actors.speed)
+    actors.target_lane = np.where(veh, new_target, actors.target_lane)
+
+
+def step_pedestrians(actors: ActorTable, road: Road, ego: EgoState, dt: float) -> None:
+    """Pedestrians walk along the kerb; those waiting cross when the ego nears and
+    no NPC vehicle is close (the ego must react; NPCs are given room)."""
+    ped = actors.active & (actors.cls == PEDESTRIAN)
+    if not ped.any():
+        return
+    edge = road.paved_half_width + 0.8
+    waiting = ped & (actors.cross_state == 1)
+    near_ego = (actors.s - ego.s > 18.0) & (actors.s - ego.s < 55.0)
+    if (waiting & near_ego).any():
+        veh = actors.is_vehicle
+        ds = actors.s[None, :] - actors.s[:, None]  # vehicle s minus pedestrian s
+        reach = veh[None, :] & (ds < 4.0) & (ds > -(25.0 + 4.0 * actors.speed[None, :]))
+        start = waiting & near_ego & ~reach.any(axis=1)
+        actors.cross_state = np.where(start, 2, actors.cross_state)
+        actors.v_lat = np.where(start, -np.sign(actors.d) * PED_SPEED, actors.v_lat)
+        actors.speed = np.where(start, 0.0, actors.speed)
+    crossing = ped & (actors.cross_state == 2)
+    if crossing.any():  # a crossing pedestrian waits while a vehicle stands in its way
+        vs = np.append(actors.s, ego.s)[None, :]
+        vd = np.append(actors.d, ego.d)[None, :]
+        other = np.append(actors.active & (actors.cls != PEDESTRIAN), True)[None, :]
+        half_l = 0.5 * np.append(actors.length, ego.length)[None, :] + 0.8
+        half_w = 0.5 * np.append(actors.width, ego.width)[None, :] + 1.0
+        ahead = (vd - actors.d[:, None]) * np.sign(actors.v_lat)[:, None]
+        blocked = other & (np.abs(vs - actors.s[:, None]) < half_l) & (ahead > 0) & (ahead < half_w)
+        stop = crossing & blocked.any(axis=1)
+    else:
+        stop = crossing
+    done = crossing & (np.abs(actors.d) > edge) & (np.sign(actors.d) == np.sign(actors.v_lat))
+    actors.cross_state = np.where(done, 0, actors.cross_state)
+    actors.speed = np.where(done, PED_SPEED * np.sign(actors.d), actors.speed)
+    actors.v_lat = np.where(done, 0.0, actors.v_lat)
+    actors.s = np.where(ped, actors.s + actors.speed * dt, actors.s)
+    actors.d = np.where(ped & ~stop, actors.d + actors.v_lat * dt, actors.d)

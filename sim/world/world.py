@@ -1,0 +1,240 @@
+"""The world: road, clutter, ego and actors, advanced one fixed step at a time.
+
+All mutable state lives in one `WorldState` (ego, actor table, clock, the world's random
+generator state), so `get_state()` / `set_state()` restore an episode exactly. The road
+and clutter are rebuilt from the scenario seed, not stored.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sim.config import Scenario
+from sim.types import CONE, CYCLIST, PEDESTRIAN, EgoState, Events
+from sim.world.actors import ActorTable, box_corners, boxes_overlap, step_bicycle
+from sim.world.road import Road, make_road
+from sim.world.scenario import (
+    Clutter,
+    make_clutter,
+    place_cyclist,
+    place_pedestrian,
+    place_static,
+    place_vehicle,
+)
+from sim.world.traffic import step_pedestrians, step_vehicles
+
+BEHIND = 120.0
+"""Actors further than this behind the ego are recycled [m]."""
+AHEAD = 420.0
+"""Actors further than this ahead of the ego are recycled [m]."""
+HARD_BRAKE = 4.0
+"""Deceleration counted as a hard brake [m/s^2]."""
+CONES_PER_GROUP = 8
+
+
+@dataclass
+class WorldState:
+    """Everything that changes during an episode (picklable)."""
+
+    scenario: Scenario
+    ego: EgoState
+    actors: ActorTable
+    step: int = 0
+    time: float = 0.0
+    next_track_id: int = 1
+    rng_state: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Room for the env's own state (controller memory, reward memory)."""
+
+
+class World:
+    """Road + actors + ego physics. Knows nothing about cameras or gymnasium."""
+
+    def __init__(self, scenario: Scenario, dt: float = 1.0 / 15.0) -> None:
+        if dt <= 0:
+            raise ValueError(f"dt={dt} must be > 0")
+        self.dt = dt
+        self._build(scenario)
+        self.state = self._initial_state(scenario)
+
+    # -- construction --------------------------------------------------------------
+    def _build(self, scenario: Scenario) -> None:
+        rng = np.random.default_rng([scenario.seed, 0xD0AD])
+        self.scenario = scenario
+        self.road: Road = make_road(
+            rng, n_lanes=scenario.n_lanes, lane_width=scenario.lane_width,
+            shoulder_width=scenario.shoulder_width, min_radius=scenario.min_radius,
+            route_length=scenario.road_length, family=scenario.family,
+        )
+        self.clutter: Clutter = make_clutter(rng, self.road, scenario.clutter)
+
+    def _initial_state(self, sc: Scenario) -> WorldState:
+        rng = np.random.default_rng([sc.seed, 0xAC7])
+        road = self.road
+        lane = int(rng.integers(road.n_lanes))
+        x, y, h = road.to_world(0.0, road.lane_center(lane))
+        ego = EgoState(x=0.0, y=0.0, yaw=float(h), speed=0.7 * sc.speed_limit,
+                       s=0.0, d=float(road.lane_center(lane)))
+        ego.x = float(x) - 0.5 * ego.wheelbase * np.cos(h)
+        ego.y = float(y) - 0.5 * ego.wheelbase * np.sin(h)
+        n_static = sc.n_cone_groups * CONES_PER_GROUP + sc.n_stalled
+        n = sc.n_vehicles + sc.n_cyclists + sc.n_pedestrians + n_static
+        actors = ActorTable.empty(n)
+        state = WorldState(scenario=sc, ego=ego, actors=actors)
+        row = 0
+        for _ in range(sc.n_vehicles):
+            place_vehicle(actors, row, rng, road, ego, sc, (-70.0, 260.0), self._new_id(state))
+            row += 1
+        for _ in range(sc.n_cyclists):
+            place_cyclist(actors, row, rng, road, ego, (30.0, 250.0), self._new_id(state))
+            row += 1
+        for _ in range(sc.n_pedestrians):
+            place_pedestrian(actors, row, rng, road, sc, (25.0, 250.0), self._new_id(state))
+            row += 1
+        static_s = np.sort(rng.uniform(90.0, max(120.0, min(600.0, sc.road_length - 50)),
+                                       sc.n_cone_groups + sc.n_stalled))
+        kinds = rng.permutation([False] * sc.n_cone_groups + [True] * sc.n_stalled)
+        for s0, stalled in zip(static_s, kinds, strict=True):
+            k = 1 if stalled else CONES_PER_GROUP
+            rows = list(range(row, row + k))
+            place_static(actors, rows, rng, road, ego, float(s0), bool(stalled),
+                         [self._new_id(state) for _ in rows])
+            row += k
+        state.rng_state = rng.bit_generator.state
+        return state
+
+    @staticmethod
+    def _new_id(state: WorldState) -> int:
+        state.next_track_id += 1
+        return state.next_track_id - 1
+
+    # -- state ---------------------------------------------------------------------
+    def get_state(self) -> WorldState:
+        """A deep copy of the mutable state."""
+        return copy.deepcopy(self.state)
+
+    def set_state(self, state: WorldState) -> None:
+        """Restore a state from `get_state()` (rebuilds road and clutter if needed)."""
+        if not isinstance(state, WorldState):
+            raise TypeError(f"expected a WorldState, got {type(state).__name__}")
+        if state.scenario != self.scenario:
+            self._build(state.scenario)
+        self.state = copy.deepcopy(state)
+
+    # -- stepping ------------------------------------------------------------------
+    def step(self, steer: float, accel: float) -> Events:
+        """Advance by dt with the ego's front-wheel angle [rad] and acceleration [m/s^2]."""
+        st, road = self.state, self.road
+        ego = st.ego
+        step_bicycle(ego, steer, accel, self.dt)
+        off = 0.5 * ego.wheelbase  # Frenet coordinates refer to the body centre
+        s, d = road.to_frenet(ego.x + off * np.cos(ego.yaw), ego.y + off * np.sin(ego.yaw), ego.s)
+        ego.s, ego.d = float(s[0]), float(d[0])
+        step_vehicles(st.actors, road, ego, self.dt)
+        step_pedestrians(st.actors, road, ego, self.dt)
+        self._recycle()
+        st.step += 1
+        st.time += self.dt
+        return self.events()
+
+    def _recycle(self) -> None:
+        """Respawn moving actors that fell out of the window around the ego."""
+        st, road, sc = self.state, self.road, self.scenario
+        a, ego = st.actors, st.ego
+        rel = a.s - ego.s
+        moving = (a.cls != CONE) & ((a.desired_speed > 0) | (a.cls == PEDESTRIAN))
+        out = (rel < -BEHIND) | (rel > AHEAD) | (a.s > road.s_max - 40.0)
+        static_gone = a.active & ~moving & (rel < -BEHIND)
+        a.active[static_gone] = False
+        todo = np.flatnonzero((a.active & moving & out) | (~a.active & moving))
+        if todo.size == 0:
+            return
+        rng = np.random.default_rng()
+        rng.bit_generator.state = st.rng_state
+        ahead = (ego.s + 180.0, min(ego.s + 320.0, road.s_max - 60.0))
+        for i in todo[:2]:  # a couple per step keeps the cost flat
+            if ahead[0] >= ahead[1]:
+                a.active[i] = False
+                continue
+            tid = self._new_id(st)
+            if a.cls[i] == PEDESTRIAN:
+                place_pedestrian(a, int(i), rng, road, sc, ahead, tid)
+            elif a.cls[i] == CYCLIST:
+                place_cyclist(a, int(i), rng, road, ego, ahead, tid)
+            else:
+                behind = rel[i] > AHEAD and ego.s - 110.0 > road.s[0]
+                span = (ego.s - 110.0, ego.s - 80.0) if behind else ahead
+                place_vehicle(a, int(i), rng, road, ego, sc, span, tid)
+        st.rng_state = rng.bit_generator.state
+
+    # -- geometry ------------------------------------------------------------------
+    def actor_poses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World x, y, yaw of every actor row."""
+        a = self.state.actors
+        x, y, h = self.road.to_world(a.s, a.d)
+        return x, y, h + a.yaw_rel
+
+    def ego_box(self) -> np.ndarray:
+        """(4, 2) corners of the ego's body."""
+        e = self.state.ego
+        off = 0.5 * e.wheelbase
+        cx, cy = e.x + off * np.cos(e.yaw), e.y + off * np.sin(e.yaw)
+        return box_corners(np.array([cx]), np.array([cy]), np.array([e.yaw]),
+                           np.array([e.length]), np.array([e.width]))[0]
+
+    def events(self) -> Events:
+        """Collisions, off-road, time to collision and hard braking, now."""
+        st, road = self.state, self.road
+        a, ego = st.actors, st.ego
+        ev = Events()
+        ev.off_road = abs(ego.d) > road.paved_half_width
+        ev.hard_brake = ego.accel < -HARD_BRAKE
+        idx = np.flatnonzero(a.active)
+        if idx.size == 0:
+            return ev
+        x, y, yaw = self.actor_poses()
+        x, y, yaw = x[idx], y[idx], yaw[idx]
+        corners = box_corners(x, y, yaw, a.length[idx], a.width[idx])
+        e_box = self.ego_box()
+        ecx, ecy = e_box[:, 0].mean(), e_box[:, 1].mean()
+        reach = 0.5 * np.hypot(a.length[idx], a.width[idx]) + 0.5 * np.hypot(ego.length, ego.width)
+        cand = np.flatnonzero(np.hypot(x - ecx, y - ecy) < reach)
+        if cand.size:
+            hit = boxes_overlap(np.repeat(e_box[None], cand.size, 0), corners[cand])
+            ev.collided_track_ids = [int(t) for t in a.track_id[idx[cand[hit]]]]
+            ev.collision = bool(hit.any())
+        ev.npc_collisions = _count_npc_overlaps(
+            x, y, corners, a.length[idx], a.width[idx], a.cls[idx] == PEDESTRIAN
+        )
+        ev.min_ttc = _min_ttc(a, idx, ego)
+        return ev
+
+
+def _count_npc_overlaps(
+    x: np.ndarray, y: np.ndarray, corners: np.ndarray, length: np.ndarray, width: np.ndarray,
+    walker: np.ndarray,
+) -> int:
+    """Overlapping pairs of actors; two pedestrians passing each other do not count."""
+    r = 0.5 * np.hypot(length, width)
+    dist = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    near = (dist < r[:, None] + r[None, :]) & ~(walker[:, None] & walker[None, :])
+    i, j = np.nonzero(np.triu(near, k=1))
+    if i.size == 0:
+        return 0
+    return int(boxes_overlap(corners[i], corners[j]).sum())
+
+
+def _min_ttc(a: ActorTable, idx: np.ndarray, ego: EgoState) -> float:
+    """Smallest gap / closing speed over actors ahead in the ego's corridor [s]."""
+    ds = a.s[idx] - ego.s
+    lateral = np.abs(a.d[idx] - ego.d) < 0.5 * (a.width[idx] + ego.width) + 0.2
+    gap = ds - 0.5 * (a.length[idx] + ego.length)
+    closing = ego.speed - a.speed[idx]
+    mask = lateral & (ds > 0) & (closing > 0.1)
+    if not mask.any():
+        return float("inf")
+    return float(np.min(np.maximum(gap[mask], 0.0) / closing[mask]))
