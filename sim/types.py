@@ -6,7 +6,8 @@ Image coordinates are pixels, x to the right, y down, origin at the top-left cor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ MARKING_NAMES: tuple[str, ...] = ("dashed", "solid", "double")
 """Lane-boundary marking type id -> name."""
 
 DASHED, SOLID, DOUBLE = range(len(MARKING_NAMES))
+
+ABSENT = -2.0
+"""Lane x value where a boundary is absent at a row (TuSimple's convention)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class CameraSpec:
     """Horizontal field of view [deg]."""
     mount_height: float = 1.4
     """Height of the optical centre above the ground [m]."""
-    mount_forward: float = 0.8
+    mount_forward: float = 1.8
     """Position of the optical centre ahead of the ego's reference point (rear axle) [m]."""
     pitch_deg: float = 4.0
     """Downward pitch of the optical axis [deg]."""
@@ -106,7 +110,8 @@ class LaneLabels:
     rows: np.ndarray
     """(R,) int image rows at which x is sampled [px]."""
     xs: np.ndarray
-    """(B, R) float32 x position of each boundary at each row [px]; NaN where absent."""
+    """(B, R) float32 x position of each boundary at each row [px]; ABSENT (-2, as in
+    TuSimple) where the boundary is not in the image at that row."""
     visible: np.ndarray
     """(B, R) bool: the boundary is in the image and not hidden by an object at that point."""
     boundary_ids: np.ndarray
@@ -115,6 +120,8 @@ class LaneLabels:
     """(B,) int marking type (see MARKING_NAMES)."""
     ego_boundaries: tuple[int, int]
     """Indices (into the B rows) of the right and left boundary of the ego lane."""
+    painted: np.ndarray
+    """(B, R) bool: paint lies under that point (False in the gaps of a dashed line)."""
 
 
 @dataclass
@@ -146,6 +153,12 @@ class GroundTruth:
 
     def __len__(self) -> int:
         return int(self.boxes_xyxy.shape[0])
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict of arrays (lanes nested), as put in `info["ground_truth"]`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lanes"}
+        out["lanes"] = {f.name: getattr(self.lanes, f.name) for f in fields(self.lanes)}
+        return out
 
 
 @dataclass

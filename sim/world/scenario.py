@@ -62,8 +62,10 @@ def make_clutter(rng: np.random.Generator, road: Road, style: str) -> Clutter:
     setback = np.where(kind == 1, rng.uniform(0.8, 1.6, n), setback)
     d = side * (edge + setback)
     size = np.stack([
-        np.select([kind == 2, kind == 0, kind == 4], [rng.uniform(10, 25, n), 2.8, 1.6], 0.3),
-        np.select([kind == 2, kind == 0, kind == 4], [rng.uniform(8, 12, n), 2.8, 1.6], 0.3),
+        np.select([kind == 2, kind == 0, kind == 4, kind == 3],
+                  [rng.uniform(10, 25, n), 2.8, 1.6, 0.15], 0.3),
+        np.select([kind == 2, kind == 0, kind == 4, kind == 3],
+                  [rng.uniform(8, 12, n), 2.8, 1.6, 1.2], 0.3),
         np.select(
             [kind == 2, kind == 0, kind == 1, kind == 3, kind == 4],
             [rng.uniform(6, 20, n), rng.uniform(5, 9, n), rng.uniform(6, 9, n), 2.8, 1.0],

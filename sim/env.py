@@ -1,0 +1,205 @@
+"""DrivingEnv: gymnasium orchestration of world, actions, camera, labels and rewards.
+
+The env only wires the pieces: physics lives in `sim.world`, drawing in `sim.render`,
+rewards in `sim.rewards`. It knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from sim.actions import MetaController, SpeedController, action_space, continuous_to_controls
+from sim.config import ScenarioConfig, family_config, sample_scenario
+from sim.observation import STATE_DIM, STATE_LIMIT, state_vector
+from sim.render.birdseye import birdseye
+from sim.render.labels import ground_truth
+from sim.render.raster import Renderer
+from sim.rewards import RewardWeights, reward_terms, total_reward
+from sim.types import CameraSpec, Frame, GroundTruth
+from sim.world.world import World, WorldState
+
+OBS_TYPES = ("camera", "state", "dict")
+
+
+class DrivingEnv(gym.Env):
+    """A driving episode on a procedurally generated road, seen by a forward camera.
+
+    Args:
+        scenario: a `ScenarioConfig` (or a dict of its fields); defaults to `family`'s.
+        family: scenario family used when `scenario` is None: highway, rural or urban.
+        obs_type: "camera" (uint8 HxWx3), "state" (float32 vector) or "dict" of both.
+        action_type: "continuous" (steer, accel in [-1, 1]) or "meta" (Discrete(5)).
+        render_mode: None or "rgb_array" (bird's-eye view with the camera inset).
+        camera: a `CameraSpec` (or dict of its fields).
+        dt: simulation step [s].
+        reward_weights: weights of the named reward terms (see `RewardWeights`).
+        labels: compute `info["ground_truth"]` every step; None means "when the camera
+            is rendered anyway" (camera and dict observations).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+
+    def __init__(
+        self,
+        scenario: ScenarioConfig | dict[str, Any] | None = None,
+        family: str = "highway",
+        obs_type: str = "camera",
+        action_type: str = "continuous",
+        render_mode: str | None = None,
+        camera: CameraSpec | dict[str, Any] | None = None,
+        dt: float = 1.0 / 15.0,
+        reward_weights: dict[str, float] | None = None,
+        labels: bool | None = None,
+    ) -> None:
+        if obs_type not in OBS_TYPES:
+            raise ValueError(f"obs_type={obs_type!r}; allowed: {', '.join(OBS_TYPES)}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r}; allowed: None, 'rgb_array'")
+        if scenario is None:
+            scenario = family_config(family)
+        elif isinstance(scenario, dict):
+            scenario = ScenarioConfig.model_validate(scenario)
+        self.config: ScenarioConfig = scenario
+        self.camera_spec = CameraSpec(**camera) if isinstance(camera, dict) else (
+            camera or CameraSpec())
+        self.obs_type = obs_type
+        self.action_type = action_type
+        self.render_mode = render_mode
+        self.dt = float(dt)
+        self.reward_weights = RewardWeights.from_dict(reward_weights)
+        self.labels = obs_type != "state" if labels is None else bool(labels)
+        self.action_space = action_space(action_type)
+        h, w = self.camera_spec.height, self.camera_spec.width
+        cam_space = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
+        state_space = spaces.Box(-STATE_LIMIT, STATE_LIMIT, shape=(STATE_DIM,), dtype=np.float32)
+        self.observation_space = {"camera": cam_space, "state": state_space,
+                                  "dict": spaces.Dict({"camera": cam_space,
+                                                       "state": state_space})}[obs_type]
+        self.renderer = Renderer(self.camera_spec)
+        self.world: World | None = None
+        self.frame: Frame | None = None
+        self._controller: MetaController | None = None
+        self._prev_accel = 0.0
+
+    # -- gymnasium API -----------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        sc_seed = options.get("scenario_seed")
+        if sc_seed is None:
+            sc_seed = int(self.np_random.integers(0, 2**31 - 1))
+        scenario = sample_scenario(self.config, int(sc_seed))
+        self.world = World(scenario, self.dt)
+        ego = self.world.state.ego
+        self._controller = MetaController(
+            target_lane=int(self.world.road.lane_of(ego.d)), target_speed=ego.speed,
+            speed_pid=SpeedController())
+        self._prev_accel = 0.0
+        events = self.world.events()
+        obs = self._observe()
+        info = self._info(events, {})
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        world = self._require_world()
+        steer, accel = self._controls(action)
+        self._prev_accel = world.state.ego.accel
+        events = world.step(steer, accel)
+        terms = reward_terms(world, events, self._prev_accel)
+        reward = total_reward(terms, self.reward_weights)
+        terminated = bool(events.collision or events.off_road)
+        st = world.state
+        truncated = bool(st.time >= world.scenario.episode_seconds - 1e-9
+                         or st.ego.s >= world.road.route_length)
+        obs = self._observe()
+        return obs, reward, terminated, truncated, self._info(events, terms)
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        world = self._require_world()
+        if self.frame is None or self.frame.step != world.state.step:
+            self._render_frame()
+        assert self.frame is not None
+        return birdseye(world, self.frame.image)
+
+    # -- state -------------------------------------------------------------------------
+    def get_state(self) -> WorldState:
+        """A picklable snapshot of the episode (world + controller memory)."""
+        world = self._require_world()
+        state = world.get_state()
+        state.extra = {"controller": copy.deepcopy(self._controller),
+                       "prev_accel": self._prev_accel}
+        return state
+
+    def set_state(self, state: WorldState) -> None:
+        """Restore a snapshot from `get_state()`; the same actions then give the same
+        frames, labels and rewards."""
+        if not isinstance(state, WorldState):
+            raise TypeError(f"set_state expects a WorldState, got {type(state).__name__}")
+        if self.world is None:
+            self.world = World(state.scenario, self.dt)
+        self.world.set_state(state)
+        self._controller = copy.deepcopy(state.extra.get("controller"))
+        self._prev_accel = float(state.extra.get("prev_accel", 0.0))
+        self.frame = None
+
+    # -- internals ---------------------------------------------------------------------
+    def _require_world(self) -> World:
+        if self.world is None:
+            raise RuntimeError("call reset() before step(), render() or get_state()")
+        return self.world
+
+    def _controls(self, action: Any) -> tuple[float, float]:
+        if self.action_type == "continuous":
+            return continuous_to_controls(action)
+        world = self._require_world()
+        a = np.asarray(action, dtype=np.float64)
+        if a.size != 1 or not np.isfinite(a).all() or float(a.item()) != int(a.item()):
+            raise ValueError(f"meta action must be one integer in 0..4, got {action!r}")
+        assert self._controller is not None
+        self._controller.apply(int(a), world.road, world.scenario.speed_limit)
+        return self._controller.controls(world.state.ego, world.road, self.dt)
+
+    def _render_frame(self) -> Frame:
+        world = self._require_world()
+        out = self.renderer.render(world)
+        gt = ground_truth(world, out, self.renderer.camera)
+        self.frame = Frame(image=out.image, ground_truth=gt, step=world.state.step, ids=out.ids)
+        return self.frame
+
+    def _observe(self) -> Any:
+        world = self._require_world()
+        self.frame = None
+        if self.obs_type != "state" or self.labels:
+            self._render_frame()
+        if self.obs_type == "state":
+            return state_vector(world)
+        assert self.frame is not None
+        if self.obs_type == "camera":
+            return self.frame.image
+        return {"camera": self.frame.image, "state": state_vector(world)}
+
+    def _info(self, events: Any, terms: dict[str, float]) -> dict[str, Any]:
+        world = self._require_world()
+        ego = world.state.ego
+        info: dict[str, Any] = {
+            "events": events.as_dict(),
+            "rewards": terms,
+            "step": world.state.step,
+            "speed": ego.speed,
+            "route_completion": float(np.clip(ego.s / world.road.route_length, 0.0, 1.0)),
+            "scenario": asdict(world.scenario),
+        }
+        if self.frame is not None:
+            gt: GroundTruth = self.frame.ground_truth
+            info["ground_truth"] = gt.as_dict()
+        return info
