@@ -26,7 +26,7 @@ from sim.render.shapes import (
     part_vertices,
     shape_table,
 )
-from sim.types import CAR, DOUBLE, SOLID, TRUCK, CameraSpec
+from sim.types import CAR, DASHED, DOUBLE, TRUCK, CameraSpec
 from sim.world.actors import SHAPE_NAMES, box_corners
 from sim.world.scenario import CLUTTER_KINDS
 from sim.world.world import World
@@ -113,67 +113,84 @@ class Renderer:
         return out
 
     # -- ground ---------------------------------------------------------------------
-    def _fill_ground(self, polys: list[np.ndarray], img: np.ndarray, ids: np.ndarray,
-                     color: tuple[int, int, int], id_value: int) -> None:
-        """Clip ground polygons (K, 3 world) to the near plane, project and fill."""
-        pts = []
-        for poly in polys:
-            pc = clip_near(self.camera.to_camera(poly), self.spec.near)
-            if len(pc) >= 3:
-                pts.append(np.round(self.camera.project(pc) * SCALE).astype(np.int32))
-        if pts:
-            cv2.fillPoly(img, pts, color, cv2.LINE_8, SHIFT)
-            cv2.fillPoly(ids, pts, id_value, cv2.LINE_8, SHIFT)
+    def _project_polys(self, pc: np.ndarray) -> list[np.ndarray]:
+        """Camera-frame polygons (Q, K, 3) -> fixed-point pixel polygons, near-clipped."""
+        near = self.spec.near
+        z_ok = pc[..., 2] >= near
+        front = z_ok.all(axis=1)
+        polys = list(np.round(self.camera.project(pc[front]) * SCALE).astype(np.int32))
+        for q in np.flatnonzero(~front & z_ok.any(axis=1)):
+            c = clip_near(pc[q], near)
+            if len(c) >= 3:
+                polys.append(np.round(self.camera.project(c) * SCALE).astype(np.int32))
+        return polys
 
-    def _strip(self, world: World, s: np.ndarray, d0: float, d1: float, z: float = 0.0,
-               z1: float | None = None) -> np.ndarray:
-        """Polygon of a band between offsets d0 and d1 (or a wall from z to z1 at d0)."""
-        road = world.road
-        xa, ya, _ = road.to_world(s, d0)
-        if z1 is None:
-            xb, yb, _ = road.to_world(s, d1)
-            za = zb = np.full(s.shape, z)
-        else:
-            xb, yb = xa, ya
-            za, zb = np.full(s.shape, z), np.full(s.shape, z1)
-        a = np.stack([xa, ya, za], axis=1)
-        b = np.stack([xb, yb, zb], axis=1)[::-1]
-        return np.concatenate([a, b])
+    def _strip_poly(self, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+        """Polygon between two camera-frame polylines (S, 3) running away from the camera."""
+        near = self.spec.near
+        ca, cb = _clip_start(a, near), _clip_start(b, near)
+        if ca is None or cb is None:  # the road bends behind the camera: clip in general
+            return self._project_polys(np.concatenate([a, b[::-1]])[None])
+        poly = np.concatenate([ca, cb[::-1]])
+        if len(poly) < 3:
+            return []
+        return [np.round(self.camera.project(poly) * SCALE).astype(np.int32)]
+
+    def _lines(self, world: World, s: np.ndarray, d: np.ndarray, z: float = 0.0) -> np.ndarray:
+        """Camera-frame points (K, S, 3) of the lines at offsets d, sampled at s."""
+        x, y, _ = world.road.to_world(s[None, :], d[:, None])
+        pts = np.stack([x, y, np.full(x.shape, z)], axis=-1)
+        return self.camera.to_camera(pts)
+
+    def _fill(self, polys: list[np.ndarray], img: np.ndarray, ids: np.ndarray,
+              color: tuple[int, int, int], id_value: int) -> None:
+        if polys:
+            cv2.fillPoly(img, polys, color, cv2.LINE_8, SHIFT)
+            cv2.fillPoly(ids, polys, id_value, cv2.LINE_8, SHIFT)
 
     def _draw_road(self, world: World, img: np.ndarray, ids: np.ndarray, cond: Conditions) -> None:
         road, ego, pal = world.road, world.state.ego, cond.palette
         s = np.clip(ego.s + _ROAD_OFFSETS[_ROAD_OFFSETS < self.spec.far], road.s[0], road.s_max)
         pw, hw = road.paved_half_width, road.half_width
-        self._fill_ground([self._strip(world, s, -pw, pw)], img, ids, pal.shoulder, ID_SHOULDER)
-        self._fill_ground([self._strip(world, s, -hw, hw)], img, ids, pal.road, ID_ROAD)
+        edges = self._lines(world, s, np.array([-pw, pw, -hw, hw]))
+        self._fill(self._strip_poly(edges[0], edges[1]), img, ids, pal.shoulder, ID_SHOULDER)
+        self._fill(self._strip_poly(edges[2], edges[3]), img, ids, pal.road, ID_ROAD)
         near_s = np.append(s[s < ego.s + MARKING_RANGE], ego.s + MARKING_RANGE)
         for j, kind in enumerate(road.markings):
             d = float(road.boundary_d(j))
             color = pal.yellow if kind == DOUBLE else pal.marking
-            if kind == DOUBLE:
-                offs = [d - 0.13 * np.sign(d or 1.0), d + 0.05 * np.sign(d or 1.0)]
-                polys = [self._strip(world, near_s, o - 0.06, o + 0.06) for o in offs]
-            elif kind == SOLID:
-                polys = [self._strip(world, near_s, d - MARK_WIDTH / 2, d + MARK_WIDTH / 2)]
-            else:
+            if kind == DASHED:
                 polys = self._dashes(world, d)
-            self._fill_ground(polys, img, ids, color, ID_MARKING - j)
+            else:
+                if kind == DOUBLE:
+                    out = np.sign(d or 1.0)
+                    offs = np.array([-0.19, -0.07, 0.05, 0.17]) * out + d
+                else:
+                    offs = np.array([d - MARK_WIDTH / 2, d + MARK_WIDTH / 2])
+                lines = self._lines(world, near_s, offs)
+                polys = []
+                for k in range(0, len(offs), 2):
+                    polys += self._strip_poly(lines[k], lines[k + 1])
+            self._fill(polys, img, ids, color, ID_MARKING - j)
         for side in world.clutter.rail_sides:
-            d_rail = side * (pw + 0.6)
-            rail = self._strip(world, s[s < ego.s + 120.0], d_rail, d_rail, 0.35, 0.8)
-            self._fill_ground([rail], img, ids, (150, 152, 150), ID_RAIL)
+            d_rail = np.array([side * (pw + 0.6)])
+            rs = s[s < ego.s + 120.0]
+            lo, hi = self._lines(world, rs, d_rail, 0.35)[0], self._lines(world, rs, d_rail, 0.8)[0]
+            self._fill(self._strip_poly(lo, hi), img, ids, (150, 152, 150), ID_RAIL)
 
     def _dashes(self, world: World, d: float) -> list[np.ndarray]:
         road, ego = world.road, world.state.ego
         first = np.floor((ego.s - 8.0) / road.dash_period) * road.dash_period
-        starts = first + road.dash_period * np.arange(int((MARKING_RANGE + 8.0) / road.dash_period) + 1)
-        starts = starts[starts < ego.s + MARKING_RANGE]
-        starts = starts[starts + road.dash_length < road.s_max]
-        polys = []
-        for s0 in starts:
-            polys.append(self._strip(world, np.array([s0, s0 + road.dash_length]),
-                                     d - MARK_WIDTH / 2, d + MARK_WIDTH / 2))
-        return polys
+        n = int((MARKING_RANGE + 8.0) / road.dash_period) + 1
+        starts = first + road.dash_period * np.arange(n)
+        starts = starts[(starts < ego.s + MARKING_RANGE) & (starts + road.dash_length < road.s_max)]
+        if starts.size == 0:
+            return []
+        s = np.stack([starts, starts + road.dash_length, starts + road.dash_length, starts], 1)
+        dd = np.array([-1.0, -1.0, 1.0, 1.0]) * MARK_WIDTH / 2 + d
+        x, y, _ = road.to_world(s, dd[None, :])
+        pc = self.camera.to_camera(np.stack([x, y, np.zeros_like(x)], axis=-1))
+        return self._project_polys(pc)
 
     def _draw_shadows(self, world: World, img: np.ndarray, cond: Conditions) -> None:
         if cond.time_of_day == "night":
@@ -221,13 +238,13 @@ class Renderer:
         sel = np.flatnonzero(keep)[order]
         return shape[sel], x[sel], y[sel], yaw[sel], size[sel], color[sel], idv[sel], depth[sel]
 
-    def _draw_objects(self, world: World, out: RenderOutput, cond: Conditions) -> None:
-        shape, x, y, yaw, size, color, idv, depth = self._visible_objects(world)
-        if shape.size == 0:
-            return
+    def _object_faces(self, shape: np.ndarray, x: np.ndarray, y: np.ndarray, yaw: np.ndarray,
+                      size: np.ndarray, color: np.ndarray, depth: np.ndarray,
+                      cond: Conditions) -> tuple[np.ndarray, ...]:
+        """Vectorized geometry of every part: owner, camera vertices, visible faces, colours."""
         obj = np.repeat(np.arange(shape.size), SHAPE_COUNT[shape])
-        part = np.concatenate([np.arange(s, s + n) for s, n in
-                               zip(SHAPE_START[shape], SHAPE_COUNT[shape], strict=True)])
+        part = (np.arange(obj.size) - np.repeat(np.cumsum(SHAPE_COUNT[shape]) - SHAPE_COUNT[shape],
+                                                SHAPE_COUNT[shape]) + SHAPE_START[shape][obj])
         local = part_vertices(PART_BOUNDS[part], PART_PRIM[part], size[obj])
         c, s = np.cos(yaw[obj])[:, None], np.sin(yaw[obj])[:, None]
         wv = np.stack([x[obj][:, None] + local[..., 0] * c - local[..., 1] * s,
@@ -248,36 +265,49 @@ class Renderer:
         shade = pal.ambient + pal.diffuse * np.clip(n_hat @ SUN, 0.0, 1.0) + 0.08 * FACE_IS_TOP
         roles = PART_ROLES[part][:, np.where(FACE_IS_TOP, 1, 0)]  # (P, 5)
         base = ROLE_COLORS[roles]
-        base[roles == BODY] = np.repeat(color[obj][:, None], 5, axis=1)[roles == BODY]
-        dist = np.repeat(np.maximum(depth[obj], 0.1)[:, None], 5, axis=1)
-        cols = cond.object_color(base.reshape(-1, 3), shade.reshape(-1), dist.reshape(-1))
-        cols = cols.reshape(-1, 5, 3)
-        part_depth = pc[..., 2].mean(axis=1)
-        order = np.lexsort((-part_depth, obj))  # objects already far-to-near
-        in_front = (pc[..., 2] >= self.spec.near).all(axis=1)
-        uv = np.round(cam.project(np.where(pc[..., 2:3] > 1e-3, pc, 1e-3)) * SCALE).astype(np.int32)
-        night = cond.time_of_day != "day"
+        body = roles == BODY
+        base[body] = np.broadcast_to(color[obj][:, None], base.shape)[body]
+        dist = np.repeat(np.maximum(depth[obj], 0.1), 5)
+        cols = cond.object_color(base.reshape(-1, 3), shade.reshape(-1), dist)
+        cols = np.round(cols).astype(np.int32).reshape(-1, 5, 3)
+        return obj, pc, visible, cols
+
+    def _draw_objects(self, world: World, out: RenderOutput, cond: Conditions) -> None:
+        shape, x, y, yaw, size, color, idv, depth = self._visible_objects(world)
+        if shape.size == 0:
+            return
+        obj, pc, visible, cols = self._object_faces(shape, x, y, yaw, size, color, depth, cond)
+        near = self.spec.near
+        z = pc[..., 2]
+        order = np.lexsort((-z.mean(axis=1), obj)).tolist()  # objects already far-to-near
+        in_front = (z >= near).all(axis=1).tolist()
+        behind = (z < near).all(axis=1).tolist()
+        uv = np.round(self.camera.project(np.where(z[..., None] > 1e-3, pc, 1e-3)) * SCALE)
+        face_uv = uv.astype(np.int32)[:, FACES]  # (P, 5, 4, 2)
+        vis, col_list = visible.tolist(), cols.tolist()
+        idv_list, obj_list = idv.tolist(), obj.tolist()
+        img, ids = out.image, out.ids
         for p in order:
-            faces = np.flatnonzero(visible[p])
-            if faces.size == 0 or (pc[p, :, 2] < self.spec.near).all():
+            faces = [f for f in range(5) if vis[p][f]]
+            if not faces or behind[p]:
                 continue
             if in_front[p]:
-                polys = [uv[p, FACES[f]] for f in faces]
+                polys = list(face_uv[p, faces])
             else:
                 polys = [self._clipped(pc[p, FACES[f]]) for f in faces]
-            o = obj[p]
+                faces = [f for f, q in zip(faces, polys, strict=True) if len(q) >= 3]
+                polys = [q for q in polys if len(q) >= 3]
+                if not polys:
+                    continue
             for f, poly in zip(faces, polys, strict=True):
-                if len(poly) >= 3:
-                    cv2.fillConvexPoly(out.image, poly, cols[p, f].tolist(), cv2.LINE_8, SHIFT)
-            polys = [q for q in polys if len(q) >= 3]
-            if not polys:
-                continue
-            cv2.fillPoly(out.ids, polys, int(idv[o]), cv2.LINE_8, SHIFT)
-            if idv[o] > 0:
-                out.silhouettes.setdefault(int(idv[o]) - 1, []).append(polys)
-                out.depth[int(idv[o]) - 1] = float(depth[o])
-        if night:
-            self._draw_taillights(world, out, shape, x, y, yaw, size, idv)
+                cv2.fillConvexPoly(img, poly, col_list[p][f], cv2.LINE_8, SHIFT)
+            o = obj_list[p]
+            cv2.fillPoly(ids, polys, idv_list[o], cv2.LINE_8, SHIFT)
+            if idv_list[o] > 0:
+                out.silhouettes.setdefault(idv_list[o] - 1, []).append(polys)
+                out.depth[idv_list[o] - 1] = float(depth[o])
+        if cond.time_of_day != "day":
+            self._draw_taillights(world, out, x, y, yaw, size, idv)
 
     def _clipped(self, face_cam: np.ndarray) -> np.ndarray:
         pc = clip_near(face_cam, self.spec.near)
@@ -285,31 +315,47 @@ class Renderer:
             return np.zeros((0, 2), np.int32)
         return np.round(self.camera.project(pc) * SCALE).astype(np.int32)
 
-    def _draw_taillights(self, world: World, out: RenderOutput, shape: np.ndarray,
-                         x: np.ndarray, y: np.ndarray, yaw: np.ndarray, size: np.ndarray,
-                         idv: np.ndarray) -> None:
+    def _draw_taillights(self, world: World, out: RenderOutput, x: np.ndarray, y: np.ndarray,
+                         yaw: np.ndarray, size: np.ndarray, idv: np.ndarray) -> None:
         """Red lamps on the rear of cars and trucks seen from behind (dusk and night).
         They belong to their vehicle: the id buffer keeps the vehicle's id there."""
-        a = world.state.actors
+        cls = world.state.actors.cls
+        veh = np.flatnonzero((idv > 0) & np.isin(cls[np.maximum(idv - 1, 0)], (CAR, TRUCK)))
+        if veh.size == 0:
+            return
+        c, s = np.cos(yaw[veh]), np.sin(yaw[veh])
+        rx = x[veh] - (0.5 * size[veh, 0] + 0.02) * c
+        ry = y[veh] - (0.5 * size[veh, 0] + 0.02) * s
         cam = self.camera
-        for o in np.flatnonzero(idv > 0):
-            row = int(idv[o]) - 1
-            if a.cls[row] not in (CAR, TRUCK):
-                continue
-            c, s = np.cos(yaw[o]), np.sin(yaw[o])
-            rear = np.array([x[o] - 0.5 * size[o, 0] * c, y[o] - 0.5 * size[o, 0] * s])
-            if np.dot(cam.position[:2] - rear, [-c, -s]) <= 0:
-                continue  # rear not facing the camera
-            for side in (-1.0, 1.0):
-                ly = side * np.array([0.3, 0.45, 0.45, 0.3]) * size[o, 1]
-                lz = np.array([0.42, 0.42, 0.52, 0.52]) * min(size[o, 2], 1.6) + 0.15
-                px = rear[0] - 0.02 * c - ly * s
-                py = rear[1] - 0.02 * s + ly * c
-                pcam = cam.to_camera(np.stack([px, py, lz], axis=1))
-                if (pcam[:, 2] < self.spec.near).any():
-                    continue
-                q = np.round(cam.project(pcam) * SCALE).astype(np.int32)
-                visible_here = out.ids[np.clip(q[:, 1] >> SHIFT, 0, self.spec.height - 1),
-                                       np.clip(q[:, 0] >> SHIFT, 0, self.spec.width - 1)]
-                if (visible_here == idv[o]).all():
-                    cv2.fillConvexPoly(out.image, q, (255, 40, 30), cv2.LINE_8, SHIFT)
+        facing = (cam.position[0] - rx) * -c + (cam.position[1] - ry) * -s > 0
+        lat = np.array([0.3, 0.45, 0.45, 0.3, -0.3, -0.45, -0.45, -0.3])[None] * size[veh, 1:2]
+        height = np.minimum(size[veh, 2:3], 1.6)
+        lz = np.array([0.42, 0.42, 0.52, 0.52] * 2)[None] * height + 0.15
+        px = rx[:, None] - lat * s[:, None]
+        py = ry[:, None] + lat * c[:, None]
+        pcam = cam.to_camera(np.stack([px, py, lz], axis=-1)).reshape(-1, 4, 3)
+        ok = np.repeat(facing, 2) & (pcam[..., 2] > self.spec.near).all(axis=1)
+        if not ok.any():
+            return
+        q = np.round(cam.project(pcam[ok]) * SCALE).astype(np.int32)
+        h, w = out.ids.shape
+        here = out.ids[np.clip(q[..., 1] >> SHIFT, 0, h - 1), np.clip(q[..., 0] >> SHIFT, 0, w - 1)]
+        owner = np.repeat(idv[veh], 2)[ok]
+        for quad in q[(here == owner[:, None]).all(axis=1)]:
+            cv2.fillConvexPoly(out.image, quad, (255, 40, 30), cv2.LINE_8, SHIFT)
+
+
+def _clip_start(line: np.ndarray, near: float) -> np.ndarray | None:
+    """Cut a polyline (S, 3) that starts behind the near plane where it enters it.
+    None if it leaves the plane again (a general clip is needed then)."""
+    ok = line[:, 2] >= near
+    if ok.all():
+        return line
+    if not ok.any():
+        return line[:0]
+    k = int(np.argmax(ok))
+    if not ok[k:].all():
+        return None
+    a, b = line[k - 1], line[k]
+    p = a + (near - a[2]) / (b[2] - a[2]) * (b - a)
+    return np.concatenate([p[None], line[k:]])

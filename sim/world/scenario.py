@@ -108,15 +108,21 @@ def _set_shape(actors: ActorTable, i: int, rng: np.random.Generator, cls: int) -
 
 def slot_is_free(
     actors: ActorTable, ego: EgoState, road: Road, s: float, d: float, length: float,
-    width: float, margin: float,
+    width: float, margin: float, speed: float = 0.0,
 ) -> bool:
-    """No active actor nor the ego within `margin` m of the footprint, along lanes."""
+    """No active actor nor the ego within `margin` m of the footprint along its lane,
+    plus the distance needed to brake gently (3 m/s^2) to a slower actor ahead or for a
+    faster one behind."""
     near_lat = np.abs(actors.d - d) < 0.5 * (actors.width + width) + 0.5
+    ahead = actors.s > s
+    closing = np.where(ahead, speed - np.abs(actors.speed), np.abs(actors.speed) - speed)
+    need = margin + np.maximum(closing, 0.0) ** 2 / 6.0
     gap = np.abs(actors.s - s) - 0.5 * (actors.length + length)
-    if (actors.active & near_lat & (gap < margin)).any():
+    if (actors.active & near_lat & (gap < need)).any():
         return False
     ego_lat = abs(ego.d - d) < 0.5 * (ego.width + width) + 0.5
-    return not (ego_lat and abs(ego.s - s) - 0.5 * (ego.length + length) < margin + 10.0)
+    ego_need = margin + 10.0 + max(0.0, (ego.speed - speed) * (1 if s > ego.s else -1)) ** 2 / 6.0
+    return not (ego_lat and abs(ego.s - s) - 0.5 * (ego.length + length) < ego_need)
 
 
 def place_vehicle(
@@ -128,11 +134,12 @@ def place_vehicle(
     _set_shape(actors, i, rng, cls)
     limit = scenario.speed_limit
     v0 = limit * (rng.uniform(0.75, 0.9) if cls == TRUCK else rng.uniform(0.8, 1.1))
-    for _ in range(8):
+    for _ in range(20):
         s = float(rng.uniform(*s_range))
         lane = int(rng.integers(road.n_lanes))
         d = float(road.lane_center(lane))
-        if slot_is_free(actors, ego, road, s, d, actors.length[i], actors.width[i], 8.0 + 0.8 * v0):
+        if slot_is_free(actors, ego, road, s, d, actors.length[i], actors.width[i],
+                        8.0 + 0.8 * v0, 0.9 * v0):
             actors.s[i], actors.d[i], actors.target_lane[i] = s, d, lane
             actors.speed[i], actors.desired_speed[i] = 0.9 * v0, v0
             actors.headway[i] = rng.uniform(1.2, 1.8)

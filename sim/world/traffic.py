@@ -73,9 +73,10 @@ class _Participants:
         self.d = np.append(actors.d, ego.d)
         self.v = np.append(np.abs(actors.speed), ego.speed)
         self.length = np.append(actors.length, ego.length)
-        width = np.append(actors.width, ego.width)
+        self.width = np.append(actors.width, ego.width)
         self.acc = np.append(actors.accel, ego.accel)
-        self.occ = lane_occupancy(road, self.d, width) & active[:, None]
+        self.active = active
+        self.occ = lane_occupancy(road, self.d, self.width) & active[:, None]
         self.ds = self.s[None, :] - self.s[:, None]  # ds[i, j] = s_j - s_i
         self.gap = np.abs(self.ds) - 0.5 * (self.length[:, None] + self.length[None, :])
         self.not_self = ~np.eye(self.n + 1, dtype=bool)
@@ -85,12 +86,14 @@ def _a_max(actors: ActorTable) -> np.ndarray:
     return np.where(actors.cls == TRUCK, 1.0, np.where(actors.cls == CYCLIST, 1.0, 1.8))
 
 
-def _leader_accel(
-    actors: ActorTable, p: _Participants, lanes_of_interest: np.ndarray
-) -> np.ndarray:
-    """IDM acceleration of every actor row with its leader in any lane of interest."""
-    share = (lanes_of_interest.astype(np.float32) @ p.occ.T.astype(np.float32)) > 0
-    ahead = share[: p.n] & (p.ds[: p.n] > 0) & p.not_self[: p.n]
+def _leader_accel(actors: ActorTable, p: _Participants, target: np.ndarray) -> np.ndarray:
+    """IDM acceleration of every actor row with its leader: the nearest actor ahead that
+    overlaps its own width or stands in its target lane."""
+    n = p.n
+    lateral = np.abs(p.d[:n, None] - p.d[None, :]) < 0.5 * (
+        p.width[:n, None] + p.width[None, :]) + 0.2
+    conflict = (lateral & p.active[None, :]) | p.occ[:, target].T
+    ahead = conflict & (p.ds[:n] > 0) & p.not_self[:n]
     j, found = _nearest(ahead, p.ds[: p.n], largest=False)
     gap = np.where(found, p.gap[np.arange(p.n), j], np.inf)
     dv = np.where(found, p.v[: p.n] - p.v[j], 0.0)
@@ -99,12 +102,12 @@ def _leader_accel(
 
 def _mobil(
     actors: ActorTable, road: Road, p: _Participants, acc_now: np.ndarray, lane: np.ndarray,
-    can_change: np.ndarray,
+    target: np.ndarray, can_change: np.ndarray,
 ) -> np.ndarray:
-    """Target lane chosen by MOBIL for each actor (its current lane if it keeps it)."""
+    """Target lane chosen by MOBIL for each actor that may change (others keep theirs)."""
     rows = np.arange(p.n)
     best_gain = np.full(p.n, -np.inf)
-    target = lane.copy()
+    target = target.copy()
     a_max = _a_max(actors)
     for delta, bias in ((1, 0.0), (-1, KEEP_RIGHT_BIAS)):
         new_lane = lane + delta
@@ -130,26 +133,34 @@ def _mobil(
     return target
 
 
-def step_vehicles(actors: ActorTable, road: Road, ego: EgoState, dt: float) -> None:
-    """One IDM + MOBIL step for every moving vehicle, in place."""
+MOBIL_EVERY = 3
+"""Lane-change decisions are taken every this many steps (5 Hz at 15 Hz physics)."""
+
+
+def step_vehicles(
+    actors: ActorTable, road: Road, ego: EgoState, dt: float, decide: bool = True
+) -> None:
+    """One IDM step for every moving vehicle, in place; with `decide`, MOBIL may also
+    start lane changes."""
     veh = actors.is_vehicle
     if not veh.any():
         return
     p = _Participants(actors, road, ego)
     lane = road.lane_of(actors.d)
     target = np.where(actors.target_lane >= 0, actors.target_lane, lane)
-    interest = p.occ[: p.n].copy()
-    interest[np.arange(p.n), target] = True
-    acc = _leader_accel(actors, p, interest)
+    acc = _leader_accel(actors, p, target)
     settled = np.abs(actors.d - road.lane_center(target)) < 0.3
     can_change = veh & settled & (actors.lc_timer <= 0) & (actors.cls != CYCLIST)
-    new_target = _mobil(actors, road, p, acc, lane, can_change)
+    if decide and can_change.any():
+        new_target = _mobil(actors, road, p, acc, lane, target, can_change)
+    else:
+        new_target = target
     changed = new_target != target
     actors.lc_timer = np.where(changed, LC_COOLDOWN, np.maximum(actors.lc_timer - dt, 0.0))
     # lateral motion toward the target lane centre (cyclists keep their line)
     d_goal = np.where(actors.cls == CYCLIST, actors.d, road.lane_center(new_target))
     v_lat = np.clip(0.9 * (d_goal - actors.d), -LAT_SPEED, LAT_SPEED)
-    v_lat *= np.minimum(1.0, actors.speed / 2.0)  # no sideways creep when stopped
+    v_lat *= np.clip(actors.speed / 2.0, 0.3, 1.0)  # slow sideways creep when stopped
     v_new = np.maximum(actors.speed + acc * dt, 0.0)
     actors.s = np.where(veh, actors.s + 0.5 * (actors.speed + v_new) * dt, actors.s)
     actors.d = np.where(veh, actors.d + v_lat * dt, actors.d)

@@ -25,12 +25,12 @@ from sim.world.scenario import (
     place_static,
     place_vehicle,
 )
-from sim.world.traffic import step_pedestrians, step_vehicles
+from sim.world.traffic import MOBIL_EVERY, step_pedestrians, step_vehicles
 
 BEHIND = 120.0
 """Actors further than this behind the ego are recycled [m]."""
 AHEAD = 420.0
-"""Actors further than this ahead of the ego are recycled [m]."""
+"""Smallest recycling distance ahead of the ego [m] (see `World.ahead`)."""
 HARD_BRAKE = 4.0
 """Deceleration counted as a hard brake [m/s^2]."""
 CONES_PER_GROUP = 8
@@ -72,6 +72,18 @@ class World:
         )
         self.clutter: Clutter = make_clutter(rng, self.road, scenario.clutter)
 
+    @property
+    def _spawn_end(self) -> float:
+        """Vehicles start in [-70 m, this] around the ego: room for ~45 m per vehicle
+        and lane, so dense traffic fits."""
+        sc = self.scenario
+        return max(260.0, 45.0 * sc.n_vehicles / sc.n_lanes)
+
+    @property
+    def ahead(self) -> float:
+        """Actors further than this ahead of the ego are recycled [m]."""
+        return max(AHEAD, self._spawn_end + 80.0)
+
     def _initial_state(self, sc: Scenario) -> WorldState:
         rng = np.random.default_rng([sc.seed, 0xAC7])
         road = self.road
@@ -86,15 +98,6 @@ class World:
         actors = ActorTable.empty(n)
         state = WorldState(scenario=sc, ego=ego, actors=actors)
         row = 0
-        for _ in range(sc.n_vehicles):
-            place_vehicle(actors, row, rng, road, ego, sc, (-70.0, 260.0), self._new_id(state))
-            row += 1
-        for _ in range(sc.n_cyclists):
-            place_cyclist(actors, row, rng, road, ego, (30.0, 250.0), self._new_id(state))
-            row += 1
-        for _ in range(sc.n_pedestrians):
-            place_pedestrian(actors, row, rng, road, sc, (25.0, 250.0), self._new_id(state))
-            row += 1
         static_s = np.sort(rng.uniform(90.0, max(120.0, min(600.0, sc.road_length - 50)),
                                        sc.n_cone_groups + sc.n_stalled))
         kinds = rng.permutation([False] * sc.n_cone_groups + [True] * sc.n_stalled)
@@ -104,6 +107,16 @@ class World:
             place_static(actors, rows, rng, road, ego, float(s0), bool(stalled),
                          [self._new_id(state) for _ in rows])
             row += k
+        span = (-70.0, self._spawn_end)
+        for _ in range(sc.n_vehicles):
+            place_vehicle(actors, row, rng, road, ego, sc, span, self._new_id(state))
+            row += 1
+        for _ in range(sc.n_cyclists):
+            place_cyclist(actors, row, rng, road, ego, (30.0, 250.0), self._new_id(state))
+            row += 1
+        for _ in range(sc.n_pedestrians):
+            place_pedestrian(actors, row, rng, road, sc, (25.0, 250.0), self._new_id(state))
+            row += 1
         state.rng_state = rng.bit_generator.state
         return state
 
@@ -134,7 +147,7 @@ class World:
         off = 0.5 * ego.wheelbase  # Frenet coordinates refer to the body centre
         s, d = road.to_frenet(ego.x + off * np.cos(ego.yaw), ego.y + off * np.sin(ego.yaw), ego.s)
         ego.s, ego.d = float(s[0]), float(d[0])
-        step_vehicles(st.actors, road, ego, self.dt)
+        step_vehicles(st.actors, road, ego, self.dt, decide=st.step % MOBIL_EVERY == 0)
         step_pedestrians(st.actors, road, ego, self.dt)
         self._recycle()
         st.step += 1
@@ -147,10 +160,9 @@ class World:
         a, ego = st.actors, st.ego
         rel = a.s - ego.s
         moving = (a.cls != CONE) & ((a.desired_speed > 0) | (a.cls == PEDESTRIAN))
-        out = (rel < -BEHIND) | (rel > AHEAD) | (a.s > road.s_max - 40.0)
-        static_gone = a.active & ~moving & (rel < -BEHIND)
-        a.active[static_gone] = False
-        todo = np.flatnonzero((a.active & moving & out) | (~a.active & moving))
+        out = (rel < -BEHIND) | (rel > self.ahead) | (a.s > road.s_max - 40.0)
+        a.active[a.active & ((~moving & (rel < -BEHIND)) | (moving & out))] = False
+        todo = np.flatnonzero(~a.active & moving)
         if todo.size == 0:
             return
         rng = np.random.default_rng()
@@ -166,7 +178,7 @@ class World:
             elif a.cls[i] == CYCLIST:
                 place_cyclist(a, int(i), rng, road, ego, ahead, tid)
             else:
-                behind = rel[i] > AHEAD and ego.s - 110.0 > road.s[0]
+                behind = rel[i] > self.ahead and ego.s - 110.0 > road.s[0]
                 span = (ego.s - 110.0, ego.s - 80.0) if behind else ahead
                 place_vehicle(a, int(i), rng, road, ego, sc, span, tid)
         st.rng_state = rng.bit_generator.state
@@ -198,34 +210,37 @@ class World:
             return ev
         x, y, yaw = self.actor_poses()
         x, y, yaw = x[idx], y[idx], yaw[idx]
-        corners = box_corners(x, y, yaw, a.length[idx], a.width[idx])
+        length, width = a.length[idx], a.width[idx]
         e_box = self.ego_box()
         ecx, ecy = e_box[:, 0].mean(), e_box[:, 1].mean()
-        reach = 0.5 * np.hypot(a.length[idx], a.width[idx]) + 0.5 * np.hypot(ego.length, ego.width)
+        reach = 0.5 * np.hypot(length, width) + 0.5 * np.hypot(ego.length, ego.width)
         cand = np.flatnonzero(np.hypot(x - ecx, y - ecy) < reach)
         if cand.size:
-            hit = boxes_overlap(np.repeat(e_box[None], cand.size, 0), corners[cand])
+            corners = box_corners(x[cand], y[cand], yaw[cand], length[cand], width[cand])
+            hit = boxes_overlap(np.repeat(e_box[None], cand.size, 0), corners)
             ev.collided_track_ids = [int(t) for t in a.track_id[idx[cand[hit]]]]
             ev.collision = bool(hit.any())
-        ev.npc_collisions = _count_npc_overlaps(
-            x, y, corners, a.length[idx], a.width[idx], a.cls[idx] == PEDESTRIAN
-        )
+        ev.npc_collisions = _count_npc_overlaps(x, y, yaw, length, width,
+                                                a.cls[idx] == PEDESTRIAN)
         ev.min_ttc = _min_ttc(a, idx, ego)
         return ev
 
 
 def _count_npc_overlaps(
-    x: np.ndarray, y: np.ndarray, corners: np.ndarray, length: np.ndarray, width: np.ndarray,
+    x: np.ndarray, y: np.ndarray, yaw: np.ndarray, length: np.ndarray, width: np.ndarray,
     walker: np.ndarray,
 ) -> int:
     """Overlapping pairs of actors; two pedestrians passing each other do not count."""
     r = 0.5 * np.hypot(length, width)
-    dist = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
-    near = (dist < r[:, None] + r[None, :]) & ~(walker[:, None] & walker[None, :])
+    dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
+    reach = r[:, None] + r[None, :]
+    near = (dx * dx + dy * dy < reach * reach) & ~(walker[:, None] & walker[None, :])
     i, j = np.nonzero(np.triu(near, k=1))
     if i.size == 0:
         return 0
-    return int(boxes_overlap(corners[i], corners[j]).sum())
+    ci = box_corners(x[i], y[i], yaw[i], length[i], width[i])
+    cj = box_corners(x[j], y[j], yaw[j], length[j], width[j])
+    return int(boxes_overlap(ci, cj).sum())
 
 
 def _min_ttc(a: ActorTable, idx: np.ndarray, ego: EgoState) -> float:
