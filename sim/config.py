@@ -61,7 +61,7 @@ class ScenarioConfig(_Strict):
     )
     sensor_noise: tuple[float, float] = Field((0.0, 4.0), description="pixel noise std [0-255]")
     exposure: tuple[float, float] = Field((0.85, 1.15), description="image gain")
-    episode_seconds: float = Field(60.0, gt=0.0, le=3600.0)
+    episode_seconds: float = Field(90.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _check(self) -> ScenarioConfig:
@@ -117,7 +117,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
         "lane_width": (3.0, 3.5),
         "shoulder_width": 2.5,
         "min_radius": 150.0,
-        "road_length": 1000.0,
+        "road_length": 800.0,
         "speed_limit": (11.0, 15.0),
         "vehicles": (8, 14),
         "truck_fraction": 0.1,

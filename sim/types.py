@@ -55,6 +55,8 @@ class CameraSpec:
             raise ValueError(f"camera pitch_deg={self.pitch_deg} must be in [-30, 45]")
         if self.mount_height <= 0.2:
             raise ValueError(f"camera mount_height={self.mount_height} must be > 0.2 m")
+        if not 0.05 <= self.near < self.far:
+            raise ValueError(f"camera near={self.near} and far={self.far} need 0.05 <= near < far")
 
     @property
     def focal_px(self) -> float:

@@ -34,6 +34,8 @@ def _objects(world: World, out: RenderOutput, camera: Camera) -> dict[str, np.nd
         x1, y1 = pts.max(axis=0) + 2
         x0, y0 = max(x0, -2 * w), max(y0, -2 * h)
         x1, y1 = min(x1, 3 * w), min(y1, 3 * h)
+        if x1 <= max(x0, 0) or y1 <= max(y0, 0) or x0 >= w or y0 >= h:
+            continue  # entirely outside the image
         mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
         off = (-x0 << SHIFT, -y0 << SHIFT)
         for polys in parts:

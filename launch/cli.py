@@ -1,0 +1,155 @@
+"""The `drivestack` command line: wiring only (launch file -> job -> report).
+
+Progress and tables go to stderr; the last line on stdout is the job's metrics as JSON,
+so `drivestack run | tail -n 1` can be piped into other tools.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from launch.config import DEFAULT_RUN_LAUNCH, LaunchConfigError, RunConfig, load_launch
+
+app = typer.Typer(
+    name="drivestack",
+    help="drivestack: a closed-loop driving stack in miniature. Every job reads a YAML "
+         "launch file.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """drivestack: a closed-loop driving stack in miniature."""
+
+
+def _fail(console: Console, exc: Exception) -> typer.Exit:
+    console.print(f"error: {exc}", style="bold red", markup=False, highlight=False,
+                  soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    launch_file: Annotated[Path, typer.Argument(
+        help="Launch file (YAML); default: the packaged launch/run.yaml.",
+        show_default=False)] = DEFAULT_RUN_LAUNCH,
+    episodes: Annotated[int | None, typer.Option(
+        "--episodes", "-n", min=1, help="Override `episodes`.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override `seed`.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Override `out` (output folder).")] = None,
+) -> None:
+    """Run simulation episodes with a driver; write metrics.csv/json and mp4s.
+
+    Exit codes: 0 every episode ran;
+    1 an episode raised (recorded with end=error; the others still run);
+    2 a bad launch file or option.
+    """
+    console = Console(stderr=True)
+    try:
+        config = load_launch(launch_file, RunConfig,
+                             overrides={"episodes": episodes, "seed": seed, "out": out})
+    except LaunchConfigError as exc:
+        raise _fail(console, exc) from None
+    console.print(f"drivestack run: {config.episodes} x {config.env_id} "
+                  f"(seed {config.seed}, driver {config.driver}) -> {config.out}",
+                  markup=False, highlight=False, soft_wrap=True)
+    document = _run_with_progress(config, launch_file, console)
+    console.print(summary_table(document))
+    failed = _report_files_and_errors(document, config.out, console)
+    typer.echo(json.dumps(document, separators=(",", ":")))
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _run_with_progress(config: RunConfig, launch_file: Path, console: Console
+                       ) -> dict[str, Any]:
+    """`run_job` under a rich progress bar counting steps over all episodes."""
+    from launch.runner import run_job  # imageio and the driver load only when a job runs
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("steps"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("episode", total=None)
+        done_steps = 0
+
+        def start(i: int, cap: int) -> None:
+            nonlocal done_steps
+            done_steps = i * cap
+            progress.update(task, description=f"episode {i + 1}/{config.episodes}",
+                            total=config.episodes * cap, completed=done_steps)
+
+        def step(n: int) -> None:
+            progress.update(task, completed=done_steps + n)
+
+        document = run_job(config, launch_file, on_episode_start=start, on_step=step)
+        progress.update(task, completed=progress.tasks[0].total)
+    return document
+
+
+def _report_files_and_errors(document: dict[str, Any], out: Path, console: Console) -> int:
+    """Print where the videos are and which episodes failed; returns the failure count."""
+    console.print(f"metrics: {out / 'metrics.csv'}, {out / 'metrics.json'}",
+                  markup=False, highlight=False, soft_wrap=True)
+    failed = 0
+    for e in document["episodes"]:
+        if e["video"]:
+            console.print(f"episode {e['episode']} video: {out / e['video']}",
+                          markup=False, highlight=False, soft_wrap=True)
+        if e["error"]:
+            failed += 1
+            console.print(f"episode {e['episode']} (seed {e['seed']}) failed: {e['error']}",
+                          style="bold red", markup=False, highlight=False, soft_wrap=True)
+    return failed
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_table(document: dict[str, Any]) -> Table:
+    """One row per episode and a row over all of them."""
+    cfg = document["config"]
+    table = Table(title=f"drivestack run: {cfg['family']}, seeds {cfg['seed']}.. -> {cfg['out']}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for name in ("ep", "scenario", "steps", "route", "coll", "off", "v [m/s]", "TTC [s]",
+                 "end"):
+        left = name in ("scenario", "end")
+        table.add_column(escape(name), justify="left" if left else "right", no_wrap=True)
+    for e in document["episodes"]:
+        scenario = f"{e['time_of_day']} {e['weather']} {e['n_lanes']}L"
+        table.add_row(str(e["episode"]), scenario, str(e["steps"]),
+                      f"{100 * e['route_completion']:.0f}%", _fmt(e["collision"]),
+                      _fmt(e["off_road"]), _fmt(e["mean_speed"], 1), _fmt(e["min_ttc"], 1),
+                      e["end"])
+    s = document["summary"]
+    table.add_section()
+    table.add_row("all", f"{s['distance'] / 1000:.2f} km", str(s["steps"]),
+                  f"{100 * s['route_completion']:.0f}%", f"{100 * s['collision_rate']:.0f}%",
+                  f"{100 * s['off_road_rate']:.0f}%", _fmt(s["mean_speed"], 1),
+                  _fmt(s["min_ttc"], 1), f"errors: {s['errors']}" if s["errors"] else "")
+    return table

@@ -1,0 +1,279 @@
+"""Strict YAML launch files: typed pydantic models and one loader that names what is wrong.
+
+Every job reads its launch file with `load_launch(path, ModelClass)`. The models reject
+unknown keys (`extra="forbid"`), and every failure -- a missing file, malformed YAML, a
+non-mapping top level, an unknown key, a bad value -- raises one `LaunchConfigError` whose
+message names the file, the dotted key path and what is allowed there.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+import sim
+from sim.config import FAMILIES, ScenarioConfig, family_config
+from sim.types import CameraSpec
+
+M = TypeVar("M", bound=BaseModel)
+
+Family = Literal["highway", "rural", "urban"]
+Driver = Literal["autopilot"]
+
+DEFAULT_RUN_LAUNCH = Path(__file__).with_name("run.yaml")
+"""The packaged launch file of `drivestack run`."""
+
+_FAMILY_TO_ENV_ID = {family: env_id for env_id, family in sim.ENV_IDS.items()}
+_CAMERA_DEFAULTS = CameraSpec()
+
+
+class LaunchConfigError(ValueError):
+    """A launch file that cannot be used; `str(err)` is a message for people."""
+
+    def __init__(self, path: str | Path, problems: list[tuple[str, str]]) -> None:
+        self.path = Path(path)
+        self.problems = problems
+        """(dotted key path, what is wrong and what is allowed); the key is "" when the
+        problem is the file as a whole."""
+        lines = [f"{key}: {text}" if key else text for key, text in problems]
+        if len(lines) == 1:
+            message = f"launch file {str(path)!r}: {lines[0]}"
+        else:
+            message = f"launch file {str(path)!r} has {len(lines)} problems:\n" + "\n".join(
+                f"  - {line}" for line in lines)
+        super().__init__(message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraConfig(_Strict):
+    """Overrides of the forward camera (`sim.types.CameraSpec`; defaults are its own)."""
+
+    width: int = _CAMERA_DEFAULTS.width
+    """Image width [px]."""
+    height: int = _CAMERA_DEFAULTS.height
+    """Image height [px]."""
+    fov_deg: float = _CAMERA_DEFAULTS.fov_deg
+    """Horizontal field of view [deg]."""
+    mount_height: float = _CAMERA_DEFAULTS.mount_height
+    """Height of the optical centre above the ground [m]."""
+    mount_forward: float = _CAMERA_DEFAULTS.mount_forward
+    """Position of the optical centre ahead of the rear axle [m]."""
+    pitch_deg: float = _CAMERA_DEFAULTS.pitch_deg
+    """Downward pitch of the optical axis [deg]."""
+
+    @model_validator(mode="after")
+    def _check(self) -> CameraConfig:
+        self.spec()  # CameraSpec validates ranges and raises ValueError naming the value
+        return self
+
+    def spec(self) -> CameraSpec:
+        """The `CameraSpec` these settings describe."""
+        return CameraSpec(**self.model_dump())
+
+
+class VideoConfig(_Strict):
+    """Which episodes are recorded as mp4 and how."""
+
+    enabled: bool = True
+    fps: int = Field(default=15, ge=1, le=120, description="frames per second of the mp4")
+    episodes: int = Field(default=1, ge=0, description="record at most the first N episodes")
+
+
+class RunConfig(_Strict):
+    """Launch file of `drivestack run`: episodes of one scenario family with a driver.
+
+    `family` also accepts a registered env id (`drivestack/Highway-v0`). `scenario` holds
+    overrides of `sim.config.ScenarioConfig` fields on top of the family defaults; after
+    validation it is the full `ScenarioConfig` (`family_config(family, **overrides)`).
+    """
+
+    family: Family = "highway"
+    episodes: int = Field(default=3, ge=1)
+    seed: int = Field(default=0, description="episode i is reset with seed + i")
+    max_steps: int | None = Field(default=None, ge=1, description="cap on steps per episode")
+    scenario: ScenarioConfig = Field(default_factory=lambda: family_config("highway"))
+    camera: CameraConfig = CameraConfig()  # frozen, so one shared default is safe
+    out: Path = Field(default=Path("runs/run"), description="output folder, relative to the cwd")
+    video: VideoConfig = VideoConfig()
+    overlays: bool = Field(default=True, description="ground-truth boxes and lanes in the mp4")
+    driver: Driver = "autopilot"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """Map an env id to its family and put the scenario overrides on top of the
+        family's defaults, so pydantic reports bad override keys at `scenario.<key>`."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        family = data.get("family", "highway")
+        if isinstance(family, str) and family in sim.ENV_IDS:
+            family = data["family"] = sim.ENV_IDS[family]
+        overrides = data.get("scenario")
+        if overrides is None:
+            overrides = {}
+        if isinstance(overrides, Mapping) and family in FAMILIES:
+            base = family_config(str(family)).model_dump()
+            data["scenario"] = {**base, "family": family, **overrides}
+        return data
+
+    @model_validator(mode="after")
+    def _check_family(self) -> RunConfig:
+        if self.scenario.family != self.family:
+            raise ValueError(
+                f"scenario.family {self.scenario.family!r} differs from family "
+                f"{self.family!r}; set the family once, with the top-level `family` key")
+        return self
+
+    @property
+    def env_id(self) -> str:
+        """The registered gymnasium id of `family`."""
+        return _FAMILY_TO_ENV_ID[self.family]
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (an empty file is an empty mapping)."""
+    p = Path(path)
+    if not p.exists():
+        raise LaunchConfigError(path, [("", "file not found")])
+    if not p.is_file():
+        raise LaunchConfigError(path, [("", "is not a file")])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise LaunchConfigError(path, [("", f"is not valid YAML: {_yaml_problem(exc)}")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LaunchConfigError(path, [("", f"cannot be read: {exc}")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LaunchConfigError(path, [(
+            "", f"the top level must be a mapping of keys to values, got a YAML "
+                f"{_yaml_kind(data)}")])
+    return data
+
+
+def load_launch(
+    path: str | Path, model_cls: type[M], overrides: Mapping[str, Any] | None = None
+) -> M:
+    """Read the launch file `path` and validate it as `model_cls`.
+
+    `overrides` (dotted key -> value, e.g. `{"video.fps": 30}`; None values are skipped)
+    are applied on top of the file, as command-line options do, and validated the same way.
+    Raises `LaunchConfigError` naming the file, the key and what is allowed.
+    """
+    data = read_yaml_mapping(path)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in given.items():
+        _set_dotted(data, key, value)
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(err, model_cls) for err in exc.errors()]
+        problems = [
+            (key, f"{text} (set on the command line)" if _from(key, given) else text)
+            for key, text in problems
+        ]
+        raise LaunchConfigError(path, problems) from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+def _from(key: str, overrides: Mapping[str, Any]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in overrides)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_kind(data: object) -> str:
+    if isinstance(data, list):
+        return "list"
+    if isinstance(data, str):
+        return "string"
+    return type(data).__name__
+
+
+# -- error messages ----------------------------------------------------------------------
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the value at `loc` inside `model_cls`, if any."""
+    current: type[BaseModel] | None = model_cls
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return None
+        current = _model_in(current.model_fields[part].annotation)
+    return current
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(err: Mapping[str, Any], model_cls: type[BaseModel]) -> tuple[str, str]:
+    """(dotted key, message) for one pydantic error."""
+    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        model = _model_at(model_cls, loc[:-1])
+        allowed = ", ".join(model.model_fields) if model is not None else "none"
+        return _dotted(loc), f"unknown key; allowed keys: {allowed}"
+    if loc and loc[-1] == "[key]":  # a bad key of a typed dict (e.g. weather weights)
+        key, loc = loc[-2], loc[:-2]
+        allowed = ctx.get("expected", "")
+        return _dotted(loc), f"unknown key {key!r}; allowed keys: {allowed}"
+    if kind == "literal_error":
+        return _dotted(loc), f"{err['input']!r} is not allowed; allowed values: {ctx['expected']}"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        text = str(ctx["error"])
+        model = _model_at(model_cls, loc)
+        field, sep, rest = text.partition(": ")
+        if model is not None and sep and field in model.model_fields:
+            return _dotted((*loc, field)), rest  # "lanes: lower bound ..." -> scenario.lanes
+        return _dotted(loc), text
+    if kind == "missing":
+        return _dotted(loc), "required key is missing"
+    return _dotted(loc), f"{err['msg']} (got {err['input']!r})"
