@@ -131,7 +131,7 @@ def _row_distance(spec: CameraSpec, rows: np.ndarray) -> np.ndarray:
 
 def _headlight_gain(spec: CameraSpec, row_distance: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 gain: a lit cone on the road ahead, darkness elsewhere."""
-    h, w = spec.height, spec.width
+    w = spec.width
     x = (np.arange(w) - w / 2.0) / (w / 2.0)
     dist = np.where(np.isfinite(row_distance), row_distance, 1e9)[:, None]
     lateral = np.abs(x)[None, :] * dist * np.tan(np.radians(spec.fov_deg) / 2)

@@ -95,7 +95,8 @@ class ActorTable:
     @property
     def is_vehicle(self) -> np.ndarray:
         """Rows driven by IDM + MOBIL (moving cars, trucks, cyclists)."""
-        return self.active & (self.cls != PEDESTRIAN) & (self.cls != CONE) & (self.desired_speed > 0)
+        kind = (self.cls != PEDESTRIAN) & (self.cls != CONE)
+        return self.active & kind & (self.desired_speed > 0)
 
     @staticmethod
     def empty(n: int) -> ActorTable:
