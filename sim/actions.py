@@ -50,7 +50,8 @@ def pure_pursuit(ego: EgoState, road: Road, target_d: float, lookahead: float) -
     c, s = np.cos(ego.yaw), np.sin(ego.yaw)
     lx, ly = c * dx + s * dy, -s * dx + c * dy
     dist2 = max(lx * lx + ly * ly, 1e-6)
-    return float(np.clip(np.arctan(2.0 * ego.wheelbase * ly / dist2), -MAX_STEER, MAX_STEER))
+    steer = float(np.arctan(2.0 * ego.wheelbase * ly / dist2))
+    return min(max(steer, -MAX_STEER), MAX_STEER)
 
 
 @dataclass
@@ -63,8 +64,8 @@ class SpeedController:
 
     def __call__(self, speed: float, target: float, dt: float) -> float:
         err = target - speed
-        self.integral = float(np.clip(self.integral + err * dt, -5.0, 5.0))
-        return float(np.clip(self.kp * err + self.ki * self.integral, -MAX_BRAKE, MAX_ACCEL))
+        self.integral = min(max(self.integral + err * dt, -5.0), 5.0)
+        return min(max(self.kp * err + self.ki * self.integral, -MAX_BRAKE), MAX_ACCEL)
 
 
 @dataclass

@@ -88,7 +88,7 @@ class Autopilot:
         acc = min(acc, free) if np.isfinite(gap) else free
         lookahead = max(8.0, 0.9 * ego.speed)
         steer = pure_pursuit(ego, road, float(road.lane_center(self.target_lane)), lookahead)
-        return steer, float(np.clip(acc, -MAX_BRAKE, MAX_ACCEL))
+        return steer, min(max(acc, -MAX_BRAKE), MAX_ACCEL)
 
     def act(self, world: World) -> np.ndarray:
         """The continuous env action (normalized steer, accel) that gives `controls`."""

@@ -86,6 +86,7 @@ class DrivingEnv(gym.Env):
         self.frame: Frame | None = None
         self._controller: MetaController | None = None
         self._prev_accel = 0.0
+        self._scenario_info: dict[str, Any] = {}
 
     # -- gymnasium API -----------------------------------------------------------------
     def reset(
@@ -98,6 +99,7 @@ class DrivingEnv(gym.Env):
             sc_seed = int(self.np_random.integers(0, 2**31 - 1))
         scenario = sample_scenario(self.config, int(sc_seed))
         self.world = World(scenario, self.dt)
+        self._scenario_info = asdict(scenario)
         ego = self.world.state.ego
         self._controller = MetaController(
             target_lane=int(self.world.road.lane_of(ego.d)), target_speed=ego.speed,
@@ -148,6 +150,7 @@ class DrivingEnv(gym.Env):
         if self.world is None:
             self.world = World(state.scenario, self.dt)
         self.world.set_state(state)
+        self._scenario_info = asdict(state.scenario)
         self._controller = copy.deepcopy(state.extra.get("controller"))
         self._prev_accel = float(state.extra.get("prev_accel", 0.0))
         self.frame = None
@@ -196,8 +199,8 @@ class DrivingEnv(gym.Env):
             "rewards": terms,
             "step": world.state.step,
             "speed": ego.speed,
-            "route_completion": float(np.clip(ego.s / world.road.route_length, 0.0, 1.0)),
-            "scenario": asdict(world.scenario),
+            "route_completion": min(max(ego.s / world.road.route_length, 0.0), 1.0),
+            "scenario": self._scenario_info,
         }
         if self.frame is not None:
             gt: GroundTruth = self.frame.ground_truth

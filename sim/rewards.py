@@ -45,7 +45,7 @@ def reward_terms(world: World, events: Events, prev_accel: float) -> dict[str, f
     offset = abs(ego.d - float(road.lane_center(lane))) / (0.5 * road.lane_width)
     jerk = abs(ego.accel - prev_accel) / dt
     return {
-        "progress": float(np.clip(v_along / limit, -1.0, 1.2)),
+        "progress": float(min(max(v_along / limit, -1.0), 1.2)),
         "collision": float(events.collision),
         "off_road": float(events.off_road),
         "lane_center": float(min(offset, 1.0)),

@@ -113,8 +113,8 @@ class ActorTable:
 
 def step_bicycle(ego: EgoState, steer: float, accel: float, dt: float) -> None:
     """Advance the ego's kinematic bicycle (rear-axle reference) by dt, in place."""
-    steer = float(np.clip(steer, -MAX_STEER, MAX_STEER))
-    accel = float(np.clip(accel, -MAX_BRAKE, MAX_ACCEL))
+    steer = min(max(float(steer), -MAX_STEER), MAX_STEER)
+    accel = min(max(float(accel), -MAX_BRAKE), MAX_ACCEL)
     v0 = ego.speed
     v1 = max(0.0, v0 + accel * dt)
     v_mid = 0.5 * (v0 + v1)

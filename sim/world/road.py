@@ -74,11 +74,11 @@ class Road:
     def lane_of(self, d: np.ndarray | float) -> np.ndarray:
         """Lane index containing lateral offset d, clipped to the road's lanes."""
         lane = np.floor((np.asarray(d) + self.half_width) / self.lane_width)
-        return np.clip(lane, 0, self.n_lanes - 1).astype(np.int64)
+        return np.minimum(np.maximum(lane, 0), self.n_lanes - 1).astype(np.int64)
 
     def _index(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = (np.asarray(s, dtype=np.float64) - self.s[0]) / DS
-        f = np.clip(f, 0.0, len(self.s) - 1.000001)
+        f = np.minimum(np.maximum(f, 0.0), len(self.s) - 1.000001)
         i = f.astype(np.int64)
         return i, f - i
 
@@ -111,7 +111,7 @@ class Road:
         hint = np.broadcast_to(np.asarray(s_hint, dtype=np.float64), x.shape)
         n_win = int(window / DS)
         i0, _ = self._index(hint - window)
-        idx = np.clip(i0[:, None] + np.arange(2 * n_win + 1)[None, :], 0, len(self.s) - 1)
+        idx = np.minimum(i0[:, None] + np.arange(2 * n_win + 1)[None, :], len(self.s) - 1)
         d2 = (self.x[idx] - x[:, None]) ** 2 + (self.y[idx] - y[:, None]) ** 2
         best = idx[np.arange(len(x)), np.argmin(d2, axis=1)]
         h = self.heading[best]

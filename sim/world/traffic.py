@@ -159,8 +159,8 @@ def step_vehicles(
     actors.lc_timer = np.where(changed, LC_COOLDOWN, np.maximum(actors.lc_timer - dt, 0.0))
     # lateral motion toward the target lane centre (cyclists keep their line)
     d_goal = np.where(actors.cls == CYCLIST, actors.d, road.lane_center(new_target))
-    v_lat = np.clip(0.9 * (d_goal - actors.d), -LAT_SPEED, LAT_SPEED)
-    v_lat *= np.clip(actors.speed / 2.0, 0.3, 1.0)  # slow sideways creep when stopped
+    v_lat = np.minimum(np.maximum(0.9 * (d_goal - actors.d), -LAT_SPEED), LAT_SPEED)
+    v_lat *= np.minimum(np.maximum(actors.speed / 2.0, 0.3), 1.0)  # creep when stopped
     v_new = np.maximum(actors.speed + acc * dt, 0.0)
     actors.s = np.where(veh, actors.s + 0.5 * (actors.speed + v_new) * dt, actors.s)
     actors.d = np.where(veh, actors.d + v_lat * dt, actors.d)

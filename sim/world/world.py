@@ -34,6 +34,8 @@ AHEAD = 420.0
 HARD_BRAKE = 4.0
 """Deceleration counted as a hard brake [m/s^2]."""
 CONES_PER_GROUP = 8
+BROAD_MARGIN = 0.5
+"""Slack of the Frenet broad phase for curvature and lane-change yaw [m]."""
 
 
 @dataclass
@@ -184,11 +186,15 @@ class World:
         st.rng_state = rng.bit_generator.state
 
     # -- geometry ------------------------------------------------------------------
-    def actor_poses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """World x, y, yaw of every actor row."""
+    def actor_poses(
+        self, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World x, y, yaw of every actor row (or of `rows`)."""
         a = self.state.actors
-        x, y, h = self.road.to_world(a.s, a.d)
-        return x, y, h + a.yaw_rel
+        if rows is None:
+            rows = np.arange(len(a))
+        x, y, h = self.road.to_world(a.s[rows], a.d[rows])
+        return x, y, h + a.yaw_rel[rows]
 
     def ego_box(self) -> np.ndarray:
         """(4, 2) corners of the ego's body."""
@@ -199,7 +205,10 @@ class World:
                            np.array([e.length]), np.array([e.width]))[0]
 
     def events(self) -> Events:
-        """Collisions, off-road, time to collision and hard braking, now."""
+        """Collisions, off-road, time to collision and hard braking, now.
+
+        Overlaps are found in two stages: road-aligned extents in the Frenet frame pick
+        the few pairs that may touch, then an exact oriented-box test decides."""
         st, road = self.state, self.road
         a, ego = st.actors, st.ego
         ev = Events()
@@ -208,39 +217,45 @@ class World:
         idx = np.flatnonzero(a.active)
         if idx.size == 0:
             return ev
-        x, y, yaw = self.actor_poses()
-        x, y, yaw = x[idx], y[idx], yaw[idx]
-        length, width = a.length[idx], a.width[idx]
-        e_box = self.ego_box()
-        ecx, ecy = e_box[:, 0].mean(), e_box[:, 1].mean()
-        reach = 0.5 * np.hypot(length, width) + 0.5 * np.hypot(ego.length, ego.width)
-        cand = np.flatnonzero(np.hypot(x - ecx, y - ecy) < reach)
+        ext_s, ext_d = _frenet_extents(a.length[idx], a.width[idx], a.yaw_rel[idx])
+        e_yaw = float(ego.yaw - road.heading_at(ego.s))
+        es, ed = _frenet_extents(np.array(ego.length), np.array(ego.width), np.array(e_yaw))
+        near_ego = ((np.abs(a.s[idx] - ego.s) < ext_s + es + BROAD_MARGIN)
+                    & (np.abs(a.d[idx] - ego.d) < ext_d + ed + BROAD_MARGIN))
+        cand = np.flatnonzero(near_ego)
         if cand.size:
-            corners = box_corners(x[cand], y[cand], yaw[cand], length[cand], width[cand])
-            hit = boxes_overlap(np.repeat(e_box[None], cand.size, 0), corners)
+            x, y, yaw = self.actor_poses(idx[cand])
+            corners = box_corners(x, y, yaw, a.length[idx[cand]], a.width[idx[cand]])
+            hit = boxes_overlap(np.repeat(self.ego_box()[None], cand.size, 0), corners)
             ev.collided_track_ids = [int(t) for t in a.track_id[idx[cand[hit]]]]
             ev.collision = bool(hit.any())
-        ev.npc_collisions = _count_npc_overlaps(x, y, yaw, length, width,
-                                                a.cls[idx] == PEDESTRIAN)
+        ev.npc_collisions = self._count_npc_overlaps(idx, ext_s, ext_d)
         ev.min_ttc = _min_ttc(a, idx, ego)
         return ev
 
+    def _count_npc_overlaps(self, idx: np.ndarray, ext_s: np.ndarray, ext_d: np.ndarray) -> int:
+        """Overlapping pairs of actors; two pedestrians passing each other do not count."""
+        a = self.state.actors
+        s, d = a.s[idx], a.d[idx]
+        walker = a.cls[idx] == PEDESTRIAN
+        near = ((np.abs(s[:, None] - s[None, :]) < ext_s[:, None] + ext_s[None, :] + BROAD_MARGIN)
+                & (np.abs(d[:, None] - d[None, :]) < ext_d[:, None] + ext_d[None, :] + BROAD_MARGIN)
+                & ~(walker[:, None] & walker[None, :]))
+        i, j = np.nonzero(np.triu(near, k=1))
+        if i.size == 0:
+            return 0
+        x, y, yaw = self.actor_poses(idx)
+        ci = box_corners(x[i], y[i], yaw[i], a.length[idx[i]], a.width[idx[i]])
+        cj = box_corners(x[j], y[j], yaw[j], a.length[idx[j]], a.width[idx[j]])
+        return int(boxes_overlap(ci, cj).sum())
 
-def _count_npc_overlaps(
-    x: np.ndarray, y: np.ndarray, yaw: np.ndarray, length: np.ndarray, width: np.ndarray,
-    walker: np.ndarray,
-) -> int:
-    """Overlapping pairs of actors; two pedestrians passing each other do not count."""
-    r = 0.5 * np.hypot(length, width)
-    dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
-    reach = r[:, None] + r[None, :]
-    near = (dx * dx + dy * dy < reach * reach) & ~(walker[:, None] & walker[None, :])
-    i, j = np.nonzero(np.triu(near, k=1))
-    if i.size == 0:
-        return 0
-    ci = box_corners(x[i], y[i], yaw[i], length[i], width[i])
-    cj = box_corners(x[j], y[j], yaw[j], length[j], width[j])
-    return int(boxes_overlap(ci, cj).sum())
+
+def _frenet_extents(
+    length: np.ndarray, width: np.ndarray, yaw_rel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Half extents along s and d of boxes turned by yaw_rel from the road direction."""
+    c, s = np.abs(np.cos(yaw_rel)), np.abs(np.sin(yaw_rel))
+    return 0.5 * (length * c + width * s), 0.5 * (length * s + width * c)
 
 
 def _min_ttc(a: ActorTable, idx: np.ndarray, ego: EgoState) -> float:
