@@ -81,9 +81,10 @@ def _lanes(world: World, out: RenderOutput, camera: Camera, rows: np.ndarray) ->
     s = s[s < road.s_max]
     xs = np.full((n_b, rows.size), np.nan, np.float32)
     painted = np.zeros((n_b, rows.size), bool)
+    px, py, _ = road.to_world(s[None, :], road.boundary_d(np.arange(n_b))[:, None])
+    pcs = camera.to_camera(np.stack([px, py, np.zeros_like(px)], axis=-1))  # (B, S, 3)
     for j in range(n_b):
-        px, py, _ = road.to_world(s, road.boundary_d(j))
-        pc = camera.to_camera(np.stack([px, py, np.zeros_like(px)], axis=1))
+        pc = pcs[j]
         front = pc[:, 2] > camera.spec.near
         if front.sum() < 2:
             continue

@@ -86,6 +86,9 @@ class Renderer:
         self._cond_key: object = None
         self.conditions: Conditions | None = None
         self._clutter_pose: tuple[np.ndarray, ...] | None = None
+        above = np.arange(spec.height)[:, None] < spec.horizon_y
+        self._ids_background = np.where(above, ID_SKY, ID_GRASS).astype(np.int32).repeat(
+            spec.width, axis=1)
 
     def _prepare(self, world: World) -> Conditions:
         key = (id(world.clutter), world.scenario)
@@ -102,8 +105,7 @@ class Renderer:
         cam = self.camera
         cam.set_pose(world.state.ego)
         img = cond.background.copy()
-        ids = np.where(np.arange(self.spec.height)[:, None] < self.spec.horizon_y,
-                       ID_SKY, ID_GRASS).astype(np.int32).repeat(self.spec.width, axis=1)
+        ids = self._ids_background.copy()
         self._draw_road(world, img, ids, cond)
         cond.ground_pass(img)
         out = RenderOutput(img, ids, {}, {})
@@ -155,42 +157,57 @@ class Renderer:
         edges = self._lines(world, s, np.array([-pw, pw, -hw, hw]))
         self._fill(self._strip_poly(edges[0], edges[1]), img, ids, pal.shoulder, ID_SHOULDER)
         self._fill(self._strip_poly(edges[2], edges[3]), img, ids, pal.road, ID_ROAD)
-        near_s = np.append(s[s < ego.s + MARKING_RANGE], ego.s + MARKING_RANGE)
+        polys = self._marking_polys(world, s)
         for j, kind in enumerate(road.markings):
-            d = float(road.boundary_d(j))
             color = pal.yellow if kind == DOUBLE else pal.marking
-            if kind == DASHED:
-                polys = self._dashes(world, d)
-            else:
-                if kind == DOUBLE:
-                    out = np.sign(d or 1.0)
-                    offs = np.array([-0.19, -0.07, 0.05, 0.17]) * out + d
-                else:
-                    offs = np.array([d - MARK_WIDTH / 2, d + MARK_WIDTH / 2])
-                lines = self._lines(world, near_s, offs)
-                polys = []
-                for k in range(0, len(offs), 2):
-                    polys += self._strip_poly(lines[k], lines[k + 1])
-            self._fill(polys, img, ids, color, ID_MARKING - j)
+            self._fill(polys[j], img, ids, color, ID_MARKING - j)
         for side in world.clutter.rail_sides:
             d_rail = np.array([side * (pw + 0.6)])
             rs = s[s < ego.s + 120.0]
             lo, hi = self._lines(world, rs, d_rail, 0.35)[0], self._lines(world, rs, d_rail, 0.8)[0]
             self._fill(self._strip_poly(lo, hi), img, ids, (150, 152, 150), ID_RAIL)
 
-    def _dashes(self, world: World, d: float) -> list[np.ndarray]:
+    def _marking_polys(self, world: World, s: np.ndarray) -> list[list[np.ndarray]]:
+        """Pixel polygons of every boundary's paint: strips for solid and double lines
+        (one world-to-camera pass for all of them), quads for the dashes of dashed ones."""
+        road, ego = world.road, world.state.ego
+        polys: list[list[np.ndarray]] = [[] for _ in road.markings]
+        offs: list[np.ndarray] = []
+        owner: list[int] = []
+        dashed: list[int] = []
+        for j, kind in enumerate(road.markings):
+            d = float(road.boundary_d(j))
+            if kind == DASHED:
+                dashed.append(j)
+                continue
+            if kind == DOUBLE:
+                k = np.array([-0.19, -0.07, 0.05, 0.17]) * np.sign(d or 1.0) + d
+            else:
+                k = np.array([d - MARK_WIDTH / 2, d + MARK_WIDTH / 2])
+            offs.append(k)
+            owner += [j] * (len(k) // 2)
+        if offs:
+            near_s = np.append(s[s < ego.s + MARKING_RANGE], ego.s + MARKING_RANGE)
+            lines = self._lines(world, near_s, np.concatenate(offs))
+            for k, j in enumerate(owner):
+                polys[j] += self._strip_poly(lines[2 * k], lines[2 * k + 1])
+        if dashed:
+            for j, quads in zip(dashed, self._dash_quads(world, dashed), strict=True):
+                polys[j] = self._project_polys(quads)
+        return polys
+
+    def _dash_quads(self, world: World, boundaries: list[int]) -> np.ndarray:
+        """Camera-frame quads (len(boundaries), D, 4, 3) of the dashes ahead."""
         road, ego = world.road, world.state.ego
         first = np.floor((ego.s - 8.0) / road.dash_period) * road.dash_period
         n = int((MARKING_RANGE + 8.0) / road.dash_period) + 1
         starts = first + road.dash_period * np.arange(n)
         starts = starts[(starts < ego.s + MARKING_RANGE) & (starts + road.dash_length < road.s_max)]
-        if starts.size == 0:
-            return []
-        s = np.stack([starts, starts + road.dash_length, starts + road.dash_length, starts], 1)
-        dd = np.array([-1.0, -1.0, 1.0, 1.0]) * MARK_WIDTH / 2 + d
-        x, y, _ = road.to_world(s, dd[None, :])
-        pc = self.camera.to_camera(np.stack([x, y, np.zeros_like(x)], axis=-1))
-        return self._project_polys(pc)
+        ss = np.stack([starts, starts + road.dash_length, starts + road.dash_length, starts], 1)
+        d = road.boundary_d(np.array(boundaries))[:, None, None]
+        dd = d + np.array([-1.0, -1.0, 1.0, 1.0]) * MARK_WIDTH / 2
+        x, y, _ = road.to_world(np.broadcast_to(ss, dd.shape[:1] + ss.shape), dd)
+        return self.camera.to_camera(np.stack([x, y, np.zeros_like(x)], axis=-1))
 
     def _draw_shadows(self, world: World, img: np.ndarray, cond: Conditions) -> None:
         if cond.time_of_day == "night":
