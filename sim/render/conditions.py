@@ -7,6 +7,7 @@ by the step, so frames stay deterministic and cost a few array operations.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -59,7 +60,6 @@ class Conditions:
         self.palette = pal
         self.exposure = float(scenario.exposure)
         self.noise_std = float(scenario.noise_std)
-        rng = np.random.default_rng([scenario.seed, 0xCA3])
         h, w = spec.height, spec.width
         rows = np.arange(h, dtype=np.float64) + 0.5
         self.row_distance = _row_distance(spec, rows)
@@ -71,8 +71,9 @@ class Conditions:
         self.headlight: np.ndarray | None = None
         if scenario.time_of_day == "night":
             self.headlight = _headlight_gain(spec, self.row_distance)
-        self.rain = _rain_bank(rng, h, w) if scenario.weather == "rain" else None
-        self.noise = _noise_bank(rng, h, w, self.noise_std) if self.noise_std > 0.5 else None
+        self.rain = _rain_bank(h, w) if scenario.weather == "rain" else None
+        std_q = round(self.noise_std * 2.0) / 2.0  # banks are shared per 0.5 of std
+        self.noise = _noise_bank(h, w, std_q) if std_q > 0.0 else None
 
     def _background(self, rows: np.ndarray) -> np.ndarray:
         pal, spec = self.palette, self.spec
@@ -141,7 +142,10 @@ def _headlight_gain(spec: CameraSpec, row_distance: np.ndarray) -> np.ndarray:
     return np.repeat(g[:, :, None], 3, axis=2)
 
 
-def _rain_bank(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def _rain_bank(h: int, w: int) -> np.ndarray:
+    """Rain streak layers (read-only, shared by all episodes of this size)."""
+    rng = np.random.default_rng(0xCA3)
     bank = np.zeros((BANK, h, w, 3), np.uint8)
     for k in range(BANK):
         n = int(h * w / 300)
@@ -151,13 +155,17 @@ def _rain_bank(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             p0 = (int(xs), int(ys))
             p1 = (int(xs - 0.25 * ln), int(ys + ln))
             cv2.line(bank[k], p0, p1, (55, 58, 62), 1, cv2.LINE_AA)
+    bank.flags.writeable = False
     return bank
 
 
-def _noise_bank(
-    rng: np.random.Generator, h: int, w: int, std: float
-) -> tuple[np.ndarray, np.ndarray]:
-    noise = rng.normal(0.0, std, (BANK, h, w, 3))
+@functools.lru_cache(maxsize=32)
+def _noise_bank(h: int, w: int, std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative parts of Gaussian pixel noise (read-only, shared)."""
+    rng = np.random.default_rng([0xCA4, int(std * 10)])
+    noise = rng.normal(0.0, std, (BANK, h, w, 3)).astype(np.float32)
     pos = np.clip(noise, 0, 255).astype(np.uint8)
     neg = np.clip(-noise, 0, 255).astype(np.uint8)
+    pos.flags.writeable = False
+    neg.flags.writeable = False
     return pos, neg
