@@ -243,7 +243,8 @@ def mp4_writer(path: Path, fps: int) -> Iterator[Callable[[np.ndarray], None]]:
     try:
         yield writer.append_data
         writer.close()
-        os.replace(tmp, path)
+        if tmp.exists():  # ffmpeg starts (and creates the file) with the first frame
+            os.replace(tmp, path)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.actions import SpeedController, pure_pursuit
+from sim.types import PEDESTRIAN
 from sim.world.actors import MAX_ACCEL, MAX_BRAKE, MAX_STEER
 from sim.world.traffic import idm, lane_occupancy
 from sim.world.world import World
@@ -36,6 +37,9 @@ class Autopilot:
             occ = a.active & (np.abs(a.d - ego.d) < 0.5 * (a.width + ego.width) + 0.3)
         else:
             occ = lane_occupancy(road, a.d, a.width)[:, lanes].any(axis=1) & a.active
+        # a pedestrian crossing the road blocks every lane until it has crossed
+        occ |= (a.active & (a.cls == PEDESTRIAN) & (a.cross_state == 2)
+                & (np.abs(a.d) < road.paved_half_width))
         ds = a.s - ego.s
         ahead = occ & (ds > 0)
         if not ahead.any():

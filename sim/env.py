@@ -200,9 +200,11 @@ class DrivingEnv(gym.Env):
             "step": world.state.step,
             "speed": ego.speed,
             "route_completion": min(max(ego.s / world.road.route_length, 0.0), 1.0),
-            "scenario": self._scenario_info,
+            "scenario": dict(self._scenario_info),
         }
         if self.frame is not None:
+            # one object (not a dict of arrays): its arrays change size from frame to
+            # frame, which vector envs cannot stack; it reads like a dict all the same
             gt: GroundTruth = self.frame.ground_truth
-            info["ground_truth"] = gt.as_dict()
+            info["ground_truth"] = gt
         return info

@@ -6,6 +6,7 @@ Image coordinates are pixels, x to the right, y down, origin at the top-left cor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -105,8 +106,48 @@ class EgoState:
     """Distance rear axle to front axle [m]."""
 
 
-@dataclass
-class LaneLabels:
+class _Record:
+    """Dataclass mixin: read fields as items too (`gt["boxes_xyxy"]`), and compare
+    array fields by value, so records work in gymnasium infos and its checkers."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(f"{key!r}; available: {', '.join(self.keys())}")
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]  # type: ignore[arg-type]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.keys() else default
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, k), getattr(other, k)) for k in self.keys())
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and a.dtype == b.dtype and bool(
+            np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    return bool(a == b)
+
+
+@dataclass(eq=False)
+class LaneLabels(_Record):
     """Lane boundaries as image polylines sampled at fixed rows (TuSimple style)."""
 
     rows: np.ndarray
@@ -126,9 +167,11 @@ class LaneLabels:
     """(B, R) bool: paint lies under that point (False in the gaps of a dashed line)."""
 
 
-@dataclass
-class GroundTruth:
-    """Exact labels of one frame, from the instance-id buffer and the geometry."""
+@dataclass(eq=False)
+class GroundTruth(_Record):
+    """Exact labels of one frame, from the instance-id buffer and the geometry.
+
+    Fields read as attributes or items: `gt.boxes_xyxy` or `gt["boxes_xyxy"]`."""
 
     boxes_xyxy: np.ndarray
     """(N, 4) float32 boxes clipped to the image [px]."""

@@ -45,7 +45,16 @@ def _objects(world: World, out: RenderOutput, camera: Camera) -> dict[str, np.nd
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         if total == 0 or ix0 >= ix1 or iy0 >= iy1:
             continue
-        in_img = int(mask[iy0 - y0: iy1 - y0, ix0 - x0: ix1 - x0].sum())
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            # cut by the image border: count what lies inside by drawing exactly as the
+            # id buffer was drawn (OpenCV rasterizes clipped polygons a little differently)
+            canvas = np.zeros((h, w), np.uint8)
+            for polys in parts:
+                cv2.fillPoly(canvas, polys, 1, cv2.LINE_8, SHIFT)
+            in_img = int(canvas.sum())
+            total = max(total, in_img)
+        else:
+            in_img = total
         seen = out.ids[iy0:iy1, ix0:ix1] == r + 1
         n_seen = int(seen.sum())
         if n_seen == 0:

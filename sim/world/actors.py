@@ -151,3 +151,11 @@ def boxes_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         sep = (pa.max(-1) < pb.min(-1)) | (pb.max(-1) < pa.min(-1))
         overlap &= ~sep.any(-1)
     return overlap
+
+
+def frenet_extents(
+    length: np.ndarray, width: np.ndarray, yaw_rel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Half extents along s and d of boxes turned by yaw_rel from the road direction."""
+    c, s = np.abs(np.cos(yaw_rel)), np.abs(np.sin(yaw_rel))
+    return 0.5 * (length * c + width * s), 0.5 * (length * s + width * c)

@@ -113,7 +113,9 @@ def slot_is_free(
     """No active actor nor the ego within `margin` m of the footprint along its lane,
     plus the distance needed to brake gently (3 m/s^2) to a slower actor ahead or for a
     faster one behind."""
-    near_lat = np.abs(actors.d - d) < 0.5 * (actors.width + width) + 0.5
+    half = 0.5 * (actors.width + width) + 0.5
+    changing_to = np.where(actors.target_lane >= 0, road.lane_center(actors.target_lane), np.inf)
+    near_lat = (np.abs(actors.d - d) < half) | (np.abs(changing_to - d) < half)
     ahead = actors.s > s
     closing = np.where(ahead, speed - np.abs(actors.speed), np.abs(actors.speed) - speed)
     need = margin + np.maximum(closing, 0.0) ** 2 / 6.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.types import CYCLIST, PEDESTRIAN, TRUCK, EgoState
-from sim.world.actors import ActorTable
+from sim.world.actors import ActorTable, frenet_extents
 from sim.world.road import Road
 
 S0 = 2.5
@@ -33,6 +33,8 @@ LAT_SPEED = 1.1
 """Largest lateral speed during a lane change [m/s]."""
 PED_SPEED = 1.4
 """Walking speed [m/s]."""
+MIN_GAP = 0.3
+"""Smallest bumper gap a vehicle keeps to its leader [m]."""
 
 
 def idm(
@@ -86,18 +88,24 @@ def _a_max(actors: ActorTable) -> np.ndarray:
     return np.where(actors.cls == TRUCK, 1.0, np.where(actors.cls == CYCLIST, 1.0, 1.8))
 
 
-def _leader_accel(actors: ActorTable, p: _Participants, target: np.ndarray) -> np.ndarray:
-    """IDM acceleration of every actor row with its leader: the nearest actor ahead that
-    overlaps its own width or stands in its target lane."""
+def _leader_accel(
+    actors: ActorTable, p: _Participants, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IDM acceleration of every actor row with its leader (the nearest participant ahead
+    that overlaps its own width, or stands wholly ahead in its target lane), the
+    leader's index and whether there is one."""
     n = p.n
     lateral = np.abs(p.d[:n, None] - p.d[None, :]) < 0.5 * (
         p.width[:n, None] + p.width[None, :]) + 0.2
-    conflict = (lateral & p.active[None, :]) | p.occ[:, target].T
+    # someone in the target lane counts once fully ahead; one still beside (a merging
+    # car) counts only if it overlaps sideways, so traffic alongside a merger keeps going
+    conflict = (lateral & p.active[None, :]) | (p.occ[:, target].T & (p.gap[:n] > 0))
     ahead = conflict & (p.ds[:n] > 0) & p.not_self[:n]
     j, found = _nearest(ahead, p.ds[: p.n], largest=False)
     gap = np.where(found, p.gap[np.arange(p.n), j], np.inf)
     dv = np.where(found, p.v[: p.n] - p.v[j], 0.0)
-    return idm(p.v[: p.n], actors.desired_speed, actors.headway, _a_max(actors), gap, dv)
+    acc = idm(p.v[: p.n], actors.desired_speed, actors.headway, _a_max(actors), gap, dv)
+    return acc, j, found
 
 
 def _mobil(
@@ -148,7 +156,7 @@ def step_vehicles(
     p = _Participants(actors, road, ego)
     lane = road.lane_of(actors.d)
     target = np.where(actors.target_lane >= 0, actors.target_lane, lane)
-    acc = _leader_accel(actors, p, target)
+    acc, lead, has_lead = _leader_accel(actors, p, target)
     settled = np.abs(actors.d - road.lane_center(target)) < 0.3
     can_change = veh & settled & (actors.lc_timer <= 0) & (actors.cls != CYCLIST)
     if decide and can_change.any():
@@ -159,15 +167,34 @@ def step_vehicles(
     actors.lc_timer = np.where(changed, LC_COOLDOWN, np.maximum(actors.lc_timer - dt, 0.0))
     # lateral motion toward the target lane centre (cyclists keep their line)
     d_goal = np.where(actors.cls == CYCLIST, actors.d, road.lane_center(new_target))
-    v_lat = np.minimum(np.maximum(0.9 * (d_goal - actors.d), -LAT_SPEED), LAT_SPEED)
-    v_lat *= np.minimum(np.maximum(actors.speed / 2.0, 0.3), 1.0)  # creep when stopped
+    lat_max = np.minimum(np.maximum(0.12 * actors.speed, 0.25), LAT_SPEED)  # creep if slow
+    v_lat = np.minimum(np.maximum(0.9 * (d_goal - actors.d), -lat_max), lat_max)
+    v_lat = np.where(_blocked_sideways(actors, p, v_lat), 0.0, v_lat)
     v_new = np.maximum(actors.speed + acc * dt, 0.0)
-    actors.s = np.where(veh, actors.s + 0.5 * (actors.speed + v_new) * dt, actors.s)
+    s_new = actors.s + 0.5 * (actors.speed + v_new) * dt
+    # safety clamp: never close in to less than MIN_GAP behind the leader, even when
+    # IDM cannot brake hard enough (cut-ins, obstacles appearing sideways)
+    lead_s = p.s[lead] + np.maximum(p.v[lead] - MAX_DECEL * dt, 0.0) * dt
+    s_max = lead_s - 0.5 * (actors.length + p.length[lead]) - MIN_GAP
+    clamp = has_lead & (s_new > s_max)
+    s_new = np.where(clamp, np.maximum(actors.s, s_max), s_new)
+    v_new = np.where(clamp, np.minimum(v_new, p.v[lead]), v_new)
+    actors.s = np.where(veh, s_new, actors.s)
     actors.d = np.where(veh, actors.d + v_lat * dt, actors.d)
     actors.v_lat = np.where(veh, v_lat, actors.v_lat)
     actors.accel = np.where(veh, acc, actors.accel)
     actors.speed = np.where(veh, v_new, actors.speed)
     actors.target_lane = np.where(veh, new_target, actors.target_lane)
+
+
+def _blocked_sideways(actors: ActorTable, p: _Participants, v_lat: np.ndarray) -> np.ndarray:
+    """Rows whose sideways move would run into someone beside them: they wait."""
+    n = p.n
+    ext_s, ext_d = frenet_extents(p.length, p.width, np.append(actors.yaw_rel, 0.0))
+    side = (p.d[None, :] - p.d[:n, None]) * np.sign(v_lat)[:, None]
+    beside = np.abs(p.ds[:n]) < ext_s[:n, None] + ext_s[None, :] + 0.1
+    close = (side > 0) & (side < ext_d[:n, None] + ext_d[None, :] + 0.4)
+    return (beside & close & p.active[None, :] & p.not_self[:n]).any(axis=1) & (v_lat != 0)
 
 
 def step_pedestrians(actors: ActorTable, road: Road, ego: EgoState, dt: float) -> None:

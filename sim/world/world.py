@@ -15,7 +15,13 @@ import numpy as np
 
 from sim.config import Scenario
 from sim.types import CONE, CYCLIST, PEDESTRIAN, EgoState, Events
-from sim.world.actors import ActorTable, box_corners, boxes_overlap, step_bicycle
+from sim.world.actors import (
+    ActorTable,
+    box_corners,
+    boxes_overlap,
+    frenet_extents,
+    step_bicycle,
+)
 from sim.world.road import Road, make_road
 from sim.world.scenario import (
     Clutter,
@@ -102,6 +108,8 @@ class World:
         row = 0
         static_s = np.sort(rng.uniform(90.0, max(120.0, min(600.0, sc.road_length - 50)),
                                        sc.n_cone_groups + sc.n_stalled))
+        for k in range(1, static_s.size):  # a cone taper is ~30 m long: keep them apart
+            static_s[k] = max(static_s[k], static_s[k - 1] + 45.0)
         kinds = rng.permutation([False] * sc.n_cone_groups + [True] * sc.n_stalled)
         for s0, stalled in zip(static_s, kinds, strict=True):
             k = 1 if stalled else CONES_PER_GROUP
@@ -217,9 +225,9 @@ class World:
         idx = np.flatnonzero(a.active)
         if idx.size == 0:
             return ev
-        ext_s, ext_d = _frenet_extents(a.length[idx], a.width[idx], a.yaw_rel[idx])
+        ext_s, ext_d = frenet_extents(a.length[idx], a.width[idx], a.yaw_rel[idx])
         e_yaw = float(ego.yaw - road.heading_at(ego.s))
-        es, ed = _frenet_extents(np.array(ego.length), np.array(ego.width), np.array(e_yaw))
+        es, ed = frenet_extents(np.array(ego.length), np.array(ego.width), np.array(e_yaw))
         near_ego = ((np.abs(a.s[idx] - ego.s) < ext_s + es + BROAD_MARGIN)
                     & (np.abs(a.d[idx] - ego.d) < ext_d + ed + BROAD_MARGIN))
         cand = np.flatnonzero(near_ego)
@@ -248,14 +256,6 @@ class World:
         ci = box_corners(x[i], y[i], yaw[i], a.length[idx[i]], a.width[idx[i]])
         cj = box_corners(x[j], y[j], yaw[j], a.length[idx[j]], a.width[idx[j]])
         return int(boxes_overlap(ci, cj).sum())
-
-
-def _frenet_extents(
-    length: np.ndarray, width: np.ndarray, yaw_rel: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Half extents along s and d of boxes turned by yaw_rel from the road direction."""
-    c, s = np.abs(np.cos(yaw_rel)), np.abs(np.sin(yaw_rel))
-    return 0.5 * (length * c + width * s), 0.5 * (length * s + width * c)
 
 
 def _min_ttc(a: ActorTable, idx: np.ndarray, ego: EgoState) -> float:
