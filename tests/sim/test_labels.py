@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
-import cv2
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -246,37 +244,6 @@ def test_ego_offset_and_heading_error_match_the_world(shots: list[Shot]) -> None
         tangent = np.arctan2(road.y[i + 1] - road.y[i], road.x[i + 1] - road.x[i])
         err = np.angle(np.exp(1j * (e.yaw - tangent)))
         assert gt.ego_heading_error == pytest.approx(err, abs=2e-3)
-
-
-def test_save_annotated_png(shots: list[Shot]) -> None:
-    """One annotated frame per family for a person to look at (boxes and lane points)."""
-    sh = max(shots, key=lambda s: (len(s.gt) + 3 * s.gt.lanes.visible.any(axis=1).sum()))
-    scale = 3
-    img = cv2.resize(sh.image, (W * scale, H * scale), interpolation=cv2.INTER_NEAREST)
-    img = np.ascontiguousarray(img[..., ::-1])  # BGR for OpenCV
-    lanes = sh.gt.lanes
-    palette = [(0, 255, 255), (255, 0, 255), (255, 255, 0), (0, 128, 255), (255, 128, 0),
-               (128, 255, 0)]
-    for j in range(lanes.xs.shape[0]):
-        color = (0, 0, 255) if j in lanes.ego_boundaries else palette[j % len(palette)]
-        for i, row in enumerate(lanes.rows):
-            if lanes.xs[j, i] == ABSENT:
-                continue
-            c = (int(lanes.xs[j, i] * scale + scale // 2), int(row * scale + scale // 2))
-            cv2.circle(img, c, 3 if lanes.visible[j, i] else 1, color, -1)
-    for (x0, y0, x1, y1), cls, vf, occ in zip(sh.gt.boxes_xyxy, sh.gt.class_ids,
-                                            sh.gt.visible_fraction, sh.gt.occluded, strict=True):
-        color = (0, 140, 255) if occ else (0, 255, 0)
-        cv2.rectangle(img, (int(x0 * scale), int(y0 * scale)),
-                      (int(x1 * scale) - 1, int(y1 * scale) - 1), color, 1)
-        cv2.putText(img, f"{int(cls)}:{vf:.2f}", (int(x0 * scale), int(y0 * scale) - 2),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1)
-    cv2.putText(img, sh.tag, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
-    family = sh.tag.split()[0]
-    path = Path(PNG_PATTERN.format(family))
-    assert cv2.imwrite(str(path), img)
-    back = cv2.imread(str(path))
-    assert back is not None and back.shape == (H * scale, W * scale, 3)
 
 
 # -- constructed scenes: occlusion, full hiding, truncation ------------------------------
