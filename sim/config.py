@@ -52,11 +52,11 @@ class ScenarioConfig(_Strict):
     stalled: tuple[int, int] = Field((0, 1), description="stalled vehicles blocking a lane")
     clutter: Literal["sparse", "rural", "urban"] = "sparse"
     time_of_day: dict[TimeOfDay, float] = Field(
-        default_factory=lambda: {"day": 0.8, "dusk": 0.12, "night": 0.08},
+        default_factory=lambda: {"day": 0.8, "dusk": 0.12, "night": 0.08},  # type: ignore[arg-type,dict-item]
         description="weights of each time of day",
     )
     weather: dict[Weather, float] = Field(
-        default_factory=lambda: {"clear": 0.85, "fog": 0.08, "rain": 0.07},
+        default_factory=lambda: {"clear": 0.85, "fog": 0.08, "rain": 0.07},  # type: ignore[arg-type,dict-item]
         description="weights of each weather",
     )
     sensor_noise: tuple[float, float] = Field((0.0, 4.0), description="pixel noise std [0-255]")
@@ -200,8 +200,8 @@ def sample_scenario(config: ScenarioConfig, seed: int) -> Scenario:
         n_cone_groups=_randint(rng, config.cone_groups),
         n_stalled=_randint(rng, config.stalled),
         clutter=config.clutter,
-        time_of_day=_pick(rng, dict(config.time_of_day)),
-        weather=_pick(rng, dict(config.weather)),
+        time_of_day=_pick(rng, {str(k): v for k, v in config.time_of_day.items()}),
+        weather=_pick(rng, {str(k): v for k, v in config.weather.items()}),
         noise_std=_uniform(rng, config.sensor_noise),
         exposure=_uniform(rng, config.exposure),
         episode_seconds=config.episode_seconds,

@@ -78,9 +78,10 @@ class DrivingEnv(gym.Env):
         h, w = self.camera_spec.height, self.camera_spec.width
         cam_space = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
         state_space = spaces.Box(-STATE_LIMIT, STATE_LIMIT, shape=(STATE_DIM,), dtype=np.float32)
-        self.observation_space = {"camera": cam_space, "state": state_space,
-                                  "dict": spaces.Dict({"camera": cam_space,
-                                                       "state": state_space})}[obs_type]
+        spaces_by_type: dict[str, spaces.Space] = {
+            "camera": cam_space, "state": state_space,
+            "dict": spaces.Dict({"camera": cam_space, "state": state_space})}
+        self.observation_space = spaces_by_type[obs_type]
         self.renderer = Renderer(self.camera_spec)
         self.world: World | None = None
         self.frame: Frame | None = None

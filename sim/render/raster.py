@@ -11,6 +11,7 @@ so labels taken from the id buffer match the pixels exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -47,7 +48,11 @@ _ROAD_OFFSETS = np.concatenate([np.arange(-8.0, 20.0, 2.0), np.arange(20.0, 60.0
 
 
 def _part_table() -> tuple[np.ndarray, ...]:
-    prims, bounds, roles, start, count = [], [], [], [], []
+    prims: list[np.ndarray] = []
+    bounds: list[np.ndarray] = []
+    roles: list[np.ndarray] = []
+    start: list[int] = []
+    count: list[int] = []
     for name in ALL_SHAPES:
         p, b, r = shape_table(name)
         start.append(sum(len(x) for x in prims))
@@ -297,11 +302,12 @@ class Renderer:
         near = self.spec.near
         z = pc[..., 2]
         order = np.lexsort((-z.mean(axis=1), obj)).tolist()  # objects already far-to-near
-        in_front = (z >= near).all(axis=1).tolist()
-        behind = (z < near).all(axis=1).tolist()
+        in_front = cast(list[bool], (z >= near).all(axis=1).tolist())
+        behind = cast(list[bool], (z < near).all(axis=1).tolist())
         uv = np.round(self.camera.project(np.where(z[..., None] > 1e-3, pc, 1e-3)) * SCALE)
         face_uv = uv.astype(np.int32)[:, FACES]  # (P, 5, 4, 2)
-        vis, col_list = visible.tolist(), cols.tolist()
+        vis: list[list[bool]] = visible.tolist()
+        col_list: list[list[list[int]]] = cols.tolist()
         idv_list, obj_list = idv.tolist(), obj.tolist()
         img, ids = out.image, out.ids
         for p in order:

@@ -131,7 +131,8 @@ def _mobil(
         gap_f = np.where(has_foll, p.gap[rows, f], np.inf)
         v_f = p.v[f]
         f_v0 = np.where(f < p.n, actors.desired_speed[np.minimum(f, p.n - 1)], v_f + 5.0)
-        a_f_new = idm(v_f, f_v0, 1.5, 1.8, gap_f, v_f - p.v[: p.n])
+        a_f_new = idm(v_f, f_v0, np.full_like(v_f, 1.5), np.full_like(v_f, 1.8), gap_f,
+                      v_f - p.v[: p.n])
         a_f_old = p.acc[f]
         safe = (a_new > -B_SAFE) & (a_f_new > -B_SAFE) & ~beside.any(axis=1)
         gain = a_new - acc_now + POLITENESS * np.where(has_foll, a_f_new - a_f_old, 0.0) + bias

@@ -127,7 +127,7 @@ class World:
         for _ in range(sc.n_pedestrians):
             place_pedestrian(actors, row, rng, road, sc, (25.0, 250.0), self._new_id(state))
             row += 1
-        state.rng_state = rng.bit_generator.state
+        state.rng_state = dict(rng.bit_generator.state)
         return state
 
     @staticmethod
@@ -191,7 +191,7 @@ class World:
                 behind = rel[i] > self.ahead and ego.s - 110.0 > road.s[0]
                 span = (ego.s - 110.0, ego.s - 80.0) if behind else ahead
                 place_vehicle(a, int(i), rng, road, ego, sc, span, tid)
-        st.rng_state = rng.bit_generator.state
+        st.rng_state = dict(rng.bit_generator.state)
 
     # -- geometry ------------------------------------------------------------------
     def actor_poses(
