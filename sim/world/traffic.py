@@ -69,14 +69,13 @@ class _Participants:
     """Actors plus the ego as the last row, with their pairwise geometry."""
 
     def __init__(self, actors: ActorTable, road: Road, ego: EgoState) -> None:
-        self.n = len(actors)
+        self.n = n = len(actors)
+        table = np.empty((6, n + 1))  # one allocation for the six per-participant rows
+        table[:, :n] = (actors.s, actors.d, np.abs(actors.speed), actors.length,
+                        actors.width, actors.accel)
+        table[:, n] = (ego.s, ego.d, ego.speed, ego.length, ego.width, ego.accel)
+        self.s, self.d, self.v, self.length, self.width, self.acc = table
         active = np.append(actors.active, True)
-        self.s = np.append(actors.s, ego.s)
-        self.d = np.append(actors.d, ego.d)
-        self.v = np.append(np.abs(actors.speed), ego.speed)
-        self.length = np.append(actors.length, ego.length)
-        self.width = np.append(actors.width, ego.width)
-        self.acc = np.append(actors.accel, ego.accel)
         self.active = active
         self.occ = lane_occupancy(road, self.d, self.width) & active[:, None]
         self.ds = self.s[None, :] - self.s[:, None]  # ds[i, j] = s_j - s_i
@@ -191,6 +190,8 @@ def step_vehicles(
 def _blocked_sideways(actors: ActorTable, p: _Participants, v_lat: np.ndarray) -> np.ndarray:
     """Rows whose sideways move would run into someone beside them: they wait."""
     n = p.n
+    if not v_lat.any():
+        return np.zeros(n, dtype=bool)
     ext_s, ext_d = frenet_extents(p.length, p.width, np.append(actors.yaw_rel, 0.0))
     side = (p.d[None, :] - p.d[:n, None]) * np.sign(v_lat)[:, None]
     beside = np.abs(p.ds[:n]) < ext_s[:n, None] + ext_s[None, :] + 0.1
