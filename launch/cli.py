@@ -69,6 +69,11 @@ def run(
                              overrides={"episodes": episodes, "seed": seed, "out": out})
     except LaunchConfigError as exc:
         raise _fail(console, exc) from None
+    try:
+        config.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(console, ValueError(f"out: cannot create the output folder {config.out}: "
+                                        f"{exc.strerror or exc}")) from None
     console.print(f"drivestack run: {config.episodes} x {config.env_id} "
                   f"(seed {config.seed}, driver {config.driver}) -> {config.out}",
                   markup=False, highlight=False, soft_wrap=True)

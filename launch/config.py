@@ -98,7 +98,7 @@ class RunConfig(_Strict):
 
     family: Family = "highway"
     episodes: int = Field(default=3, ge=1)
-    seed: int = Field(default=0, description="episode i is reset with seed + i")
+    seed: int = Field(default=0, ge=0, description="episode i is reset with seed + i")
     max_steps: int | None = Field(default=None, ge=1, description="cap on steps per episode")
     scenario: ScenarioConfig = Field(default_factory=lambda: family_config("highway"))
     camera: CameraConfig = CameraConfig()  # frozen, so one shared default is safe

@@ -33,9 +33,13 @@ def action_space(action_type: str) -> spaces.Space:
 
 def continuous_to_controls(action: np.ndarray) -> tuple[float, float]:
     """(steer, accel) in [-1, 1] -> (wheel angle [rad], acceleration [m/s^2])."""
-    a = np.asarray(action, dtype=np.float64).reshape(-1)
-    if a.shape != (2,):
-        raise ValueError(f"continuous action must have shape (2,), got {np.shape(action)}")
+    if np.shape(action) != (2,):
+        raise ValueError(f"continuous action must have shape (2,) (steer, accel), "
+                         f"got shape {np.shape(action)}")
+    raw = np.asarray(action)
+    if raw.dtype.kind not in "biuf":
+        raise ValueError(f"continuous action must be numeric, got dtype {raw.dtype}")
+    a = raw.astype(np.float64)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"action contains NaN or inf: {a.tolist()}")
     steer, acc = np.clip(a, -1.0, 1.0)

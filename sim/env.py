@@ -94,10 +94,15 @@ class DrivingEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)
-        options = options or {}
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"scenario_seed"})
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; allowed: ['scenario_seed']")
         sc_seed = options.get("scenario_seed")
         if sc_seed is None:
             sc_seed = int(self.np_random.integers(0, 2**31 - 1))
+        elif isinstance(sc_seed, bool) or not isinstance(sc_seed, int | np.integer) or sc_seed < 0:
+            raise ValueError(f"scenario_seed must be a non-negative int, got {sc_seed!r}")
         scenario = sample_scenario(self.config, int(sc_seed))
         self.world = World(scenario, self.dt)
         self._scenario_info = asdict(scenario)
@@ -140,7 +145,7 @@ class DrivingEnv(gym.Env):
         world = self._require_world()
         state = world.get_state()
         state.extra = {"controller": copy.deepcopy(self._controller),
-                       "prev_accel": self._prev_accel}
+                       "prev_accel": self._prev_accel, "dt": self.dt}
         return state
 
     def set_state(self, state: WorldState) -> None:
@@ -148,11 +153,20 @@ class DrivingEnv(gym.Env):
         frames, labels and rewards."""
         if not isinstance(state, WorldState):
             raise TypeError(f"set_state expects a WorldState, got {type(state).__name__}")
+        dt = state.extra.get("dt", self.dt)
+        if abs(dt - self.dt) > 1e-12:
+            raise ValueError(f"state was recorded with dt={dt}, this env steps dt={self.dt}: "
+                             "replay would diverge; make the env with the same dt")
         if self.world is None:
             self.world = World(state.scenario, self.dt)
         self.world.set_state(state)
         self._scenario_info = asdict(state.scenario)
         self._controller = copy.deepcopy(state.extra.get("controller"))
+        if self._controller is None:  # a bare World state: start tracking the current lane
+            ego = self.world.state.ego
+            self._controller = MetaController(
+                target_lane=int(self.world.road.lane_of(ego.d)), target_speed=ego.speed,
+                speed_pid=SpeedController())
         self._prev_accel = float(state.extra.get("prev_accel", 0.0))
         self.frame = None
 

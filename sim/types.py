@@ -49,15 +49,15 @@ class CameraSpec:
 
     def __post_init__(self) -> None:
         if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
-            raise ValueError(f"camera size {self.width}x{self.height} must be in 16..4096 px")
+            raise ValueError(f"width, height: {self.width}x{self.height} must be in 16..4096 px")
         if not 10.0 <= self.fov_deg <= 150.0:
-            raise ValueError(f"camera fov_deg={self.fov_deg} must be in [10, 150]")
+            raise ValueError(f"fov_deg: {self.fov_deg} must be in [10, 150]")
         if not -30.0 <= self.pitch_deg <= 45.0:
-            raise ValueError(f"camera pitch_deg={self.pitch_deg} must be in [-30, 45]")
+            raise ValueError(f"pitch_deg: {self.pitch_deg} must be in [-30, 45]")
         if self.mount_height <= 0.2:
-            raise ValueError(f"camera mount_height={self.mount_height} must be > 0.2 m")
+            raise ValueError(f"mount_height: {self.mount_height} must be > 0.2 m")
         if not 0.05 <= self.near < self.far:
-            raise ValueError(f"camera near={self.near} and far={self.far} need 0.05 <= near < far")
+            raise ValueError(f"near, far: {self.near}, {self.far} need 0.05 <= near < far")
 
     @property
     def focal_px(self) -> float:
@@ -190,14 +190,18 @@ class GroundTruth(_Record):
     lanes: LaneLabels
     """Lane boundary polylines."""
     ego_lane_offset: float
-    """Ego reference point minus the ego lane centre, left positive [m]."""
+    """Ego body centre minus the ego lane centre, left positive [m]."""
     ego_heading_error: float
     """Ego yaw minus the road heading [rad]."""
     ego_lane: int
     """Index of the lane the ego is in (0 = rightmost)."""
 
     def __len__(self) -> int:
+        """Number of labelled objects."""
         return int(self.boxes_xyxy.shape[0])
+
+    def __bool__(self) -> bool:
+        return True  # a frame without objects still has labels (lanes, ego offset)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict of arrays (lanes nested), as put in `info["ground_truth"]`."""

@@ -17,7 +17,7 @@ class Camera:
         self.spec = spec
         self.f = spec.focal_px
         self.cx, self.cy = spec.width / 2.0, spec.height / 2.0
-        self.tan_half = np.tan(np.radians(spec.fov_deg) / 2.0)
+        self.tan_half = float(np.tan(np.radians(spec.fov_deg) / 2.0))
         pitch = np.radians(spec.pitch_deg)
         self._cp, self._sp = np.cos(pitch), np.sin(pitch)
         self.R = np.eye(3)
@@ -49,9 +49,10 @@ class Camera:
     def in_frustum(self, pc: np.ndarray, radius: np.ndarray) -> np.ndarray:
         """Bounding spheres (centre in camera frame, radius) that may touch the image."""
         z = pc[..., 2]
-        margin = radius * 1.5
-        side = np.abs(pc[..., 0]) < z * self.tan_half + margin
-        vert = np.abs(pc[..., 1]) < z * self.tan_half * 1.0 + margin
+        tan_v = self.tan_half * self.spec.height / self.spec.width
+        # a sphere touches the view wedge |x| <= z tan while |x| < z tan + r sqrt(1 + tan^2)
+        side = np.abs(pc[..., 0]) < z * self.tan_half + radius * np.hypot(1.0, self.tan_half)
+        vert = np.abs(pc[..., 1]) < z * tan_v + radius * np.hypot(1.0, tan_v)
         return (z > self.spec.near - radius) & (z < self.spec.far + radius) & side & vert
 
 

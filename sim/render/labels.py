@@ -26,7 +26,7 @@ def _objects(world: World, out: RenderOutput, camera: Camera) -> dict[str, np.nd
     h, w = out.ids.shape
     a = world.state.actors
     cam_xy = camera.position[:2]
-    x, y, yaw = world.actor_poses()
+    x, y, yaw = out.poses
     rows, boxes, vis, trunc, occ, dist = [], [], [], [], [], []
     for r, parts in sorted(out.silhouettes.items()):
         pts = np.concatenate([p for polys in parts for p in polys]) >> SHIFT

@@ -79,6 +79,8 @@ class RenderOutput:
     unoccluded, untruncated silhouette used by the labels."""
     depth: dict[int, float]
     """Actor row -> camera z of the object's centre [m]."""
+    poses: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """World x, y, yaw of every actor row, as drawn."""
 
 
 class Renderer:
@@ -91,7 +93,7 @@ class Renderer:
         self._cond_key: object = None
         self.conditions: Conditions | None = None
         self._clutter_pose: tuple[np.ndarray, ...] | None = None
-        above = np.arange(spec.height)[:, None] < spec.horizon_y
+        above = (np.arange(spec.height)[:, None] + 0.5) < spec.horizon_y  # as the image
         self._ids_background = np.where(above, ID_SKY, ID_GRASS).astype(np.int32).repeat(
             spec.width, axis=1)
 
@@ -113,8 +115,8 @@ class Renderer:
         ids = self._ids_background.copy()
         self._draw_road(world, img, ids, cond)
         cond.ground_pass(img)
-        out = RenderOutput(img, ids, {}, {})
-        self._draw_shadows(world, img, cond)
+        out = RenderOutput(img, ids, {}, {}, world.actor_poses())
+        self._draw_shadows(world, img, cond, out.poses)
         self._draw_objects(world, out, cond)
         cond.sensor_pass(img, world.state.step)
         return out
@@ -136,7 +138,9 @@ class Renderer:
         """Polygon between two camera-frame polylines (S, 3) running away from the camera."""
         near = self.spec.near
         ca, cb = _clip_start(a, near), _clip_start(b, near)
-        if ca is None or cb is None:  # the road bends behind the camera: clip in general
+        if ca is None or cb is None or (len(ca) == len(a)) != (len(cb) == len(b)):
+            # the road bends behind the camera, or only one edge starts behind it (the ego
+            # is turned across the road): clip the closed polygon in general
             return self._project_polys(np.concatenate([a, b[::-1]])[None])
         poly = np.concatenate([ca, cb[::-1]])
         if len(poly) < 3:
@@ -157,7 +161,11 @@ class Renderer:
 
     def _draw_road(self, world: World, img: np.ndarray, ids: np.ndarray, cond: Conditions) -> None:
         road, ego, pal = world.road, world.state.ego, cond.palette
-        s = np.clip(ego.s + _ROAD_OFFSETS[_ROAD_OFFSETS < self.spec.far], road.s[0], road.s_max)
+        offsets = _ROAD_OFFSETS[_ROAD_OFFSETS < self.spec.far]
+        heading_error = np.angle(np.exp(1j * (ego.yaw - float(road.heading_at(ego.s)))))
+        if abs(heading_error) > np.radians(40.0):  # turned across the road: draw behind too
+            offsets = np.concatenate([-offsets[::-1][:-1], offsets[offsets > 8.0]])
+        s = np.clip(ego.s + offsets, road.s[0], road.s_max)
         pw, hw = road.paved_half_width, road.half_width
         edges = self._lines(world, s, np.array([-pw, pw, -hw, hw]))
         self._fill(self._strip_poly(edges[0], edges[1]), img, ids, pal.shoulder, ID_SHOULDER)
@@ -197,24 +205,28 @@ class Renderer:
             for k, j in enumerate(owner):
                 polys[j] += self._strip_poly(lines[2 * k], lines[2 * k + 1])
         if dashed:
-            for j, quads in zip(dashed, self._dash_quads(world, dashed), strict=True):
+            quads_all = self._dash_quads(world, dashed, float(s[0]))
+            for j, quads in zip(dashed, quads_all, strict=True):
                 polys[j] = self._project_polys(quads)
         return polys
 
-    def _dash_quads(self, world: World, boundaries: list[int]) -> np.ndarray:
+    def _dash_quads(self, world: World, boundaries: list[int], s_from: float) -> np.ndarray:
         """Camera-frame quads (len(boundaries), D, 4, 3) of the dashes ahead."""
         road, ego = world.road, world.state.ego
-        first = np.floor((ego.s - 8.0) / road.dash_period) * road.dash_period
-        n = int((MARKING_RANGE + 8.0) / road.dash_period) + 1
+        back = MARKING_RANGE if s_from < ego.s - 10.0 else 8.0  # turned across: both ways
+        first = np.floor((ego.s - back) / road.dash_period) * road.dash_period
+        n = int((MARKING_RANGE + back) / road.dash_period) + 1
         starts = first + road.dash_period * np.arange(n)
-        starts = starts[(starts < ego.s + MARKING_RANGE) & (starts + road.dash_length < road.s_max)]
+        starts = starts[(starts < ego.s + MARKING_RANGE) & (starts + road.dash_length < road.s_max)
+                        & (starts >= road.s[0])]
         ss = np.stack([starts, starts + road.dash_length, starts + road.dash_length, starts], 1)
         d = road.boundary_d(np.array(boundaries))[:, None, None]
         dd = d + np.array([-1.0, -1.0, 1.0, 1.0]) * MARK_WIDTH / 2
         x, y, _ = road.to_world(np.broadcast_to(ss, dd.shape[:1] + ss.shape), dd)
         return self.camera.to_camera(np.stack([x, y, np.zeros_like(x)], axis=-1))
 
-    def _draw_shadows(self, world: World, img: np.ndarray, cond: Conditions) -> None:
+    def _draw_shadows(self, world: World, img: np.ndarray, cond: Conditions,
+                      poses: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         if cond.time_of_day == "night":
             return
         a = world.state.actors
@@ -222,7 +234,7 @@ class Renderer:
         idx = np.flatnonzero(a.active & (rel > -5.0) & (rel < 90.0))
         if idx.size == 0:
             return
-        x, y, yaw = world.actor_poses()
+        x, y, yaw = poses
         k = 0.55 if cond.time_of_day == "day" else 0.75
         color = tuple(int(c * k) for c in cond.palette.road)
         c = box_corners(x[idx] + 0.25, y[idx] + 0.2, yaw[idx], a.length[idx] * 1.05 + 0.2,
@@ -235,10 +247,11 @@ class Renderer:
                 cv2.fillConvexPoly(img, p, color, cv2.LINE_8, SHIFT)
 
     # -- objects --------------------------------------------------------------------
-    def _visible_objects(self, world: World) -> tuple[np.ndarray, ...]:
+    def _visible_objects(self, world: World, poses: tuple[np.ndarray, np.ndarray, np.ndarray]
+                         ) -> tuple[np.ndarray, ...]:
         """Objects in view: (shape id, x, y, yaw, size (N,3), color (N,3), id value, row)."""
         a, ego, cam = world.state.actors, world.state.ego, self.camera
-        ax, ay, ayaw = world.actor_poses()
+        ax, ay, ayaw = poses
         arows = np.flatnonzero(a.active)
         c = world.clutter
         lo, hi = np.searchsorted(c.s, [ego.s - 20.0, ego.s + CLUTTER_RANGE])
@@ -295,7 +308,7 @@ class Renderer:
         return obj, pc, visible, cols
 
     def _draw_objects(self, world: World, out: RenderOutput, cond: Conditions) -> None:
-        shape, x, y, yaw, size, color, idv, depth = self._visible_objects(world)
+        shape, x, y, yaw, size, color, idv, depth = self._visible_objects(world, out.poses)
         if shape.size == 0:
             return
         obj, pc, visible, cols = self._object_faces(shape, x, y, yaw, size, color, depth, cond)

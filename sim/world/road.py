@@ -118,7 +118,6 @@ class Road:
         dx, dy = x - self.x[best], y - self.y[best]
         along = dx * np.cos(h) + dy * np.sin(h)
         lateral = -dx * np.sin(h) + dy * np.cos(h)
-        # first-order correction of d for curvature between sample and foot point
         return self.s[best] + along, lateral
 
     def painted(self, boundary: int, s: np.ndarray) -> np.ndarray:

@@ -136,6 +136,8 @@ def place_vehicle(
     _set_shape(actors, i, rng, cls)
     limit = scenario.speed_limit
     v0 = limit * (rng.uniform(0.75, 0.9) if cls == TRUCK else rng.uniform(0.8, 1.1))
+    actors.desired_speed[i] = v0  # marks the row as a moving vehicle, so a failed
+    # placement is retried by the world's recycling
     for _ in range(20):
         s = float(rng.uniform(*s_range))
         lane = int(rng.integers(road.n_lanes))
@@ -159,6 +161,7 @@ def place_cyclist(
     s_range: tuple[float, float], track_id: int,
 ) -> bool:
     _set_shape(actors, i, rng, CYCLIST)
+    actors.desired_speed[i] = 5.0  # a moving row, retried if it cannot be placed now
     # on a one-lane road cyclists ride on the shoulder, elsewhere in the right lane
     d = float(road.boundary_d(0) + (-0.5 if road.n_lanes == 1 else 0.9))
     for _ in range(8):

@@ -175,7 +175,7 @@ class World:
         todo = np.flatnonzero(~a.active & moving)
         if todo.size == 0:
             return
-        rng = np.random.default_rng()
+        rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = st.rng_state
         ahead = (ego.s + 180.0, min(ego.s + 320.0, road.s_max - 60.0))
         for i in todo[:2]:  # a couple per step keeps the cost flat

@@ -85,6 +85,8 @@ def test_options_override_the_launch_file(write_launch, tmp_path: Path) -> None:
     ("scenario: {n_cars: 2}\n", ["bad.yaml", "scenario.n_cars", "vehicles"]),
     ("family: mars\n", ["bad.yaml", "family", "'mars'", "highway", "rural", "urban"]),
     ("episodes: [1\n", ["bad.yaml", "not valid YAML"]),
+    ("seed: -1\n", ["bad.yaml", "seed", "greater than or equal to 0"]),
+    ("camera: {fov_deg: 200}\n", ["bad.yaml", "camera.fov_deg", "[10, 150]"]),
 ])
 def test_bad_launch_file_exits_2_with_a_message(write_launch, text: str, needles: list[str]
                                                ) -> None:
@@ -93,6 +95,14 @@ def test_bad_launch_file_exits_2_with_a_message(write_launch, text: str, needles
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     for needle in needles:
         assert needle in result.stderr
+
+
+def test_output_folder_that_cannot_be_made_exits_2(write_launch, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, ["run", str(write_launch(TINY)), "--out", str(blocker / "x")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "out:" in result.stderr and "Traceback" not in result.output
 
 
 def test_bad_option_value_is_a_usage_error(write_launch) -> None:

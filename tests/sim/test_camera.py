@@ -108,8 +108,8 @@ def test_in_frustum_keeps_points_ahead_and_drops_those_behind() -> None:
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"width": 8}, "camera size"),
-        ({"height": 5000}, "camera size"),
+        ({"width": 8}, "width, height"),
+        ({"height": 5000}, "width, height"),
         ({"fov_deg": 5.0}, "fov_deg"),
         ({"fov_deg": 170.0}, "fov_deg"),
         ({"pitch_deg": 60.0}, "pitch_deg"),

@@ -127,7 +127,7 @@ def test_step_before_reset_raises_runtime_error() -> None:
         ({"family": "offroad"}, "highway, rural, urban"),
         ({"action_type": "joystick"}, "continuous"),
         ({"reward_weights": {"speed": 1.0}}, "progress"),
-        ({"camera": {"width": 4}}, "camera size"),
+        ({"camera": {"width": 4}}, "width, height"),
         ({"scenario": {"lanes": (0, 9)}}, "lanes"),
     ],
 )
