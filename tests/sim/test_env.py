@@ -193,6 +193,16 @@ def _clear_actors(env: gym.Env) -> None:
     a.cls[:] = CAR
 
 
+def _drive_until_terminated(env: gym.Env, action: list[float], max_steps: int
+                            ) -> tuple[float, bool, dict]:
+    """Repeat `action` until the episode terminates; fail the test if it never does."""
+    for _ in range(max_steps):
+        _, reward, terminated, truncated, info = env.step(np.array(action, np.float32))
+        if terminated:
+            return float(reward), bool(truncated), info
+    pytest.fail(f"action {action} never terminated the episode in {max_steps} steps")
+
+
 def test_collision_with_a_stalled_car_terminates(make_env: Callable[..., gym.Env]) -> None:
     env = make_env("highway", obs_type="state")
     env.reset(seed=4)
@@ -202,12 +212,7 @@ def test_collision_with_a_stalled_car_terminates(make_env: Callable[..., gym.Env
     a.active[0], a.s[0], a.d[0], a.speed[0], a.v_lat[0] = True, e.s + 25.0, e.d, 0.0, 0.0
     a.length[0], a.width[0], a.height[0] = 4.5, 1.8, 1.45
     stalled = int(a.track_id[0])
-    for _ in range(120):
-        _, reward, terminated, truncated, info = env.step(np.array([0.0, 1.0], np.float32))
-        if terminated:
-            break
-    else:
-        pytest.fail("driving into a stalled car never terminated")
+    reward, truncated, info = _drive_until_terminated(env, [0.0, 1.0], 120)
     assert info["step"] < 60
     ev = info["events"]
     assert ev["collision"] and not ev["off_road"] and not truncated
@@ -220,12 +225,7 @@ def test_leaving_the_road_terminates(make_env: Callable[..., gym.Env]) -> None:
     env = make_env("rural", obs_type="state")
     env.reset(seed=4)
     _clear_actors(env)
-    for _ in range(300):
-        _, _, terminated, truncated, info = env.step(np.array([1.0, 0.3], np.float32))
-        if terminated:
-            break
-    else:
-        pytest.fail("full steer never left the road")
+    _, truncated, info = _drive_until_terminated(env, [1.0, 0.3], 300)
     ev = info["events"]
     assert ev["off_road"] and not ev["collision"] and not truncated
     w = env.unwrapped.world
