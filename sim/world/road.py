@@ -71,6 +71,10 @@ class Road:
         """Lateral offset of a lane boundary [m]."""
         return np.asarray(index) * self.lane_width - self.half_width
 
+    def boundaries(self) -> np.ndarray:
+        """(n_lanes + 1,) lateral offsets of every lane boundary, right edge first [m]."""
+        return self.boundary_d(np.arange(self.n_lanes + 1))
+
     def lane_of(self, d: np.ndarray | float) -> np.ndarray:
         """Lane index containing lateral offset d, clipped to the road's lanes."""
         lane = np.floor((np.asarray(d) + self.half_width) / self.lane_width)

@@ -1,17 +1,19 @@
 """IDM car following and MOBIL lane changes, vectorized over the actor table.
 
-Every function here is pure numpy over arrays: one row per actor plus one row for the
+Every function here is pure numpy over arrays: one entry per actor plus one for the
 ego (which NPCs follow and yield to but never steer). Pairwise quantities are (E, E)
-matrices; with E ~ 50 that is far cheaper than a Python loop over vehicles.
+matrices; with E ~ 50 that is far cheaper than a Python loop over vehicles. Arrays may
+carry leading batch axes (B worlds stepped at once): indexing is written with `...`.
 """
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import numpy as np
 
 from sim.types import CYCLIST, PEDESTRIAN, TRUCK, EgoState
 from sim.world.actors import ActorTable, frenet_extents
-from sim.world.road import Road
 
 S0 = 2.5
 """IDM jam distance [m]."""
@@ -48,39 +50,77 @@ def idm(
     return np.maximum(a_max * (free - interaction), -MAX_DECEL)
 
 
-def lane_occupancy(road: Road, d: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """(E, n_lanes) bool: which lanes each footprint overlaps."""
-    bounds = road.boundary_d(np.arange(road.n_lanes + 1))
-    lo = (d - 0.5 * width)[:, None]
-    hi = (d + 0.5 * width)[:, None]
-    return (lo < bounds[None, 1:]) & (hi > bounds[None, :-1])
+class Lanes(Protocol):
+    """Lane geometry the traffic functions need: a `Road`, or per-world arrays shaped
+    (B, 1) for a batch of worlds (see `sim.world.batch`)."""
+
+    n_lanes: Any
+    paved_half_width: Any
+
+    def lane_of(self, d: np.ndarray) -> np.ndarray: ...
+
+    def lane_center(self, lane: np.ndarray) -> np.ndarray: ...
+
+    def boundaries(self) -> np.ndarray: ...
+
+
+def lane_occupancy(lanes: Lanes, d: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """(..., E, L) bool: which lanes each footprint overlaps."""
+    bounds = lanes.boundaries()[..., None, :]  # (..., 1, L + 1)
+    lo = (d - 0.5 * width)[..., None]
+    hi = (d + 0.5 * width)[..., None]
+    return (lo < bounds[..., 1:]) & (hi > bounds[..., :-1])
 
 
 def _nearest(mask: np.ndarray, key: np.ndarray, largest: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the column of the smallest (or largest) key where mask holds; -1 if none."""
+    """Per row (last axis), the column of the smallest (or largest) key where mask holds;
+    -1 if none."""
     fill = -np.inf if largest else np.inf
     k = np.where(mask, key, fill)
-    j = np.argmax(k, axis=1) if largest else np.argmin(k, axis=1)
-    found = mask[np.arange(mask.shape[0]), j]
+    j = np.argmax(k, axis=-1) if largest else np.argmin(k, axis=-1)
+    found = _pick(mask, j)
     return np.where(found, j, -1), found
 
 
-class _Participants:
-    """Actors plus the ego as the last row, with their pairwise geometry."""
+def _pick(a: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """a[..., i, j[..., i]] for (..., n, E) matrices, or a[..., j] for (..., E) rows."""
+    if a.ndim == j.ndim + 1:
+        return np.take_along_axis(a, j[..., None], axis=-1)[..., 0]
+    return np.take_along_axis(a, j, axis=-1)
 
-    def __init__(self, actors: ActorTable, road: Road, ego: EgoState) -> None:
-        self.n = n = len(actors)
-        table = np.empty((6, n + 1))  # one allocation for the six per-participant rows
-        table[:, :n] = (actors.s, actors.d, np.abs(actors.speed), actors.length,
-                        actors.width, actors.accel)
-        table[:, n] = (ego.s, ego.d, ego.speed, ego.length, ego.width, ego.accel)
-        self.s, self.d, self.v, self.length, self.width, self.acc = table
-        active = np.append(actors.active, True)
-        self.active = active
-        self.occ = lane_occupancy(road, self.d, self.width) & active[:, None]
-        self.ds = self.s[None, :] - self.s[:, None]  # ds[i, j] = s_j - s_i
-        self.gap = np.abs(self.ds) - 0.5 * (self.length[:, None] + self.length[None, :])
-        self.not_self = ~np.eye(self.n + 1, dtype=bool)
+
+def _in_lane(occ: np.ndarray, lane: np.ndarray) -> np.ndarray:
+    """(..., n, E): does participant j occupy lane[..., i]?"""
+    lanes_first = np.swapaxes(occ, -1, -2)  # (..., L, E)
+    return np.take_along_axis(lanes_first, lane[..., None], axis=-2)
+
+
+def _with_ego(rows: np.ndarray, ego_value: Any) -> np.ndarray:
+    """Append the ego's value as the last column of (..., N) rows."""
+    ego = np.asarray(ego_value, dtype=rows.dtype)[..., None]
+    return np.concatenate([rows, np.broadcast_to(ego, rows.shape[:-1] + (1,))], axis=-1)
+
+
+class _Participants:
+    """Actors plus the ego as the last column, with their pairwise geometry."""
+
+    def __init__(self, actors: ActorTable, lanes: Lanes, ego: EgoState) -> None:
+        self.n = n = actors.s.shape[-1]
+        self.s = _with_ego(actors.s, ego.s)
+        self.d = _with_ego(actors.d, ego.d)
+        self.v = _with_ego(np.abs(actors.speed), ego.speed)
+        self.length = _with_ego(actors.length, ego.length)
+        self.width = _with_ego(actors.width, ego.width)
+        self.acc = _with_ego(actors.accel, ego.accel)
+        self.active = _with_ego(actors.active, True)
+        self.occ = lane_occupancy(lanes, self.d, self.width) & self.active[..., None]
+        self.ds = self.s[..., None, :] - self.s[..., :, None]  # ds[i, j] = s_j - s_i
+        self.gap = np.abs(self.ds) - 0.5 * (self.length[..., :, None] + self.length[..., None, :])
+        self.not_self = ~np.eye(n + 1, dtype=bool)[:n]  # (n, E): rows are actors
+
+    def rows(self, m: np.ndarray) -> np.ndarray:
+        """The actor rows (..., n, E) of a participant matrix (..., E, E)."""
+        return m[..., : self.n, :]
 
 
 def _a_max(actors: ActorTable) -> np.ndarray:
@@ -94,46 +134,47 @@ def _leader_accel(
     that overlaps its own width, or stands wholly ahead in its target lane), the
     leader's index and whether there is one."""
     n = p.n
-    lateral = np.abs(p.d[:n, None] - p.d[None, :]) < 0.5 * (
-        p.width[:n, None] + p.width[None, :]) + 0.2
+    lateral = np.abs(p.d[..., :n, None] - p.d[..., None, :]) < 0.5 * (
+        p.width[..., :n, None] + p.width[..., None, :]) + 0.2
     # someone in the target lane counts once fully ahead; one still beside (a merging
     # car) counts only if it overlaps sideways, so traffic alongside a merger keeps going
-    conflict = (lateral & p.active[None, :]) | (p.occ[:, target].T & (p.gap[:n] > 0))
-    ahead = conflict & (p.ds[:n] > 0) & p.not_self[:n]
-    j, found = _nearest(ahead, p.ds[: p.n], largest=False)
-    gap = np.where(found, p.gap[np.arange(p.n), j], np.inf)
-    dv = np.where(found, p.v[: p.n] - p.v[j], 0.0)
-    acc = idm(p.v[: p.n], actors.desired_speed, actors.headway, _a_max(actors), gap, dv)
+    gap, ds = p.rows(p.gap), p.rows(p.ds)
+    conflict = (lateral & p.active[..., None, :]) | (_in_lane(p.occ, target) & (gap > 0))
+    ahead = conflict & (ds > 0) & p.not_self
+    j, found = _nearest(ahead, ds, largest=False)
+    lead_gap = np.where(found, _pick(gap, j), np.inf)
+    dv = np.where(found, p.v[..., :n] - _pick(p.v, j), 0.0)
+    acc = idm(p.v[..., :n], actors.desired_speed, actors.headway, _a_max(actors), lead_gap, dv)
     return acc, j, found
 
 
 def _mobil(
-    actors: ActorTable, road: Road, p: _Participants, acc_now: np.ndarray, lane: np.ndarray,
+    actors: ActorTable, lanes: Lanes, p: _Participants, acc_now: np.ndarray, lane: np.ndarray,
     target: np.ndarray, can_change: np.ndarray,
 ) -> np.ndarray:
     """Target lane chosen by MOBIL for each actor that may change (others keep theirs)."""
-    rows = np.arange(p.n)
-    best_gain = np.full(p.n, -np.inf)
+    n = p.n
+    best_gain = np.full(acc_now.shape, -np.inf)
     target = target.copy()
     a_max = _a_max(actors)
+    gap, ds, v = p.rows(p.gap), p.rows(p.ds), p.v[..., :n]
     for delta, bias in ((1, 0.0), (-1, KEEP_RIGHT_BIAS)):
         new_lane = lane + delta
-        valid = can_change & (new_lane >= 0) & (new_lane < road.n_lanes)
-        in_new = p.occ[:, np.clip(new_lane, 0, road.n_lanes - 1)].T & p.not_self[: p.n]
-        beside = in_new & (p.gap[: p.n] < 1.0)
-        lead, has_lead = _nearest(in_new & (p.ds[: p.n] > 0), p.ds[: p.n], largest=False)
-        foll, has_foll = _nearest(in_new & (p.ds[: p.n] < 0), p.ds[: p.n], largest=True)
-        gap_l = np.where(has_lead, p.gap[rows, lead], np.inf)
-        dv_l = np.where(has_lead, p.v[: p.n] - p.v[lead], 0.0)
-        a_new = idm(p.v[: p.n], actors.desired_speed, actors.headway, a_max, gap_l, dv_l)
-        f = np.where(has_foll, foll, p.n)  # the ego row stands in when there is none
-        gap_f = np.where(has_foll, p.gap[rows, f], np.inf)
-        v_f = p.v[f]
-        f_v0 = np.where(f < p.n, actors.desired_speed[np.minimum(f, p.n - 1)], v_f + 5.0)
-        a_f_new = idm(v_f, f_v0, np.full_like(v_f, 1.5), np.full_like(v_f, 1.8), gap_f,
-                      v_f - p.v[: p.n])
-        a_f_old = p.acc[f]
-        safe = (a_new > -B_SAFE) & (a_f_new > -B_SAFE) & ~beside.any(axis=1)
+        valid = can_change & (new_lane >= 0) & (new_lane < lanes.n_lanes)
+        in_new = _in_lane(p.occ, np.clip(new_lane, 0, p.occ.shape[-1] - 1)) & p.not_self
+        beside = in_new & (gap < 1.0)
+        lead, has_lead = _nearest(in_new & (ds > 0), ds, largest=False)
+        foll, has_foll = _nearest(in_new & (ds < 0), ds, largest=True)
+        gap_l = np.where(has_lead, _pick(gap, lead), np.inf)
+        dv_l = np.where(has_lead, v - _pick(p.v, lead), 0.0)
+        a_new = idm(v, actors.desired_speed, actors.headway, a_max, gap_l, dv_l)
+        f = np.where(has_foll, foll, n)  # the ego column stands in when there is none
+        gap_f = np.where(has_foll, _pick(gap, f), np.inf)
+        v_f = _pick(p.v, f)
+        f_v0 = np.where(f < n, _pick(actors.desired_speed, np.minimum(f, n - 1)), v_f + 5.0)
+        a_f_new = idm(v_f, f_v0, np.full_like(v_f, 1.5), np.full_like(v_f, 1.8), gap_f, v_f - v)
+        a_f_old = _pick(p.acc, f)
+        safe = (a_new > -B_SAFE) & (a_f_new > -B_SAFE) & ~beside.any(axis=-1)
         gain = a_new - acc_now + POLITENESS * np.where(has_foll, a_f_new - a_f_old, 0.0) + bias
         ok = valid & safe & (gain > LC_THRESHOLD) & (gain > best_gain)
         best_gain = np.where(ok, gain, best_gain)
@@ -146,27 +187,27 @@ MOBIL_EVERY = 3
 
 
 def step_vehicles(
-    actors: ActorTable, road: Road, ego: EgoState, dt: float, decide: bool = True
+    actors: ActorTable, lanes: Lanes, ego: EgoState, dt: float, decide: bool = True
 ) -> None:
     """One IDM step for every moving vehicle, in place; with `decide`, MOBIL may also
-    start lane changes."""
+    start lane changes. Arrays may carry a leading batch axis (one world per row)."""
     veh = actors.is_vehicle
     if not veh.any():
         return
-    p = _Participants(actors, road, ego)
-    lane = road.lane_of(actors.d)
+    p = _Participants(actors, lanes, ego)
+    lane = lanes.lane_of(actors.d)
     target = np.where(actors.target_lane >= 0, actors.target_lane, lane)
     acc, lead, has_lead = _leader_accel(actors, p, target)
-    settled = np.abs(actors.d - road.lane_center(target)) < 0.3
+    settled = np.abs(actors.d - lanes.lane_center(target)) < 0.3
     can_change = veh & settled & (actors.lc_timer <= 0) & (actors.cls != CYCLIST)
     if decide and can_change.any():
-        new_target = _mobil(actors, road, p, acc, lane, target, can_change)
+        new_target = _mobil(actors, lanes, p, acc, lane, target, can_change)
     else:
         new_target = target
     changed = new_target != target
     actors.lc_timer = np.where(changed, LC_COOLDOWN, np.maximum(actors.lc_timer - dt, 0.0))
     # lateral motion toward the target lane centre (cyclists keep their line)
-    d_goal = np.where(actors.cls == CYCLIST, actors.d, road.lane_center(new_target))
+    d_goal = np.where(actors.cls == CYCLIST, actors.d, lanes.lane_center(new_target))
     lat_max = np.minimum(np.maximum(0.12 * actors.speed, 0.25), LAT_SPEED)  # creep if slow
     v_lat = np.minimum(np.maximum(0.9 * (d_goal - actors.d), -lat_max), lat_max)
     v_lat = np.where(_blocked_sideways(actors, p, v_lat), 0.0, v_lat)
@@ -174,11 +215,12 @@ def step_vehicles(
     s_new = actors.s + 0.5 * (actors.speed + v_new) * dt
     # safety clamp: never close in to less than MIN_GAP behind the leader, even when
     # IDM cannot brake hard enough (cut-ins, obstacles appearing sideways)
-    lead_s = p.s[lead] + np.maximum(p.v[lead] - MAX_DECEL * dt, 0.0) * dt
-    s_max = lead_s - 0.5 * (actors.length + p.length[lead]) - MIN_GAP
+    lead_v = _pick(p.v, lead)
+    lead_s = _pick(p.s, lead) + np.maximum(lead_v - MAX_DECEL * dt, 0.0) * dt
+    s_max = lead_s - 0.5 * (actors.length + _pick(p.length, lead)) - MIN_GAP
     clamp = has_lead & (s_new > s_max)
     s_new = np.where(clamp, np.maximum(actors.s, s_max), s_new)
-    v_new = np.where(clamp, np.minimum(v_new, p.v[lead]), v_new)
+    v_new = np.where(clamp, np.minimum(v_new, lead_v), v_new)
     actors.s = np.where(veh, s_new, actors.s)
     actors.d = np.where(veh, actors.d + v_lat * dt, actors.d)
     actors.v_lat = np.where(veh, v_lat, actors.v_lat)
@@ -191,41 +233,44 @@ def _blocked_sideways(actors: ActorTable, p: _Participants, v_lat: np.ndarray) -
     """Rows whose sideways move would run into someone beside them: they wait."""
     n = p.n
     if not v_lat.any():
-        return np.zeros(n, dtype=bool)
-    ext_s, ext_d = frenet_extents(p.length, p.width, np.append(actors.yaw_rel, 0.0))
-    side = (p.d[None, :] - p.d[:n, None]) * np.sign(v_lat)[:, None]
-    beside = np.abs(p.ds[:n]) < ext_s[:n, None] + ext_s[None, :] + 0.1
-    close = (side > 0) & (side < ext_d[:n, None] + ext_d[None, :] + 0.4)
-    return (beside & close & p.active[None, :] & p.not_self[:n]).any(axis=1) & (v_lat != 0)
+        return np.zeros(v_lat.shape, dtype=bool)
+    ext_s, ext_d = frenet_extents(p.length, p.width, _with_ego(actors.yaw_rel, 0.0))
+    side = (p.d[..., None, :] - p.d[..., :n, None]) * np.sign(v_lat)[..., None]
+    beside = np.abs(p.rows(p.ds)) < ext_s[..., :n, None] + ext_s[..., None, :] + 0.1
+    close = (side > 0) & (side < ext_d[..., :n, None] + ext_d[..., None, :] + 0.4)
+    blocked = beside & close & p.active[..., None, :] & p.not_self
+    return blocked.any(axis=-1) & (v_lat != 0)
 
 
-def step_pedestrians(actors: ActorTable, road: Road, ego: EgoState, dt: float) -> None:
+def step_pedestrians(actors: ActorTable, lanes: Lanes, ego: EgoState, dt: float) -> None:
     """Pedestrians walk along the kerb; those waiting cross when the ego nears and
     no NPC vehicle is close (the ego must react; NPCs are given room)."""
     ped = actors.active & (actors.cls == PEDESTRIAN)
     if not ped.any():
         return
-    edge = road.paved_half_width + 0.8
+    edge = lanes.paved_half_width + 0.8
+    ego_s = np.asarray(ego.s)[..., None]
     waiting = ped & (actors.cross_state == 1)
-    near_ego = (actors.s - ego.s > 18.0) & (actors.s - ego.s < 55.0)
+    near_ego = (actors.s - ego_s > 18.0) & (actors.s - ego_s < 55.0)
     if (waiting & near_ego).any():
-        veh = actors.is_vehicle
-        ds = actors.s[None, :] - actors.s[:, None]  # vehicle s minus pedestrian s
-        reach = veh[None, :] & (ds < 4.0) & (ds > -(25.0 + 4.0 * actors.speed[None, :]))
-        start = waiting & near_ego & ~reach.any(axis=1)
+        veh = actors.is_vehicle[..., None, :]
+        ds = actors.s[..., None, :] - actors.s[..., :, None]  # vehicle s minus pedestrian s
+        reach = veh & (ds < 4.0) & (ds > -(25.0 + 4.0 * actors.speed[..., None, :]))
+        start = waiting & near_ego & ~reach.any(axis=-1)
         actors.cross_state = np.where(start, 2, actors.cross_state)
         actors.v_lat = np.where(start, -np.sign(actors.d) * PED_SPEED, actors.v_lat)
         actors.speed = np.where(start, 0.0, actors.speed)
     crossing = ped & (actors.cross_state == 2)
     if crossing.any():  # a crossing pedestrian waits while a vehicle stands in its way
-        vs = np.append(actors.s, ego.s)[None, :]
-        vd = np.append(actors.d, ego.d)[None, :]
-        other = np.append(actors.active & (actors.cls != PEDESTRIAN), True)[None, :]
-        half_l = 0.5 * np.append(actors.length, ego.length)[None, :] + 0.8
-        half_w = 0.5 * np.append(actors.width, ego.width)[None, :] + 1.0
-        ahead = (vd - actors.d[:, None]) * np.sign(actors.v_lat)[:, None]
-        blocked = other & (np.abs(vs - actors.s[:, None]) < half_l) & (ahead > 0) & (ahead < half_w)
-        stop = crossing & blocked.any(axis=1)
+        vs = _with_ego(actors.s, ego.s)[..., None, :]
+        vd = _with_ego(actors.d, ego.d)[..., None, :]
+        other = _with_ego(actors.active & (actors.cls != PEDESTRIAN), True)[..., None, :]
+        half_l = 0.5 * _with_ego(actors.length, ego.length)[..., None, :] + 0.8
+        half_w = 0.5 * _with_ego(actors.width, ego.width)[..., None, :] + 1.0
+        ahead = (vd - actors.d[..., :, None]) * np.sign(actors.v_lat)[..., :, None]
+        near = np.abs(vs - actors.s[..., :, None]) < half_l
+        blocked = other & near & (ahead > 0) & (ahead < half_w)
+        stop = crossing & blocked.any(axis=-1)
     else:
         stop = crossing
     done = crossing & (np.abs(actors.d) > edge) & (np.sign(actors.d) == np.sign(actors.v_lat))
