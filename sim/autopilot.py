@@ -9,8 +9,11 @@ import numpy as np
 from sim.actions import SpeedController, pure_pursuit
 from sim.types import PEDESTRIAN
 from sim.world.actors import MAX_ACCEL, MAX_BRAKE, MAX_STEER
-from sim.world.traffic import idm, lane_occupancy
+from sim.world.traffic import B_SAFE, idm, lane_occupancy
 from sim.world.world import World
+
+STANDSTILL_GAP = 10.0
+"""Bumper gap kept to a stopped leader [m]: room to steer around it."""
 
 
 class Autopilot:
@@ -48,16 +51,35 @@ class Autopilot:
         j = int(np.argmin(np.where(ahead, gaps, np.inf)))
         return float(gaps[j]), float(max(a.speed[j], 0.0))
 
+    def _someone_beside(self, world: World, lane: int) -> bool:
+        """An actor in `lane` alongside the ego, or closing in from just behind: merging
+        on would hit it (one waiting behind us is no threat: it follows us)."""
+        a, ego, road = world.state.actors, world.state.ego, world.road
+        occ = lane_occupancy(road, a.d, a.width)[:, lane] & a.active
+        gap = np.abs(a.s - ego.s) - 0.5 * (a.length + ego.length)
+        closing = (a.s < ego.s) & (a.speed > ego.speed + 1.0) & (gap < 3.0)
+        return bool((occ & ((gap < 0.0) | closing)).any())
+
     def _lane_free(self, world: World, lane: int) -> bool:
+        """MOBIL's safety test: nobody alongside, the new follower need not brake
+        harder than B_SAFE, and the ego need not either behind its new leader."""
         a, ego, road = world.state.actors, world.state.ego, world.road
         occ = lane_occupancy(road, a.d, a.width)[:, lane] & a.active
         ds = a.s - ego.s
-        closing = np.maximum(a.speed - ego.speed, 0.0)
-        danger = (ds > -(12.0 + 3.0 * closing)) & (ds < 14.0 + 0.5 * ego.speed)
-        return not (occ & danger).any()
+        gap = np.abs(ds) - 0.5 * (a.length + ego.length)
+        if (occ & (gap < 1.0)).any():
+            return False
+        behind = np.flatnonzero(occ & (ds < 0))
+        if behind.size:
+            f = behind[np.argmax(ds[behind])]
+            v_f = max(float(a.speed[f]), 0.0)
+            a_f = self._idm(v_f, v_f + 5.0, float(gap[f]), ego.speed, 2.5)
+            if a_f < -B_SAFE:
+                return False
+        gap_l, v_l = self._leader(world, [lane])
+        return self._idm(ego.speed, ego.speed + 5.0, gap_l, v_l, 2.5) > -B_SAFE
 
-    def _choose_lane(self, world: World, lane: int, v0: float, dt: float) -> int:
-        self.cooldown = max(0.0, self.cooldown - dt)
+    def _choose_lane(self, world: World, lane: int, v0: float) -> int:
         if not self.lane_changes or self.cooldown > 0:
             return lane
         gap, v_lead = self._leader(world, [lane])
@@ -79,20 +101,31 @@ class Autopilot:
             self.target_lane = lane
         v0 = self.speed_factor * world.scenario.speed_limit
         settled = abs(ego.d - float(road.lane_center(self.target_lane))) < 0.4
+        self.cooldown = max(0.0, self.cooldown - world.dt)
         if settled:
-            self.target_lane = self._choose_lane(world, self.target_lane, v0, world.dt)
-        gap, v_lead = self._leader(world, [self.target_lane])
-        if lane != self.target_lane:  # creep past an obstacle in the lane being left
-            gap_cur, v_cur = self._leader(world, [lane], corridor=True)
-            if gap_cur < 2.0:
-                gap, v_lead = gap_cur, v_cur
-        acc = float(idm(np.array(ego.speed), np.array(v0), np.array(1.5), np.array(2.0),
-                        np.array(gap), np.array(ego.speed - v_lead)))
-        free = self.pid(ego.speed, v0, world.dt)
-        acc = min(acc, free) if np.isfinite(gap) else free
+            self.target_lane = self._choose_lane(world, self.target_lane, v0)
+        elif ego.speed < 1.0:  # stuck mid-change: choose again from where the ego is
+            self.target_lane = self._choose_lane(world, lane, v0)
+        elif self._someone_beside(world, self.target_lane):
+            self.target_lane = lane  # the gap closed while merging: go back and wait
+        changing = not settled or self.target_lane != lane
+        # traffic in the target lane, and whatever stands in front of the body: close
+        # in on the latter only while steering away from it
+        gap_t, v_t = self._leader(world, [self.target_lane])
+        gap_c, v_c = self._leader(world, [lane], corridor=True)
+        acc = min(self._idm(ego.speed, v0, gap_t, v_t, STANDSTILL_GAP),
+                  self._idm(ego.speed, v0, gap_c, v_c, 1.0 if changing else STANDSTILL_GAP),
+                  self.pid(ego.speed, v0, world.dt))
         lookahead = max(8.0, 0.9 * ego.speed)
         steer = pure_pursuit(ego, road, float(road.lane_center(self.target_lane)), lookahead)
         return steer, min(max(acc, -MAX_BRAKE), MAX_ACCEL)
+
+    @staticmethod
+    def _idm(v: float, v0: float, gap: float, v_lead: float, s0: float) -> float:
+        if not np.isfinite(gap):
+            return float("inf")
+        return float(idm(np.array(v), np.array(v0), np.array(1.5), np.array(2.0),
+                         np.array(gap), np.array(v - v_lead), s0=s0))
 
     def act(self, world: World) -> np.ndarray:
         """The continuous env action (normalized steer, accel) that gives `controls`."""

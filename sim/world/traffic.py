@@ -41,10 +41,10 @@ MIN_GAP = 0.3
 
 def idm(
     v: np.ndarray, v0: np.ndarray, headway: np.ndarray, a_max: np.ndarray,
-    gap: np.ndarray, dv: np.ndarray,
+    gap: np.ndarray, dv: np.ndarray, s0: float = S0,
 ) -> np.ndarray:
     """Intelligent Driver Model acceleration; gap = inf means a free road."""
-    s_star = S0 + np.maximum(0.0, v * headway + v * dv / (2.0 * np.sqrt(a_max * COMFORT_DECEL)))
+    s_star = s0 + np.maximum(0.0, v * headway + v * dv / (2.0 * np.sqrt(a_max * COMFORT_DECEL)))
     free = 1.0 - (v / np.maximum(v0, 0.1)) ** 4
     interaction = (s_star / np.maximum(gap, 0.1)) ** 2
     return np.maximum(a_max * (free - interaction), -MAX_DECEL)
@@ -54,8 +54,17 @@ class Lanes(Protocol):
     """Lane geometry the traffic functions need: a `Road`, or per-world arrays shaped
     (B, 1) for a batch of worlds (see `sim.world.batch`)."""
 
-    n_lanes: Any
-    paved_half_width: Any
+    @property
+    def n_lanes(self) -> Any: ...
+
+    @property
+    def lane_width(self) -> Any: ...
+
+    @property
+    def shoulder_width(self) -> Any: ...
+
+    @property
+    def paved_half_width(self) -> Any: ...
 
     def lane_of(self, d: np.ndarray) -> np.ndarray: ...
 
@@ -198,16 +207,16 @@ def step_vehicles(
     lane = lanes.lane_of(actors.d)
     target = np.where(actors.target_lane >= 0, actors.target_lane, lane)
     acc, lead, has_lead = _leader_accel(actors, p, target)
-    settled = np.abs(actors.d - lanes.lane_center(target)) < 0.3
-    can_change = veh & settled & (actors.lc_timer <= 0) & (actors.cls != CYCLIST)
+    settled = np.abs(actors.d - _lane_line(actors, lanes, target)) < 0.3
+    can_change = veh & settled & (actors.lc_timer <= 0)
     if decide and can_change.any():
         new_target = _mobil(actors, lanes, p, acc, lane, target, can_change)
     else:
         new_target = target
     changed = new_target != target
     actors.lc_timer = np.where(changed, LC_COOLDOWN, np.maximum(actors.lc_timer - dt, 0.0))
-    # lateral motion toward the target lane centre (cyclists keep their line)
-    d_goal = np.where(actors.cls == CYCLIST, actors.d, lanes.lane_center(new_target))
+    # lateral motion toward the line kept in the target lane
+    d_goal = _lane_line(actors, lanes, new_target)
     lat_max = np.minimum(np.maximum(0.12 * actors.speed, 0.25), LAT_SPEED)  # creep if slow
     v_lat = np.minimum(np.maximum(0.9 * (d_goal - actors.d), -lat_max), lat_max)
     v_lat = np.where(_blocked_sideways(actors, p, v_lat), 0.0, v_lat)
@@ -227,6 +236,16 @@ def step_vehicles(
     actors.accel = np.where(veh, acc, actors.accel)
     actors.speed = np.where(veh, v_new, actors.speed)
     actors.target_lane = np.where(veh, new_target, actors.target_lane)
+
+
+def _lane_line(actors: ActorTable, lanes: Lanes, lane: np.ndarray) -> np.ndarray:
+    """Lateral offset each vehicle keeps in `lane`: the centre, or for cyclists 0.9 m
+    left of the lane's right boundary (a cyclist on a shoulder keeps its own line)."""
+    centre = lanes.lane_center(lane)
+    right_edge = centre - 0.5 * lanes.lane_width
+    in_lanes = np.abs(actors.d) < lanes.paved_half_width - lanes.shoulder_width
+    cyclist = (actors.cls == CYCLIST)
+    return np.where(cyclist, np.where(in_lanes, right_edge + 0.9, actors.d), centre)
 
 
 def _blocked_sideways(actors: ActorTable, p: _Participants, v_lat: np.ndarray) -> np.ndarray:
