@@ -51,6 +51,7 @@ import sim  # noqa: E402, F401  (registers drivestack/*)
 from sim.actions import continuous_to_controls  # noqa: E402
 from sim.autopilot import Autopilot  # noqa: E402
 from sim.config import ScenarioConfig, family_config, sample_scenario  # noqa: E402
+from sim.world.batch import BatchWorld  # noqa: E402
 from sim.world.world import World  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -59,7 +60,8 @@ DT = 1.0 / 15.0
 DS_ACTION = np.array([0.0, 0.2], dtype=np.float32)
 IDLE = 1  # highway-env DiscreteMetaAction
 CAMERA_CFG = family_config("highway", vehicles=(20, 20))  # + 0-1 cone group, 0-1 stalled
-TARGETS = {"ratio_physics_20": 50.0, "ratio_physics_50": 50.0, "ratio_camera": 30.0}
+TARGETS = {"ratio_physics_20": 50.0, "ratio_physics_50": 50.0, "ratio_camera": 30.0,
+           "ratio_physics_20_batched": 50.0, "ratio_physics_50_batched": 50.0}
 
 
 @dataclass
@@ -162,6 +164,41 @@ def ds_world(n: int) -> Case:
 
     reset()
     return Case(step, reset, lambda: int(box["world"].state.actors.active.sum()), DT)
+
+
+BATCH = 32
+"""Worlds stepped together by the batched figure."""
+
+
+def ds_batch(n: int) -> Case:
+    """BatchWorld: BATCH worlds of n vehicles stepped as one set of arrays. The egos keep
+    their lane with a vectorized proportional steer, booked in aux_s like the autopilot;
+    simulated time counts every world."""
+    cfg, box = ds_physics_config(n), {"seed": 0}
+
+    def reset() -> None:
+        seeds = range(box["seed"], box["seed"] + BATCH)
+        box["bw"] = BatchWorld([sample_scenario(cfg, s) for s in seeds], dt=DT)
+        box["seed"] += BATCH
+
+    def step(run: Run) -> bool:
+        bw = box["bw"]
+        ego, roads = bw.ego, bw.roads
+        t0 = time.perf_counter()
+        heading = roads.to_world(ego.s[:, None], np.zeros((BATCH, 1)))[2][:, 0]
+        herr = np.angle(np.exp(1j * (ego.yaw - heading)))
+        offset = ego.d - roads.lane_center(roads.lane_of(ego.d[:, None]))[:, 0]
+        steer = np.clip(-0.8 * herr - 0.15 * offset, -0.5, 0.5)
+        run.aux_s += time.perf_counter() - t0
+        bw.step(steer, np.zeros(BATCH))
+        return bool(np.median(ego.s) > ROAD_END_M)
+
+    reset()
+    return Case(step, reset, lambda: int(box["bw"].actors.active.sum(axis=1).mean()),
+                DT * BATCH, info={"worlds": BATCH})
+
+
+ROAD_END_M = 19000.0
 
 
 def ds_env(obs_type: str, cfg: ScenarioConfig) -> Any:
@@ -313,7 +350,7 @@ def main() -> None:
                            "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 used",
                            "budget_s": budget, "rounds": rounds}
     for n in (20, 50):
-        cases = {f"drivestack_world_{n}": ds_world(n),
+        cases = {f"drivestack_world_{n}": ds_world(n), f"drivestack_batch_{n}": ds_batch(n),
                  f"drivestack_env_state_{n}": ds_env_case("state", ds_physics_config(n)),
                  f"highway_v0_{n}_15hz": hw_case("highway-v0", hw_physics_config(n))}
         if n == 20:
@@ -323,8 +360,10 @@ def main() -> None:
         fig[f"drivestack_world_{n}_step_only"] = w.summary(exclude_aux=True)
         fig[f"drivestack_world_{n}_autopilot"] = w.summary()
         fig[f"autopilot_{n}_us_per_step"] = round(1e6 * w.run.aux_s / max(w.run.steps, 1), 1)
+        fig[f"drivestack_batch_{n}"] = cases.pop(f"drivestack_batch_{n}").summary(exclude_aux=True)
         fig.update({k: c.summary() for k, c in cases.items()})
-        for k in (f"drivestack_world_{n}_step_only", f"drivestack_world_{n}_autopilot", *cases):
+        for k in (f"drivestack_world_{n}_step_only", f"drivestack_world_{n}_autopilot",
+                  f"drivestack_batch_{n}", *cases):
             show("physics", k, fig[k])
     cases = {"drivestack_camera": ds_env_case("camera", CAMERA_CFG),
              "highway_fast_v0_rendered": hw_case("highway-fast-v0", None, render=True),
@@ -343,6 +382,7 @@ def main() -> None:
         fig[f"ratio_physics_{n}"] = ratio(fig[f"drivestack_env_state_{n}"]["sim_s_per_s"], hw)
         fig[f"ratio_physics_{n}_world_step_only"] = ratio(
             fig[f"drivestack_world_{n}_step_only"]["sim_s_per_s"], hw)
+        fig[f"ratio_physics_{n}_batched"] = ratio(fig[f"drivestack_batch_{n}"]["sim_s_per_s"], hw)
     cam = fig["drivestack_camera"]["steps_per_s"]
     fig["ratio_camera"] = ratio(cam, fig["highway_fast_v0_rendered"]["steps_per_s"])
     fig["ratio_camera_vs_highway_v0_rendered_15hz"] = ratio(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -111,12 +112,13 @@ class ActorTable:
         )
 
 
-def step_bicycle(ego: EgoState, steer: float, accel: float, dt: float) -> None:
-    """Advance the ego's kinematic bicycle (rear-axle reference) by dt, in place."""
-    steer = min(max(float(steer), -MAX_STEER), MAX_STEER)
-    accel = min(max(float(accel), -MAX_BRAKE), MAX_ACCEL)
+def step_bicycle(ego: EgoState, steer: Any, accel: Any, dt: float) -> None:
+    """Advance the ego's kinematic bicycle (rear-axle reference) by dt, in place.
+    Fields may be floats or (B,) arrays (a batch of egos, see `sim.world.batch`)."""
+    steer = np.minimum(np.maximum(steer, -MAX_STEER), MAX_STEER)
+    accel = np.minimum(np.maximum(accel, -MAX_BRAKE), MAX_ACCEL)
     v0 = ego.speed
-    v1 = max(0.0, v0 + accel * dt)
+    v1 = np.maximum(v0 + accel * dt, 0.0)
     v_mid = 0.5 * (v0 + v1)
     yaw_mid = ego.yaw + 0.5 * v_mid / ego.wheelbase * np.tan(steer) * dt
     ego.x += v_mid * np.cos(yaw_mid) * dt

@@ -40,6 +40,8 @@ AHEAD = 420.0
 HARD_BRAKE = 4.0
 """Deceleration counted as a hard brake [m/s^2]."""
 CONES_PER_GROUP = 8
+RETRY_EVERY = 15
+"""Steps between two attempts to place an actor that found no free slot."""
 BROAD_MARGIN = 0.5
 """Slack of the Frenet broad phase for curvature and lane-change yaw [m]."""
 
@@ -165,33 +167,7 @@ class World:
         return self.events()
 
     def _recycle(self) -> None:
-        """Respawn moving actors that fell out of the window around the ego."""
-        st, road, sc = self.state, self.road, self.scenario
-        a, ego = st.actors, st.ego
-        rel = a.s - ego.s
-        moving = (a.cls != CONE) & ((a.desired_speed > 0) | (a.cls == PEDESTRIAN))
-        out = (rel < -BEHIND) | (rel > self.ahead) | (a.s > road.s_max - 40.0)
-        a.active[a.active & ((~moving & (rel < -BEHIND)) | (moving & out))] = False
-        todo = np.flatnonzero(~a.active & moving)
-        if todo.size == 0:
-            return
-        rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = st.rng_state
-        ahead = (ego.s + 180.0, min(ego.s + 320.0, road.s_max - 60.0))
-        for i in todo[:2]:  # a couple per step keeps the cost flat
-            if ahead[0] >= ahead[1]:
-                a.active[i] = False
-                continue
-            tid = self._new_id(st)
-            if a.cls[i] == PEDESTRIAN:
-                place_pedestrian(a, int(i), rng, road, sc, ahead, tid)
-            elif a.cls[i] == CYCLIST:
-                place_cyclist(a, int(i), rng, road, ego, ahead, tid)
-            else:
-                behind = rel[i] > self.ahead and ego.s - 110.0 > road.s[0]
-                span = (ego.s - 110.0, ego.s - 80.0) if behind else ahead
-                place_vehicle(a, int(i), rng, road, ego, sc, span, tid)
-        st.rng_state = dict(rng.bit_generator.state)
+        recycle(self.state, self.road, self.scenario, self.ahead)
 
     # -- geometry ------------------------------------------------------------------
     def actor_poses(
@@ -268,3 +244,35 @@ def _min_ttc(a: ActorTable, idx: np.ndarray, ego: EgoState) -> float:
     if not mask.any():
         return float("inf")
     return float(np.min(np.maximum(gap[mask], 0.0) / closing[mask]))
+
+
+def recycle(st: WorldState, road: Road, sc: Scenario, ahead_limit: float) -> None:
+    """Respawn moving actors that fell out of the window around the ego, in place
+    (the actor table may be a view into a batch, see `sim.world.batch`)."""
+    a, ego = st.actors, st.ego
+    rel = a.s - ego.s
+    moving = (a.cls != CONE) & ((a.desired_speed > 0) | (a.cls == PEDESTRIAN))
+    out = (rel < -BEHIND) | (rel > ahead_limit) | (a.s > road.s_max - 40.0)
+    unplaced = ~a.active & moving  # could not be placed before: retried once a second
+    a.active[a.active & ((~moving & (rel < -BEHIND)) | (moving & out))] = False
+    retry = st.step % RETRY_EVERY == 0
+    todo = np.flatnonzero(~a.active & moving & (retry | ~unplaced))
+    if todo.size == 0:
+        return
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = st.rng_state
+    ahead = (ego.s + 180.0, min(ego.s + 320.0, road.s_max - 60.0))
+    for i in todo[:2]:  # a couple per step keeps the cost flat
+        if ahead[0] >= ahead[1]:
+            a.active[i] = False
+            continue
+        tid = World._new_id(st)
+        if a.cls[i] == PEDESTRIAN:
+            place_pedestrian(a, int(i), rng, road, sc, ahead, tid)
+        elif a.cls[i] == CYCLIST:
+            place_cyclist(a, int(i), rng, road, ego, ahead, tid)
+        else:
+            behind = rel[i] > ahead_limit and ego.s - 110.0 > road.s[0]
+            span = (ego.s - 110.0, ego.s - 80.0) if behind else ahead
+            place_vehicle(a, int(i), rng, road, ego, sc, span, tid)
+    st.rng_state = dict(rng.bit_generator.state)
