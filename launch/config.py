@@ -25,8 +25,11 @@ M = TypeVar("M", bound=BaseModel)
 
 Family = Literal["highway", "rural", "urban"]
 Driver = Literal["autopilot"]
+TimeOfDay = Literal["day", "dusk", "night"]
+Weather = Literal["clear", "fog", "rain"]
 
 DEFAULT_RUN_LAUNCH = Path(__file__).with_name("run.yaml")
+DEFAULT_DATASET_LAUNCH = Path(__file__).with_name("dataset.yaml")
 """The packaged launch file of `drivestack run`."""
 
 _FAMILY_TO_ENV_ID = {family: env_id for env_id, family in sim.ENV_IDS.items()}
@@ -277,3 +280,37 @@ def _describe(err: Mapping[str, Any], model_cls: type[BaseModel]) -> tuple[str, 
     if kind == "missing":
         return _dotted(loc), "required key is missing"
     return _dotted(loc), f"{err['msg']} (got {err['input']!r})"
+
+
+def _weights(*pairs: Any) -> Any:
+    """{name: weight} from alternating names and weights (typed for any Literal key)."""
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
+
+
+class DatasetConfig(_Strict):
+    """Launch file of `drivestack dataset`: which frames to render and how to mix the
+    conditions (weights need not sum to one; rare conditions stay rare by default)."""
+
+    out: Path = Field(default=Path("data/perception"), description="dataset folder")
+    frames: int = Field(default=2000, ge=1)
+    frames_per_episode: int = Field(default=40, ge=1)
+    stride: int = Field(default=5, ge=1, description="steps between two recorded frames")
+    warmup: int = Field(default=15, ge=0, description="steps before the first frame")
+    seed: int = Field(default=0, ge=0, description="episode k is reset with seed + k")
+    families: dict[Family, float] = Field(default_factory=lambda: _weights(
+        "highway", 0.4, "rural", 0.3, "urban", 0.3))
+    time_of_day: dict[TimeOfDay, float] = Field(default_factory=lambda: _weights(
+        "day", 0.8, "dusk", 0.12, "night", 0.08))
+    weather: dict[Weather, float] = Field(default_factory=lambda: _weights(
+        "clear", 0.85, "fog", 0.08, "rain", 0.07))
+    camera: CameraConfig = CameraConfig()
+    image_format: Literal["jpg", "png"] = "jpg"
+
+    @model_validator(mode="after")
+    def _weights(self) -> DatasetConfig:
+        for name in ("families", "time_of_day", "weather"):
+            w = getattr(self, name)
+            if not w or min(w.values()) < 0 or sum(w.values()) <= 0:
+                raise ValueError(f"{name}: weights must be >= 0 with a positive sum")
+        return self
+

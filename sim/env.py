@@ -66,6 +66,7 @@ class DrivingEnv(gym.Env):
         elif isinstance(scenario, dict):
             scenario = ScenarioConfig.model_validate(scenario)
         self.config: ScenarioConfig = scenario
+        """Scenario ranges of the next `reset` (may be replaced between episodes)."""
         self.camera_spec = CameraSpec(**camera) if isinstance(camera, dict) else (
             camera or CameraSpec())
         self.obs_type = obs_type

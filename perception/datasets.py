@@ -1,0 +1,244 @@
+"""Perception datasets rendered by the simulator: YOLO, COCO and TuSimple-style lanes.
+
+`generate(plan, out)` drives episodes with the sim's autopilot under randomized
+conditions and writes, split by episode seed (no episode in two splits):
+
+    out/data.yaml                      ultralytics dataset file (class names, splits)
+    out/images/{split}/{name}.jpg      camera frames
+    out/labels/{split}/{name}.txt      YOLO boxes: class cx cy w h, normalized
+    out/annotations/{split}.json       the same boxes as COCO detection JSON
+    out/lanes/{split}.jsonl            one line per image: x at fixed rows per boundary
+    out/meta.jsonl                     one line per image: split, family, conditions, seeds
+
+The whole folder is written under a temporary name and renamed at the end, so a crash
+leaves no half dataset behind. Objects follow one ignore rule (`keep_mask`), shared with
+evaluation: too small or mostly hidden objects are not labelled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import cv2
+import gymnasium as gym
+import numpy as np
+
+import sim
+from sim.autopilot import Autopilot
+from sim.env import DrivingEnv
+from sim.types import ABSENT, CLASS_NAMES, CameraSpec, GroundTruth
+
+MIN_BOX_PX = 4.0
+"""Boxes narrower or shorter than this are ignored [px]."""
+MIN_VISIBLE = 0.25
+"""Objects with a smaller visible fraction are ignored."""
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def keep_mask(gt: GroundTruth) -> np.ndarray:
+    """(N,) bool: the labelled objects that count (the ignore rule of datasets and eval)."""
+    wh = gt.boxes_xyxy[:, 2:] - gt.boxes_xyxy[:, :2]
+    return (wh >= MIN_BOX_PX).all(axis=1) & (gt.visible_fraction >= MIN_VISIBLE)
+
+
+def split_of(episode_seed: int) -> str:
+    """Split of an episode, from its seed alone: 1 in 10 val, 1 in 10 test."""
+    r = episode_seed % 10
+    return "val" if r == 0 else "test" if r == 1 else "train"
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """What to render. Weights need not sum to one."""
+
+    frames: int = 2000
+    frames_per_episode: int = 40
+    stride: int = 5
+    """Steps between two recorded frames (decorrelates neighbours)."""
+    warmup: int = 15
+    """Steps driven before the first recorded frame."""
+    seed: int = 0
+    """Episode k uses seed + k: a caller can keep test seeds apart from training ones."""
+    families: dict[str, float] = field(default_factory=lambda: {
+        "highway": 0.4, "rural": 0.3, "urban": 0.3})
+    time_of_day: dict[str, float] = field(default_factory=lambda: {
+        "day": 0.8, "dusk": 0.12, "night": 0.08})
+    weather: dict[str, float] = field(default_factory=lambda: {
+        "clear": 0.85, "fog": 0.08, "rain": 0.07})
+    camera: CameraSpec = field(default_factory=CameraSpec)
+    image_format: str = "jpg"
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.frames_per_episode < 1 or self.stride < 1:
+            raise ValueError("frames, frames_per_episode and stride must be >= 1")
+        if self.image_format not in ("jpg", "png"):
+            raise ValueError(f"image_format={self.image_format!r}; allowed: 'jpg', 'png'")
+        unknown = sorted(set(self.families) - set(sim.config.FAMILIES))
+        if unknown:
+            raise ValueError(f"families {unknown}; allowed: {list(sim.config.FAMILIES)}")
+
+
+def yolo_lines(gt: GroundTruth, keep: np.ndarray, width: int, height: int) -> list[str]:
+    """`class cx cy w h` lines, normalized to the image size."""
+    b = gt.boxes_xyxy[keep].astype(np.float64)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height
+    w, h = (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height
+    return [f"{c} {x:.6f} {y:.6f} {ww:.6f} {hh:.6f}"
+            for c, x, y, ww, hh in zip(gt.class_ids[keep], cx, cy, w, h, strict=True)]
+
+
+def lane_record(gt: GroundTruth, image: str) -> dict[str, Any]:
+    """One JSON line: x per fixed row for each boundary (-2 where absent or hidden)."""
+    lanes = gt.lanes
+    xs = np.where(lanes.visible, np.round(lanes.xs.astype(np.float64), 2), ABSENT)
+    return {
+        "image": image,
+        "h_samples": lanes.rows.tolist(),
+        "lanes": xs.tolist(),
+        "boundary_ids": lanes.boundary_ids.tolist(),
+        "marking": [sim.types.MARKING_NAMES[m] for m in lanes.marking],
+        "ego_boundaries": list(lanes.ego_boundaries),
+        "ego_lane_offset": round(gt.ego_lane_offset, 4),
+        "ego_heading_error": round(gt.ego_heading_error, 5),
+    }
+
+
+class _Writer:
+    """Collects frames into a temporary folder; `finish` writes the index files and
+    renames the folder into place."""
+
+    def __init__(self, out: Path, plan: DatasetPlan) -> None:
+        self.out, self.plan = out, plan
+        self.tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for split in SPLITS:
+            (self.tmp / "images" / split).mkdir(parents=True)
+            (self.tmp / "labels" / split).mkdir(parents=True)
+        self.coco: dict[str, dict[str, list[dict[str, Any]]]] = {
+            s: {"images": [], "annotations": []} for s in SPLITS}
+        self.lanes: dict[str, list[str]] = {s: [] for s in SPLITS}
+        self.meta: list[str] = []
+        self.counts = {s: 0 for s in SPLITS}
+        self.boxes = {s: 0 for s in SPLITS}
+
+    def add(self, image: np.ndarray, gt: GroundTruth, meta: dict[str, Any]) -> None:
+        split = meta["split"]
+        name = f"e{meta['episode_seed']:07d}_s{meta['step']:04d}"
+        rel = f"images/{split}/{name}.{self.plan.image_format}"
+        h, w = image.shape[:2]
+        if not cv2.imwrite(str(self.tmp / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 95]):
+            raise OSError(f"could not write {self.tmp / rel}")
+        keep = keep_mask(gt)
+        lines = yolo_lines(gt, keep, w, h)
+        (self.tmp / f"labels/{split}/{name}.txt").write_text("\n".join(lines) + ("\n" if lines
+                                                                               else ""))
+        coco = self.coco[split]
+        image_id = len(coco["images"]) + 1
+        coco["images"].append({"id": image_id, "file_name": rel, "width": w, "height": h,
+                               **{k: meta[k] for k in ("family", "time_of_day", "weather")}})
+        for box, cls, tid, dist, vis in zip(gt.boxes_xyxy[keep], gt.class_ids[keep],
+                                            gt.track_ids[keep], gt.distance[keep],
+                                            gt.visible_fraction[keep], strict=True):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": image_id,
+                "category_id": int(cls) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "track_id": int(tid),
+                "distance": round(float(dist), 3), "visible_fraction": round(float(vis), 4)})
+        self.lanes[split].append(json.dumps(lane_record(gt, rel)))
+        self.meta.append(json.dumps({"image": rel, **meta, "objects": int(keep.sum())}))
+        self.counts[split] += 1
+        self.boxes[split] += int(keep.sum())
+
+    def finish(self) -> dict[str, Any]:
+        categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)]
+        (self.tmp / "annotations").mkdir()
+        (self.tmp / "lanes").mkdir()
+        for split in SPLITS:
+            doc = {**self.coco[split], "categories": categories}
+            (self.tmp / f"annotations/{split}.json").write_text(json.dumps(doc))
+            lines = self.lanes[split]
+            (self.tmp / f"lanes/{split}.jsonl").write_text("".join(x + "\n" for x in lines))
+        (self.tmp / "meta.jsonl").write_text("".join(x + "\n" for x in self.meta))
+        names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
+        (self.tmp / "data.yaml").write_text(
+            "# drivestack perception dataset (YOLO format); path is this folder\n"
+            f"path: {self.out.resolve()}\ntrain: images/train\nval: images/val\n"
+            f"test: images/test\nnames:\n{names}\n")
+        summary = {"frames": self.counts, "boxes": self.boxes,
+                   "ignore_rule": {"min_box_px": MIN_BOX_PX, "min_visible": MIN_VISIBLE}}
+        (self.tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self.tmp, self.out)
+        return summary
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    names = sorted(weights)
+    p = np.array([weights[n] for n in names], float)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def generate(plan: DatasetPlan, out: Path | str,
+             on_frame: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Render `plan.frames` frames into `out` (replaced if it exists); returns the summary."""
+    out = Path(out)
+    writer = _Writer(out, plan)
+    envs: dict[str, gym.Env] = {}
+    try:
+        done, k = 0, 0
+        while done < plan.frames:
+            seed = plan.seed + k
+            rng = np.random.default_rng([seed, 0xDA7A])
+            family = _pick(rng, plan.families)
+            if family not in envs:
+                envs[family] = gym.make(f"drivestack/{family.capitalize()}-v0",
+                                        camera=plan.camera, obs_type="camera")
+            env = cast(DrivingEnv, envs[family].unwrapped)
+            env.config = sim.family_config(family, time_of_day={_pick(rng, plan.time_of_day): 1},
+                                           weather={_pick(rng, plan.weather): 1})
+            done += _episode(env, plan, seed, family, writer, plan.frames - done, on_frame)
+            k += 1
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        for made in envs.values():
+            made.close()
+
+
+def _episode(env: DrivingEnv, plan: DatasetPlan, seed: int, family: str, writer: _Writer,
+             budget: int, on_frame: Callable[[int], None] | None) -> int:
+    """Drive one episode with the autopilot, recording every `stride`-th frame."""
+    env.reset(seed=seed)
+    pilot = Autopilot()
+    recorded = 0
+    for step in range(1, 100_000):
+        assert env.world is not None
+        _, _, terminated, truncated, _ = env.step(pilot.act(env.world))
+        if step >= plan.warmup and (step - plan.warmup) % plan.stride == 0:
+            frame, world = env.frame, env.world
+            assert frame is not None and world is not None  # camera obs renders every step
+            sc = world.scenario
+            writer.add(frame.image, frame.ground_truth, {
+                "split": split_of(seed), "episode_seed": seed, "step": step,
+                "family": family, "time_of_day": sc.time_of_day, "weather": sc.weather,
+                "scenario_seed": sc.seed})
+            recorded += 1
+            if on_frame is not None:
+                on_frame(1)
+        if terminated or truncated or recorded >= min(plan.frames_per_episode, budget):
+            return recorded
+    return recorded
