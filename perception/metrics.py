@@ -1,0 +1,184 @@
+"""Detection and lane metrics, written out so they can be read and checked by hand.
+
+- `detection_map`: COCO-style mAP (greedy matching by score, 101-point interpolated AP,
+  IoU thresholds 0.50:0.05:0.95, averaged over the classes that have ground truth).
+  Ground truth marked `ignore` (the dataset's ignore rule) neither counts as missed nor
+  makes a detection on it a false positive.
+- `tusimple_lane_metrics`: TuSimple accuracy, FP and FN rates (points within 20 px at
+  1280 px width, scaled to the image; a lane matches at >= 85 % of its points).
+- `culane_f1`: CULane F1 (lanes drawn 30 px wide at 1640 px width, scaled; IoU >= 0.5,
+  one-to-one matching by the Hungarian method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+IOU_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+ABSENT = -2.0
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of xyxy boxes."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
+    """COCO 101-point interpolated AP of detections (tp flags, scores) against n_gt."""
+    if n_gt == 0:
+        return float("nan")
+    if np.size(tp) == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    tp = np.asarray(tp, bool)[order]
+    ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+    recall = ctp / n_gt
+    precision = ctp / np.maximum(ctp + cfp, 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
+    sampled = np.where(idx < envelope.size, envelope[np.minimum(idx, envelope.size - 1)], 0.0)
+    return float(sampled.mean())
+
+
+@dataclass
+class ImageBoxes:
+    """Boxes of one image: xyxy (N, 4), classes (N,), scores (N,) for predictions or an
+    ignore flag (N,) for ground truth."""
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray | None = None
+    ignore: np.ndarray | None = None
+
+
+def _match(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
+           ) -> tuple[list[bool], list[float], int]:
+    """Greedy COCO matching in one image and class: (tp flags, scores, gt count)."""
+    pm = pred.classes == cls
+    gm = gt.classes == cls
+    p_boxes, p_scores = pred.boxes[pm], (pred.scores if pred.scores is not None
+                                         else np.ones(len(pred.boxes)))[pm]
+    g_boxes = gt.boxes[gm]
+    g_ign = (gt.ignore if gt.ignore is not None else np.zeros(len(gt.boxes), bool))[gm]
+    iou = box_iou(p_boxes, g_boxes)
+    free = ~g_ign
+    tps, scores = [], []
+    for i in np.argsort(-p_scores, kind="stable"):
+        cand = np.where(free & (iou[i] >= thr), iou[i], -1.0)
+        if cand.size and cand.max() >= 0:  # best still-unmatched real object
+            free[int(np.argmax(cand))] = False
+            tps.append(True)
+        elif (g_ign & (iou[i] >= thr)).any():
+            continue  # a detection of an ignored object: not counted either way
+        else:
+            tps.append(False)
+        scores.append(float(p_scores[i]))
+    return tps, scores, int((~g_ign).sum())
+
+
+def detection_map(preds: list[ImageBoxes], gts: list[ImageBoxes], n_classes: int
+                  ) -> dict[str, object]:
+    """mAP50, mAP50-95 and per-class AP over a set of images."""
+    if len(preds) != len(gts):
+        raise ValueError(f"{len(preds)} prediction images for {len(gts)} ground-truth images")
+    ap = np.full((n_classes, len(IOU_THRESHOLDS)), np.nan)
+    for c in range(n_classes):
+        for k, thr in enumerate(IOU_THRESHOLDS):
+            tps: list[bool] = []
+            scores: list[float] = []
+            n_gt = 0
+            for p, g in zip(preds, gts, strict=True):
+                t, s, n = _match(p, g, c, float(thr))
+                tps += t
+                scores += s
+                n_gt += n
+            ap[c, k] = average_precision(np.array(tps, bool), np.array(scores), n_gt)
+    has_gt = ~np.isnan(ap[:, 0])
+    return {
+        "mAP50": float(np.mean(ap[has_gt, 0])) if has_gt.any() else float("nan"),
+        "mAP50-95": float(np.mean(ap[has_gt])) if has_gt.any() else float("nan"),
+        "ap50_per_class": [None if np.isnan(v) else float(v) for v in ap[:, 0]],
+        "ap50_95_per_class": [None if not h else float(np.mean(row))
+                              for h, row in zip(has_gt, ap, strict=True)],
+    }
+
+
+# -- lanes --------------------------------------------------------------------------------
+def tusimple_lane_metrics(pred: list[np.ndarray], gt: list[np.ndarray], width: int
+                          ) -> dict[str, float]:
+    """Accuracy, FP and FN rates over images; each entry is (lanes, rows) x positions with
+    ABSENT (-2) where a lane is not present."""
+    thr = 20.0 * width / 1280.0
+    acc_sum, n_gt, n_pred, fp, fn = 0.0, 0, 0, 0, 0
+    for p_img, g_img in zip(pred, gt, strict=True):
+        g, p = _present(g_img), _present(p_img)
+        matched = 0
+        for lane in g:
+            valid = lane != ABSENT
+            best = 0.0
+            for cand in p:
+                hits = (cand != ABSENT) & (np.abs(cand - lane) < thr) & valid
+                best = max(best, float(hits.sum() / valid.sum()))
+            acc_sum += best
+            matched += best >= 0.85
+        n_gt += len(g)
+        n_pred += len(p)
+        fn += len(g) - matched
+        fp += max(len(p) - matched, 0)
+    return {"accuracy": acc_sum / max(n_gt, 1), "fp_rate": fp / max(n_pred, 1),
+            "fn_rate": fn / max(n_gt, 1)}
+
+
+def _present(lanes: np.ndarray) -> list[np.ndarray]:
+    """The lanes (rows of x) that have at least one point."""
+    arr = np.asarray(lanes, float)
+    if arr.size == 0:
+        return []
+    return [lane for lane in arr.reshape(-1, arr.shape[-1]) if (lane != ABSENT).any()]
+
+
+def _lane_mask(lane: np.ndarray, rows: np.ndarray, shape: tuple[int, int], thick: int
+               ) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    ok = lane != ABSENT
+    pts = np.stack([lane[ok], rows[ok]], axis=1).round().astype(np.int32)
+    if len(pts) >= 2:
+        cv2.polylines(mask, [pts], False, 1, thickness=max(thick, 1))
+    elif len(pts) == 1:
+        cv2.circle(mask, tuple(int(v) for v in pts[0]), max(thick // 2, 1), 1, -1)
+    return mask.astype(bool)
+
+
+def culane_f1(pred: list[np.ndarray], gt: list[np.ndarray], rows: np.ndarray,
+              shape: tuple[int, int], iou_threshold: float = 0.5) -> dict[str, float]:
+    """CULane F1 with lanes drawn 30 px wide at 1640 px width (scaled to `shape`)."""
+    thick = int(round(30.0 * shape[1] / 1640.0))
+    tp = fp = fn = 0
+    for p, g in zip(pred, gt, strict=True):
+        gm = [_lane_mask(lane, rows, shape, thick) for lane in _present(g)]
+        pm = [_lane_mask(lane, rows, shape, thick) for lane in _present(p)]
+        if gm and pm:
+            iou = np.array([[np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1)
+                             for b in gm] for a in pm])
+            r, c = linear_sum_assignment(-iou)
+            hits = int((iou[r, c] >= iou_threshold).sum())
+        else:
+            hits = 0
+        tp += hits
+        fp += len(pm) - hits
+        fn += len(gm) - hits
+    denom = 2 * tp + fp + fn
+    return {"f1": 2 * tp / denom if denom else float("nan"), "tp": tp, "fp": fp, "fn": fn}

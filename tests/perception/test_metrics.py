@@ -1,0 +1,79 @@
+"""Metrics against hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perception.metrics import (
+    ImageBoxes,
+    average_precision,
+    box_iou,
+    culane_f1,
+    detection_map,
+    tusimple_lane_metrics,
+)
+
+
+def _img(boxes, classes, scores=None, ignore=None) -> ImageBoxes:
+    return ImageBoxes(np.array(boxes, float).reshape(-1, 4), np.array(classes, int),
+                      None if scores is None else np.array(scores, float),
+                      None if ignore is None else np.array(ignore, bool))
+
+
+def test_box_iou_hand_values() -> None:
+    iou = box_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
+    assert iou[0].tolist() == pytest.approx([1.0, 50 / 150, 0.0])
+
+
+def test_ap_of_perfect_and_of_a_higher_scored_false_positive() -> None:
+    assert average_precision(np.array([True, True]), np.array([0.9, 0.8]), 2) == 1.0
+    # FP first, then the TP: precision 0.5 at recall 1 everywhere -> AP 0.5
+    assert average_precision(np.array([False, True]), np.array([0.9, 0.8]), 1) == 0.5
+    # one of two objects found: precision 1 up to recall 0.5 -> 51 of 101 points
+    assert average_precision(np.array([True]), np.array([0.9]), 2) == pytest.approx(51 / 101)
+
+
+def test_map_over_images_and_thresholds() -> None:
+    gt = [_img([[0, 0, 10, 10]], [0]), _img([[0, 0, 10, 10]], [1])]
+    exact = [_img([[0, 0, 10, 10]], [0], [0.9]), _img([[0, 0, 10, 10]], [1], [0.9])]
+    r = detection_map(exact, gt, n_classes=3)
+    assert r["mAP50"] == 1.0 and r["mAP50-95"] == 1.0 and r["ap50_per_class"][2] is None
+    # a box of IoU 0.8 counts at thresholds 0.50..0.80 (7 of 10) for class 0
+    shifted = [_img([[0, 0, 10, 8]], [0], [0.9]), _img([[0, 0, 10, 10]], [1], [0.9])]
+    r = detection_map(shifted, gt, n_classes=2)
+    assert r["mAP50"] == 1.0
+    assert r["ap50_95_per_class"][0] == pytest.approx(0.7)
+    assert r["mAP50-95"] == pytest.approx((0.7 + 1.0) / 2)
+
+
+def test_ignored_objects_are_neither_missed_nor_false_positives() -> None:
+    gt = [_img([[0, 0, 10, 10], [50, 50, 52, 52]], [0, 0], ignore=[False, True])]
+    found_both = [_img([[0, 0, 10, 10], [50, 50, 52, 52]], [0, 0], [0.9, 0.95])]
+    assert detection_map(found_both, gt, 1)["mAP50"] == 1.0
+    found_one = [_img([[0, 0, 10, 10]], [0], [0.9])]
+    assert detection_map(found_one, gt, 1)["mAP50"] == 1.0
+    wrong_class = [_img([[0, 0, 10, 10]], [1], [0.9])]
+    assert detection_map(wrong_class, gt, 2)["mAP50"] == 0.0
+
+
+def test_tusimple_accuracy_fp_fn() -> None:
+    gt = [np.array([[100.0, 110, 120, 130], [200, 210, 220, 230]])]
+    same = tusimple_lane_metrics(gt, gt, width=1280)
+    assert same == {"accuracy": 1.0, "fp_rate": 0.0, "fn_rate": 0.0}
+    # second lane 25 px off (threshold 20 px at 1280 wide); one extra lane
+    pred = [np.array([[100.0, 110, 120, 130], [225, 235, 245, 255], [-2, -2, -2, -2]])]
+    r = tusimple_lane_metrics(pred, gt, width=1280)
+    assert r["accuracy"] == 0.5 and r["fn_rate"] == 0.5 and r["fp_rate"] == 0.5
+    # at 320 px wide the threshold is 5 px: 4 px off still counts
+    r = tusimple_lane_metrics([gt[0] + 4], gt, width=320)
+    assert r["accuracy"] == 1.0
+
+
+def test_culane_f1() -> None:
+    rows = np.array([100, 120, 140, 160])
+    gt = [np.array([[100.0, 110, 120, 130], [200, 210, 220, 230]])]
+    assert culane_f1(gt, gt, rows, (192, 320))["f1"] == 1.0
+    pred = [np.array([[100.0, 110, 120, 130], [260, 270, 280, 290]])]
+    r = culane_f1(pred, gt, rows, (192, 320))
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1) and r["f1"] == 0.5
