@@ -27,8 +27,10 @@ def actions(seed: int, steps: int, action_type: str = "continuous") -> list[Any]
 
 
 def _feed(h: Any, value: Any) -> None:
-    if isinstance(value, dict):
-        for k in sorted(value):
+    """Hash the exact bits of `value` (never its printed form, which numpy print
+    options, e.g. ones set by other libraries, would change)."""
+    if isinstance(value, dict) or hasattr(value, "keys"):  # dicts and label records
+        for k in sorted(value.keys()):
             h.update(str(k).encode())
             _feed(h, value[k])
     elif isinstance(value, (list, tuple)):
@@ -38,6 +40,10 @@ def _feed(h: Any, value: Any) -> None:
     elif isinstance(value, np.ndarray):
         h.update(f"{value.dtype}{value.shape}".encode())
         h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (float, np.floating)):
+        h.update(float(value).hex().encode())
+    elif isinstance(value, np.generic):
+        h.update(value.tobytes())
     else:
         h.update(repr(value).encode())
 

@@ -1,0 +1,65 @@
+"""Object detector: ultralytics YOLO (CNN) or RT-DETR (transformer), built from their
+model yaml files (no pretrained weights) and trained on a drivestack dataset offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from perception.offline import ultralytics_offline
+
+Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
+_YAML = {"yolo11n": "yolo11n.yaml", "yolo11s": "yolo11s.yaml", "rtdetr-l": "rtdetr-l.yaml"}
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> CUDA when available, else MPS, else CPU; anything else is passed on."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "0"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class DetectorTraining:
+    """One training run (ultralytics arguments with drivestack defaults)."""
+
+    data: Path
+    """The dataset's data.yaml (from `drivestack dataset`)."""
+    out: Path
+    """Folder of the run (weights/best.pt, results.csv)."""
+    architecture: Architecture = "yolo11n"
+    epochs: int = 30
+    imgsz: int = 320
+    batch: int = 16
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+
+
+def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
+    """Train from scratch and return the final validation metrics and the weights path."""
+    if not Path(cfg.data).is_file():
+        raise FileNotFoundError(f"dataset file {cfg.data} not found; run `drivestack dataset`")
+    ultralytics_offline()
+    from ultralytics import RTDETR, YOLO
+
+    device = resolve_device(cfg.device)
+    build = RTDETR if cfg.architecture.startswith("rtdetr") else YOLO
+    model = build(_YAML[cfg.architecture])
+    model.train(
+        data=str(cfg.data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch,
+        seed=cfg.seed, deterministic=True, device=device, workers=cfg.workers,
+        pretrained=False, plots=False, amp=device not in ("cpu", "mps"),
+        project=str(Path(cfg.out).resolve().parent), name=Path(cfg.out).name,
+        exist_ok=True, verbose=False,
+    )
+    metrics: dict[str, Any] = model.trainer.metrics if model.trainer is not None else {}
+    best = Path(cfg.out) / "weights" / "best.pt"
+    return {"weights": str(best), "metrics": {k: float(v) for k, v in metrics.items()}}
