@@ -27,9 +27,11 @@ from rich.table import Table
 from launch.config import (
     DEFAULT_DATASET_LAUNCH,
     DEFAULT_RUN_LAUNCH,
+    DEFAULT_TRAIN_PERCEPTION_LAUNCH,
     DatasetConfig,
     LaunchConfigError,
     RunConfig,
+    TrainPerceptionConfig,
     load_launch,
 )
 
@@ -135,6 +137,41 @@ def dataset(
         except OSError as exc:
             raise _fail(console, ValueError(f"out: cannot write {cfg.out}: {exc}")) from None
     typer.echo(json.dumps({"out": str(cfg.out), **summary}, separators=(",", ":")))
+
+
+@app.command("train-perception")
+def train_perception(
+    launch_file: Annotated[Path | None, typer.Argument(
+        help="Launch file (YAML); default: the packaged launch/train_perception.yaml.",
+        show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option(help="Override `data` (dataset folder).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Override `out` (runs folder).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override detector epochs.")] = None,
+    device: Annotated[str | None, typer.Option(help="Override `device`.")] = None,
+) -> None:
+    """Train the object detector from scratch, offline, on a `drivestack dataset` folder.
+
+    Exit codes: 0 trained; 2 a bad launch file, option or missing dataset.
+    """
+    from perception.detector import DetectorTraining, train_detector
+
+    console = Console(stderr=True)
+    try:
+        cfg = load_launch(launch_file or DEFAULT_TRAIN_PERCEPTION_LAUNCH, TrainPerceptionConfig,
+                          overrides={"data": data, "out": out, "detector.epochs": epochs,
+                                     "device": device})
+    except LaunchConfigError as exc:
+        raise _fail(console, exc) from None
+    det = cfg.detector
+    job = DetectorTraining(data=cfg.data / "data.yaml", out=cfg.out / "detector",
+                           architecture=det.architecture, epochs=det.epochs, imgsz=det.imgsz,
+                           batch=det.batch, seed=cfg.seed, device=cfg.device,
+                           workers=det.workers)
+    try:
+        result = train_detector(job)
+    except FileNotFoundError as exc:
+        raise _fail(console, ValueError(f"data: {exc}")) from None
+    typer.echo(json.dumps(result, separators=(",", ":")))
 
 
 def _run_with_progress(config: RunConfig, launch_file: Path, console: Console

@@ -30,6 +30,7 @@ Weather = Literal["clear", "fog", "rain"]
 
 DEFAULT_RUN_LAUNCH = Path(__file__).with_name("run.yaml")
 DEFAULT_DATASET_LAUNCH = Path(__file__).with_name("dataset.yaml")
+DEFAULT_TRAIN_PERCEPTION_LAUNCH = Path(__file__).with_name("train_perception.yaml")
 """The packaged launch file of `drivestack run`."""
 
 _FAMILY_TO_ENV_ID = {family: env_id for env_id, family in sim.ENV_IDS.items()}
@@ -313,4 +314,24 @@ class DatasetConfig(_Strict):
             if not w or min(w.values()) < 0 or sum(w.values()) <= 0:
                 raise ValueError(f"{name}: weights must be >= 0 with a positive sum")
         return self
+
+
+class DetectorConfig(_Strict):
+    """The object detector part of `drivestack train-perception`."""
+
+    architecture: Literal["yolo11n", "yolo11s", "rtdetr-l"] = "yolo11n"
+    epochs: int = Field(default=30, ge=1)
+    imgsz: int = Field(default=320, ge=32, description="training image size [px]")
+    batch: int = Field(default=16, ge=1)
+    workers: int = Field(default=2, ge=0)
+
+
+class TrainPerceptionConfig(_Strict):
+    """Launch file of `drivestack train-perception`."""
+
+    data: Path = Field(default=Path("data/perception"), description="dataset folder")
+    out: Path = Field(default=Path("runs/perception"), description="training runs folder")
+    seed: int = Field(default=0, ge=0)
+    device: str = Field(default="auto", description="auto | cpu | 0 (CUDA index) | mps")
+    detector: DetectorConfig = DetectorConfig()
 

@@ -1,0 +1,47 @@
+"""Smoke tests of `drivestack train-perception` (one tiny epoch on CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from launch.cli import app
+from perception.datasets import DatasetPlan, generate
+from sim.types import CameraSpec
+
+pytest.importorskip("ultralytics")
+runner = CliRunner()
+
+
+def test_train_perception_writes_weights(write_launch, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIVESTACK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("YOLO_CONFIG_DIR", raising=False)
+    data = tmp_path / "ds"
+    generate(DatasetPlan(frames=8, frames_per_episode=2, stride=2, warmup=4,
+                         camera=CameraSpec(width=96, height=64)), data)
+    launch = write_launch(
+        f"data: {data}\nout: {tmp_path / 'runs'}\ndevice: cpu\n"
+        "detector: {epochs: 1, imgsz: 96, batch: 4, workers: 0}\n")
+    result = runner.invoke(app, ["train-perception", str(launch)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(report["weights"]).is_file()
+    assert "metrics/mAP50-95(B)" in report["metrics"]
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train-perception", "--data", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "data.yaml not found" in result.stderr and "drivestack dataset" in result.stderr
+
+
+def test_bad_architecture_names_the_allowed_ones(write_launch) -> None:
+    bad = write_launch("detector: {architecture: yolov3}\n", name="bad.yaml")
+    result = runner.invoke(app, ["train-perception", str(bad)])
+    assert result.exit_code == 2
+    for needle in ("bad.yaml", "detector.architecture", "yolo11n", "rtdetr-l"):
+        assert needle in result.stderr
