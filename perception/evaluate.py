@@ -1,0 +1,102 @@
+"""Held-out detection metrics of a detector on a `drivestack dataset` split, overall and
+per condition, distance bucket and visibility bucket (the dataset's ignore rule applies:
+objects it left unlabelled are not in the ground truth)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perception.metrics import ImageBoxes, detection_map
+from perception.offline import ultralytics_offline
+from sim.types import CLASS_NAMES
+
+DISTANCE_BUCKETS = {"0-20m": (0.0, 20.0), "20-40m": (20.0, 40.0), "40m+": (40.0, np.inf)}
+VISIBILITY_BUCKETS = {"vis<0.5": (0.0, 0.5), "vis>=0.5": (0.5, 1.01)}
+
+
+def _load_split(data: Path, split: str) -> tuple[list[dict[str, Any]], dict[int, list[dict]]]:
+    doc = json.loads((data / "annotations" / f"{split}.json").read_text())
+    anns: dict[int, list[dict]] = {}
+    for a in doc["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    return doc["images"], anns
+
+
+def _gt(anns: list[dict], keep: Callable[[dict], bool]) -> ImageBoxes:
+    """Ground truth of one image; annotations outside the bucket become `ignore`."""
+    boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                       a["bbox"][1] + a["bbox"][3]] for a in anns], float).reshape(-1, 4)
+    classes = np.array([a["category_id"] - 1 for a in anns], int)
+    ignore = np.array([not keep(a) for a in anns], bool)
+    return ImageBoxes(boxes, classes, ignore=ignore)
+
+
+def predict_split(weights: Path, data: Path, split: str, imgsz: int = 320,
+                  device: str = "cpu", conf: float = 0.001) -> dict[int, ImageBoxes]:
+    """Predictions of the detector for every image of a split, by COCO image id."""
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file {weights} not found")
+    model = YOLO(str(weights))
+    images, _ = _load_split(data, split)
+    out: dict[int, ImageBoxes] = {}
+    for chunk in range(0, len(images), 32):
+        batch = images[chunk: chunk + 32]
+        results = model.predict([str(data / im["file_name"]) for im in batch], imgsz=imgsz,
+                                conf=conf, device=device, verbose=False)
+        for im, r in zip(batch, results, strict=True):
+            b: Any = r.boxes  # type: ignore[union-attr]
+            out[im["id"]] = ImageBoxes(np.asarray(b.xyxy.cpu()),
+                                       np.asarray(b.cls.cpu()).astype(int),
+                                       np.asarray(b.conf.cpu()))
+    return out
+
+
+def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str
+                        ) -> dict[str, Any]:
+    """mAP overall, per time of day and weather, per distance and visibility bucket."""
+    images, anns = _load_split(data, split)
+    n = len(CLASS_NAMES)
+
+    def score(select_images: Callable[[dict], bool], keep: Callable[[dict], bool]
+              ) -> dict[str, Any]:
+        chosen = [im for im in images if select_images(im)]
+        if not chosen:
+            return {"images": 0}
+        gts = [_gt(anns.get(im["id"], []), keep) for im in chosen]
+        r = detection_map([preds[im["id"]] for im in chosen], gts, n)
+        objects = sum(int((~g.ignore).sum()) for g in gts if g.ignore is not None)
+        return {"images": len(chosen), "objects": objects,
+                "mAP50": r["mAP50"], "mAP50-95": r["mAP50-95"]}
+
+    def every(_: dict) -> bool:
+        return True
+
+    report: dict[str, Any] = {"split": split, "all": score(every, every)}
+    full = detection_map([preds[im["id"]] for im in images],
+                         [_gt(anns.get(im["id"], []), every) for im in images], n)
+    per_class: list[float | None] = list(full["ap50_95_per_class"])  # type: ignore[call-overload]
+    report["per_class_mAP50-95"] = dict(zip(CLASS_NAMES, per_class, strict=True))
+    for key in ("time_of_day", "weather", "family"):
+        for value in sorted({im[key] for im in images}):
+            report[f"{key}={value}"] = score(_equals(key, value), every)
+    for name, (lo, hi) in DISTANCE_BUCKETS.items():
+        report[f"distance {name}"] = score(every, _within("distance", lo, hi))
+    for name, (lo, hi) in VISIBILITY_BUCKETS.items():
+        report[name] = score(every, _within("visible_fraction", lo, hi))
+    return report
+
+
+def _equals(key: str, value: Any) -> Callable[[dict], bool]:
+    return lambda item: bool(item[key] == value)
+
+
+def _within(key: str, lo: float, hi: float) -> Callable[[dict], bool]:
+    return lambda item: bool(lo <= item[key] < hi)
