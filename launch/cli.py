@@ -174,6 +174,49 @@ def train_perception(
     typer.echo(json.dumps(result, separators=(",", ":")))
 
 
+@app.command("eval-perception")
+def eval_perception(
+    data: Annotated[Path, typer.Option(help="Dataset folder (from `drivestack dataset`).")],
+    weights: Annotated[Path | None, typer.Option(
+        help="Detector weights; default: the shipped perception/weights/detector_yolo11n.pt."
+    )] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
+    device: Annotated[str, typer.Option(help="auto | cpu | 0 | mps")] = "auto",
+    imgsz: Annotated[int, typer.Option(min=32, help="Inference image size [px].")] = 320,
+) -> None:
+    """Held-out perception metrics: detection mAP50 / mAP50-95 overall, per condition,
+    distance and visibility bucket. The last stdout line is the report as one JSON object.
+
+    Exit codes: 0 evaluated; 2 a bad option, a missing dataset or weights file.
+    """
+    from perception.datasets import SPLITS
+    from perception.detector import DEFAULT_WEIGHTS, resolve_device
+    from perception.evaluate import evaluate_detections, predict_split
+
+    console = Console(stderr=True)
+    if split not in SPLITS:
+        raise _fail(console, ValueError(f"split {split!r}; allowed: {', '.join(SPLITS)}"))
+    if not (data / "annotations" / f"{split}.json").is_file():
+        raise _fail(console, ValueError(
+            f"data: {data} has no annotations/{split}.json; run `drivestack dataset`"))
+    try:
+        preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz,
+                              device=resolve_device(device))
+    except FileNotFoundError as exc:
+        raise _fail(console, ValueError(f"weights: {exc}")) from None
+    report = evaluate_detections(preds, data, split)
+    report["lanes"] = "not evaluated yet: no lane model (issue 3)"
+    table = Table(title=f"detection on {data} ({split})")
+    for col in ("subset", "images", "objects", "mAP50", "mAP50-95"):
+        table.add_column(col, justify="left" if col == "subset" else "right")
+    for key, r in report.items():
+        if isinstance(r, dict) and "mAP50" in r:
+            table.add_row(key, str(r["images"]), str(r["objects"]), _fmt(r["mAP50"], 3),
+                          _fmt(r["mAP50-95"], 3))
+    console.print(table)
+    typer.echo(json.dumps(report, separators=(",", ":")))
+
+
 def _run_with_progress(config: RunConfig, launch_file: Path, console: Console
                        ) -> dict[str, Any]:
     """`run_job` under a rich progress bar counting steps over all episodes."""

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from perception.offline import ultralytics_offline
 
 Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "detector_yolo11n.pt"
+"""Shipped detector weights (see docs/models.md for how they were made)."""
 _YAML = {"yolo11n": "yolo11n.yaml", "yolo11s": "yolo11s.yaml", "rtdetr-l": "rtdetr-l.yaml"}
 
 
