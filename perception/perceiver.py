@@ -1,0 +1,121 @@
+"""The perception API the planner consumes: camera frames in, typed detections out.
+
+    from perception.perceiver import Perceiver
+    perceiver = Perceiver()                  # shipped weights, device "auto"
+    [p] = perceiver([frame])                 # uint8 RGB (H, W, 3) of the camera spec
+    p.detections.boxes_xyxy, p.detections.distance, p.latency_ms
+
+Distances come from the ground plane: the bottom centre of a box is cast through the
+camera intrinsics and pitch onto the road (flat ground, as in the simulator). Lanes are
+not estimated yet (`lanes` is None until the lane model lands).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perception.detector import DEFAULT_WEIGHTS, resolve_device
+from perception.offline import ultralytics_offline
+from sim.types import CameraSpec
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Objects found in one frame."""
+
+    boxes_xyxy: np.ndarray
+    """(N, 4) float32 [px]."""
+    scores: np.ndarray
+    """(N,) float32 confidence."""
+    classes: np.ndarray
+    """(N,) int64 class ids (sim.CLASS_NAMES)."""
+    distance: np.ndarray
+    """(N,) float32 ground-plane distance of the box's bottom centre [m]; inf above the
+    horizon."""
+    track_ids: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Perception:
+    """Everything perception says about one frame."""
+
+    detections: Detections
+    lanes: None = None
+    """Lane estimate (not available yet)."""
+    latency_ms: float = 0.0
+    """Share of the batch's wall time for this frame [ms]."""
+
+
+def ground_distance(boxes_xyxy: np.ndarray, camera: CameraSpec) -> np.ndarray:
+    """Distance [m] from the camera to where each box's bottom centre meets the ground."""
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    f = camera.focal_px
+    x = ((b[:, 0] + b[:, 2]) / 2 - camera.width / 2) / f
+    y = (b[:, 3] - camera.height / 2) / f
+    pitch = np.radians(camera.pitch_deg)
+    down = y * np.cos(pitch) + np.sin(pitch)  # ray component toward the ground
+    forward = -y * np.sin(pitch) + np.cos(pitch)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(down > 1e-6, camera.mount_height / down, np.inf)
+        dist = np.hypot(t * x, t * forward)
+    return np.where(np.isfinite(t), dist, np.inf).astype(np.float32)
+
+
+class Perceiver:
+    """Batched detection on `device` ("auto": CUDA, else MPS, else CPU; fp16 on CUDA)."""
+
+    def __init__(self, weights: Path | str | None = None, device: str = "auto",
+                 camera: CameraSpec | None = None, conf: float = 0.25,
+                 imgsz: int = 320) -> None:
+        self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        if not self.weights.is_file():
+            raise FileNotFoundError(
+                f"detector weights {self.weights} not found; train them with "
+                "`drivestack train-perception` or pass weights=")
+        self.camera = camera or CameraSpec()
+        self.device = resolve_device(device)
+        self.conf, self.imgsz = conf, imgsz
+        ultralytics_offline()
+        from ultralytics import YOLO
+
+        self.model = YOLO(str(self.weights))
+
+    def _check(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        want = (self.camera.height, self.camera.width, 3)
+        out = []
+        for i, f in enumerate(frames):
+            a = np.asarray(f)
+            if a.dtype != np.uint8 or a.shape != want:
+                raise ValueError(f"frame {i}: expected uint8 RGB of shape {want} (the camera "
+                                 f"spec), got {a.dtype} {a.shape}")
+            out.append(a)
+        return out
+
+    def __call__(self, frames: Sequence[np.ndarray] | np.ndarray) -> list[Perception]:
+        """Perceive a batch: a list of frames or a (B, H, W, 3) array."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            raise ValueError("pass a batch: a list of frames or a (B, H, W, 3) array")
+        batch = self._check(list(frames))
+        if not batch:
+            return []
+        t0 = time.perf_counter()
+        # ultralytics expects BGR arrays, as OpenCV reads them
+        results = self.model.predict([f[..., ::-1] for f in batch], imgsz=self.imgsz,
+                                     conf=self.conf, device=self.device, verbose=False,
+                                     half=self.device not in ("cpu", "mps"))
+        latency = (time.perf_counter() - t0) * 1000.0 / len(batch)
+        out = []
+        for r in results:
+            b: Any = r.boxes  # type: ignore[union-attr]
+            boxes = np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4)
+            out.append(Perception(Detections(
+                boxes_xyxy=boxes, scores=np.asarray(b.conf.cpu(), np.float32),
+                classes=np.asarray(b.cls.cpu()).astype(np.int64),
+                distance=ground_distance(boxes, self.camera)), latency_ms=latency))
+        return out
