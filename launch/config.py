@@ -109,6 +109,8 @@ class RunConfig(_Strict):
     out: Path = Field(default=Path("runs/run"), description="output folder, relative to the cwd")
     video: VideoConfig = VideoConfig()
     overlays: bool = Field(default=True, description="ground-truth boxes and lanes in the mp4")
+    perception: bool = Field(
+        default=False, description="predicted boxes (shipped detector) beside the ground truth")
     driver: Driver = "autopilot"
 
     @model_validator(mode="before")

@@ -137,14 +137,17 @@ def video_frame(
     *,
     overlays: bool = True,
     scale: int = 2,
+    predicted: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """One video frame: the (annotated) camera frame upscaled by `scale`, left, and the
-    bird's-eye human view at the same height, right."""
-    if overlays and ground_truth is not None:
-        left = annotate(camera_image, ground_truth, scale)
-    else:
-        h, w = camera_image.shape[:2]
-        left = cv2.resize(camera_image, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)
+    """One video frame: the (annotated) camera frame upscaled by `scale`, left, then, if
+    `predicted` (boxes_xyxy, class ids) is given, the frame with perception's boxes, and
+    the bird's-eye human view at the same height, right."""
+    h, w = camera_image.shape[:2]
+    plain = cv2.resize(camera_image, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)
+    left = annotate(camera_image, ground_truth, scale) if (
+        overlays and ground_truth is not None) else plain
+    if predicted is not None:
+        left = side_by_side(left, draw_boxes(plain, predicted[0], predicted[1], scale=scale))
     return side_by_side(left, human_view)
 
 

@@ -125,6 +125,7 @@ def run_episode(
     on_frame: Callable[[np.ndarray], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     overlays: bool = True,
+    perceiver: Any = None,
 ) -> EpisodeMetrics:
     """Drive one episode reset with `seed`. `on_frame` (if given) receives one video
     frame per step, reset included; `on_step` the step count after each step.
@@ -142,12 +143,12 @@ def run_episode(
         obs, info = env.reset(seed=seed)
         stats.start(env)
         if on_frame is not None:
-            on_frame(_frame(env, info, overlays))
+            on_frame(_frame(env, info, overlays, perceiver))
         while not (terminated or truncated) and (max_steps is None or stats.steps < max_steps):
             obs, _, terminated, truncated, info = env.step(driver.act(obs, env))
             stats.add(info)
             if on_frame is not None:
-                on_frame(_frame(env, info, overlays))
+                on_frame(_frame(env, info, overlays, perceiver))
             if on_step is not None:
                 on_step(stats.steps)
     except Exception as exc:  # reported in the metrics and by the CLI
@@ -205,11 +206,17 @@ def _end_reason(info: dict[str, Any], terminated: bool, truncated: bool) -> str:
     return "max_steps"
 
 
-def _frame(env: gym.Env, info: dict[str, Any], overlays: bool) -> np.ndarray:
+def _frame(env: gym.Env, info: dict[str, Any], overlays: bool, perceiver: Any = None
+           ) -> np.ndarray:
     human = env.render()
     camera = env.unwrapped.frame.image  # type: ignore[attr-defined]
     assert isinstance(human, np.ndarray)
-    return video_frame(camera, info.get("ground_truth"), human, overlays=overlays)
+    predicted = None
+    if perceiver is not None:
+        det = perceiver([camera])[0].detections
+        predicted = (det.boxes_xyxy, det.classes)
+    return video_frame(camera, info.get("ground_truth"), human, overlays=overlays,
+                       predicted=predicted)
 
 
 # -- output files ------------------------------------------------------------------------
@@ -314,6 +321,11 @@ def run_job(
     env = make_env(config)
     driver = make_driver(config.driver)
     cap = steps_cap(config, env.unwrapped.dt)  # type: ignore[attr-defined]
+    perceiver = None
+    if config.perception and config.video.enabled:
+        from perception.perceiver import Perceiver  # torch loads only when asked for
+
+        perceiver = Perceiver(camera=config.camera.spec())
     done: list[EpisodeMetrics] = []
     try:
         for i in range(config.episodes):
@@ -325,7 +337,8 @@ def run_job(
             with video as add_frame:
                 metrics = run_episode(env, driver, episode=i, seed=config.seed + i,
                                       max_steps=config.max_steps, on_frame=add_frame,
-                                      on_step=on_step, overlays=config.overlays)
+                                      on_step=on_step, overlays=config.overlays,
+                                      perceiver=perceiver if name else None)
             metrics.video = name
             done.append(metrics)
             write_metrics(out, metrics_document(config, launch, done))

@@ -45,3 +45,16 @@ def test_bad_options_are_one_clear_error(tmp_path: Path, args: list[str], needle
 def test_missing_dataset(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval-perception", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "drivestack dataset" in result.stderr
+
+
+def test_run_with_perception_adds_a_prediction_panel(write_launch, tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    out = tmp_path / "run"
+    launch = write_launch("family: highway\nepisodes: 1\nmax_steps: 3\nperception: true\n"
+                          "video: {enabled: true, episodes: 1}\n")
+    result = runner.invoke(app, ["run", str(launch), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = iio.imread(out / "episode_000.mp4", index=1)
+    # ground truth (640) + predictions (640) + bird's-eye view scaled to 384 high
+    assert frame.shape[:2] == (384, 640 + 640 + 384)
