@@ -106,9 +106,9 @@ class Perceiver:
             return []
         t0 = time.perf_counter()
         # ultralytics expects BGR arrays, as OpenCV reads them
+        fp16 = {"half": True} if self.device not in ("cpu", "mps") else {}  # CUDA only
         results = self.model.predict([f[..., ::-1] for f in batch], imgsz=self.imgsz,
-                                     conf=self.conf, device=self.device, verbose=False,
-                                     half=self.device not in ("cpu", "mps"))
+                                     conf=self.conf, device=self.device, verbose=False, **fp16)
         latency = (time.perf_counter() - t0) * 1000.0 / len(batch)
         out = []
         for r in results:
