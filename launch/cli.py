@@ -171,6 +171,10 @@ def train_perception(
         result = train_detector(job)
     except FileNotFoundError as exc:
         raise _fail(console, ValueError(f"data: {exc}")) from None
+    from perception.detector import _camera_size, export_onnx
+
+    h, w = _camera_size(job.data)
+    result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))
     typer.echo(json.dumps(result, separators=(",", ":")))
 
 

@@ -12,6 +12,8 @@ from perception.offline import ultralytics_offline
 Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "detector_yolo11n.pt"
 """Shipped detector weights (see docs/models.md for how they were made)."""
+DEFAULT_ONNX = DEFAULT_WEIGHTS.with_suffix(".onnx")
+"""The same weights exported for ONNX Runtime at 192x320 (the fast CPU path)."""
 _YAML = {"yolo11n": "yolo11n.yaml", "yolo11s": "yolo11s.yaml", "rtdetr-l": "rtdetr-l.yaml"}
 
 
@@ -65,3 +67,28 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
     metrics: dict[str, Any] = model.trainer.metrics if model.trainer is not None else {}
     best = Path(cfg.out) / "weights" / "best.pt"
     return {"weights": str(best), "metrics": {k: float(v) for k, v in metrics.items()}}
+
+
+def _camera_size(data: Path) -> tuple[int, int]:
+    """(height, width) of the dataset's images."""
+    import cv2
+
+    first = next((Path(data).parent / "images" / "train").glob("*"), None)
+    if first is None:
+        raise FileNotFoundError(f"no training images next to {data}")
+    img = cv2.imread(str(first))
+    return int(img.shape[0]), int(img.shape[1])
+
+
+def export_onnx(weights: Path, height: int, width: int) -> Path:
+    """Export trained weights for ONNX Runtime with a fixed rectangular input (the camera
+    size; both multiples of 32), next to the weights; returns the .onnx path."""
+    if height % 32 or width % 32:
+        raise ValueError(f"input {height}x{width} must be multiples of 32")
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    out = YOLO(str(weights)).export(format="onnx", imgsz=(height, width), simplify=True,
+                                    dynamic=False, half=False, device="cpu")
+    return Path(out)
+

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from perception.detector import DEFAULT_WEIGHTS, resolve_device
+from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS, resolve_device
 from perception.offline import ultralytics_offline
 from sim.types import CameraSpec
 
@@ -68,19 +68,30 @@ def ground_distance(boxes_xyxy: np.ndarray, camera: CameraSpec) -> np.ndarray:
 
 
 class Perceiver:
-    """Batched detection on `device` ("auto": CUDA, else MPS, else CPU; fp16 on CUDA)."""
+    """Batched detection on `device` ("auto": CUDA, else MPS, else CPU; fp16 on CUDA).
+
+    Without `weights`, the shipped detector: on the CPU its ONNX Runtime export at the
+    default camera size (about 2.5x faster than PyTorch here), else the PyTorch weights.
+    A `.onnx` file runs at its fixed export size, which must be the camera's."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
                  camera: CameraSpec | None = None, conf: float = 0.25,
                  imgsz: int = 320) -> None:
-        self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.camera = camera or CameraSpec()
+        self.device = resolve_device(device)
+        if weights is None:
+            default_size = (self.camera.height, self.camera.width) == (192, 320)
+            onnx_ok = self.device == "cpu" and default_size and DEFAULT_ONNX.is_file()
+            weights = DEFAULT_ONNX if onnx_ok else DEFAULT_WEIGHTS
+        self.weights = Path(weights)
         if not self.weights.is_file():
             raise FileNotFoundError(
                 f"detector weights {self.weights} not found; train them with "
                 "`drivestack train-perception` or pass weights=")
-        self.camera = camera or CameraSpec()
-        self.device = resolve_device(device)
-        self.conf, self.imgsz = conf, imgsz
+        self.conf = conf
+        self.imgsz: int | tuple[int, int] = imgsz
+        if self.weights.suffix == ".onnx":
+            self.imgsz = (self.camera.height, self.camera.width)
         ultralytics_offline()
         from ultralytics import YOLO
 

@@ -29,7 +29,7 @@ def test_train_perception_writes_weights(write_launch, tmp_path: Path,
     result = runner.invoke(app, ["train-perception", str(launch)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert Path(report["weights"]).is_file()
+    assert Path(report["weights"]).is_file() and Path(report["onnx"]).is_file()
     assert "metrics/mAP50-95(B)" in report["metrics"]
 
 

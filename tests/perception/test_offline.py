@@ -28,8 +28,12 @@ GUARD = textwrap.dedent("""
     result = train_detector(DetectorTraining(
         data=sys.argv[1], out=sys.argv[2], epochs=1, imgsz=96, batch=4, workers=0,
         device="cpu"))
+    from perception.detector import export_onnx
+    onnx = export_onnx(result["weights"], 64, 96)
     from ultralytics import YOLO
     preds = YOLO(result["weights"]).predict(sys.argv[3], imgsz=96, device="cpu", verbose=False)
+    preds += YOLO(str(onnx), task="detect").predict(sys.argv[3], imgsz=(64, 96), device="cpu",
+                                                    verbose=False)
     print(json.dumps({"attempts": attempts, "predictions": len(preds),
                       "weights": result["weights"]}))
 """)

@@ -92,3 +92,26 @@ def test_single_frame_must_come_as_a_batch(perceiver: Perceiver) -> None:
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="drivestack train-perception"):
         Perceiver(weights=tmp_path / "none.pt")
+
+
+def test_shipped_onnx_export_agrees_with_the_pytorch_weights() -> None:
+    from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS
+
+    images = [f for f, _ in _frames(3)]
+    onnx = Perceiver(weights=DEFAULT_ONNX, device="cpu")(images)
+    torch_ = Perceiver(weights=DEFAULT_WEIGHTS, device="cpu", imgsz=320)(images)
+    for a, b in zip(onnx, torch_, strict=True):
+        # same network; only the letterboxing differs (192x320 vs 320x320 input)
+        assert abs(len(a.detections.classes) - len(b.detections.classes)) <= 1
+        if len(a.detections.classes) and len(b.detections.classes):
+            from perception.metrics import box_iou
+
+            iou = box_iou(a.detections.boxes_xyxy, b.detections.boxes_xyxy)
+            assert iou.max(axis=1).mean() > 0.8
+
+
+def test_default_perceiver_on_cpu_uses_the_onnx_export() -> None:
+    p = Perceiver(device="cpu")
+    assert p.weights.suffix == ".onnx" and p.imgsz == (192, 320)
+    big = Perceiver(device="cpu", camera=CameraSpec(width=640, height=384))
+    assert big.weights.suffix == ".pt", "an export of another size cannot serve this camera"
