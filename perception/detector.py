@@ -77,6 +77,8 @@ def _camera_size(data: Path) -> tuple[int, int]:
     if first is None:
         raise FileNotFoundError(f"no training images next to {data}")
     img = cv2.imread(str(first))
+    if img is None:
+        raise FileNotFoundError(f"cannot read the training image {first}")
     return int(img.shape[0]), int(img.shape[1])
 
 
