@@ -182,7 +182,7 @@ def train_perception(
 def eval_perception(
     data: Annotated[Path, typer.Option(help="Dataset folder (from `drivestack dataset`).")],
     weights: Annotated[Path | None, typer.Option(
-        help="Detector weights; default: the shipped perception/weights/detector_yolo11n.pt."
+        help="Detector weights; default: the shipped perception/weights/detector.pt."
     )] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | 0 | mps")] = "auto",

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from perception.offline import ultralytics_offline
 
 Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "detector_yolo11n.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "detector.pt"
 """Shipped detector weights (see docs/models.md for how they were made)."""
 DEFAULT_ONNX = DEFAULT_WEIGHTS.with_suffix(".onnx")
 """The same weights exported for ONNX Runtime at 192x320 (the fast CPU path)."""
