@@ -168,6 +168,8 @@ def ds_world(n: int) -> Case:
 
 BATCH = 32
 """Worlds stepped together by the batched figure."""
+ROAD_END_M = 19000.0
+"""A batch restarts when its median ego passes this arc length of the 20 km road [m]."""
 
 
 def ds_batch(n: int) -> Case:
@@ -196,9 +198,6 @@ def ds_batch(n: int) -> Case:
     reset()
     return Case(step, reset, lambda: int(box["bw"].actors.active.sum(axis=1).mean()),
                 DT * BATCH, info={"worlds": BATCH})
-
-
-ROAD_END_M = 19000.0
 
 
 def ds_env(obs_type: str, cfg: ScenarioConfig) -> Any:
