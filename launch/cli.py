@@ -121,12 +121,7 @@ def dataset(
                           overrides={"out": out, "frames": frames, "seed": seed})
     except LaunchConfigError as exc:
         raise _fail(console, exc) from None
-    plan = DatasetPlan(
-        frames=cfg.frames, frames_per_episode=cfg.frames_per_episode, stride=cfg.stride,
-        warmup=cfg.warmup, seed=cfg.seed, families={str(k): v for k, v in cfg.families.items()},
-        time_of_day={str(k): v for k, v in cfg.time_of_day.items()},
-        weather={str(k): v for k, v in cfg.weather.items()},
-        camera=cfg.camera.spec(), image_format=cfg.image_format)
+    plan = DatasetPlan(**cfg.model_dump(exclude={"out", "camera"}), camera=cfg.camera.spec())
     console.print(f"drivestack dataset: {cfg.frames} frames (seed {cfg.seed}) -> {cfg.out}",
                   markup=False, highlight=False)
     with Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(),
@@ -171,9 +166,9 @@ def train_perception(
         result = train_detector(job)
     except FileNotFoundError as exc:
         raise _fail(console, ValueError(f"data: {exc}")) from None
-    from perception.detector import _camera_size, export_onnx
+    from perception.detector import dataset_image_size, export_onnx
 
-    h, w = _camera_size(job.data)
+    h, w = dataset_image_size(job.data)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))
     typer.echo(json.dumps(result, separators=(",", ":")))
 

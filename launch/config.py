@@ -285,9 +285,10 @@ def _describe(err: Mapping[str, Any], model_cls: type[BaseModel]) -> tuple[str, 
     return _dotted(loc), f"{err['msg']} (got {err['input']!r})"
 
 
-def _weights(*pairs: Any) -> Any:
-    """{name: weight} from alternating names and weights (typed for any Literal key)."""
-    return dict(zip(pairs[::2], pairs[1::2], strict=True))
+def _plan_default(name: str) -> Any:
+    from perception.datasets import DatasetPlan
+
+    return dict(getattr(DatasetPlan(), name))
 
 
 class DatasetConfig(_Strict):
@@ -300,12 +301,11 @@ class DatasetConfig(_Strict):
     stride: int = Field(default=5, ge=1, description="steps between two recorded frames")
     warmup: int = Field(default=15, ge=0, description="steps before the first frame")
     seed: int = Field(default=0, ge=0, description="episode k is reset with seed + k")
-    families: dict[Family, float] = Field(default_factory=lambda: _weights(
-        "highway", 0.4, "rural", 0.3, "urban", 0.3))
-    time_of_day: dict[TimeOfDay, float] = Field(default_factory=lambda: _weights(
-        "day", 0.8, "dusk", 0.12, "night", 0.08))
-    weather: dict[Weather, float] = Field(default_factory=lambda: _weights(
-        "clear", 0.85, "fog", 0.08, "rain", 0.07))
+    # the mix defaults are perception.datasets.DatasetPlan's (one place for them)
+    families: dict[Family, float] = Field(default_factory=lambda: _plan_default("families"))
+    time_of_day: dict[TimeOfDay, float] = Field(
+        default_factory=lambda: _plan_default("time_of_day"))
+    weather: dict[Weather, float] = Field(default_factory=lambda: _plan_default("weather"))
     camera: CameraConfig = CameraConfig()
     image_format: Literal["jpg", "png"] = "jpg"
 

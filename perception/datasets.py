@@ -31,6 +31,7 @@ import numpy as np
 
 import sim
 from sim.autopilot import Autopilot
+from sim.config import pick_weighted
 from sim.env import DrivingEnv
 from sim.types import ABSENT, CLASS_NAMES, CameraSpec, GroundTruth
 
@@ -184,12 +185,6 @@ class _Writer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
-    names = sorted(weights)
-    p = np.array([weights[n] for n in names], float)
-    return names[int(rng.choice(len(names), p=p / p.sum()))]
-
-
 def generate(plan: DatasetPlan, out: Path | str,
              on_frame: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Render `plan.frames` frames into `out` (replaced if it exists); returns the summary."""
@@ -201,13 +196,13 @@ def generate(plan: DatasetPlan, out: Path | str,
         while done < plan.frames:
             seed = plan.seed + k
             rng = np.random.default_rng([seed, 0xDA7A])
-            family = _pick(rng, plan.families)
+            family = pick_weighted(rng, plan.families)
             if family not in envs:
                 envs[family] = gym.make(f"drivestack/{family.capitalize()}-v0",
                                         camera=plan.camera, obs_type="camera")
             env = cast(DrivingEnv, envs[family].unwrapped)
-            env.config = sim.family_config(family, time_of_day={_pick(rng, plan.time_of_day): 1},
-                                           weather={_pick(rng, plan.weather): 1})
+            tod, weather = pick_weighted(rng, plan.time_of_day), pick_weighted(rng, plan.weather)
+            env.config = sim.family_config(family, time_of_day={tod: 1}, weather={weather: 1})
             done += _episode(env, plan, seed, family, writer, plan.frames - done, on_frame)
             k += 1
         return writer.finish()

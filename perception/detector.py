@@ -69,17 +69,14 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
     return {"weights": str(best), "metrics": {k: float(v) for k, v in metrics.items()}}
 
 
-def _camera_size(data: Path) -> tuple[int, int]:
-    """(height, width) of the dataset's images."""
-    import cv2
+def dataset_image_size(data_yaml: Path) -> tuple[int, int]:
+    """(height, width) of a dataset's images, from its COCO training annotations."""
+    import json
 
-    first = next((Path(data).parent / "images" / "train").glob("*"), None)
-    if first is None:
-        raise FileNotFoundError(f"no training images next to {data}")
-    img = cv2.imread(str(first))
-    if img is None:
-        raise FileNotFoundError(f"cannot read the training image {first}")
-    return int(img.shape[0]), int(img.shape[1])
+    doc = json.loads((Path(data_yaml).parent / "annotations" / "train.json").read_text())
+    if not doc["images"]:
+        raise FileNotFoundError(f"no training images in the dataset of {data_yaml}")
+    return int(doc["images"][0]["height"]), int(doc["images"][0]["width"])
 
 
 def export_onnx(weights: Path, height: int, width: int) -> Path:

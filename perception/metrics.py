@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from sim.types import ABSENT
+
 IOU_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
-ABSENT = -2.0
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,8 +18,6 @@ TimeOfDay = Literal["day", "dusk", "night"]
 Weather = Literal["clear", "fog", "rain"]
 
 FAMILIES: tuple[str, ...] = ("highway", "rural", "urban")
-TIMES_OF_DAY: tuple[str, ...] = ("day", "dusk", "night")
-WEATHERS: tuple[str, ...] = ("clear", "fog", "rain")
 
 
 class _Strict(BaseModel):
@@ -166,7 +164,8 @@ class Scenario:
     episode_seconds: float
 
 
-def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
+def pick_weighted(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    """One key of `weights`, drawn with probability proportional to its weight."""
     names = sorted(weights)
     p = np.array([weights[n] for n in names], dtype=float)
     return names[int(rng.choice(len(names), p=p / p.sum()))]
@@ -200,8 +199,8 @@ def sample_scenario(config: ScenarioConfig, seed: int) -> Scenario:
         n_cone_groups=_randint(rng, config.cone_groups),
         n_stalled=_randint(rng, config.stalled),
         clutter=config.clutter,
-        time_of_day=_pick(rng, {str(k): v for k, v in config.time_of_day.items()}),
-        weather=_pick(rng, {str(k): v for k, v in config.weather.items()}),
+        time_of_day=pick_weighted(rng, {str(k): v for k, v in config.time_of_day.items()}),
+        weather=pick_weighted(rng, {str(k): v for k, v in config.weather.items()}),
         noise_std=_uniform(rng, config.sensor_noise),
         exposure=_uniform(rng, config.exposure),
         episode_seconds=config.episode_seconds,

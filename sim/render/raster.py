@@ -26,6 +26,7 @@ from sim.render.shapes import (
     SHAPE_PARTS,
     part_vertices,
     shape_table,
+    to_world,
 )
 from sim.types import CAR, DASHED, DOUBLE, TRUCK, CameraSpec
 from sim.world.actors import SHAPE_NAMES, box_corners
@@ -281,10 +282,7 @@ class Renderer:
         part = (np.arange(obj.size) - np.repeat(np.cumsum(SHAPE_COUNT[shape]) - SHAPE_COUNT[shape],
                                                 SHAPE_COUNT[shape]) + SHAPE_START[shape][obj])
         local = part_vertices(PART_BOUNDS[part], PART_PRIM[part], size[obj])
-        c, s = np.cos(yaw[obj])[:, None], np.sin(yaw[obj])[:, None]
-        wv = np.stack([x[obj][:, None] + local[..., 0] * c - local[..., 1] * s,
-                       y[obj][:, None] + local[..., 0] * s + local[..., 1] * c,
-                       local[..., 2]], axis=-1)  # (P, 8, 3)
+        wv = to_world(local, x[obj], y[obj], yaw[obj])  # (P, 8, 3)
         cam = self.camera
         pc = cam.to_camera(wv)
         fv = wv[:, FACES]  # (P, 5, 4, 3)

@@ -61,7 +61,6 @@ SHAPE_PARTS: dict[str, list[Part]] = {
 FACES = np.array([[4, 6, 7, 5], [0, 1, 3, 2], [2, 3, 7, 6], [0, 4, 5, 1], [1, 5, 7, 3]])
 """Quads: front (+x), rear (-x), left (+y), right (-y), top (+z); the bottom is never seen."""
 FACE_IS_TOP = np.array([False, False, False, False, True])
-REAR_FACE = 1
 
 _SHAPE_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 

@@ -19,7 +19,7 @@ from sim.types import PEDESTRIAN, EgoState
 from sim.world.actors import ActorTable, box_corners, boxes_overlap, frenet_extents, step_bicycle
 from sim.world.road import DS
 from sim.world.traffic import MOBIL_EVERY, step_pedestrians, step_vehicles
-from sim.world.world import BROAD_MARGIN, HARD_BRAKE, World, WorldState, recycle
+from sim.world.world import BROAD_MARGIN, HARD_BRAKE, World, WorldState, min_ttc, recycle
 
 _EGO_FIELDS = ("x", "y", "yaw", "speed", "steer", "accel", "s", "d", "length", "width",
                "wheelbase")
@@ -185,7 +185,7 @@ class BatchWorld:
             "off_road": np.abs(ego.d) > roads.paved_half_width[:, 0],
             "hard_brake": ego.accel < -HARD_BRAKE,
             "npc_collisions": self._npc_overlaps(ext_s, ext_d),
-            "min_ttc": self._min_ttc(),
+            "min_ttc": min_ttc(a, ego),
         }
 
     def _npc_overlaps(self, ext_s: np.ndarray, ext_d: np.ndarray) -> np.ndarray:
@@ -207,16 +207,6 @@ class BatchWorld:
             cj = box_corners(x[:, 1], y[:, 1], yaw[:, 1], a.length[b, j], a.width[b, j])
             np.add.at(count, b, boxes_overlap(ci, cj))
         return count
-
-    def _min_ttc(self) -> np.ndarray:
-        a, ego = self.actors, self.ego
-        ds = a.s - ego.s[:, None]
-        lateral = np.abs(a.d - ego.d[:, None]) < 0.5 * (a.width + ego.width[:, None]) + 0.2
-        gap = ds - 0.5 * (a.length + ego.length[:, None])
-        closing = ego.speed[:, None] - a.speed
-        mask = a.active & lateral & (ds > 0) & (closing > 0.1)
-        ttc = np.where(mask, np.maximum(gap, 0.0) / np.where(mask, closing, 1.0), np.inf)
-        return ttc.min(axis=1)
 
     def world_state(self, b: int) -> WorldState:
         """World b as a `WorldState` (copies), e.g. to render or restore it in an env."""

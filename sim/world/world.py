@@ -214,7 +214,7 @@ class World:
             ev.collided_track_ids = [int(t) for t in a.track_id[idx[cand[hit]]]]
             ev.collision = bool(hit.any())
         ev.npc_collisions = self._count_npc_overlaps(idx, ext_s, ext_d)
-        ev.min_ttc = _min_ttc(a, idx, ego)
+        ev.min_ttc = float(min_ttc(a, ego))
         return ev
 
     def _count_npc_overlaps(self, idx: np.ndarray, ext_s: np.ndarray, ext_d: np.ndarray) -> int:
@@ -234,16 +234,19 @@ class World:
         return int(boxes_overlap(ci, cj).sum())
 
 
-def _min_ttc(a: ActorTable, idx: np.ndarray, ego: EgoState) -> float:
-    """Smallest gap / closing speed over actors ahead in the ego's corridor [s]."""
-    ds = a.s[idx] - ego.s
-    lateral = np.abs(a.d[idx] - ego.d) < 0.5 * (a.width[idx] + ego.width) + 0.2
-    gap = ds - 0.5 * (a.length[idx] + ego.length)
-    closing = ego.speed - a.speed[idx]
-    mask = lateral & (ds > 0) & (closing > 0.1)
-    if not mask.any():
-        return float("inf")
-    return float(np.min(np.maximum(gap[mask], 0.0) / closing[mask]))
+def min_ttc(a: ActorTable, ego: Any) -> Any:
+    """Smallest gap / closing speed over active actors ahead in the ego's corridor [s]
+    (inf if none). Arrays may carry a leading batch axis, with the ego's fields (B,)."""
+    def col(v: Any) -> Any:
+        return np.asarray(v)[..., None]
+
+    ds = a.s - col(ego.s)
+    lateral = np.abs(a.d - col(ego.d)) < 0.5 * (a.width + col(ego.width)) + 0.2
+    gap = ds - 0.5 * (a.length + col(ego.length))
+    closing = col(ego.speed) - a.speed
+    mask = a.active & lateral & (ds > 0) & (closing > 0.1)
+    ttc = np.where(mask, np.maximum(gap, 0.0) / np.where(mask, closing, 1.0), np.inf)
+    return np.min(ttc, axis=-1, initial=np.inf)
 
 
 def recycle(st: WorldState, road: Road, sc: Scenario, ahead_limit: float) -> None:

@@ -108,7 +108,7 @@ def test_ignore_rule_hand_cases() -> None:
 def test_split_rule_and_seed_offsets() -> None:
     splits = [split_of(s) for s in range(1000)]
     assert splits.count("val") == 100 and splits.count("test") == 100
-    assert [split_of(s) for s in range(1000)] == splits
+    assert split_of(10) == "val" and split_of(21) == "test" and split_of(35) == "train"
 
 
 def test_seed_offsets_every_episode(tmp_path: Path) -> None:
