@@ -141,36 +141,83 @@ def train_perception(
         show_default=False)] = None,
     data: Annotated[Path | None, typer.Option(help="Override `data` (dataset folder).")] = None,
     out: Annotated[Path | None, typer.Option(help="Override `out` (runs folder).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Override detector epochs.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Train only this model: detector or lanes (default: the launch file's "
+             "`models`).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Override the epochs of every model trained.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Override `lanes.backbone`.")] = None,
     device: Annotated[str | None, typer.Option(help="Override `device`.")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Lanes: continue the run in out/lanes/BACKBONE from its last.pt.")] = False,
 ) -> None:
-    """Train the object detector from scratch, offline, on a `drivestack dataset` folder.
+    """Train the object detector and the lane model from scratch, offline, on a
+    `drivestack dataset` folder. The last stdout line is a JSON summary.
 
     Exit codes: 0 trained; 2 a bad launch file, option or missing dataset.
     """
-    from perception.detector import DetectorTraining, train_detector
-
     console = Console(stderr=True)
     try:
         cfg = load_launch(launch_file or DEFAULT_TRAIN_PERCEPTION_LAUNCH, TrainPerceptionConfig,
                           overrides={"data": data, "out": out, "detector.epochs": epochs,
+                                     "lanes.epochs": epochs, "lanes.backbone": backbone,
+                                     "models": None if model is None else [model],
                                      "device": device})
     except LaunchConfigError as exc:
         raise _fail(console, exc) from None
+    summary: dict[str, Any] = {}
+    try:
+        if "detector" in cfg.models:
+            summary["detector"] = _train_detector(cfg)
+        if "lanes" in cfg.models:
+            summary["lanes"] = _train_lanes(cfg, console, resume)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(console, ValueError(f"data: {exc}")) from None
+    typer.echo(json.dumps(summary, separators=(",", ":")))
+
+
+def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
+    from perception.detector import (
+        DetectorTraining,
+        dataset_image_size,
+        export_onnx,
+        train_detector,
+    )
+
     det = cfg.detector
     job = DetectorTraining(data=cfg.data / "data.yaml", out=cfg.out / "detector",
                            architecture=det.architecture, epochs=det.epochs, imgsz=det.imgsz,
                            batch=det.batch, seed=cfg.seed, device=cfg.device,
                            workers=det.workers)
-    try:
-        result = train_detector(job)
-    except FileNotFoundError as exc:
-        raise _fail(console, ValueError(f"data: {exc}")) from None
-    from perception.detector import dataset_image_size, export_onnx
-
+    result = train_detector(job)
     h, w = dataset_image_size(job.data)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))
-    typer.echo(json.dumps(result, separators=(",", ":")))
+    return result
+
+
+def _train_lanes(cfg: TrainPerceptionConfig, console: Console, resume: bool
+                 ) -> dict[str, Any]:
+    from perception.detector import resolve_device
+    from perception.lane_train import LaneTraining, train_lanes
+
+    lanes = cfg.lanes
+    device = resolve_device(cfg.device)
+    job = LaneTraining(data=cfg.data, out=cfg.out / "lanes" / lanes.backbone,
+                       backbone=lanes.backbone, epochs=lanes.epochs, batch=lanes.batch,
+                       lr=lanes.lr, seed=cfg.seed, resume=resume,
+                       device="cuda:" + device if device.isdigit() else device)
+    with Progress(TextColumn(f"lanes ({lanes.backbone})"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        task = progress.add_task("epochs", total=lanes.epochs, info="")
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            progress.update(task, completed=row["epoch"],
+                            info=f"loss {row['loss']:.3f} val F1 {row['val_f1']:.3f}")
+
+        result = train_lanes(job, on_epoch)
+    result.pop("history")
+    return result
 
 
 @app.command("eval-perception")
@@ -179,18 +226,25 @@ def eval_perception(
     weights: Annotated[Path | None, typer.Option(
         help="Detector weights; default: the shipped perception/weights/detector.pt."
     )] = None,
+    lane_weights: Annotated[Path | None, typer.Option(
+        help="Lane model weights; default: the shipped perception/weights/lanes.pt.")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | 0 | mps")] = "auto",
     imgsz: Annotated[int, typer.Option(min=32, help="Inference image size [px].")] = 320,
+    plots: Annotated[Path | None, typer.Option(
+        help="Folder for PNG plots of the metrics per condition and bucket.")] = None,
 ) -> None:
-    """Held-out perception metrics: detection mAP50 / mAP50-95 overall, per condition,
-    distance and visibility bucket. The last stdout line is the report as one JSON object.
+    """Held-out perception metrics: detection mAP50 / mAP50-95 overall, per class,
+    condition, distance and visibility bucket; lanes: CULane F1, TuSimple accuracy/FP/FN
+    and ego offset/heading errors, per condition. The last stdout line is the report as
+    one JSON object.
 
     Exit codes: 0 evaluated; 2 a bad option, a missing dataset or weights file.
     """
     from perception.datasets import SPLITS
     from perception.detector import DEFAULT_WEIGHTS, resolve_device
     from perception.evaluate import evaluate_detections, predict_split
+    from perception.lane_train import evaluate_lane_weights
 
     console = Console(stderr=True)
     if split not in SPLITS:
@@ -198,22 +252,65 @@ def eval_perception(
     if not (data / "annotations" / f"{split}.json").is_file():
         raise _fail(console, ValueError(
             f"data: {data} has no annotations/{split}.json; run `drivestack dataset`"))
+    dev = resolve_device(device)
     try:
-        preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz,
-                              device=resolve_device(device))
+        preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev)
+        lanes = evaluate_lane_weights(lane_weights, data, split,
+                                      "cuda:" + dev if dev.isdigit() else dev)
     except FileNotFoundError as exc:
         raise _fail(console, ValueError(f"weights: {exc}")) from None
+    except ValueError as exc:
+        raise _fail(console, exc) from None
     report = evaluate_detections(preds, data, split)
-    report["lanes"] = "not evaluated yet: no lane model (issue 3)"
-    table = Table(title=f"detection on {data} ({split})")
+    report["lanes"] = lanes
+    report["summary"] = _perception_summary(report)
+    console.print(_detection_table(report, f"detection on {data} ({split})"))
+    console.print(_lane_table(lanes, f"lanes on {data} ({split})"))
+    if plots is not None:
+        from perception.plots import plot_perception_report
+
+        for path in plot_perception_report(report, plots):
+            console.print(f"wrote {path}", highlight=False)
+    typer.echo(json.dumps(report, separators=(",", ":")))
+
+
+def _perception_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures: mAP50, mAP50-95 and lane F1, overall and per condition."""
+    lanes = report["lanes"]
+    out: dict[str, Any] = {"mAP50": report["all"].get("mAP50"),
+                           "mAP50-95": report["all"].get("mAP50-95"),
+                           "lane_f1": lanes["all"].get("f1"),
+                           "offset_mae_m": lanes["all"].get("offset_mae_m")}
+    for key, r in report.items():
+        if key.startswith(("time_of_day=", "weather=")) and "mAP50" in r:
+            out[key] = {"mAP50": r["mAP50"], "mAP50-95": r["mAP50-95"],
+                        "lane_f1": lanes.get(key, {}).get("f1")}
+    return out
+
+
+def _detection_table(report: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
     for col in ("subset", "images", "objects", "mAP50", "mAP50-95"):
         table.add_column(col, justify="left" if col == "subset" else "right")
     for key, r in report.items():
         if isinstance(r, dict) and "mAP50" in r:
             table.add_row(key, str(r["images"]), str(r["objects"]), _fmt(r["mAP50"], 3),
                           _fmt(r["mAP50-95"], 3))
-    console.print(table)
-    typer.echo(json.dumps(report, separators=(",", ":")))
+    return table
+
+
+def _lane_table(lanes: dict[str, Any], title: str) -> Table:
+    cols = ("f1", "tusimple_accuracy", "tusimple_fp", "tusimple_fn", "offset_mae_m",
+            "heading_mae_rad")
+    table = Table(title=title)
+    table.add_column("subset")
+    table.add_column("images", justify="right")
+    for col in cols:
+        table.add_column(col.replace("tusimple_", "TuSimple "), justify="right")
+    for key, r in lanes.items():
+        if r.get("images"):
+            table.add_row(key, str(r["images"]), *(_fmt(r[c], 3) for c in cols))
+    return table
 
 
 def _run_with_progress(config: RunConfig, launch_file: Path, console: Console

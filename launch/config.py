@@ -328,6 +328,16 @@ class DetectorConfig(_Strict):
     workers: int = Field(default=2, ge=0)
 
 
+class LaneConfig(_Strict):
+    """The lane model part of `drivestack train-perception`."""
+
+    backbone: Literal["cnn", "vit"] = Field(
+        default="cnn", description="cnn (MobileNetV3-Small) | vit (small ViT)")
+    epochs: int = Field(default=30, ge=1)
+    batch: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-3, gt=0, description="peak learning rate (one-cycle)")
+
+
 class TrainPerceptionConfig(_Strict):
     """Launch file of `drivestack train-perception`."""
 
@@ -335,5 +345,9 @@ class TrainPerceptionConfig(_Strict):
     out: Path = Field(default=Path("runs/perception"), description="training runs folder")
     seed: int = Field(default=0, ge=0)
     device: str = Field(default="auto", description="auto | cpu | 0 (CUDA index) | mps")
+    models: list[Literal["detector", "lanes"]] = Field(
+        default=["detector", "lanes"], min_length=1,
+        description="which models to train")
     detector: DetectorConfig = DetectorConfig()
+    lanes: LaneConfig = LaneConfig()
 

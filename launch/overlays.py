@@ -138,16 +138,24 @@ def video_frame(
     overlays: bool = True,
     scale: int = 2,
     predicted: tuple[np.ndarray, np.ndarray] | None = None,
+    predicted_lanes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """One video frame: the (annotated) camera frame upscaled by `scale`, left, then, if
-    `predicted` (boxes_xyxy, class ids) is given, the frame with perception's boxes, and
-    the bird's-eye human view at the same height, right."""
+    `predicted` (boxes_xyxy, class ids) is given, the frame with perception's boxes and
+    `predicted_lanes` (rows (R,), xs (4, R) in the slots of perception.lanes.LANE_SLOTS,
+    ABSENT where not seen; slots 1 and 2 bound the ego lane), and the bird's-eye human
+    view at the same height, right."""
     h, w = camera_image.shape[:2]
     plain = cv2.resize(camera_image, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)
     left = annotate(camera_image, ground_truth, scale) if (
         overlays and ground_truth is not None) else plain
     if predicted is not None:
-        left = side_by_side(left, draw_boxes(plain, predicted[0], predicted[1], scale=scale))
+        seen = plain
+        if predicted_lanes is not None:
+            rows, xs = predicted_lanes
+            seen = draw_lanes(plain, rows, xs, np.asarray(xs) != ABSENT, ego_boundaries=(1, 2),
+                              scale=scale, thickness=2)
+        left = side_by_side(left, draw_boxes(seen, predicted[0], predicted[1], scale=scale))
     return side_by_side(left, human_view)
 
 

@@ -211,12 +211,14 @@ def _frame(env: gym.Env, info: dict[str, Any], overlays: bool, perceiver: Any = 
     human = env.render()
     camera = env.unwrapped.frame.image  # type: ignore[attr-defined]
     assert isinstance(human, np.ndarray)
-    predicted = None
+    predicted = lanes = None
     if perceiver is not None:
-        det = perceiver([camera])[0].detections
-        predicted = (det.boxes_xyxy, det.classes)
+        seen = perceiver([camera])[0]
+        predicted = (seen.detections.boxes_xyxy, seen.detections.classes)
+        if seen.lanes is not None:
+            lanes = (seen.lanes.rows, seen.lanes.xs)
     return video_frame(camera, info.get("ground_truth"), human, overlays=overlays,
-                       predicted=predicted)
+                       predicted=predicted, predicted_lanes=lanes)
 
 
 # -- output files ------------------------------------------------------------------------

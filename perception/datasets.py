@@ -17,6 +17,7 @@ evaluation: too small or mostly hidden objects are not labelled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -174,6 +175,7 @@ class _Writer:
             f"path: {self.out.resolve()}\ntrain: images/train\nval: images/val\n"
             f"test: images/test\nnames:\n{names}\n")
         summary = {"frames": self.counts, "boxes": self.boxes,
+                   "camera": dataclasses.asdict(self.plan.camera),
                    "ignore_rule": {"min_box_px": MIN_BOX_PX, "min_visible": MIN_VISIBLE}}
         (self.tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         if self.out.exists():

@@ -4,10 +4,12 @@
     perceiver = Perceiver()                  # shipped weights, device "auto"
     [p] = perceiver([frame])                 # uint8 RGB (H, W, 3) of the camera spec
     p.detections.boxes_xyxy, p.detections.distance, p.latency_ms
+    p.lanes.xs, p.lanes.ego_offset, p.lanes.heading_error
 
 Distances come from the ground plane: the bottom centre of a box is cast through the
-camera intrinsics and pitch onto the road (flat ground, as in the simulator). Lanes are
-not estimated yet (`lanes` is None until the lane model lands).
+camera intrinsics and pitch onto the road (flat ground, as in the simulator). Lanes come
+from the row-anchor lane model (perception/lanes.py); its polylines are cast onto the same
+ground plane for the ego offset and heading error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS, resolve_device
+from perception.lanes import LANE_SLOTS, decode, lane_geometry, load_lane_model
 from perception.offline import ultralytics_offline
 from sim.types import CameraSpec
 
@@ -42,12 +45,31 @@ class Detections:
 
 
 @dataclass(frozen=True)
+class LaneEstimate:
+    """Lane boundaries seen in one frame, in the slots of `LANE_SLOTS` (left to right:
+    left outer, ego left, ego right, right outer)."""
+
+    rows: np.ndarray
+    """(R,) image rows the polylines are sampled at [px]."""
+    xs: np.ndarray
+    """(4, R) float32 x of each slot at each row [px]; ABSENT (-2) where not seen."""
+    scores: np.ndarray
+    """(4,) float32 confidence that each slot is present (mean over rows)."""
+    ego_offset: float
+    """Ego lateral offset from its lane's centre [m], positive to the left; NaN if the
+    ego lane was not seen."""
+    heading_error: float
+    """Ego heading relative to its lane [rad], positive to the left; NaN if not seen."""
+    slots: tuple[str, ...] = LANE_SLOTS
+
+
+@dataclass(frozen=True)
 class Perception:
     """Everything perception says about one frame."""
 
     detections: Detections
-    lanes: None = None
-    """Lane estimate (not available yet)."""
+    lanes: LaneEstimate | None = None
+    """Lane estimate (None when the Perceiver runs without a lane model)."""
     latency_ms: float = 0.0
     """Share of the batch's wall time for this frame [ms]."""
 
@@ -68,15 +90,18 @@ def ground_distance(boxes_xyxy: np.ndarray, camera: CameraSpec) -> np.ndarray:
 
 
 class Perceiver:
-    """Batched detection on `device` ("auto": CUDA, else MPS, else CPU; fp16 on CUDA).
+    """Batched detection and lanes on `device` ("auto": CUDA, else MPS, else CPU; fp16 on
+    CUDA).
 
     Without `weights`, the shipped detector: on the CPU its ONNX Runtime export at the
     default camera size (about 2.5x faster than PyTorch here), else the PyTorch weights.
-    A `.onnx` file runs at its fixed export size, which must be the camera's."""
+    A `.onnx` file runs at its fixed export size, which must be the camera's. Without
+    `lane_weights`, the shipped lane model; `lanes=False` skips lanes."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
                  camera: CameraSpec | None = None, conf: float = 0.25,
-                 imgsz: int = 320) -> None:
+                 imgsz: int = 320, lane_weights: Path | str | None = None,
+                 lanes: bool = True) -> None:
         self.camera = camera or CameraSpec()
         self.device = resolve_device(device)
         if weights is None:
@@ -96,6 +121,16 @@ class Perceiver:
         from ultralytics import YOLO
 
         self.model = YOLO(str(self.weights))
+        self.lane_model: Any = None
+        if lanes:
+            torch_device = f"cuda:{self.device}" if self.device.isdigit() else self.device
+            self.lane_model, self.lane_spec, _ = load_lane_model(lane_weights, torch_device)
+            if (self.lane_spec.height, self.lane_spec.width) != (self.camera.height,
+                                                                 self.camera.width):
+                raise ValueError(f"lane model takes {self.lane_spec.width}x"
+                                 f"{self.lane_spec.height} frames, the camera is "
+                                 f"{self.camera.width}x{self.camera.height}")
+            self._lane_device = torch_device
 
     def _check(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         want = (self.camera.height, self.camera.width, 3)
@@ -120,13 +155,31 @@ class Perceiver:
         fp16 = {"half": True} if self.device not in ("cpu", "mps") else {}  # CUDA only
         results = self.model.predict([f[..., ::-1] for f in batch], imgsz=self.imgsz,
                                      conf=self.conf, device=self.device, verbose=False, **fp16)
+        lanes = self._lanes(batch)
         latency = (time.perf_counter() - t0) * 1000.0 / len(batch)
         out = []
-        for r in results:
+        for k, r in enumerate(results):
             b: Any = r.boxes  # type: ignore[union-attr]
             boxes = np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4)
             out.append(Perception(Detections(
                 boxes_xyxy=boxes, scores=np.asarray(b.conf.cpu(), np.float32),
                 classes=np.asarray(b.cls.cpu()).astype(np.int64),
-                distance=ground_distance(boxes, self.camera)), latency_ms=latency))
+                distance=ground_distance(boxes, self.camera)), lanes=lanes[k],
+                latency_ms=latency))
+        return out
+
+    def _lanes(self, batch: list[np.ndarray]) -> list[LaneEstimate | None]:
+        if self.lane_model is None:
+            return [None] * len(batch)
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack(batch)).to(self._lane_device)
+            xs, scores = decode(self.lane_model(x).cpu(), self.lane_spec)
+        rows = np.asarray(self.lane_spec.rows, np.int64)
+        out: list[LaneEstimate | None] = []
+        for x_img, sc in zip(xs, scores, strict=True):
+            offset, heading = lane_geometry(x_img, rows, self.camera)
+            out.append(LaneEstimate(rows=rows, xs=x_img, scores=sc, ego_offset=offset,
+                                    heading_error=heading))
         return out

@@ -25,18 +25,41 @@ def test_train_perception_writes_weights(write_launch, tmp_path: Path,
                          camera=CameraSpec(width=96, height=64)), data)
     launch = write_launch(
         f"data: {data}\nout: {tmp_path / 'runs'}\ndevice: cpu\n"
-        "detector: {epochs: 1, imgsz: 96, batch: 4, workers: 0}\n")
+        "detector: {epochs: 1, imgsz: 96, batch: 4, workers: 0}\n"
+        "lanes: {epochs: 1, batch: 4}\n")
     result = runner.invoke(app, ["train-perception", str(launch)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert Path(report["weights"]).is_file() and Path(report["onnx"]).is_file()
-    assert "metrics/mAP50-95(B)" in report["metrics"]
+    det, lanes = report["detector"], report["lanes"]
+    assert Path(det["weights"]).is_file() and Path(det["onnx"]).is_file()
+    assert "metrics/mAP50-95(B)" in det["metrics"]
+    assert Path(lanes["weights"]) == tmp_path / "runs" / "lanes" / "cnn" / "best.pt"
+    assert Path(lanes["weights"]).is_file() and 0.0 <= lanes["best_val_f1"] <= 1.0
+    # only the ViT lane model, then resumed (nothing left: same epochs)
+    for extra in ([], ["--resume"]):
+        result = runner.invoke(app, ["train-perception", str(launch), "--model", "lanes",
+                                     "--backbone", "vit", *extra])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert set(report) == {"lanes"} and "/lanes/vit/" in report["lanes"]["weights"]
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train-perception", "--data", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "data.yaml not found" in result.stderr and "drivestack dataset" in result.stderr
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("lanes: {backbone: resnet}\n", ("lanes.backbone", "'cnn'", "'vit'")),
+    ("models: [segmenter]\n", ("models", "'detector'", "'lanes'")),
+])
+def test_bad_lane_settings_name_the_key(write_launch, text: str, needles: tuple) -> None:
+    bad = write_launch(text, name="bad.yaml")
+    result = runner.invoke(app, ["train-perception", str(bad)])
+    assert result.exit_code == 2
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
 
 
 def test_bad_architecture_names_the_allowed_ones(write_launch) -> None:

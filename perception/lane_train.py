@@ -1,0 +1,254 @@
+"""Training and held-out evaluation of the row-anchor lane model on a `drivestack dataset`
+folder (its lanes/{split}.jsonl and images), offline and seeded.
+
+The best epoch (by CULane F1 on the val split) is kept as out/best.pt; out/last.pt is
+written every epoch (atomically) and a run continues from it with `resume=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from perception.lanes import (
+    LANE_SLOTS,
+    LaneModelSpec,
+    build_model,
+    decode,
+    lane_geometry,
+    lane_loss,
+    load_lane_model,
+    save_weights,
+    slot_targets,
+)
+from perception.metrics import culane_f1, tusimple_lane_metrics
+from sim.types import CameraSpec
+
+
+@dataclass(frozen=True)
+class LaneSplit:
+    """One split of a dataset in memory."""
+
+    images: np.ndarray
+    """(N, H, W, 3) uint8 RGB."""
+    targets: np.ndarray
+    """(N, 4, R) float32 slot x positions, ABSENT where missing."""
+    rows: np.ndarray
+    offsets: np.ndarray
+    """(N,) ego lateral offset [m] (ground truth)."""
+    headings: np.ndarray
+    """(N,) ego heading error [rad] (ground truth)."""
+    meta: list[dict[str, Any]]
+    """Per image: family, time_of_day, weather."""
+    camera: CameraSpec
+    """The camera the frames were rendered with (summary.json; default if absent)."""
+
+
+def load_split(data: Path, split: str, limit: int | None = None) -> LaneSplit:
+    """Read a split's lane JSON lines and images."""
+    path = Path(data) / "lanes" / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `drivestack dataset`")
+    meta_by_image = {}
+    meta_file = Path(data) / "meta.jsonl"
+    if meta_file.is_file():
+        for line in meta_file.read_text().splitlines():
+            m = json.loads(line)
+            meta_by_image[m["image"]] = {k: m.get(k) for k in ("family", "time_of_day",
+                                                                "weather")}
+    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    records = records[:limit] if limit is not None else records
+    if not records:
+        raise FileNotFoundError(f"{path} has no images")
+    images = []
+    for r in records:
+        im = cv2.imread(str(Path(data) / r["image"]), cv2.IMREAD_COLOR)
+        if im is None:
+            raise FileNotFoundError(f"image {Path(data) / r['image']} could not be read")
+        images.append(cv2.cvtColor(im, cv2.COLOR_BGR2RGB))
+    summary = Path(data) / "summary.json"
+    cam = json.loads(summary.read_text()).get("camera") if summary.is_file() else None
+    return LaneSplit(
+        camera=CameraSpec(**cam) if cam else CameraSpec(),
+        images=np.stack(images), targets=np.stack([slot_targets(r) for r in records]),
+        rows=np.asarray(records[0]["h_samples"], np.int64),
+        offsets=np.array([r["ego_lane_offset"] for r in records], np.float64),
+        headings=np.array([r["ego_heading_error"] for r in records], np.float64),
+        meta=[meta_by_image.get(r["image"], {}) for r in records])
+
+
+@dataclass(frozen=True)
+class LaneTraining:
+    """One training run of the lane model."""
+
+    data: Path
+    out: Path
+    """Run folder: best.pt, last.pt, results.jsonl."""
+    backbone: str = "cnn"
+    epochs: int = 30
+    batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    limit: int | None = None
+    """Use only the first N images of each split (tests)."""
+
+
+def _augment(x: Any, gen: Any) -> Any:
+    """Photometric jitter of a uint8 batch (B, H, W, 3): brightness, contrast, noise."""
+    import torch
+
+    b = x.shape[0]
+    f = x.float()
+    gain = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=gen)
+    bias = 40.0 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+    mean = f.mean(dim=(1, 2, 3), keepdim=True)
+    f = (f - mean) * gain + mean + bias
+    f = f + 6.0 * torch.randn(f.shape, generator=gen)
+    return f.clamp(0, 255).to(torch.uint8)
+
+
+def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | None = None
+                ) -> dict[str, Any]:
+    """Train from scratch (or resume), keep the best epoch by val F1; returns a summary."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train, val = load_split(cfg.data, "train", cfg.limit), load_split(cfg.data, "val", cfg.limit)
+    h, w = train.images.shape[1:3]
+    spec = LaneModelSpec(backbone=cfg.backbone, height=h, width=w,
+                         rows=tuple(int(r) for r in train.rows))
+    model = build_model(spec).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * -(-len(train.images) // cfg.batch),
+        pct_start=0.1)
+    out = Path(cfg.out)
+    start, best_f1, history = 0, -1.0, []
+    if cfg.resume and (out / "last.pt").is_file():
+        blob = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        if blob["epochs"] != cfg.epochs or blob["backbone"] != cfg.backbone:
+            raise ValueError(f"resume: {out / 'last.pt'} is a run of backbone="
+                             f"{blob['backbone']!r}, epochs={blob['epochs']}; pass the same")
+        model.load_state_dict(blob["state_dict"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        gen.set_state(blob["generator"])
+        start, best_f1, history = blob["epoch"], blob["best_f1"], blob["history"]
+    images = torch.from_numpy(train.images)
+    targets = torch.from_numpy(train.targets)
+    t0 = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        order = torch.randperm(len(images), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), cfg.batch):
+            idx = order[i: i + cfg.batch]
+            x = _augment(images[idx], gen).to(cfg.device)
+            loss = lane_loss(model(x), targets[idx].to(cfg.device), spec)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        scores = evaluate_lanes(model, spec, val, device=cfg.device)["all"]
+        row = {"epoch": epoch + 1, "loss": total / len(images), "val_f1": scores["f1"],
+               "val_offset_mae_m": scores["offset_mae_m"],
+               "seconds": round(time.perf_counter() - t0, 1)}
+        history.append(row)
+        extra = {"metrics": row, "data": str(cfg.data), "seed": cfg.seed}
+        if scores["f1"] > best_f1:
+            best_f1 = scores["f1"]
+            save_weights(model, spec, out / "best.pt", extra)
+        _save_last(out / "last.pt", model, opt, sched, gen, {
+            "epoch": epoch + 1, "epochs": cfg.epochs, "backbone": cfg.backbone,
+            "best_f1": best_f1, "history": history})
+        with open(out / "results.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if on_epoch is not None:
+            on_epoch(row)
+    return {"weights": str(out / "best.pt"), "best_val_f1": best_f1, "epochs": cfg.epochs,
+            "train_images": len(images), "history": history}
+
+
+def _save_last(path: Path, model: Any, opt: Any, sched: Any, gen: Any,
+               progress: dict[str, Any]) -> None:
+    import os
+
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": gen.get_state(), **progress}, tmp)
+    os.replace(tmp, path)
+
+
+def predict_lanes(model: Any, spec: LaneModelSpec, images: np.ndarray, device: str = "cpu",
+                  batch: int = 64) -> np.ndarray:
+    """(N, 4, R) predicted x per slot and anchor row, ABSENT where absent."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i: i + batch])).to(device)
+            out.append(decode(model(x).cpu(), spec)[0])
+    return np.concatenate(out) if out else np.zeros((0, len(LANE_SLOTS), len(spec.rows)))
+
+
+def lane_scores(pred: np.ndarray, split: LaneSplit, camera: CameraSpec,
+                select: np.ndarray | None = None) -> dict[str, Any]:
+    """TuSimple accuracy/FP/FN, CULane F1 and ego offset/heading errors of predictions."""
+    idx = np.flatnonzero(np.ones(len(pred), bool) if select is None else select)
+    if idx.size == 0:
+        return {"images": 0}
+    h, w = split.images.shape[1:3]
+    p, g = [pred[i] for i in idx], [split.targets[i] for i in idx]
+    tus = tusimple_lane_metrics(p, g, w)
+    cul = culane_f1(p, g, split.rows, (h, w))
+    geo = np.array([lane_geometry(pred[i], split.rows, camera) for i in idx])
+    off_err = np.abs(geo[:, 0] - split.offsets[idx])
+    head_err = np.abs(geo[:, 1] - split.headings[idx])
+    found = np.isfinite(off_err)
+    return {
+        "images": int(idx.size), "f1": cul["f1"], "tusimple_accuracy": tus["accuracy"],
+        "tusimple_fp": tus["fp_rate"], "tusimple_fn": tus["fn_rate"],
+        "offset_mae_m": float(off_err[found].mean()) if found.any() else float("nan"),
+        "heading_mae_rad": float(head_err[found].mean()) if found.any() else float("nan"),
+        "ego_lane_found": float(found.mean()),
+    }
+
+
+def evaluate_lanes(model: Any, spec: LaneModelSpec, split: LaneSplit, device: str = "cpu",
+                   camera: CameraSpec | None = None) -> dict[str, Any]:
+    """Lane metrics overall and per time of day, weather and family."""
+    camera = camera or split.camera
+    pred = predict_lanes(model, spec, split.images, device)
+    report: dict[str, Any] = {"all": lane_scores(pred, split, camera)}
+    for key in ("time_of_day", "weather", "family"):
+        values = [m.get(key) for m in split.meta]
+        for value in sorted({v for v in values if v is not None}):
+            sel = np.array([v == value for v in values])
+            report[f"{key}={value}"] = lane_scores(pred, split, camera, sel)
+    return report
+
+
+def evaluate_lane_weights(weights: Path | None, data: Path, split: str, device: str = "cpu"
+                          ) -> dict[str, Any]:
+    """Load lane weights (default: shipped) and evaluate them on a dataset split."""
+    model, spec, _ = load_lane_model(weights, device)
+    data_split = load_split(data, split)
+    if data_split.images.shape[1:3] != (spec.height, spec.width):
+        raise ValueError(f"dataset images are {data_split.images.shape[1:3]}, the lane model "
+                         f"takes {(spec.height, spec.width)}")
+    return evaluate_lanes(model, spec, data_split, device)
