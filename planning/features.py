@@ -1,0 +1,82 @@
+"""The planner's observation: one fixed-size float32 vector from a `Scene`, whatever its
+source (perception or the world), so training and deployment see the same features.
+
+Layout (`FEATURE_NAMES`; each value is divided by its scale in `FEATURE_SCALES`, then
+clipped to [-CLIP, CLIP]):
+
+- ego: speed, speed limit, lane offset, heading error, lane seen, lane to the left, lane
+  to the right;
+- per lane (left, ego, right): gap to the nearest object ahead in it (MAX_GAP when none)
+  and that object's gap rate (how fast the gap grows; negative when closing);
+- the N_OBJECTS nearest objects: present, gap, left of the ego lane centre, relative
+  lane, gap rate, and its class group (vehicle, vulnerable road user, static).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planning.scene import Scene
+from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK
+
+N_OBJECTS = 6
+MAX_GAP = 80.0
+"""Gap given to an empty lane [m]."""
+CLIP = 5.0
+EGO_FEATURES: tuple[str, ...] = ("speed", "speed_limit", "lane_offset", "heading_error",
+                                 "lane_seen", "left_lane", "right_lane")
+LANES: tuple[str, ...] = ("left", "ego", "right")
+OBJECT_FEATURES: tuple[str, ...] = ("present", "gap", "left", "lane", "gap_rate", "vehicle",
+                                    "vulnerable", "static")
+FEATURE_NAMES: tuple[str, ...] = (
+    EGO_FEATURES
+    + tuple(f"{lane}_{f}" for lane in LANES for f in ("gap", "gap_rate"))
+    + tuple(f"obj{k}_{f}" for k in range(N_OBJECTS) for f in OBJECT_FEATURES))
+FEATURE_DIM = len(FEATURE_NAMES)
+_SCALE_BY_KIND = {"speed": 30.0, "speed_limit": 30.0, "lane_offset": 2.0,
+                  "heading_error": 0.3, "gap": MAX_GAP, "gap_rate": 10.0, "left": 5.0,
+                  "lane": 2.0}
+
+
+def _kind(name: str) -> str:
+    """`obj3_gap` -> `gap`, `left_gap_rate` -> `gap_rate`; ego features keep their name."""
+    if name.startswith("obj"):
+        return name.split("_", 1)[1]
+    head, _, rest = name.partition("_")
+    return rest if head in LANES and rest.startswith("gap") else name
+
+
+FEATURE_SCALES: dict[str, float] = {n: _SCALE_BY_KIND.get(_kind(n), 1.0)
+                                    for n in FEATURE_NAMES}
+"""Divisor of each feature (units: m, m/s, rad; flags and one-hots are 1)."""
+_SCALES = np.array([FEATURE_SCALES[n] for n in FEATURE_NAMES])
+GROUPS = {CAR: 0, TRUCK: 0, PEDESTRIAN: 1, CYCLIST: 1, CONE: 2}
+"""Class id -> group: 0 vehicle, 1 vulnerable road user, 2 static."""
+
+
+def lane_gaps(scene: Scene) -> np.ndarray:
+    """(3, 2) gap [m] and gap rate [m/s] of the nearest object ahead in the left, ego and
+    right lane (MAX_GAP and 0 when none)."""
+    out = np.array([[MAX_GAP, 0.0]] * len(LANES))
+    obj = scene.objects
+    for row, rel in enumerate((1, 0, -1)):
+        hit = obj[(obj[:, 2] == rel) & (obj[:, 0] > -2.0)]
+        if len(hit):
+            k = int(np.argmin(hit[:, 0]))
+            out[row] = [min(float(hit[k, 0]), MAX_GAP), float(hit[k, 4])]
+    return out
+
+
+def features(scene: Scene) -> np.ndarray:
+    """(FEATURE_DIM,) float32 observation of `scene`, named by FEATURE_NAMES."""
+    ego = [scene.speed, scene.speed_limit, scene.lane_offset, scene.heading_error,
+           float(scene.lane_seen), float(scene.left_lane), float(scene.right_lane)]
+    objects = np.zeros((N_OBJECTS, len(OBJECT_FEATURES)))
+    obj = scene.objects[:N_OBJECTS]
+    k = len(obj)
+    objects[:k, 0] = 1.0
+    objects[:k, 1:5] = obj[:, [0, 1, 2, 4]]
+    groups = np.array([GROUPS.get(int(c), 0) for c in obj[:, 3]], np.int64)
+    objects[np.arange(k), 5 + groups] = 1.0
+    vec = np.concatenate([ego, lane_gaps(scene).reshape(-1), objects.reshape(-1)]) / _SCALES
+    return np.clip(vec, -CLIP, CLIP).astype(np.float32)
