@@ -125,7 +125,8 @@ def scene_from_perception(p: Perception, speed: float, camera: CameraSpec,
                             axis=1)[keep].astype(np.float32)
     return Scene(speed=float(speed), speed_limit=float(speed_limit), lane_offset=float(offset),
                  heading_error=float(heading), lane_seen=lane_seen, left_lane=left_lane,
-                 right_lane=right_lane, lane_width=width, objects=rows[np.argsort(rows[:, 0], kind="stable")])
+                 right_lane=right_lane, lane_width=width,
+                 objects=rows[np.argsort(rows[:, 0], kind="stable")])
 
 
 def _below_horizon(v: np.ndarray, camera: CameraSpec) -> np.ndarray:
