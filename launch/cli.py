@@ -28,10 +28,12 @@ from launch.config import (
     DEFAULT_DATASET_LAUNCH,
     DEFAULT_RUN_LAUNCH,
     DEFAULT_TRAIN_PERCEPTION_LAUNCH,
+    DEFAULT_TRAIN_PLANNER_LAUNCH,
     DatasetConfig,
     LaunchConfigError,
     RunConfig,
     TrainPerceptionConfig,
+    TrainPlannerConfig,
     load_launch,
 )
 
@@ -311,6 +313,50 @@ def _lane_table(lanes: dict[str, Any], title: str) -> Table:
         if r.get("images"):
             table.add_row(key, str(r["images"]), *(_fmt(r[c], 3) for c in cols))
     return table
+
+
+@app.command("train-planner")
+def train_planner_cmd(
+    launch_file: Annotated[Path | None, typer.Argument(
+        help="Launch file (YAML); default: the packaged launch/train_planner.yaml.",
+        show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Override `out` (run folder).")] = None,
+    timesteps: Annotated[int | None, typer.Option(
+        min=1, help="Override `total_timesteps`.")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="Override `source`: emulated or privileged.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override `seed`.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue from this checkpoint zip up to `total_timesteps`.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the RL planner with stable-baselines3 (PPO by default) on vectorized envs,
+    with evaluation (best model kept), checkpoints and TensorBoard logs in `out`.
+    The last stdout line is the run summary as JSON.
+
+    Exit codes: 0 trained; 2 a bad launch file, option or checkpoint.
+    """
+    from planning.train import PlannerTraining, train_planner
+
+    console = Console(stderr=True)
+    try:
+        cfg = load_launch(launch_file or DEFAULT_TRAIN_PLANNER_LAUNCH, TrainPlannerConfig,
+                          overrides={"out": out, "total_timesteps": timesteps,
+                                     "source": source, "seed": seed})
+    except LaunchConfigError as exc:
+        raise _fail(console, exc) from None
+    fields = cfg.model_dump()
+    job = PlannerTraining(**{**fields, "families": tuple(cfg.families),
+                             "net_arch": tuple(cfg.net_arch)})
+    try:
+        summary = train_planner(job, resume=resume, progress_bar=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(console, exc) from None
+    console.print(f"trained {summary['trained_now']} steps in {summary['wall_s']} s "
+                  f"({summary['agent_steps_per_s']} decisions/s); best eval reward "
+                  f"{summary['best_mean_reward']:.2f}; model {summary['final']}",
+                  highlight=False)
+    typer.echo(json.dumps(summary, separators=(",", ":")))
 
 
 def _run_with_progress(config: RunConfig, launch_file: Path, console: Console

@@ -31,6 +31,7 @@ Weather = Literal["clear", "fog", "rain"]
 DEFAULT_RUN_LAUNCH = Path(__file__).with_name("run.yaml")
 DEFAULT_DATASET_LAUNCH = Path(__file__).with_name("dataset.yaml")
 DEFAULT_TRAIN_PERCEPTION_LAUNCH = Path(__file__).with_name("train_perception.yaml")
+DEFAULT_TRAIN_PLANNER_LAUNCH = Path(__file__).with_name("train_planner.yaml")
 """The packaged launch file of `drivestack run`."""
 
 _FAMILY_TO_ENV_ID = {family: env_id for env_id, family in sim.ENV_IDS.items()}
@@ -351,3 +352,27 @@ class TrainPerceptionConfig(_Strict):
     detector: DetectorConfig = DetectorConfig()
     lanes: LaneConfig = LaneConfig()
 
+
+
+class TrainPlannerConfig(_Strict):
+    """Launch file of `drivestack train-planner` (see planning.train.PlannerTraining)."""
+
+    out: Path = Field(default=Path("runs/planner"), description="run folder")
+    algo: Literal["ppo", "sac"] = Field(
+        default="ppo", description="ppo (meta-actions) | sac (continuous controls)")
+    source: Literal["emulated", "privileged"] = Field(
+        default="emulated", description="scene the policy sees while training")
+    families: list[Family] = Field(default=["highway", "rural", "urban"], min_length=1)
+    total_timesteps: int = Field(default=200_000, ge=1, description="agent decisions")
+    n_envs: int = Field(default=4, ge=1)
+    decision_every: int = Field(default=3, ge=1, description="simulator steps a decision")
+    seed: int = Field(default=0, ge=0)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    n_steps: int = Field(default=256, ge=2, description="PPO rollout length per env")
+    batch_size: int = Field(default=256, ge=2)
+    net_arch: list[int] = Field(default=[128, 128], min_length=1)
+    eval_every: int = Field(default=20_000, ge=1)
+    eval_episodes: int = Field(default=6, ge=1)
+    checkpoint_every: int = Field(default=50_000, ge=1)
+    device: str = Field(default="cpu", description="cpu | cuda | auto (small MLPs: cpu)")
+    subprocess: bool = Field(default=True, description="SubprocVecEnv (spawn) for n_envs > 1")

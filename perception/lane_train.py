@@ -19,6 +19,7 @@ import numpy as np
 
 from perception.lanes import (
     LANE_SLOTS,
+    MIN_POINTS,
     LaneModelSpec,
     build_model,
     decode,
@@ -29,7 +30,7 @@ from perception.lanes import (
     slot_targets,
 )
 from perception.metrics import culane_f1, tusimple_lane_metrics
-from sim.types import CameraSpec
+from sim.types import ABSENT, CameraSpec
 
 
 @dataclass(frozen=True)
@@ -102,18 +103,26 @@ class LaneTraining:
     """Use only the first N images of each split (tests)."""
 
 
-def _augment(x: Any, gen: Any) -> Any:
-    """Photometric jitter of a uint8 batch (B, H, W, 3): brightness, contrast, noise."""
+def _augment(x: Any, target: Any, gen: Any) -> tuple[Any, Any]:
+    """Random mirror (the camera sits on the ego's axis, so a mirrored frame is a valid
+    frame: slots swap left <-> right, x -> W - 1 - x) and photometric jitter
+    (brightness, contrast, noise) of a uint8 batch (B, H, W, 3) and its targets."""
     import torch
 
-    b = x.shape[0]
+    b, w = x.shape[0], x.shape[2]
+    flip = torch.rand(b, generator=gen) < 0.5
+    if flip.any():
+        x, target = x.clone(), target.clone()
+        x[flip] = x[flip].flip(2)
+        t = target[flip].flip(1)  # slots reversed: left outer <-> right outer, ego L <-> R
+        target[flip] = torch.where(t == ABSENT, t, (w - 1) - t)
     f = x.float()
     gain = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=gen)
     bias = 40.0 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
     mean = f.mean(dim=(1, 2, 3), keepdim=True)
     f = (f - mean) * gain + mean + bias
     f = f + 6.0 * torch.randn(f.shape, generator=gen)
-    return f.clamp(0, 255).to(torch.uint8)
+    return f.clamp(0, 255).to(torch.uint8), target
 
 
 def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | None = None
@@ -153,8 +162,8 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
         total = 0.0
         for i in range(0, len(order), cfg.batch):
             idx = order[i: i + cfg.batch]
-            x = _augment(images[idx], gen).to(cfg.device)
-            loss = lane_loss(model(x), targets[idx].to(cfg.device), spec)
+            x, t = _augment(images[idx], targets[idx], gen)
+            loss = lane_loss(model(x.to(cfg.device)), t.to(cfg.device), spec)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -206,6 +215,15 @@ def predict_lanes(model: Any, spec: LaneModelSpec, images: np.ndarray, device: s
     return np.concatenate(out) if out else np.zeros((0, len(LANE_SLOTS), len(spec.rows)))
 
 
+def countable(lanes: np.ndarray) -> np.ndarray:
+    """Ground-truth lanes with fewer than MIN_POINTS labelled rows set absent: the lane
+    ignore rule (a lane glimpsed in one or two rows at the image edge is not scored, as
+    predictions with so few points are dropped)."""
+    out = np.array(lanes, np.float32, copy=True)
+    out[(out != ABSENT).sum(-1) < MIN_POINTS] = ABSENT
+    return out
+
+
 def lane_scores(pred: np.ndarray, split: LaneSplit, camera: CameraSpec,
                 select: np.ndarray | None = None) -> dict[str, Any]:
     """TuSimple accuracy/FP/FN, CULane F1 and ego offset/heading errors of predictions."""
@@ -213,7 +231,7 @@ def lane_scores(pred: np.ndarray, split: LaneSplit, camera: CameraSpec,
     if idx.size == 0:
         return {"images": 0}
     h, w = split.images.shape[1:3]
-    p, g = [pred[i] for i in idx], [split.targets[i] for i in idx]
+    p, g = [pred[i] for i in idx], [countable(split.targets[i]) for i in idx]
     tus = tusimple_lane_metrics(p, g, w)
     cul = culane_f1(p, g, split.rows, (h, w))
     geo = np.array([lane_geometry(pred[i], split.rows, camera) for i in idx])

@@ -114,7 +114,8 @@ def build_model(spec: LaneModelSpec) -> Any:
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             """uint8 (B, H, W, 3) RGB -> logits (B, slots, rows, cells + 1)."""
-            x = images.permute(0, 3, 1, 2).float().div(255.0)
+            dtype: torch.dtype = self.mean.dtype  # type: ignore[assignment]
+            x = images.permute(0, 3, 1, 2).to(dtype).div(255.0)  # fp16 when halved
             x = (x - self.mean) / self.std  # type: ignore[operator]
             if spec.backbone == "cnn":
                 f = self.features(x)

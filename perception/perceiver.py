@@ -74,12 +74,20 @@ class Perception:
     """Share of the batch's wall time for this frame [ms]."""
 
 
+def box_foot(boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image point (u, v) [px] of each box's bottom centre. Boxes have exclusive max
+    corners and the renderer puts pixel centres on integer coordinates (OpenCV), so the
+    lowest object pixel row is y1 - 1: that is where the object meets the ground."""
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    return (b[:, 0] + b[:, 2] - 1.0) / 2, b[:, 3] - 1.0
+
+
 def ground_distance(boxes_xyxy: np.ndarray, camera: CameraSpec) -> np.ndarray:
     """Distance [m] from the camera to where each box's bottom centre meets the ground."""
-    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    u, v = box_foot(boxes_xyxy)
     f = camera.focal_px
-    x = ((b[:, 0] + b[:, 2]) / 2 - camera.width / 2) / f
-    y = (b[:, 3] - camera.height / 2) / f
+    x = (u - camera.width / 2) / f
+    y = (v - camera.height / 2) / f
     pitch = np.radians(camera.pitch_deg)
     down = y * np.cos(pitch) + np.sin(pitch)  # ray component toward the ground
     forward = -y * np.sin(pitch) + np.cos(pitch)
@@ -131,6 +139,8 @@ class Perceiver:
                                  f"{self.lane_spec.height} frames, the camera is "
                                  f"{self.camera.width}x{self.camera.height}")
             self._lane_device = torch_device
+            if torch_device.startswith("cuda"):
+                self.lane_model = self.lane_model.half()  # fp16 on CUDA, as the detector
 
     def _check(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         want = (self.camera.height, self.camera.width, 3)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from perception.lanes import EGO_LEFT, EGO_RIGHT, NOMINAL_LANE_WIDTH, ground_points
-from perception.perceiver import Perception
+from perception.perceiver import Perception, box_foot
 from sim.types import ABSENT, CameraSpec, EgoState
 from sim.world.world import World
 
@@ -113,8 +113,9 @@ def scene_from_perception(p: Perception, speed: float, camera: CameraSpec,
     b = np.asarray(d.boxes_xyxy, np.float64).reshape(-1, 4)
     rows = np.empty((0, 5), np.float32)
     if len(b):
-        foot = ground_points((b[:, 0] + b[:, 2]) / 2, b[:, 3], camera)
-        below = _below_horizon(b[:, 3], camera)
+        u, v = box_foot(b)
+        foot = ground_points(u, v, camera)
+        below = _below_horizon(v, camera)
         cls = np.asarray(d.classes)[below]
         if len(foot):
             fwd = foot[:, 0]
@@ -151,8 +152,9 @@ def scene_from_world(world: World, camera: CameraSpec) -> Scene:
     reach = np.abs(cam_left) - a.width / 2
     seen = a.active & (cam_fwd > 1.0) & (ds <= MAX_RANGE) & (reach < np.tan(half) * cam_fwd)
     idx = np.flatnonzero(seen)
-    idx = idx[np.argsort(ds[idx], kind="stable")]
-    gap = ds[idx] - a.length[idx] / 2 - ego.length / 2
+    gap_all = ds - a.length / 2 - ego.length / 2
+    idx = idx[np.argsort(gap_all[idx], kind="stable")]  # by gap, as Scene.objects promises
+    gap = gap_all[idx]
     rows = np.stack([gap, left[idx], lane_of(left[idx], road.lane_width), a.cls[idx],
                      a.speed[idx] - ego.speed], axis=1).astype(np.float32)
     return Scene(speed=float(ego.speed), speed_limit=float(world.scenario.speed_limit),

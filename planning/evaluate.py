@@ -1,0 +1,366 @@
+"""The driving benchmark: planners driven over a fixed scenario suite, with per-episode
+metrics and aggregates in the CARLA Leaderboard style.
+
+- A `Suite` is one or more sets (e.g. "nominal": day/clear; "adverse": night, fog, rain)
+  of families x conditions x seeds, with a cap on steps per episode.
+- `run_episode(planner, source, env, seed, max_steps)` drives one episode: the scene is
+  read and the planner asked once per decision (every `decision_every` steps; the meta
+  action is sent on the first step and IDLE on the others, as `DecisionEvery` does).
+- `run_suite` drives every case of a suite with one planner; `summarize` aggregates.
+
+Driving score (CARLA Leaderboard): route completion x infraction penalty, the penalty
+being the product over infractions of a per-type coefficient (`PENALTIES`): collision
+with a pedestrian or cyclist 0.50, with a vehicle (cars and trucks, stalled ones too)
+0.60, with a static object (cones) 0.65, leaving the road 0.70. An episode succeeds when
+it ends by completing the route, by the sim's time limit or by the suite's step cap,
+without a collision or leaving the road.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planning.rule_based import Planner, PolicyPlanner, RulePlanner, load_policy
+from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
+from sim.actions import IDLE
+from sim.config import family_config
+from sim.env import DrivingEnv
+from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK, CameraSpec
+
+PENALTIES: dict[str, float] = {"pedestrian": 0.50, "vehicle": 0.60, "static": 0.65,
+                               "off_road": 0.70}
+"""Driving-score coefficient of one infraction of each type (CARLA Leaderboard values for
+pedestrians, vehicles and static objects; off-road takes the 0.70 of a red light)."""
+COLLISION_GROUP: dict[int, str] = {CAR: "vehicle", TRUCK: "vehicle", PEDESTRIAN: "pedestrian",
+                                   CYCLIST: "pedestrian", CONE: "static"}
+"""Class id -> collision type of `PENALTIES`."""
+PLANNERS: tuple[str, ...] = ("rl", "rule", "privileged", "rule-privileged")
+"""Planner kinds: the shipped RL policy and the rule-based planner with perception in the
+loop, the privileged RL policy and the rule-based planner on the exact scene."""
+PERCEPTION_KINDS = frozenset({"rl", "rule"})
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_POLICY = WEIGHTS / "planner.zip"
+"""The shipped RL policy (trained on the emulated perception source)."""
+DEFAULT_PRIVILEGED_POLICY = WEIGHTS / "planner_privileged.zip"
+"""The shipped privileged RL policy (trained on the exact scene)."""
+
+
+@dataclass(frozen=True)
+class SuiteSet:
+    """One named group of scenarios: families x conditions x seeds."""
+
+    name: str
+    families: tuple[str, ...]
+    conditions: tuple[tuple[str, str], ...]
+    """(time of day, weather) pairs."""
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One episode of a suite."""
+
+    set: str
+    family: str
+    time_of_day: str
+    weather: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Scenario sets and the cap on steps per episode (the sim's own episodes end after
+    `episode_seconds`, 90 s = 1350 steps)."""
+
+    sets: tuple[SuiteSet, ...]
+    max_steps: int
+    decision_every: int = 3
+    """Env steps per planner decision."""
+
+    def cases(self, seed_offset: int = 0, limit: int | None = None) -> list[Case]:
+        """Every case, sets in order, each seed shifted by `seed_offset`; the first
+        `limit` only when given."""
+        out = [Case(s.name, fam, tod, weather, seed + seed_offset)
+               for s in self.sets for fam in s.families for tod, weather in s.conditions
+               for seed in s.seeds]
+        return out if limit is None else out[:limit]
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode did (SI units)."""
+
+    planner: str
+    set: str
+    family: str
+    time_of_day: str
+    weather: str
+    seed: int
+    steps: int
+    duration: float
+    """Simulated time [s]."""
+    distance: float
+    """Arc length advanced along the route [m]."""
+    route_completion: float
+    """Fraction of the route driven, 0..1."""
+    collisions_vehicle: int
+    collisions_pedestrian: int
+    """Collisions with pedestrians or cyclists."""
+    collisions_static: int
+    off_road: int
+    mean_speed: float
+    """[m/s]"""
+    jerk: float
+    """Mean |d accel / dt| of the ego [m/s^3]."""
+    success: bool
+    driving_score: float
+    end: str
+    """collision | off_road | route_complete | time_limit | max_steps | error"""
+    wall_time: float
+    """[s]"""
+    error: str | None = None
+
+    @property
+    def collisions(self) -> int:
+        return self.collisions_vehicle + self.collisions_pedestrian + self.collisions_static
+
+
+def driving_score(route_completion: float, infractions: Mapping[str, int]) -> float:
+    """Route completion x the product of PENALTIES[type] ** count over infractions."""
+    bad = sorted(set(infractions) - set(PENALTIES))
+    if bad:
+        raise ValueError(f"unknown infraction type(s) {bad}; allowed: {sorted(PENALTIES)}")
+    penalty = math.prod(PENALTIES[k] ** int(n) for k, n in infractions.items())
+    return float(route_completion) * penalty
+
+
+def collision_types(track_ids: Iterable[int], actor_track_ids: np.ndarray,
+                    actor_classes: np.ndarray) -> dict[str, int]:
+    """Count of collided actors per collision type, from their track ids and the world's
+    actor table (unknown ids count as vehicles)."""
+    out = {"vehicle": 0, "pedestrian": 0, "static": 0}
+    for tid in track_ids:
+        k = np.flatnonzero(np.asarray(actor_track_ids) == tid)
+        cls = int(np.asarray(actor_classes)[k[0]]) if k.size else CAR
+        out[COLLISION_GROUP.get(cls, "vehicle")] += 1
+    return out
+
+
+def scenario_config(case: Case) -> Any:
+    """The family's `ScenarioConfig` pinned to the case's time of day and weather."""
+    return family_config(case.family, time_of_day={case.time_of_day: 1.0},
+                         weather={case.weather: 1.0})
+
+
+def make_env(camera_frames: bool, camera: CameraSpec | None = None) -> DrivingEnv:
+    """A meta-action env: camera observations when the source needs frames, else the
+    state vector (no rendering)."""
+    return DrivingEnv(obs_type="camera" if camera_frames else "state", action_type="meta",
+                      camera=camera)
+
+
+def make_perceiver(device: str = "auto", camera: CameraSpec | None = None
+                   ) -> tuple[Any, str | None]:
+    """The shipped perceiver on `device`, and a note when it runs without a lane model
+    (no shipped lane weights: no lane changes or lane offsets from perception)."""
+    from perception.lanes import DEFAULT_LANE_WEIGHTS
+    from perception.perceiver import Perceiver  # torch loads only when asked for
+
+    lanes = DEFAULT_LANE_WEIGHTS.is_file()
+    perceiver = Perceiver(device=device, camera=camera, lanes=lanes)
+    note = None if lanes else (f"perception ran without a lane model ({DEFAULT_LANE_WEIGHTS} "
+                               "is missing): no lanes are seen")
+    return perceiver, note
+
+
+def build_planner(kind: str, *, policy: Path | None = None,
+                  privileged_policy: Path | None = None,
+                  perceiver: Any = None) -> tuple[Planner, SceneSource]:
+    """The planner and scene source of a kind in PLANNERS (`perceiver` is needed by the
+    perception kinds; policies default to the shipped ones)."""
+    if kind not in PLANNERS:
+        raise ValueError(f"unknown planner {kind!r}; allowed: {', '.join(PLANNERS)}")
+    source: SceneSource
+    if kind in PERCEPTION_KINDS:
+        if perceiver is None:
+            raise ValueError(f"planner {kind!r} needs a perceiver (perception in the loop)")
+        source = PerceptionSource(perceiver)
+    else:
+        source = PrivilegedSource()
+    if kind in ("rule", "rule-privileged"):
+        return RulePlanner(), source
+    path = policy or DEFAULT_POLICY if kind == "rl" else (
+        privileged_policy or DEFAULT_PRIVILEGED_POLICY)
+    return PolicyPlanner(load_policy(path)), source
+
+
+class _Tally:
+    """Running sums over the steps of an episode."""
+
+    def __init__(self, env: DrivingEnv) -> None:
+        assert env.world is not None
+        self.env, self.world = env, env.world
+        self.s0 = env.world.state.ego.s
+        self.prev_accel = env.world.state.ego.accel
+        self.steps = 0
+        self.speed = self.jerk = 0.0
+        self.hits = {"vehicle": 0, "pedestrian": 0, "static": 0}
+        self.off_road = 0
+
+    def add(self, info: dict[str, Any]) -> None:
+        ev, ego, a = info["events"], self.world.state.ego, self.world.state.actors
+        self.steps += 1
+        self.speed += float(info["speed"])
+        self.jerk += abs(ego.accel - self.prev_accel) / self.env.dt
+        self.prev_accel = ego.accel
+        if ev["collision"]:
+            live = a.active
+            for k, n in collision_types(ev["collided_track_ids"], a.track_id[live],
+                                        a.cls[live]).items():
+                self.hits[k] += n
+        self.off_road += bool(ev["off_road"])
+
+
+def run_episode(planner: Planner, source: SceneSource, env: DrivingEnv, seed: int,
+                max_steps: int, decision_every: int = 3, *, name: str = "",
+                case: Case | None = None) -> EpisodeResult:
+    """Drive one episode of the env's current scenario config, reset with `seed`, for at
+    most `max_steps` steps. An exception ends the episode with end="error"."""
+    start = time.perf_counter()
+    planner.reset()
+    source.reset()
+    env.reset(seed=seed, options={"scenario_seed": seed})
+    tally = _Tally(env)
+    info: dict[str, Any] = {"route_completion": 0.0}
+    terminated = truncated = False
+    error = None
+    try:
+        while tally.steps < max_steps and not (terminated or truncated):
+            action = IDLE
+            if tally.steps % decision_every == 0:
+                action = planner.act(source(env))
+            _, _, terminated, truncated, info = env.step(action)
+            tally.add(info)
+    except Exception as exc:  # one broken episode must not lose the suite
+        error = f"{type(exc).__name__}: {exc} (at step {tally.steps + 1})"
+    return _result(tally, info, terminated, truncated, error, name, case, seed, start)
+
+
+def _result(t: _Tally, info: dict[str, Any], terminated: bool, truncated: bool,
+            error: str | None, name: str, case: Case | None, seed: int, start: float
+            ) -> EpisodeResult:
+    sc = t.world.scenario
+    rc = float(info.get("route_completion", 0.0))
+    infractions = {**t.hits, "off_road": t.off_road}
+    if error:
+        end = "error"
+    elif terminated:
+        end = "collision" if sum(t.hits.values()) else "off_road"
+    elif truncated:
+        end = "route_complete" if rc >= 1.0 - 1e-9 else "time_limit"
+    else:
+        end = "max_steps"
+    return EpisodeResult(
+        planner=name, set=case.set if case else "", family=sc.family,
+        time_of_day=sc.time_of_day, weather=sc.weather, seed=seed, steps=t.steps,
+        duration=round(t.steps * t.env.dt, 6), distance=float(t.world.state.ego.s - t.s0),
+        route_completion=rc, collisions_vehicle=t.hits["vehicle"],
+        collisions_pedestrian=t.hits["pedestrian"], collisions_static=t.hits["static"],
+        off_road=t.off_road, mean_speed=t.speed / t.steps if t.steps else 0.0,
+        jerk=t.jerk / t.steps if t.steps else 0.0,
+        success=end in ("route_complete", "time_limit", "max_steps"),
+        driving_score=driving_score(rc, infractions), end=end,
+        wall_time=round(time.perf_counter() - start, 3), error=error)
+
+
+def run_suite(planner: Planner, source: SceneSource, suite: Suite, *, name: str = "",
+              camera: CameraSpec | None = None, seed_offset: int = 0,
+              limit: int | None = None,
+              on_episode: Callable[[EpisodeResult], None] | None = None
+              ) -> list[EpisodeResult]:
+    """Every case of `suite` with one planner and its scene source."""
+    env = make_env(source.needs_camera, camera)
+    out = []
+    try:
+        for case in suite.cases(seed_offset, limit):
+            env.config = scenario_config(case)
+            result = run_episode(planner, source, env, case.seed, suite.max_steps,
+                                 suite.decision_every, name=name, case=case)
+            out.append(result)
+            if on_episode is not None:
+                on_episode(result)
+    finally:
+        env.close()
+    return out
+
+
+def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
+    """Aggregates over episodes: rates, means and infractions per 100 km (None when no
+    distance was driven)."""
+    n = len(results)
+    km = sum(max(r.distance, 0.0) for r in results) / 1000.0
+
+    def mean(key: str) -> float:
+        return float(np.mean([getattr(r, key) for r in results])) if n else 0.0
+
+    def per_100km(count: int) -> float | None:
+        return 100.0 * count / km if km > 0 else None
+
+    return {
+        "episodes": n,
+        "success_rate": mean("success"),
+        "route_completion": mean("route_completion"),
+        "collisions_per_100km": per_100km(sum(r.collisions for r in results)),
+        "offroad_per_100km": per_100km(sum(r.off_road for r in results)),
+        "mean_speed": mean("mean_speed"),
+        "jerk": mean("jerk"),
+        "driving_score": mean("driving_score"),
+        "distance_km": km,
+        "collisions": {"vehicle": sum(r.collisions_vehicle for r in results),
+                       "pedestrian": sum(r.collisions_pedestrian for r in results),
+                       "static": sum(r.collisions_static for r in results)},
+        "off_road": sum(r.off_road for r in results),
+        "errors": sum(r.error is not None for r in results),
+    }
+
+
+HEADLINE = ("success_rate", "route_completion", "collisions_per_100km", "offroad_per_100km",
+            "driving_score")
+"""The aggregates of the `drivestack eval` contract."""
+
+
+def report(results: list[EpisodeResult], suite: Suite, seed_offset: int = 0,
+           notes: list[str] | None = None) -> dict[str, Any]:
+    """The evaluation document: per planner and set (and "all" sets) aggregates, the
+    episodes, the suite and notes (e.g. how perception ran)."""
+    planners: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r.planner for r in results):
+        mine = [r for r in results if r.planner == name]
+        sets = {s.name: summarize([r for r in mine if r.set == s.name]) for s in suite.sets
+                if any(r.set == s.name for r in mine)}
+        planners[name] = {**sets, "all": summarize(mine)}
+    return {"suite": asdict(suite), "seed_offset": seed_offset, "planners": planners,
+            "episodes": [asdict(r) for r in results], "notes": list(notes or [])}
+
+
+def headline(document: dict[str, Any], set_name: str = "nominal") -> dict[str, Any]:
+    """The `drivestack eval` JSON line: the HEADLINE aggregates on `set_name` (or on all
+    sets when the suite has no such set) for one planner, or under `planners` for
+    several."""
+    def pick(agg: dict[str, Any]) -> dict[str, Any]:
+        chosen = agg.get(set_name, agg["all"])
+        return {"set": set_name if set_name in agg else "all",
+                **{k: chosen[k] for k in HEADLINE}}
+
+    planners = document["planners"]
+    if len(planners) == 1:
+        [(name, agg)] = planners.items()
+        return {"planner": name, **pick(agg)}
+    return {"planners": {name: pick(agg) for name, agg in planners.items()}}

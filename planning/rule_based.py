@@ -1,0 +1,416 @@
+"""Planners: a rule-based one (IDM-style speed, MOBIL-style lane changes) and a wrapper of a
+trained SB3 policy, both choosing one meta action (sim.actions) from a `Scene`.
+
+A planner is called once per decision (every `decision_every` env steps); each meta action
+it returns is applied once (the env's `MetaController` moves its target speed by
+`SPEED_STEP` per FASTER / SLOWER and its target lane by one per LANE_LEFT / LANE_RIGHT).
+
+`RulePlanner` reads only the scene, so it drives on perception output as well as on the
+privileged scene. It keeps its own copy of the controller's target speed (the speed at
+reset, then +-SPEED_STEP per FASTER / SLOWER, clamped as the controller clamps) and steps
+it toward a desired speed: the speed limit, capped by a safe-following speed (Gipps) behind
+the nearest object ahead in the ego's corridor, and near pedestrians that may cross. It
+changes lanes only when the ego lane is slow, the other lane exists, its gap ahead is
+clearly larger and safe, nothing was seen close in that lane lately (the camera looks
+ahead only, so what it saw close by is remembered while it may be alongside), and a
+cooldown has passed; with a free right lane it returns right.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from planning.features import FEATURE_DIM, features
+from planning.scene import Scene
+from sim.actions import FASTER, IDLE, LANE_LEFT, LANE_RIGHT, META_ACTIONS, SLOWER, SPEED_STEP
+from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK
+
+EGO_LENGTH = 4.6
+"""Ego body length [m] (sim.types.EgoState)."""
+EGO_HALF_WIDTH = 0.95
+"""Half the ego's body width [m]."""
+HALF_WIDTH = {CAR: 1.0, TRUCK: 1.3, PEDESTRIAN: 0.3, CYCLIST: 0.3, CONE: 0.2}
+"""Half width assumed per class [m] (the largest body of the class)."""
+LENGTH = {CAR: 5.2, TRUCK: 15.5, PEDESTRIAN: 0.5, CYCLIST: 1.8, CONE: 0.4}
+"""Length assumed per class [m] (the longest body of the class)."""
+MAX_TARGET_FACTOR = 1.2
+"""The controller caps its target speed at this times the speed limit."""
+
+
+class Planner(Protocol):
+    """Chooses one meta action per decision from the scene of that moment."""
+
+    def reset(self) -> None: ...
+
+    def act(self, scene: Scene) -> int: ...
+
+
+@dataclass(frozen=True)
+class RuleParams:
+    """Tuning of `RulePlanner` (SI units)."""
+
+    decision_dt: float = 3.0 / 15.0
+    """Time between two calls of `act` [s] (3 env steps at 15 Hz)."""
+    reaction: float = 1.0
+    """Reaction time of the safe-following speed [s]."""
+    decel: float = 3.0
+    """Braking the safe-following speed plans with [m/s^2]."""
+    standstill: float = 5.0
+    """Gap kept to a stopped object ahead [m]."""
+    corridor_margin: float = 0.5
+    """Lateral clearance added to both half widths when testing the ego's path [m]."""
+    slow_margin: float = 2.0
+    """The ego lane is slow when its safe speed is this far below the limit [m/s]."""
+    gain: float = 2.5
+    """Safe speed a lane change must gain over staying [m/s]."""
+    gap_gain: float = 15.0
+    """Extra gap ahead a lane change must gain [m]."""
+    min_gap: float = 12.0
+    """Smallest gap ahead in a target lane, plus `min_gap_time` x speed [m]."""
+    min_gap_time: float = 0.8
+    """Time part of the smallest gap in a target lane [s]."""
+    cooldown: float = 4.0
+    """Time between two lane changes [s]."""
+    warmup: float = 6.0
+    """No lane change this long after reset: what was beside the ego then was never seen,
+    and by now has mostly passed or fallen back [s]."""
+    keep_right_after: float = 8.0
+    """Time after a lane change before returning right [s]."""
+    keep_right_gap: float = 60.0
+    """Free distance ahead in the right lane needed to return right [m]."""
+    memory_gap: float = 15.0
+    """Objects seen closer than this in a neighbour lane are remembered [m]."""
+    memory_time: float = 20.0
+    """Longest a remembered object blocks its lane [s]."""
+    settled_offset: float = 0.5
+    """Largest lane offset [m] at which a lane change has ended."""
+    ped_speed: float = 1.6
+    """Fastest pedestrian lateral speed assumed [m/s]."""
+    urgent_decel: float = 4.0
+    """When the ego lane's safe speed is this far below the speed, a lane change may
+    skip the warm-up and the cooldown [m/s]."""
+    cut_in_time: float = 1.5
+    """Objects moving sideways are tested where they will be this much later [s]."""
+
+
+def safe_speed(gap: float, leader_speed: float, p: RuleParams) -> float:
+    """Gipps' safe speed [m/s]: the fastest speed from which, after `p.reaction` seconds,
+    braking at `p.decel` stops `p.standstill` behind a leader braking as hard."""
+    room = gap - p.standstill
+    b, tau = p.decel, p.reaction
+    disc = (b * tau) ** 2 + max(leader_speed, 0.0) ** 2 + 2.0 * b * room
+    return max(0.0, -b * tau + math.sqrt(max(disc, 0.0)))
+
+
+def _half(cls: np.ndarray) -> np.ndarray:
+    return np.array([HALF_WIDTH.get(int(c), 1.0) for c in cls])
+
+
+def in_corridor(objects: np.ndarray, centre: float, p: RuleParams) -> np.ndarray:
+    """Which objects ahead overlap a path along `centre` (left of the ego lane centre [m])
+    as wide as the ego plus margins."""
+    if not len(objects):
+        return np.zeros(0, bool)
+    reach = EGO_HALF_WIDTH + _half(objects[:, 3]) + p.corridor_margin
+    return (np.abs(objects[:, 1] - centre) < reach) & (objects[:, 0] > -2.0)
+
+
+def leader(objects: np.ndarray, mask: np.ndarray, speed: float) -> tuple[float, float]:
+    """Gap [m] and speed [m/s] of the nearest masked object (inf, 0 when none)."""
+    if not mask.any():
+        return math.inf, 0.0
+    k = int(np.flatnonzero(mask)[np.argmin(objects[mask, 0])])
+    return float(objects[k, 0]), max(speed + float(objects[k, 4]), 0.0)
+
+
+@dataclass
+class _Ghost:
+    """An object that was close in a neighbour lane and may now be beside the ego."""
+
+    lane: int
+    """Lane index counted from the ego's lane at reset (left positive)."""
+    gap: float
+    """Predicted gap [m] (negative: its near side is behind the ego's front)."""
+    rate: float
+    """Gap rate [m/s]."""
+    clear: float
+    """It no longer overlaps the ego once the gap is below -clear [m]."""
+    age: float = 0.0
+    """Time since last seen [s]."""
+
+
+@dataclass
+class _Memory:
+    """What the planner carries from one decision to the next."""
+
+    target_speed: float | None = None
+    """Its copy of the controller's target speed [m/s]."""
+    lane: int = 0
+    """Ego lane counted from the lane at reset (left positive)."""
+    target_lane: int = 0
+    """Lane the controller is steering to, same count."""
+    origin_lane: int = 0
+    """Lane the last lane change started from, same count."""
+    since_change: float = math.inf
+    """Time since the last lane change was asked for [s]."""
+    time: float = 0.0
+    """Time since reset [s]."""
+    prev_offset: float | None = None
+    ghosts: list[_Ghost] = field(default_factory=list)
+    lateral: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """(K,) lateral speed [m/s] (left positive) of each object of the last scene."""
+    prev_objects: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
+
+
+class RulePlanner:
+    """IDM/Gipps speed choice and MOBIL-style lane changes on a `Scene` (see module doc)."""
+
+    def __init__(self, params: RuleParams | None = None, lane_changes: bool = True) -> None:
+        self.params = params or RuleParams()
+        self.lane_changes = lane_changes
+        self.mem = _Memory()
+
+    def reset(self) -> None:
+        self.mem = _Memory()
+
+    def act(self, scene: Scene) -> int:
+        """The meta action for this decision."""
+        self._observe(scene)
+        v_des = self.desired_speed(scene)
+        action = None
+        if self.lane_changes:
+            action = self._abort(scene)
+            if action is None:
+                action = self._lane_action(scene)
+        return self._speed_action(scene, v_des) if action is None else action
+
+    # -- memory ----------------------------------------------------------------------------
+    def _observe(self, scene: Scene) -> None:
+        m, p = self.mem, self.params
+        if m.target_speed is None:
+            m.target_speed = scene.speed  # the controller starts at the speed at reset
+        m.since_change += p.decision_dt
+        m.time += p.decision_dt
+        shift = 0
+        if scene.lane_seen:
+            if m.prev_offset is not None:
+                jump = m.prev_offset - scene.lane_offset
+                if abs(jump) > 0.6 * scene.lane_width:
+                    shift = int(round(jump / scene.lane_width))
+                    m.lane += shift
+            m.prev_offset = scene.lane_offset
+        if m.target_lane != m.lane and m.since_change > 3 * p.cooldown:
+            m.target_lane = m.lane  # a crossing went unseen: trust where we are
+        self._track(scene, shift)
+        self._remember(scene)
+
+    def _track(self, scene: Scene, shift: int) -> None:
+        """Lateral speed of each object, from the nearest match (same class, predicted
+        gap and lateral position) in the previous decision's scene."""
+        p, m, obj = self.params, self.mem, scene.objects
+        prev = m.prev_objects.copy()
+        prev[:, 1] -= shift * scene.lane_width  # lateral positions from the new lane
+        lat = np.zeros(len(obj))
+        for i, o in enumerate(obj):
+            same = np.flatnonzero(prev[:, 3] == o[3])
+            if not same.size:
+                continue
+            expect = prev[same, 0] + o[4] * p.decision_dt
+            dist = np.abs(expect - o[0]) + np.abs(prev[same, 1] - o[1])
+            j = int(np.argmin(dist))
+            if dist[j] < 2.0:
+                raw = (o[1] - prev[same[j], 1]) / p.decision_dt
+                lat[i] = 0.5 * m.lateral[same[j]] + 0.5 * raw
+        m.prev_objects, m.lateral = obj.astype(np.float64), lat
+
+    def _remember(self, scene: Scene) -> None:
+        """Update the objects that may be beside the ego (see `_Ghost`)."""
+        p, m, obj = self.params, self.mem, scene.objects
+        kept = []
+        for g in m.ghosts:
+            g.gap += g.rate * p.decision_dt
+            g.age += p.decision_dt
+            if g.gap < 4.0 and g.gap > -g.clear and g.age < p.memory_time:
+                kept.append(g)  # out of the camera's view, maybe beside the ego
+        for o in obj[(np.abs(obj[:, 2]) == 1) & (obj[:, 0] < p.memory_gap)]:
+            lane = m.lane + int(o[2])
+            kept = [g for g in kept if not (g.lane == lane and abs(g.gap - o[0]) < 6.0)]
+            clear = LENGTH.get(int(o[3]), 5.0) + EGO_LENGTH + 3.0
+            kept.append(_Ghost(lane=lane, gap=float(o[0]), rate=min(float(o[4]), 0.0),
+                               clear=clear))
+        m.ghosts = kept
+
+    # -- speed -----------------------------------------------------------------------------
+    def _path_mask(self, scene: Scene, centre: float) -> np.ndarray:
+        """Objects in a path along `centre` now or, moving sideways, within
+        `cut_in_time`."""
+        p, obj = self.params, scene.objects
+        ahead = obj.copy()
+        ahead[:, 1] += self.mem.lateral * p.cut_in_time
+        return in_corridor(obj, centre, p) | in_corridor(ahead, centre, p)
+
+    def lane_speed(self, scene: Scene, rel: int) -> tuple[float, float]:
+        """Safe speed [m/s] and gap [m] ahead in lane `rel` (0 ego, +1 left, -1 right)."""
+        mask = self._path_mask(scene, rel * scene.lane_width)
+        if rel == 0:  # the body's own path too, wherever it is in the lane
+            mask |= in_corridor(scene.objects, scene.lane_offset, self.params)
+        gap, v_lead = leader(scene.objects, mask, scene.speed)
+        v = math.inf if math.isinf(gap) else safe_speed(gap, v_lead, self.params)
+        return v, gap
+
+    def desired_speed(self, scene: Scene) -> float:
+        """min(speed limit, safe speed in the ego lane (and the target lane while
+        changing), stopping speed before pedestrians that may step into the path)."""
+        v = min(scene.speed_limit, self.lane_speed(scene, 0)[0])
+        rel = self.mem.target_lane - self.mem.lane
+        if rel:
+            v = min(v, self.lane_speed(scene, int(np.sign(rel)))[0])
+        return min(v, self._pedestrian_speed(scene))
+
+    def _pedestrian_speed(self, scene: Scene) -> float:
+        """Stop before a pedestrian that stands still or walks toward the path and could
+        reach it before the ego has passed."""
+        p, v, obj = self.params, math.inf, scene.objects
+        reach = EGO_HALF_WIDTH + HALF_WIDTH[PEDESTRIAN] + p.corridor_margin
+        for k in np.flatnonzero((obj[:, 3] == PEDESTRIAN) & (obj[:, 0] > -1.0)):
+            gap, left, rate = float(obj[k, 0]), float(obj[k, 1]), float(obj[k, 4])
+            v_lat = float(self.mem.lateral[k])
+            outside = abs(left) - reach
+            toward = v_lat * np.sign(left) < -0.3
+            along = scene.speed + rate if rate != 0.0 else 0.0  # 0: not tracked yet
+            if outside > 0 and not toward and (abs(v_lat) > 0.3 or abs(along) > 0.5):
+                continue  # walking along the kerb or away from the road
+            t_ped = max(outside, 0.0) / p.ped_speed
+            t_ego = (gap + EGO_LENGTH + 1.0) / max(scene.speed, 3.0)
+            if t_ped < t_ego + 1.0:
+                v = min(v, safe_speed(gap, 0.0, p))
+        return v
+
+    def _speed_action(self, scene: Scene, v_des: float) -> int:
+        m = self.mem
+        assert m.target_speed is not None
+        cap = MAX_TARGET_FACTOR * scene.speed_limit
+        if m.target_speed > v_des + 0.25 and m.target_speed > 0.0:
+            m.target_speed = max(m.target_speed - SPEED_STEP, 0.0)
+            return SLOWER
+        if m.target_speed + SPEED_STEP <= min(v_des, cap) + 0.25:
+            m.target_speed = min(m.target_speed + SPEED_STEP, cap)
+            return FASTER
+        return IDLE
+
+    # -- lanes -----------------------------------------------------------------------------
+    def _settled(self, scene: Scene, urgent: bool = False) -> bool:
+        """Not changing lanes, centred, and (unless `urgent`) past the warm-up and the
+        cooldown."""
+        m, p = self.mem, self.params
+        waited = m.since_change >= p.cooldown and m.time >= p.warmup
+        return (scene.lane_seen and m.target_lane == m.lane and (waited or urgent)
+                and abs(scene.lane_offset) < p.settled_offset
+                and abs(scene.heading_error) < 0.05)
+
+    def _beside(self, scene: Scene, rel: int) -> bool:
+        """Something remembered beside the ego in lane `rel`, or seen close in it (now or
+        moving into it)."""
+        m, p = self.mem, self.params
+        if any(g.lane == m.lane + rel for g in m.ghosts):
+            return True
+        close = scene.objects[:, 0] < p.min_gap
+        return bool((close & self._path_mask(scene, rel * scene.lane_width)).any())
+
+    def lane_free(self, scene: Scene, rel: int) -> bool:
+        """Lane `rel` exists, nothing remembered beside the ego in it, and its gap ahead
+        leaves room to merge without braking hard."""
+        p = self.params
+        if not (scene.left_lane if rel > 0 else scene.right_lane) or self._beside(scene, rel):
+            return False
+        v, gap = self.lane_speed(scene, rel)
+        return gap > p.min_gap + p.min_gap_time * scene.speed and v >= scene.speed - 1.0
+
+    def _lane_action(self, scene: Scene) -> int | None:
+        p = self.params
+        v_ego, gap_ego = self.lane_speed(scene, 0)
+        urgent = v_ego < scene.speed - p.urgent_decel  # must brake hard to stay in lane
+        if not self._settled(scene, urgent):
+            return None
+        limit = scene.speed_limit
+        if v_ego < limit - p.slow_margin:  # blocked or slow: overtake, left first
+            for rel in (1, -1):
+                v, gap = self.lane_speed(scene, rel)
+                better = min(v, limit) > v_ego + p.gain and gap > gap_ego + p.gap_gain
+                if better and self.lane_free(scene, rel):
+                    return self._change(rel)
+            return None
+        if self.mem.since_change >= p.keep_right_after:  # free road: keep right
+            v, gap = self.lane_speed(scene, -1)
+            if gap > p.keep_right_gap and v >= limit and self.lane_free(scene, -1):
+                return self._change(-1)
+        return None
+
+    def _abort(self, scene: Scene) -> int | None:
+        """Steer back when something shows up beside the ego in the lane it is moving to
+        before it has crossed into it."""
+        m = self.mem
+        rel = m.target_lane - m.lane
+        if not rel or m.lane != m.origin_lane or not self._beside(scene, rel):
+            return None
+        m.target_lane = m.lane
+        m.since_change = 0.0
+        return LANE_RIGHT if rel > 0 else LANE_LEFT
+
+    def _change(self, rel: int) -> int:
+        m = self.mem
+        m.origin_lane = m.lane
+        m.target_lane = m.lane + rel
+        m.since_change = 0.0
+        return LANE_LEFT if rel > 0 else LANE_RIGHT
+
+
+class PolicyPlanner:
+    """A trained SB3 policy whose observation is `features(scene)` and whose action is a
+    meta action."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, scene: Scene) -> int:
+        action, _ = self.model.predict(features(scene), deterministic=True)
+        return int(np.asarray(action).item())
+
+
+class PolicyLoadError(ValueError):
+    """A policy file that cannot be used; `str(err)` names the file and the problem."""
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> Any:
+    """The SB3 PPO model saved at `path`, checked to take `features` vectors and give meta
+    actions. Raises `PolicyLoadError` for a missing, corrupted or mismatched file."""
+    p = Path(path)
+    if not p.is_file():
+        raise PolicyLoadError(f"policy file {p} not found; train one with "
+                              "`drivestack train-planner` or pass another --policy")
+    from stable_baselines3 import PPO  # torch loads only when a policy is asked for
+
+    try:
+        model = PPO.load(p, device=device)
+    except (zipfile.BadZipFile, pickle.UnpicklingError, AssertionError, ValueError, KeyError,
+            TypeError, AttributeError, EOFError, RuntimeError, OSError) as exc:
+        raise PolicyLoadError(f"policy file {p} is not a readable SB3 PPO zip: "
+                              f"{type(exc).__name__}: {exc}") from None
+    shape = getattr(model.observation_space, "shape", None)
+    n = getattr(model.action_space, "n", None)
+    if shape != (FEATURE_DIM,) or n != len(META_ACTIONS):
+        raise PolicyLoadError(
+            f"policy file {p} takes observations of shape {shape} and {n} actions; the "
+            f"planner gives ({FEATURE_DIM},) feature vectors and {len(META_ACTIONS)} meta "
+            "actions")
+    return model

@@ -1,0 +1,165 @@
+"""RL training of the planner with stable-baselines3: PPO on meta-actions by default (SAC
+on continuous controls as an option), vectorized envs, evaluation with the best model
+kept, checkpoints, TensorBoard logs, seeds and resume.
+
+The observation is `planning.features` of the scene from a source: "emulated" (the
+privileged scene corrupted like the measured perceiver; the default: fast, and close to
+deployment) or "privileged" (exact: the privileged baseline). Envs render nothing.
+
+Run folder layout (`out`):
+    best_model.zip        best evaluation so far (EvalCallback)
+    final.zip             the model at the end of training
+    checkpoints/          planner_<steps>_steps.zip every `checkpoint_every` steps
+    eval/evaluations.npz  evaluation history
+    tb/                   TensorBoard logs
+    summary.json          steps, wall time, steps/s, evaluation figures
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from planning.wrappers import make_planner_env
+
+Algo = Literal["ppo", "sac"]
+DEFAULT_POLICY = Path(__file__).resolve().parent / "weights" / "planner.zip"
+"""Shipped RL planner (trained on the emulated perception source)."""
+DEFAULT_PRIVILEGED_POLICY = Path(__file__).resolve().parent / "weights" / "planner_privileged.zip"
+"""Shipped privileged RL planner (trained on the exact scene)."""
+
+
+@dataclass(frozen=True)
+class PlannerTraining:
+    """One training run."""
+
+    out: Path
+    algo: Algo = "ppo"
+    source: Literal["emulated", "privileged"] = "emulated"
+    families: tuple[str, ...] = ("highway", "rural", "urban")
+    """Env i drives families[i % len(families)]."""
+    total_timesteps: int = 200_000
+    """Agent decisions (each is `decision_every` simulator steps)."""
+    n_envs: int = 4
+    decision_every: int = 3
+    seed: int = 0
+    learning_rate: float = 3e-4
+    n_steps: int = 256
+    """PPO rollout length per env."""
+    batch_size: int = 256
+    net_arch: tuple[int, ...] = (128, 128)
+    eval_every: int = 20_000
+    """Agent steps between two evaluations (all envs together)."""
+    eval_episodes: int = 6
+    checkpoint_every: int = 50_000
+    device: str = "cpu"
+    subprocess: bool = True
+    """SubprocVecEnv (spawn) when n_envs > 1; DummyVecEnv otherwise."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra make_planner_env arguments (e.g. noise_path)."""
+
+
+def _env_fn(kwargs: dict[str, Any]) -> Callable[[], Any]:
+    from functools import partial
+
+    return partial(_monitored, kwargs)
+
+
+def _monitored(kwargs: dict[str, Any]) -> Any:
+    from stable_baselines3.common.monitor import Monitor
+
+    return Monitor(make_planner_env(**kwargs))
+
+
+def make_vec(cfg: PlannerTraining, seed: int, n: int, subprocess: bool) -> Any:
+    """`n` envs over the configured families, seeded seed, seed + 1, ..."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    extra = {"action_type": "continuous"} if cfg.algo == "sac" else {}
+    fns = [_env_fn({"source": cfg.source, "family": cfg.families[i % len(cfg.families)],
+                    "decision_every": cfg.decision_every, **extra, **cfg.env_kwargs})
+           for i in range(n)]
+    vec = (SubprocVecEnv(fns, start_method="spawn") if subprocess and n > 1
+           else DummyVecEnv(fns))
+    vec.seed(seed)
+    return vec
+
+
+def _model(cfg: PlannerTraining, env: Any, resume: Path | None) -> Any:
+    from stable_baselines3 import PPO, SAC
+
+    algo_cls = SAC if cfg.algo == "sac" else PPO
+    tb = str(cfg.out / "tb")
+    if resume is not None:
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"resume: checkpoint {resume} not found")
+        return algo_cls.load(str(resume), env=env, device=cfg.device, tensorboard_log=tb)
+    policy_kwargs = {"net_arch": list(cfg.net_arch)}
+    if cfg.algo == "sac":
+        return SAC("MlpPolicy", env, learning_rate=cfg.learning_rate, seed=cfg.seed,
+                   batch_size=cfg.batch_size, policy_kwargs=policy_kwargs, device=cfg.device,
+                   tensorboard_log=tb, verbose=0)
+    return PPO("MlpPolicy", env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
+               batch_size=cfg.batch_size, n_epochs=10, gamma=0.97, ent_coef=0.01,
+               seed=cfg.seed, policy_kwargs=policy_kwargs, device=cfg.device,
+               tensorboard_log=tb, verbose=0)
+
+
+def train_planner(cfg: PlannerTraining, resume: Path | None = None,
+                  progress_bar: bool = False) -> dict[str, Any]:
+    """Train (or continue `resume`, a checkpoint zip, up to `total_timesteps`); returns
+    the run summary (also written to out/summary.json)."""
+    from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = make_vec(cfg, cfg.seed, cfg.n_envs, cfg.subprocess)
+    eval_env = make_vec(cfg, cfg.seed + 10_000, 1, subprocess=False)
+    try:
+        model = _model(cfg, env, resume)
+        done_before = int(model.num_timesteps)
+        callbacks = [
+            EvalCallback(eval_env, n_eval_episodes=cfg.eval_episodes,
+                         eval_freq=max(cfg.eval_every // cfg.n_envs, 1),
+                         best_model_save_path=str(out), log_path=str(out / "eval"),
+                         deterministic=True, verbose=0),
+            CheckpointCallback(save_freq=max(cfg.checkpoint_every // cfg.n_envs, 1),
+                               save_path=str(out / "checkpoints"), name_prefix="planner"),
+        ]
+        start = time.perf_counter()
+        remaining = max(cfg.total_timesteps - done_before, 0)
+        model.learn(total_timesteps=remaining, callback=callbacks,
+                    reset_num_timesteps=resume is None, progress_bar=progress_bar,
+                    tb_log_name=cfg.algo)
+        wall = time.perf_counter() - start
+        _atomic_save(model, out / "final.zip")
+        best: Any = callbacks[0]
+        steps = int(model.num_timesteps) - done_before
+        summary = {
+            "final": str(out / "final.zip"),
+            "best": str(out / "best_model.zip") if (out / "best_model.zip").is_file() else None,
+            "timesteps": int(model.num_timesteps), "trained_now": steps,
+            "wall_s": round(wall, 1), "agent_steps_per_s": round(steps / max(wall, 1e-9), 1),
+            "sim_steps_per_s": round(steps * cfg.decision_every / max(wall, 1e-9), 1),
+            "best_mean_reward": float(best.best_mean_reward),
+            "config": {k: (str(v) if isinstance(v, Path) else v)
+                       for k, v in asdict(cfg).items()},
+        }
+    finally:
+        env.close()
+        eval_env.close()
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def _atomic_save(model: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.zip")
+    model.save(str(tmp))
+    os.replace(tmp, path)

@@ -1,0 +1,173 @@
+"""Gymnasium wrappers that turn a `DrivingEnv` into the planner's environment, each
+overriding one thing:
+
+- `DecisionEvery(env, k)`: one agent decision spans k simulator steps;
+- `SceneObservation(env, source)`: the observation becomes the planner's feature vector
+  (planning.features) of the scene a `SceneSource` gives; with the three sources:
+  `PerceptionObservation(env, perceiver)` (camera -> perception, the deployed stack),
+  `EmulatedPerceptionObservation(env, noise, seed)` (the world corrupted like the measured
+  perceiver, fast) and `PrivilegedObservation(env)` (exact).
+
+`make_planner_env(...)` builds the whole stack; `functools.partial(make_planner_env, ...)`
+is a picklable thunk for SB3's `SubprocVecEnv` (start method "spawn" included).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+import sim  # noqa: F401  (registers the drivestack/ env ids)
+from planning.features import CLIP, FEATURE_DIM, features
+from planning.noise import EmulatedSource, PerceptionNoise
+from planning.scene import Scene
+from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
+from sim.actions import IDLE, META_ACTIONS
+from sim.config import FAMILIES, family_config
+from sim.env import DrivingEnv
+
+SOURCES: tuple[str, ...] = ("privileged", "emulated", "perception")
+"""Names of the scene sources `make_planner_env` accepts."""
+
+
+class DecisionEvery(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """One agent step = `k` env steps. A meta action (Discrete(5)) is sent on the first of
+    them and IDLE on the others, so a lane change or speed step happens once; any other
+    action is held for all k. Rewards are summed; the info is the last step's, with
+    `info["decision_steps"]` (the steps taken: fewer than k when the episode ended)."""
+
+    def __init__(self, env: gym.Env, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k (env steps per decision) must be an int >= 1, got {k!r}")
+        gym.utils.RecordConstructorArgs.__init__(self, k=k)
+        super().__init__(env)
+        self.k = int(k)
+        space = env.action_space
+        self.meta = isinstance(space, spaces.Discrete) and int(space.n) == len(META_ACTIONS)
+        """The action is a meta action: IDLE fills the steps after the first."""
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        total = 0.0
+        for i in range(self.k):
+            sent = IDLE if self.meta and i > 0 else action
+            obs, reward, terminated, truncated, info = self.env.step(sent)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        info = {**info, "decision_steps": i + 1}
+        return obs, total, terminated, truncated, info
+
+
+class SceneObservation(gym.ObservationWrapper):
+    """Observations are `features(source(env))`: the planner's (FEATURE_DIM,) float32
+    vector of the scene `source` reads from the unwrapped `DrivingEnv` after each step.
+    The latest scene is kept in `self.scene`; the source is reset with the env.
+
+    The three wrappers below record their arguments, so `env.spec.make()` rebuilds them
+    with fresh sources; this one does not (a source tracks one env and is not shared)."""
+
+    def __init__(self, env: gym.Env, source: SceneSource) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        if not isinstance(base, DrivingEnv):
+            raise TypeError(f"SceneObservation wraps a drivestack DrivingEnv, got "
+                            f"{type(base).__name__}")
+        if source.needs_camera and base.obs_type == "state" and not base.labels:
+            raise ValueError(f"{type(source).__name__} reads camera frames, but the env does "
+                             "not render them (obs_type='state', labels=False): make it "
+                             "with obs_type='camera' (or labels=True)")
+        self.source = source
+        self.scene: Scene | None = None
+        """The scene behind the latest observation."""
+        self.observation_space = spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
+                                            dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        self.source.reset()
+        self.scene = None
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        self.scene = self.source(cast(DrivingEnv, self.env.unwrapped))
+        return features(self.scene)
+
+
+class PerceptionObservation(SceneObservation, gym.utils.RecordConstructorArgs):
+    """Planner vectors from perception on the camera frame (`PerceptionSource`):
+    `perceiver` is a `Perceiver` or any callable with its interface."""
+
+    def __init__(self, env: gym.Env, perceiver: Any) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, perceiver=perceiver,
+                                                 _disable_deepcopy=True)  # one model, shared
+        super().__init__(env, PerceptionSource(perceiver))
+
+
+class EmulatedPerceptionObservation(SceneObservation, gym.utils.RecordConstructorArgs):
+    """Planner vectors from the world corrupted like the measured perceiver
+    (`EmulatedSource`; `noise` None loads the shipped figures)."""
+
+    def __init__(self, env: gym.Env, noise: PerceptionNoise | None = None, seed: int = 0
+                 ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, noise=noise, seed=seed)
+        super().__init__(env, EmulatedSource(noise, seed))
+
+
+class PrivilegedObservation(SceneObservation, gym.utils.RecordConstructorArgs):
+    """Planner vectors from the exact world state (`PrivilegedSource`)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env, PrivilegedSource())
+
+
+def make_planner_env(source: str = "emulated", family: str = "highway",
+                     decision_every: int = 3, seed: int | None = None,
+                     noise_path: str | None = None, perceiver_device: str = "cpu",
+                     scenario: dict[str, Any] | None = None) -> gym.Env:
+    """The planner's env: `drivestack/{Family}-v0` with meta actions, `DecisionEvery`,
+    then the observation wrapper of `source`.
+
+    Args:
+        source: "privileged" or "emulated" (state env, no rendering: fast) or
+            "perception" (camera env and the shipped `Perceiver`).
+        family: scenario family (highway, rural, urban).
+        decision_every: env steps per agent decision.
+        seed: seeds the emulated noise and the action space (episodes are seeded by
+            `reset(seed=...)`, as SB3's `VecEnv.seed` does); None: noise seed 0.
+        noise_path: noise figures of the emulated source (default: the shipped ones).
+        perceiver_device: device of the Perceiver ("cpu", "auto", "0", ...).
+        scenario: overrides of the family's `ScenarioConfig` fields.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r}; allowed: {', '.join(SOURCES)}")
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}; allowed: {', '.join(FAMILIES)}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be None or a non-negative int, got {seed!r}")
+    overrides = dict(scenario or {})
+    if overrides.get("family", family) != family:
+        raise ValueError(f"scenario family {overrides['family']!r} differs from "
+                         f"family={family!r}")
+    config = family_config(family, **{k: v for k, v in overrides.items() if k != "family"})
+    obs_type = "camera" if source == "perception" else "state"
+    env = gym.make(f"drivestack/{family.capitalize()}-v0", scenario=config,
+                   obs_type=obs_type, action_type="meta")
+    env = DecisionEvery(env, decision_every)
+    wrapped: SceneObservation
+    if source == "privileged":
+        wrapped = PrivilegedObservation(env)
+    elif source == "emulated":
+        noise = PerceptionNoise.load(noise_path) if noise_path is not None else None
+        wrapped = EmulatedPerceptionObservation(env, noise, seed=seed or 0)
+    else:
+        from perception.perceiver import Perceiver
+
+        camera = cast(DrivingEnv, env.unwrapped).camera_spec
+        wrapped = PerceptionObservation(env, Perceiver(device=perceiver_device, camera=camera))
+    if seed is not None:
+        wrapped.action_space.seed(seed)
+    return wrapped
