@@ -345,9 +345,10 @@ def train_planner_cmd(
                                      "source": source, "seed": seed})
     except LaunchConfigError as exc:
         raise _fail(console, exc) from None
-    fields = cfg.model_dump()
+    fields = cfg.model_dump(exclude={"scenario"})
     job = PlannerTraining(**{**fields, "families": tuple(cfg.families),
-                             "net_arch": tuple(cfg.net_arch)})
+                             "net_arch": tuple(cfg.net_arch)},
+                          env_kwargs={"scenario": cfg.scenario} if cfg.scenario else {})
     try:
         summary = train_planner(job, resume=resume, progress_bar=progress)
     except (FileNotFoundError, ValueError) as exc:

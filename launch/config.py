@@ -376,3 +376,16 @@ class TrainPlannerConfig(_Strict):
     checkpoint_every: int = Field(default=50_000, ge=1)
     device: str = Field(default="cpu", description="cpu | cuda | auto (small MLPs: cpu)")
     subprocess: bool = Field(default=True, description="SubprocVecEnv (spawn) for n_envs > 1")
+    scenario: dict[str, Any] = Field(
+        default={}, description="overrides of sim.config.ScenarioConfig for every family "
+                                "(e.g. {episode_seconds: 30})")
+
+    @model_validator(mode="after")
+    def _scenario(self) -> TrainPlannerConfig:
+        from sim.config import family_config
+
+        try:
+            family_config("highway", **self.scenario)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"scenario: {exc}") from None
+        return self

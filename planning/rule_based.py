@@ -324,14 +324,16 @@ class RulePlanner:
         close = scene.objects[:, 0] < p.min_gap
         return bool((close & self._path_mask(scene, rel * scene.lane_width)).any())
 
-    def lane_free(self, scene: Scene, rel: int) -> bool:
+    def lane_free(self, scene: Scene, rel: int, urgent: bool = False) -> bool:
         """Lane `rel` exists, nothing remembered beside the ego in it, and its gap ahead
-        leaves room to merge without braking hard."""
+        leaves room to merge without braking hard (`urgent`: a shorter gap will do)."""
         p = self.params
         if not (scene.left_lane if rel > 0 else scene.right_lane) or self._beside(scene, rel):
             return False
         v, gap = self.lane_speed(scene, rel)
-        return gap > p.min_gap + p.min_gap_time * scene.speed and v >= scene.speed - 1.0
+        scale = 0.6 if urgent else 1.0
+        need = scale * (p.min_gap + p.min_gap_time * scene.speed)
+        return gap > need and v >= scene.speed - 1.0
 
     def _lane_action(self, scene: Scene) -> int | None:
         p = self.params
@@ -343,8 +345,9 @@ class RulePlanner:
         if v_ego < limit - p.slow_margin:  # blocked or slow: overtake, left first
             for rel in (1, -1):
                 v, gap = self.lane_speed(scene, rel)
-                better = min(v, limit) > v_ego + p.gain and gap > gap_ego + p.gap_gain
-                if better and self.lane_free(scene, rel):
+                better = min(v, limit) > v_ego + p.gain and (
+                    urgent or gap > gap_ego + p.gap_gain)
+                if better and self.lane_free(scene, rel, urgent):
                     return self._change(rel)
             return None
         if self.mem.since_change >= p.keep_right_after:  # free road: keep right

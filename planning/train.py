@@ -114,8 +114,12 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
                   progress_bar: bool = False) -> dict[str, Any]:
     """Train (or continue `resume`, a checkpoint zip, up to `total_timesteps`); returns
     the run summary (also written to out/summary.json)."""
+    import warnings
+
     from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 
+    # the eval env is a DummyVecEnv of the same envs; SB3 warns about the vec class only
+    warnings.filterwarnings("ignore", message="Training and eval env are not of the same")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     env = make_vec(cfg, cfg.seed, cfg.n_envs, cfg.subprocess)

@@ -127,9 +127,10 @@ class PrivilegedObservation(SceneObservation, gym.utils.RecordConstructorArgs):
 def make_planner_env(source: str = "emulated", family: str = "highway",
                      decision_every: int = 3, seed: int | None = None,
                      noise_path: str | None = None, perceiver_device: str = "cpu",
-                     scenario: dict[str, Any] | None = None) -> gym.Env:
-    """The planner's env: `drivestack/{Family}-v0` with meta actions, `DecisionEvery`,
-    then the observation wrapper of `source`.
+                     scenario: dict[str, Any] | None = None,
+                     action_type: str = "meta") -> gym.Env:
+    """The planner's env: `drivestack/{Family}-v0` with meta (or continuous) actions,
+    `DecisionEvery`, then the observation wrapper of `source`.
 
     Args:
         source: "privileged" or "emulated" (state env, no rendering: fast) or
@@ -141,11 +142,14 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         noise_path: noise figures of the emulated source (default: the shipped ones).
         perceiver_device: device of the Perceiver ("cpu", "auto", "0", ...).
         scenario: overrides of the family's `ScenarioConfig` fields.
+        action_type: "meta" (Discrete(5), PPO) or "continuous" (steer, accel; SAC).
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r}; allowed: {', '.join(SOURCES)}")
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; allowed: {', '.join(FAMILIES)}")
+    if action_type not in ("meta", "continuous"):
+        raise ValueError(f"action_type={action_type!r}; allowed: meta, continuous")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be None or a non-negative int, got {seed!r}")
     overrides = dict(scenario or {})
@@ -155,7 +159,7 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
     config = family_config(family, **{k: v for k, v in overrides.items() if k != "family"})
     obs_type = "camera" if source == "perception" else "state"
     env = gym.make(f"drivestack/{family.capitalize()}-v0", scenario=config,
-                   obs_type=obs_type, action_type="meta")
+                   obs_type=obs_type, action_type=action_type)
     env = DecisionEvery(env, decision_every)
     wrapped: SceneObservation
     if source == "privileged":
