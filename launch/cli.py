@@ -88,7 +88,10 @@ def run(
     console.print(f"drivestack run: {config.episodes} x {config.env_id} "
                   f"(seed {config.seed}, driver {config.driver}) -> {config.out}",
                   markup=False, highlight=False, soft_wrap=True)
-    document = _run_with_progress(config, launch_file, console)
+    try:
+        document = _run_with_progress(config, launch_file, console)
+    except (FileNotFoundError, ValueError) as exc:  # missing weights or policy file
+        raise _fail(console, exc) from None
     console.print(summary_table(document))
     failed = _report_files_and_errors(document, config.out, console)
     typer.echo(json.dumps(document, separators=(",", ":")))
@@ -358,6 +361,15 @@ def train_planner_cmd(
                   f"{summary['best_mean_reward']:.2f}; model {summary['final']}",
                   highlight=False)
     typer.echo(json.dumps(summary, separators=(",", ":")))
+
+
+def _register_eval() -> None:
+    from launch.cli_eval import eval_command
+
+    app.command("eval")(eval_command)
+
+
+_register_eval()
 
 
 def _run_with_progress(config: RunConfig, launch_file: Path, console: Console

@@ -24,7 +24,7 @@ from sim.types import CameraSpec
 M = TypeVar("M", bound=BaseModel)
 
 Family = Literal["highway", "rural", "urban"]
-Driver = Literal["autopilot"]
+Driver = Literal["autopilot", "rule", "rl", "privileged"]
 TimeOfDay = Literal["day", "dusk", "night"]
 Weather = Literal["clear", "fog", "rain"]
 
@@ -112,7 +112,13 @@ class RunConfig(_Strict):
     overlays: bool = Field(default=True, description="ground-truth boxes and lanes in the mp4")
     perception: bool = Field(
         default=False, description="predicted boxes (shipped detector) beside the ground truth")
-    driver: Driver = "autopilot"
+    driver: Driver = Field(
+        default="autopilot",
+        description="autopilot (the sim's, on ground truth) | rule (rule-based planner on "
+                    "perception) | rl (shipped RL policy on perception) | privileged "
+                    "(privileged RL policy on the exact scene)")
+    policy: Path | None = Field(default=None, description="policy zip for rl / privileged "
+                                                          "(default: the shipped one)")
 
     @model_validator(mode="before")
     @classmethod

@@ -92,16 +92,55 @@ class AutopilotDriver:
         return self.autopilot.act(env.unwrapped.world)  # type: ignore[attr-defined]
 
 
-def make_driver(name: str) -> Driver:
-    """The driver called `name` in a launch file."""
+class PlannerDriver:
+    """A planner (rule-based or RL) on a scene source, deciding every `decision_every`
+    steps (the meta action once, IDLE in between, as in training)."""
+
+    def __init__(self, planner: Any, source: Any, decision_every: int = 3) -> None:
+        self.planner, self.source, self.every = planner, source, decision_every
+        self.steps = 0
+
+    def reset(self) -> None:
+        self.planner.reset()
+        self.source.reset()
+        self.steps = 0
+
+    def act(self, observation: Any, env: gym.Env) -> Any:
+        from sim.actions import IDLE
+
+        action = IDLE
+        if self.steps % self.every == 0:
+            action = self.planner.act(self.source(env.unwrapped))
+        self.steps += 1
+        return action
+
+
+PLANNER_DRIVERS = {"rule": "rule", "rl": "rl", "privileged": "privileged"}
+"""`drivestack run` driver -> planning.evaluate planner kind."""
+
+
+def make_driver(name: str, perceiver: Any = None, policy: Path | None = None) -> Driver:
+    """The driver called `name` in a launch file (planner drivers on perception need
+    `perceiver`)."""
     if name == "autopilot":
         return AutopilotDriver()
-    raise ValueError(f"unknown driver {name!r}; allowed: autopilot")
+    if name in PLANNER_DRIVERS:
+        from planning.evaluate import build_planner
+
+        kind = PLANNER_DRIVERS[name]
+        planner, source = build_planner(kind, policy=policy if kind == "rl" else None,
+                                        privileged_policy=policy if kind != "rl" else None,
+                                        perceiver=perceiver)
+        return PlannerDriver(planner, source)
+    raise ValueError(f"unknown driver {name!r}; allowed: autopilot, "
+                     f"{', '.join(PLANNER_DRIVERS)}")
 
 
 def make_env(config: RunConfig) -> gym.Env:
-    """The camera env of `config`, continuous actions, bird's-eye rendering available."""
-    return gym.make(config.env_id, obs_type="camera", action_type="continuous",
+    """The camera env of `config` (meta actions for planner drivers, continuous for the
+    autopilot), bird's-eye rendering available."""
+    action_type = "continuous" if config.driver == "autopilot" else "meta"
+    return gym.make(config.env_id, obs_type="camera", action_type=action_type,
                     render_mode="rgb_array", scenario=config.scenario,
                     camera=config.camera.spec())
 
@@ -321,13 +360,15 @@ def run_job(
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     env = make_env(config)
-    driver = make_driver(config.driver)
-    cap = steps_cap(config, env.unwrapped.dt)  # type: ignore[attr-defined]
     perceiver = None
-    if config.perception and config.video.enabled:
+    needs_perception = config.driver in ("rule", "rl")
+    if needs_perception or (config.perception and config.video.enabled):
         from perception.perceiver import Perceiver  # torch loads only when asked for
 
         perceiver = Perceiver(camera=config.camera.spec())
+    driver = make_driver(config.driver, perceiver, config.policy)
+    cap = steps_cap(config, env.unwrapped.dt)  # type: ignore[attr-defined]
+    video_perceiver = perceiver if config.perception else None
     done: list[EpisodeMetrics] = []
     try:
         for i in range(config.episodes):
@@ -340,7 +381,7 @@ def run_job(
                 metrics = run_episode(env, driver, episode=i, seed=config.seed + i,
                                       max_steps=config.max_steps, on_frame=add_frame,
                                       on_step=on_step, overlays=config.overlays,
-                                      perceiver=perceiver if name else None)
+                                      perceiver=video_perceiver if name else None)
             metrics.video = name
             done.append(metrics)
             write_metrics(out, metrics_document(config, launch, done))

@@ -18,6 +18,7 @@ without a collision or leaving the road.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from planning.rule_based import Planner, PolicyPlanner, RulePlanner, load_policy
+from planning.policy import PolicyPlanner, load_policy
+from planning.rule_based import Planner, RulePlanner
 from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
 from sim.actions import IDLE
 from sim.config import family_config
@@ -181,24 +183,43 @@ def make_perceiver(device: str = "auto", camera: CameraSpec | None = None
 
 
 def build_planner(kind: str, *, policy: Path | None = None,
-                  privileged_policy: Path | None = None,
-                  perceiver: Any = None) -> tuple[Planner, SceneSource]:
+                  privileged_policy: Path | None = None, perceiver: Any = None,
+                  model: Any = None) -> tuple[Planner, SceneSource]:
     """The planner and scene source of a kind in PLANNERS (`perceiver` is needed by the
-    perception kinds; policies default to the shipped ones)."""
+    perception kinds; the RL kinds use `model` if given, else load their policy file,
+    by default the shipped one)."""
     if kind not in PLANNERS:
         raise ValueError(f"unknown planner {kind!r}; allowed: {', '.join(PLANNERS)}")
-    source: SceneSource
-    if kind in PERCEPTION_KINDS:
-        if perceiver is None:
-            raise ValueError(f"planner {kind!r} needs a perceiver (perception in the loop)")
-        source = PerceptionSource(perceiver)
-    else:
-        source = PrivilegedSource()
+    if kind in PERCEPTION_KINDS and perceiver is None:
+        raise ValueError(f"planner {kind!r} needs a perceiver (perception in the loop)")
+    source: SceneSource = (PerceptionSource(perceiver) if kind in PERCEPTION_KINDS
+                           else PrivilegedSource())
     if kind in ("rule", "rule-privileged"):
         return RulePlanner(), source
-    path = policy or DEFAULT_POLICY if kind == "rl" else (
-        privileged_policy or DEFAULT_PRIVILEGED_POLICY)
-    return PolicyPlanner(load_policy(path)), source
+    if model is None:
+        model = load_policy(policy or DEFAULT_POLICY if kind == "rl" else
+                            privileged_policy or DEFAULT_PRIVILEGED_POLICY)
+    return PolicyPlanner(model), source
+
+
+def prepare_planners(kinds: Iterable[str], *, policy: Path | None = None,
+                     privileged_policy: Path | None = None, device: str = "auto",
+                     camera: CameraSpec | None = None
+                     ) -> tuple[dict[str, tuple[Planner, SceneSource]], list[str]]:
+    """{kind: (planner, source)} for `kinds` (policies load first, so that a bad file
+    fails before the slow perceiver loads; the perception kinds share one perceiver)
+    and notes on how perception runs."""
+    kinds = list(dict.fromkeys(kinds))
+    if bad := [k for k in kinds if k not in PLANNERS]:
+        raise ValueError(f"unknown planner(s) {bad}; allowed: {', '.join(PLANNERS)}")
+    models = {k: load_policy(policy or DEFAULT_POLICY if k == "rl" else
+                             privileged_policy or DEFAULT_PRIVILEGED_POLICY)
+              for k in kinds if k in ("rl", "privileged")}
+    perceiver, notes = None, []
+    if PERCEPTION_KINDS & set(kinds):
+        perceiver, note = make_perceiver(device, camera)
+        notes += [f"perception on device {perceiver.device!r}", *([note] if note else [])]
+    return {k: build_planner(k, perceiver=perceiver, model=models.get(k)) for k in kinds}, notes
 
 
 class _Tally:
@@ -221,9 +242,8 @@ class _Tally:
         self.jerk += abs(ego.accel - self.prev_accel) / self.env.dt
         self.prev_accel = ego.accel
         if ev["collision"]:
-            live = a.active
-            for k, n in collision_types(ev["collided_track_ids"], a.track_id[live],
-                                        a.cls[live]).items():
+            for k, n in collision_types(ev["collided_track_ids"], a.track_id[a.active],
+                                        a.cls[a.active]).items():
                 self.hits[k] += n
         self.off_road += bool(ev["off_road"])
 
@@ -331,6 +351,18 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
     }
 
 
+def evaluate(planners: Mapping[str, tuple[Planner, SceneSource]], suite: Suite, *,
+             camera: CameraSpec | None = None, seed_offset: int = 0,
+             limit: int | None = None, notes: list[str] | None = None,
+             on_episode: Callable[[EpisodeResult], None] | None = None) -> dict[str, Any]:
+    """Run the suite with every planner (see `prepare_planners`); the `report`."""
+    results: list[EpisodeResult] = []
+    for name, (planner, source) in planners.items():
+        results += run_suite(planner, source, suite, name=name, camera=camera,
+                             seed_offset=seed_offset, limit=limit, on_episode=on_episode)
+    return report(results, suite, seed_offset, notes)
+
+
 HEADLINE = ("success_rate", "route_completion", "collisions_per_100km", "offroad_per_100km",
             "driving_score")
 """The aggregates of the `drivestack eval` contract."""
@@ -346,7 +378,8 @@ def report(results: list[EpisodeResult], suite: Suite, seed_offset: int = 0,
         sets = {s.name: summarize([r for r in mine if r.set == s.name]) for s in suite.sets
                 if any(r.set == s.name for r in mine)}
         planners[name] = {**sets, "all": summarize(mine)}
-    return {"suite": asdict(suite), "seed_offset": seed_offset, "planners": planners,
+    plain_suite = json.loads(json.dumps(asdict(suite)))  # tuples -> lists, as in eval.json
+    return {"suite": plain_suite, "seed_offset": seed_offset, "planners": planners,
             "episodes": [asdict(r) for r in results], "notes": list(notes or [])}
 
 

@@ -1,35 +1,33 @@
-"""Planners: a rule-based one (IDM-style speed, MOBIL-style lane changes) and a wrapper of a
-trained SB3 policy, both choosing one meta action (sim.actions) from a `Scene`.
+"""A rule-based planner (IDM-style speed, MOBIL-style lane changes) choosing one meta
+action per decision from a `Scene` (perception's or the privileged one), and the
+`Planner` protocol it shares with `planning.policy.PolicyPlanner`. Each meta action is
+applied once: the env's `MetaController` moves its target speed by `SPEED_STEP` per
+FASTER / SLOWER and its target lane by one per LANE_LEFT / LANE_RIGHT.
 
-A planner is called once per decision (every `decision_every` env steps); each meta action
-it returns is applied once (the env's `MetaController` moves its target speed by
-`SPEED_STEP` per FASTER / SLOWER and its target lane by one per LANE_LEFT / LANE_RIGHT).
-
-`RulePlanner` reads only the scene, so it drives on perception output as well as on the
-privileged scene. It keeps its own copy of the controller's target speed (the speed at
-reset, then +-SPEED_STEP per FASTER / SLOWER, clamped as the controller clamps) and steps
-it toward a desired speed: the speed limit, capped by a safe-following speed (Gipps) behind
-the nearest object ahead in the ego's corridor, and near pedestrians that may cross. It
-changes lanes only when the ego lane is slow, the other lane exists, its gap ahead is
-clearly larger and safe, nothing was seen close in that lane lately (the camera looks
-ahead only, so what it saw close by is remembered while it may be alongside), and a
-cooldown has passed; with a free right lane it returns right.
+- Speed: `RulePlanner` keeps a copy of the controller's target speed (the speed at reset,
+  then +-SPEED_STEP, clamped as the controller clamps) and steps it toward the speed
+  limit capped by Gipps' safe speed behind every object in the ego's path (objects moving
+  sideways are tested where they will soon be) and before pedestrians that may step into
+  it. SLOWER comes at once, FASTER only when the last few decisions all allow it.
+- Lanes: a change needs a slow ego lane, an existing lane with a clearly higher safe
+  speed and a larger gap (or a blocked ego lane), room to merge, and a cooldown. The
+  camera sees only ahead, so: what was seen close in a neighbour lane is remembered while
+  it may be beside the ego; no discretionary change in the first seconds (what was beside
+  the ego then was never seen), none while far below the limit (unseen traffic from
+  behind would close in fast); a change is aborted when something shows up beside; it
+  returns right only after the right lane has looked empty for long.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from planning.features import FEATURE_DIM, features
 from planning.scene import Scene
-from sim.actions import FASTER, IDLE, LANE_LEFT, LANE_RIGHT, META_ACTIONS, SLOWER, SPEED_STEP
+from sim.actions import FASTER, IDLE, LANE_LEFT, LANE_RIGHT, SLOWER, SPEED_STEP
 from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK
 
 EGO_LENGTH = 4.6
@@ -66,9 +64,9 @@ class RuleParams:
     """Gap kept to a stopped object ahead [m]."""
     corridor_margin: float = 0.5
     """Lateral clearance added to both half widths when testing the ego's path [m]."""
-    slow_margin: float = 2.0
+    slow_margin: float = 6.0
     """The ego lane is slow when its safe speed is this far below the limit [m/s]."""
-    gain: float = 2.5
+    gain: float = 5.0
     """Safe speed a lane change must gain over staying [m/s]."""
     gap_gain: float = 15.0
     """Extra gap ahead a lane change must gain [m]."""
@@ -78,11 +76,11 @@ class RuleParams:
     """Time part of the smallest gap in a target lane [s]."""
     cooldown: float = 4.0
     """Time between two lane changes [s]."""
-    warmup: float = 6.0
+    warmup: float = 10.0
     """No lane change this long after reset: what was beside the ego then was never seen,
     and by now has mostly passed or fallen back [s]."""
-    keep_right_after: float = 8.0
-    """Time after a lane change before returning right [s]."""
+    keep_right_after: float = 15.0
+    """The right lane must have looked empty this long before returning to it [s]."""
     keep_right_gap: float = 60.0
     """Free distance ahead in the right lane needed to return right [m]."""
     memory_gap: float = 15.0
@@ -95,7 +93,16 @@ class RuleParams:
     """Fastest pedestrian lateral speed assumed [m/s]."""
     urgent_decel: float = 4.0
     """When the ego lane's safe speed is this far below the speed, a lane change may
-    skip the warm-up and the cooldown [m/s]."""
+    skip the warm-up [m/s]."""
+    min_change_speed: float = 7.0
+    """No lane change below this speed: a slow change lingers across both lanes [m/s]."""
+    max_closing: float = 15.0
+    """No lane change while this far below the speed limit: unseen traffic from behind
+    would close in too fast [m/s]."""
+    unknown_rate_gap: float = 50.0
+    """Objects this close with no gap rate yet are taken as stopped [m]."""
+    settle: int = 3
+    """Decisions the desired speed must allow a FASTER in a row."""
     cut_in_time: float = 1.5
     """Objects moving sideways are tested where they will be this much later [s]."""
 
@@ -122,12 +129,19 @@ def in_corridor(objects: np.ndarray, centre: float, p: RuleParams) -> np.ndarray
     return (np.abs(objects[:, 1] - centre) < reach) & (objects[:, 0] > -2.0)
 
 
-def leader(objects: np.ndarray, mask: np.ndarray, speed: float) -> tuple[float, float]:
-    """Gap [m] and speed [m/s] of the nearest masked object (inf, 0 when none)."""
+def lane_safe_speed(objects: np.ndarray, mask: np.ndarray, speed: float, p: RuleParams
+                    ) -> tuple[float, float]:
+    """Safe speed [m/s] behind every masked object (the slowest of their Gipps speeds)
+    and the gap to the nearest one [m] (inf, inf when none). An object without a gap rate
+    yet (exactly 0: perception's tracker has not matched it) is taken as stopped when it
+    is closer than `p.unknown_rate_gap`."""
     if not mask.any():
-        return math.inf, 0.0
-    k = int(np.flatnonzero(mask)[np.argmin(objects[mask, 0])])
-    return float(objects[k, 0]), max(speed + float(objects[k, 4]), 0.0)
+        return math.inf, math.inf
+    rows = objects[mask]
+    unknown = (rows[:, 4] == 0.0) & (rows[:, 0] < p.unknown_rate_gap)
+    lead = np.where(unknown, 0.0, np.maximum(speed + rows[:, 4], 0.0))
+    v = min(safe_speed(float(g), float(vl), p) for g, vl in zip(rows[:, 0], lead, strict=True))
+    return v, float(rows[:, 0].min())
 
 
 @dataclass
@@ -163,6 +177,10 @@ class _Memory:
     time: float = 0.0
     """Time since reset [s]."""
     prev_offset: float | None = None
+    recent: list[float] = field(default_factory=list)
+    """Desired speeds of the last decisions [m/s]."""
+    right_empty: float = 0.0
+    """How long the right lane has looked empty for `keep_right_gap` ahead [s]."""
     ghosts: list[_Ghost] = field(default_factory=list)
     lateral: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """(K,) lateral speed [m/s] (left positive) of each object of the last scene."""
@@ -210,6 +228,9 @@ class RulePlanner:
             m.target_lane = m.lane  # a crossing went unseen: trust where we are
         self._track(scene, shift)
         self._remember(scene)
+        gap_right = self.lane_speed(scene, -1)[1] if scene.right_lane else 0.0
+        empty = shift == 0 and gap_right > p.keep_right_gap
+        m.right_empty = m.right_empty + p.decision_dt if empty else 0.0
 
     def _track(self, scene: Scene, shift: int) -> None:
         """Lateral speed of each object, from the nearest match (same class, predicted
@@ -239,7 +260,7 @@ class RulePlanner:
             g.age += p.decision_dt
             if g.gap < 4.0 and g.gap > -g.clear and g.age < p.memory_time:
                 kept.append(g)  # out of the camera's view, maybe beside the ego
-        for o in obj[(np.abs(obj[:, 2]) == 1) & (obj[:, 0] < p.memory_gap)]:
+        for o in obj[(np.abs(obj[:, 2]) <= 1) & (obj[:, 0] < p.memory_gap)]:
             lane = m.lane + int(o[2])
             kept = [g for g in kept if not (g.lane == lane and abs(g.gap - o[0]) < 6.0)]
             clear = LENGTH.get(int(o[3]), 5.0) + EGO_LENGTH + 3.0
@@ -261,9 +282,7 @@ class RulePlanner:
         mask = self._path_mask(scene, rel * scene.lane_width)
         if rel == 0:  # the body's own path too, wherever it is in the lane
             mask |= in_corridor(scene.objects, scene.lane_offset, self.params)
-        gap, v_lead = leader(scene.objects, mask, scene.speed)
-        v = math.inf if math.isinf(gap) else safe_speed(gap, v_lead, self.params)
-        return v, gap
+        return lane_safe_speed(scene.objects, mask, scene.speed, self.params)
 
     def desired_speed(self, scene: Scene) -> float:
         """min(speed limit, safe speed in the ego lane (and the target lane while
@@ -284,7 +303,7 @@ class RulePlanner:
             v_lat = float(self.mem.lateral[k])
             outside = abs(left) - reach
             toward = v_lat * np.sign(left) < -0.3
-            along = scene.speed + rate if rate != 0.0 else 0.0  # 0: not tracked yet
+            along = scene.speed + rate  # an untracked object's rate is -speed: standing
             if outside > 0 and not toward and (abs(v_lat) > 0.3 or abs(along) > 0.5):
                 continue  # walking along the kerb or away from the road
             t_ped = max(outside, 0.0) / p.ped_speed
@@ -294,24 +313,28 @@ class RulePlanner:
         return v
 
     def _speed_action(self, scene: Scene, v_des: float) -> int:
-        m = self.mem
+        """Step the target speed toward `v_des`: down as soon as it is above, up only
+        when the last `settle` decisions all allow it (noisy scenes then make fewer
+        changes)."""
+        m, p = self.mem, self.params
         assert m.target_speed is not None
-        cap = MAX_TARGET_FACTOR * scene.speed_limit
+        m.recent = [*m.recent[1 - p.settle:], v_des] if p.settle > 1 else [v_des]
         if m.target_speed > v_des + 0.25 and m.target_speed > 0.0:
             m.target_speed = max(m.target_speed - SPEED_STEP, 0.0)
             return SLOWER
-        if m.target_speed + SPEED_STEP <= min(v_des, cap) + 0.25:
+        cap = MAX_TARGET_FACTOR * scene.speed_limit
+        if m.target_speed + SPEED_STEP <= min(*m.recent, cap) + 0.25:
             m.target_speed = min(m.target_speed + SPEED_STEP, cap)
             return FASTER
         return IDLE
 
     # -- lanes -----------------------------------------------------------------------------
     def _settled(self, scene: Scene, urgent: bool = False) -> bool:
-        """Not changing lanes, centred, and (unless `urgent`) past the warm-up and the
-        cooldown."""
+        """Not changing lanes, centred, past the cooldown and (unless `urgent`) past the
+        warm-up."""
         m, p = self.mem, self.params
-        waited = m.since_change >= p.cooldown and m.time >= p.warmup
-        return (scene.lane_seen and m.target_lane == m.lane and (waited or urgent)
+        waited = m.since_change >= p.cooldown and (m.time >= p.warmup or urgent)
+        return (scene.lane_seen and m.target_lane == m.lane and waited
                 and abs(scene.lane_offset) < p.settled_offset
                 and abs(scene.heading_error) < 0.05)
 
@@ -339,9 +362,10 @@ class RulePlanner:
         p = self.params
         v_ego, gap_ego = self.lane_speed(scene, 0)
         urgent = v_ego < scene.speed - p.urgent_decel  # must brake hard to stay in lane
-        if not self._settled(scene, urgent):
-            return None
         limit = scene.speed_limit
+        slow = scene.speed < max(p.min_change_speed, limit - p.max_closing)
+        if slow or not self._settled(scene, urgent):
+            return None
         if v_ego < limit - p.slow_margin:  # blocked or slow: overtake, left first
             for rel in (1, -1):
                 v, gap = self.lane_speed(scene, rel)
@@ -350,10 +374,9 @@ class RulePlanner:
                 if better and self.lane_free(scene, rel, urgent):
                     return self._change(rel)
             return None
-        if self.mem.since_change >= p.keep_right_after:  # free road: keep right
-            v, gap = self.lane_speed(scene, -1)
-            if gap > p.keep_right_gap and v >= limit and self.lane_free(scene, -1):
-                return self._change(-1)
+        late = self.mem.time >= 2 * p.warmup  # optional: wait longer for unseen neighbours
+        if late and self.mem.right_empty >= p.keep_right_after and self.lane_free(scene, -1):
+            return self._change(-1)  # free road: keep right
         return None
 
     def _abort(self, scene: Scene) -> int | None:
@@ -373,47 +396,3 @@ class RulePlanner:
         m.target_lane = m.lane + rel
         m.since_change = 0.0
         return LANE_LEFT if rel > 0 else LANE_RIGHT
-
-
-class PolicyPlanner:
-    """A trained SB3 policy whose observation is `features(scene)` and whose action is a
-    meta action."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def reset(self) -> None:
-        pass
-
-    def act(self, scene: Scene) -> int:
-        action, _ = self.model.predict(features(scene), deterministic=True)
-        return int(np.asarray(action).item())
-
-
-class PolicyLoadError(ValueError):
-    """A policy file that cannot be used; `str(err)` names the file and the problem."""
-
-
-def load_policy(path: str | Path, device: str = "cpu") -> Any:
-    """The SB3 PPO model saved at `path`, checked to take `features` vectors and give meta
-    actions. Raises `PolicyLoadError` for a missing, corrupted or mismatched file."""
-    p = Path(path)
-    if not p.is_file():
-        raise PolicyLoadError(f"policy file {p} not found; train one with "
-                              "`drivestack train-planner` or pass another --policy")
-    from stable_baselines3 import PPO  # torch loads only when a policy is asked for
-
-    try:
-        model = PPO.load(p, device=device)
-    except (zipfile.BadZipFile, pickle.UnpicklingError, AssertionError, ValueError, KeyError,
-            TypeError, AttributeError, EOFError, RuntimeError, OSError) as exc:
-        raise PolicyLoadError(f"policy file {p} is not a readable SB3 PPO zip: "
-                              f"{type(exc).__name__}: {exc}") from None
-    shape = getattr(model.observation_space, "shape", None)
-    n = getattr(model.action_space, "n", None)
-    if shape != (FEATURE_DIM,) or n != len(META_ACTIONS):
-        raise PolicyLoadError(
-            f"policy file {p} takes observations of shape {shape} and {n} actions; the "
-            f"planner gives ({FEATURE_DIM},) feature vectors and {len(META_ACTIONS)} meta "
-            "actions")
-    return model

@@ -62,6 +62,9 @@ class Scene:
     """(K, 5) float32 rows (gap [m], left of the ego lane centre [m], relative lane,
     class id, gap rate [m/s]: how fast the gap grows), sorted by gap. Perception fills the
     gap rate by tracking (`with_gap_rates`); the world knows it exactly."""
+    tracked: np.ndarray | None = None
+    """(K,) bool: the object's gap rate was measured (it was seen in the previous scene
+    too); None: all measured (the privileged scene)."""
 
 
 def lane_of(left: np.ndarray, lane_width: float) -> np.ndarray:
@@ -167,20 +170,27 @@ def with_gap_rates(prev: Scene | None, cur: Scene, dt: float, smoothing: float =
                    ) -> Scene:
     """`cur` with each object's gap rate estimated from `prev` (the scene `dt` seconds
     before): an object is matched to the nearest previous one of the same lane and class
-    whose gap differs by less than 3 m + 40 m/s * dt; the raw rate is blended with the
-    matched object's previous rate (`smoothing` of the old). Unmatched objects get 0."""
-    if prev is None or not len(cur.objects) or not len(prev.objects) or dt <= 0:
-        return cur
+    whose gap differs by less than 3 m + 40 m/s * dt. The raw rate (gap change / dt) is
+    blended with the previous estimate (`smoothing` of the old) when that one was itself
+    measured. An object seen for the first time is assumed to stand still (gap rate =
+    -ego speed: the safe guess) and marked untracked in `Scene.tracked`."""
     objs = cur.objects.copy()
+    tracked = np.zeros(len(objs), bool)
+    objs[:, 4] = -cur.speed
+    prev_objs = prev.objects if prev is not None and dt > 0 else np.empty((0, 5), np.float32)
+    prev_tracked = (prev.tracked if prev is not None and prev.tracked is not None
+                    else np.ones(len(prev_objs), bool))
     used: set[int] = set()
     for i, o in enumerate(objs):
-        same = np.flatnonzero((prev.objects[:, 2] == o[2]) & (prev.objects[:, 3] == o[3]))
+        same = np.flatnonzero((prev_objs[:, 2] == o[2]) & (prev_objs[:, 3] == o[3]))
         same = np.array([j for j in same if j not in used], np.int64)
         if not same.size:
             continue
-        j = int(same[np.argmin(np.abs(prev.objects[same, 0] - o[0]))])
-        if abs(prev.objects[j, 0] - o[0]) < 3.0 + 40.0 * dt:
+        j = int(same[np.argmin(np.abs(prev_objs[same, 0] - o[0]))])
+        if abs(prev_objs[j, 0] - o[0]) < 3.0 + 40.0 * dt:
             used.add(j)
-            raw = (o[0] - prev.objects[j, 0]) / dt
-            objs[i, 4] = smoothing * prev.objects[j, 4] + (1 - smoothing) * raw
-    return replace(cur, objects=objs)
+            raw = (o[0] - prev_objs[j, 0]) / dt
+            keep = smoothing if prev_tracked[j] else 0.0
+            objs[i, 4] = keep * prev_objs[j, 4] + (1 - keep) * raw
+            tracked[i] = True
+    return replace(cur, objects=objs, tracked=tracked)

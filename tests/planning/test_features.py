@@ -3,6 +3,8 @@ both sources agree on a real frame."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -104,7 +106,9 @@ def test_scene_from_hand_made_perception() -> None:
     zc = fwd * np.cos(pitch) + CAM.mount_height * np.sin(pitch)
     yc = -fwd * np.sin(pitch) + CAM.mount_height * np.cos(pitch)
     u, v = CAM.width / 2 - f * left / zc, cy + f * yc / zc
-    scene = scene_from_perception(_perception([[u - 10, v - 12, u + 10, v]], _straight_lanes()),
+    # boxes have exclusive max corners: the lowest object pixel row is y1 - 1
+    box = [u - 10, v - 12, u + 11, v + 1]
+    scene = scene_from_perception(_perception([box], _straight_lanes()),
                                   speed=15.0, camera=CAM, speed_limit=20.0)
     assert scene.lane_seen and scene.left_lane and scene.right_lane
     assert scene.lane_width == pytest.approx(3.6, abs=0.05)
@@ -124,9 +128,17 @@ def test_gap_rates_come_from_tracking() -> None:
     prev = _scene([[30.0, 0.0, 0, CAR, 0.0], [10.0, 3.5, 1, CAR, 0.0]])
     cur = _scene([[29.0, 0.0, 0, CAR, 0.0], [10.5, 3.5, 1, CAR, 0.0],
                   [60.0, -3.5, -1, CAR, 0.0]])
-    out = with_gap_rates(prev, cur, dt=0.2, smoothing=0.0)
-    np.testing.assert_allclose(out.objects[:, 4], [-5.0, 2.5, 0.0])
-    assert with_gap_rates(None, cur, 0.2) is cur
+    out = with_gap_rates(prev, cur, dt=0.2, smoothing=0.5)
+    # prev had no tracked flags (all measured): blended half with its rate 0
+    np.testing.assert_allclose(out.objects[:, 4], [-2.5, 1.25, -20.0])
+    assert out.tracked.tolist() == [True, True, False]  # the new one is assumed standing
+    first = with_gap_rates(None, cur, 0.2)
+    assert not first.tracked.any() and (first.objects[:, 4] == -cur.speed).all()
+    # an object first seen (untracked) gets its raw rate on the next scene, not a blend
+    nxt = replace(cur, objects=cur.objects.copy())
+    nxt.objects[:, 0] += 1.0
+    again = with_gap_rates(first, nxt, dt=0.2, smoothing=0.5)
+    np.testing.assert_allclose(again.objects[:, 4], [5.0, 5.0, 5.0])
 
 
 def test_both_sources_agree_on_a_real_frame() -> None:

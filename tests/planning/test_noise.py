@@ -285,13 +285,15 @@ def test_zero_noise_matches_privileged_and_rates_come_from_tracking() -> None:
     emulated, exact = EmulatedSource(PerceptionNoise()), PrivilegedSource()
     first = emulated(env)
     truth = exact(env)
-    assert (truth.objects[:, 4] != 0).any() and (first.objects[:, 4] == 0).all()
+    # first sight: no rate measured yet, every object assumed standing (-ego speed)
+    assert (truth.objects[:, 4] != 0).any() and not first.tracked.any()
+    np.testing.assert_allclose(first.objects[:, 4], -truth.speed)
     errors = []
     for _ in range(60):
         env.step(1)
         e, x = emulated(env), exact(env)
         np.testing.assert_array_equal(e.objects[:, :4], x.objects[:, :4])
-        assert replace(e, objects=x.objects) == x
+        assert replace(e, objects=x.objects, tracked=None) == x
         errors += np.abs(e.objects[:, 4] - x.objects[:, 4]).tolist()
     assert np.median(errors) < 0.3  # tracked rates near the true ones
 

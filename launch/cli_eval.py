@@ -1,0 +1,150 @@
+"""`drivestack eval`: the driving benchmark from the command line (registered in
+launch/cli.py as `app.command("eval")(eval_command)`).
+
+The table goes to stderr, the files (eval.json, episodes.csv, summary.csv, summary.md,
+summary.png) into the output folder, and the last stdout line is one JSON object: the
+headline aggregates on the nominal set for one planner, or per planner under "planners".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from launch.config import LaunchConfigError, load_launch
+from launch.eval_suite import DEFAULT_EVAL_LAUNCH, EvalConfig, SuiteConfig
+
+
+def _fail(console: Console, message: str) -> typer.Exit:
+    console.print(f"error: {message}", style="bold red", markup=False, highlight=False,
+                  soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def load_eval_config(launch_file: Path, suite: Path | None, overrides: dict[str, Any]
+                     ) -> EvalConfig:
+    """The launch file with the command-line overrides, its suite replaced by the suite
+    file when one is given. Raises LaunchConfigError."""
+    cfg = load_launch(launch_file, EvalConfig, overrides=overrides)
+    if suite is not None:
+        cfg = cfg.model_copy(update={"suite": load_launch(suite, SuiteConfig)})
+    return cfg
+
+
+def eval_command(
+    launch_file: Annotated[Path, typer.Argument(
+        help="Launch file (YAML); default: the packaged launch/eval.yaml.",
+        show_default=False)] = DEFAULT_EVAL_LAUNCH,
+    planner: Annotated[str | None, typer.Option(
+        help="rl | rule | privileged | rule-privileged | all (default: the launch "
+             "file's `planner`).")] = None,
+    suite: Annotated[Path | None, typer.Option(
+        help="Suite file (max_steps, nominal, adverse) replacing the launch file's "
+             "`suite`.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Offset added to every scenario seed (evaluate on unseen seeds).")] = None,
+    episodes: Annotated[int | None, typer.Option(
+        "--episodes", "-n", help="Run only the first N episodes of the suite.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Override `out` (output folder).")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        help="Policy zip of the RL planner (of the privileged one with --planner "
+             "privileged).")] = None,
+) -> None:
+    """Drive planners over a fixed scenario suite: success rate, route completion,
+    collisions and off-road per 100 km, speed, jerk and a CARLA-style driving score,
+    perception in the loop beside the privileged scene.
+
+    Exit codes: 0 evaluated; 1 an episode raised (recorded, the others still ran);
+    2 a bad launch or suite file, option or policy file.
+    """
+    from planning.policy import PolicyLoadError
+
+    console = Console(stderr=True)
+    overrides = {"planner": planner, "seed": seed, "episodes": episodes, "out": out}
+    try:
+        cfg = load_eval_config(launch_file, suite, overrides)
+        if policy is not None:  # the policy of the planner asked for
+            key = "privileged_policy" if cfg.planner == "privileged" else "policy"
+            cfg = cfg.model_copy(update={key: policy})
+        planners, notes = _prepare(cfg)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except (LaunchConfigError, PolicyLoadError) as exc:
+        raise _fail(console, str(exc)) from None
+    except FileNotFoundError as exc:  # perception weights
+        raise _fail(console, f"perception: {exc}") from None
+    except OSError as exc:
+        raise _fail(console, f"out: cannot create the output folder {cfg.out}: "
+                             f"{exc.strerror or exc}") from None
+    document = _run(cfg, planners, notes, console)
+    from planning.eval_report import write_report
+    from planning.evaluate import headline
+
+    files = write_report(document, cfg.out)
+    console.print(results_table(document))
+    for line in document["notes"]:
+        console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print("wrote " + ", ".join(str(f) for f in files), markup=False,
+                  highlight=False, soft_wrap=True)
+    errors = [e for e in document["episodes"] if e["error"]]
+    for e in errors:
+        console.print(f"{e['planner']} {e['family']} seed {e['seed']} failed: {e['error']}",
+                      style="bold red", markup=False, highlight=False, soft_wrap=True)
+    typer.echo(json.dumps(headline(document), separators=(",", ":")))
+    if errors:
+        raise typer.Exit(code=1)
+
+
+def _prepare(cfg: EvalConfig) -> tuple[dict[str, Any], list[str]]:
+    from planning.evaluate import prepare_planners
+
+    return prepare_planners(cfg.kinds, policy=cfg.policy,
+                            privileged_policy=cfg.privileged_policy, device=cfg.device,
+                            camera=cfg.camera.spec())
+
+
+def _run(cfg: EvalConfig, planners: dict[str, Any], notes: list[str], console: Console
+         ) -> dict[str, Any]:
+    """`evaluate` under a progress bar counting episodes over every planner."""
+    from planning.evaluate import evaluate
+
+    suite = cfg.suite.suite(cfg.decision_every)
+    n = len(suite.cases(cfg.seed, cfg.episodes))
+    console.print(f"drivestack eval: {', '.join(planners)} x {n} episodes "
+                  f"(<= {suite.max_steps} steps, seeds +{cfg.seed}) -> {cfg.out}",
+                  markup=False, highlight=False, soft_wrap=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("episodes"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("eval", total=n * len(planners))
+
+        def done(result: Any) -> None:
+            progress.update(task, advance=1, description=f"{result.planner} {result.family}")
+
+        return evaluate(planners, suite, camera=cfg.camera.spec(), seed_offset=cfg.seed,
+                        limit=cfg.episodes, notes=notes, on_episode=done)
+
+
+SHORT_TITLES = ("success", "route", "coll/100km", "off/100km", "v [m/s]", "jerk", "score")
+"""Column titles of the terminal table (summary.md has the long ones)."""
+
+
+def results_table(document: dict[str, Any]) -> Table:
+    """One row per planner and set, the columns of summary.md."""
+    from planning.eval_report import COLUMNS, fmt, summary_rows
+
+    table = Table(title="drivestack eval", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+    for name in ("planner", "set", "eps", *SHORT_TITLES):
+        table.add_column(escape(name), justify="left" if name in ("planner", "set")
+                         else "right", no_wrap=True)
+    for row in summary_rows(document):
+        table.add_row(row["planner"], row["set"], str(row["episodes"]),
+                      *(fmt(row[key], kind) for key, _, kind in COLUMNS))
+    return table

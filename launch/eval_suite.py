@@ -1,0 +1,96 @@
+"""Launch models of `drivestack eval`: the scenario suite (families x conditions x seeds,
+in a "nominal" set and an optional "adverse" one) and the eval job around it.
+
+A suite is either the `suite:` section of the eval launch file or a file of its own
+(`--suite FILE`, the same keys at the top level). Both are strict like every launch model:
+unknown keys are errors naming the allowed ones; families, times of day and weathers are
+checked against their allowed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
+
+from launch.config import CameraConfig, Family, TimeOfDay, Weather, _Strict
+from planning.evaluate import PLANNERS, Suite, SuiteSet
+
+PlannerChoice = Literal["rl", "rule", "privileged", "rule-privileged", "all"]
+DEFAULT_EVAL_LAUNCH = Path(__file__).with_name("eval.yaml")
+"""The packaged launch file of `drivestack eval`."""
+SMOKE_SUITE = Path(__file__).with_name("eval_smoke.yaml")
+"""A two-episode suite for smoke tests (`--suite launch/eval_smoke.yaml`)."""
+assert set(get_args(PlannerChoice)) == {*PLANNERS, "all"}, "PlannerChoice != PLANNERS"
+
+
+class ConditionConfig(_Strict):
+    """One rendering condition of a suite set."""
+
+    time_of_day: TimeOfDay = "day"
+    weather: Weather = "clear"
+
+
+class SetConfig(_Strict):
+    """One group of scenarios: every family x every condition x every seed."""
+
+    families: list[Family] = Field(default=["highway", "rural", "urban"], min_length=1)
+    conditions: list[ConditionConfig] = Field(default=[ConditionConfig()], min_length=1)
+    seeds: list[int] = Field(min_length=1, description="scenario seeds (each >= 0)")
+
+    @model_validator(mode="after")
+    def _check_seeds(self) -> SetConfig:
+        bad = [s for s in self.seeds if s < 0]
+        if bad:
+            raise ValueError(f"seeds: must be >= 0, got {bad}")
+        return self
+
+    def suite_set(self, name: str) -> SuiteSet:
+        return SuiteSet(name=name, families=tuple(self.families),
+                        conditions=tuple((c.time_of_day, c.weather) for c in self.conditions),
+                        seeds=tuple(self.seeds))
+
+
+class SuiteConfig(_Strict):
+    """The scenario suite: `nominal` (the targets are reported on it) and an optional
+    `adverse` set (night, fog, rain), each families x conditions x seeds."""
+
+    max_steps: int = Field(default=600, ge=1, le=1350,
+                           description="cap on steps per episode (15 Hz; the sim's "
+                                       "episodes end at 90 s = 1350 steps)")
+    nominal: SetConfig = SetConfig(seeds=list(range(1000, 1010)))
+    adverse: SetConfig | None = None
+
+    def suite(self, decision_every: int = 3) -> Suite:
+        """The planning-side `Suite` these settings describe."""
+        sets = [self.nominal.suite_set("nominal")]
+        if self.adverse is not None:
+            sets.append(self.adverse.suite_set("adverse"))
+        return Suite(sets=tuple(sets), max_steps=self.max_steps, decision_every=decision_every)
+
+
+class EvalConfig(_Strict):
+    """Launch file of `drivestack eval`: which planners, on which suite, with which
+    policies, written where."""
+
+    planner: PlannerChoice = Field(
+        default="all", description="rl | rule | privileged | rule-privileged | all")
+    policy: Path | None = Field(
+        default=None, description="RL policy zip; default: planning/weights/planner.zip")
+    privileged_policy: Path | None = Field(
+        default=None,
+        description="privileged RL policy zip; default: planning/weights/planner_privileged.zip")
+    device: str = Field(default="auto", description="perception device: auto | cpu | 0 | mps")
+    seed: int = Field(default=0, ge=0, description="offset added to every scenario seed")
+    episodes: int | None = Field(default=None, ge=1,
+                                 description="run only the first N episodes of the suite")
+    decision_every: int = Field(default=3, ge=1, description="env steps per decision")
+    out: Path = Field(default=Path("runs/eval"), description="output folder")
+    camera: CameraConfig = CameraConfig()
+    suite: SuiteConfig = SuiteConfig()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The planner kinds to run (all of PLANNERS for "all")."""
+        return PLANNERS if self.planner == "all" else (self.planner,)
