@@ -285,6 +285,10 @@ def _perception_summary(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"mAP50": report["all"].get("mAP50"),
                            "mAP50-95": report["all"].get("mAP50-95"),
                            "lane_f1": lanes["all"].get("f1"),
+                           "nominal": {
+                               "mAP50": report["nominal (day, clear)"].get("mAP50"),
+                               "mAP50-95": report["nominal (day, clear)"].get("mAP50-95"),
+                               "lane_f1": lanes["nominal (day, clear)"].get("f1")},
                            "offset_mae_m": lanes["all"].get("offset_mae_m")}
     for key, r in report.items():
         if key.startswith(("time_of_day=", "weather=")) and "mAP50" in r:
@@ -296,9 +300,9 @@ def _perception_summary(report: dict[str, Any]) -> dict[str, Any]:
 def _detection_table(report: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     for col in ("subset", "images", "objects", "mAP50", "mAP50-95"):
-        table.add_column(col, justify="left" if col == "subset" else "right")
+        table.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True)
     for key, r in report.items():
-        if isinstance(r, dict) and "mAP50" in r:
+        if isinstance(r, dict) and "mAP50" in r and "images" in r:
             table.add_row(key, str(r["images"]), str(r["objects"]), _fmt(r["mAP50"], 3),
                           _fmt(r["mAP50-95"], 3))
     return table
@@ -308,10 +312,11 @@ def _lane_table(lanes: dict[str, Any], title: str) -> Table:
     cols = ("f1", "tusimple_accuracy", "tusimple_fp", "tusimple_fn", "offset_mae_m",
             "heading_mae_rad")
     table = Table(title=title)
-    table.add_column("subset")
+    table.add_column("subset", no_wrap=True)
     table.add_column("images", justify="right")
     for col in cols:
-        table.add_column(col.replace("tusimple_", "TuSimple "), justify="right")
+        table.add_column(col.replace("tusimple_", "TS ").replace("_mae", " MAE"),
+                         justify="right")
     for key, r in lanes.items():
         if r.get("images"):
             table.add_row(key, str(r["images"]), *(_fmt(r[c], 3) for c in cols))

@@ -84,6 +84,7 @@ def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str
                          [_gt(anns.get(im["id"], []), every) for im in images], n)
     per_class: list[float | None] = list(full["ap50_95_per_class"])  # type: ignore[call-overload]
     report["per_class_mAP50-95"] = dict(zip(CLASS_NAMES, per_class, strict=True))
+    report["nominal (day, clear)"] = score(is_nominal, every)
     for key in ("time_of_day", "weather", "family"):
         for value in sorted({im[key] for im in images}):
             report[f"{key}={value}"] = score(_equals(key, value), every)
@@ -92,6 +93,11 @@ def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str
     for name, (lo, hi) in VISIBILITY_BUCKETS.items():
         report[name] = score(every, _within("visible_fraction", lo, hi))
     return report
+
+
+def is_nominal(item: dict) -> bool:
+    """Nominal conditions, where the targets apply: day and clear weather."""
+    return bool(item.get("time_of_day") == "day" and item.get("weather") == "clear")
 
 
 def _equals(key: str, value: Any) -> Callable[[dict], bool]:

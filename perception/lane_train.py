@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from perception.evaluate import is_nominal
 from perception.lanes import (
     LANE_SLOTS,
     MIN_POINTS,
@@ -253,6 +254,8 @@ def evaluate_lanes(model: Any, spec: LaneModelSpec, split: LaneSplit, device: st
     camera = camera or split.camera
     pred = predict_lanes(model, spec, split.images, device)
     report: dict[str, Any] = {"all": lane_scores(pred, split, camera)}
+    report["nominal (day, clear)"] = lane_scores(
+        pred, split, camera, np.array([is_nominal(m) for m in split.meta], bool))
     for key in ("time_of_day", "weather", "family"):
         values = [m.get(key) for m in split.meta]
         for value in sorted({v for v in values if v is not None}):

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS, resolve_device
 from perception.lanes import LANE_SLOTS, decode, lane_geometry, load_lane_model
 from perception.offline import ultralytics_offline
-from sim.types import CameraSpec
+from sim.types import ABSENT, CameraSpec
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,12 @@ class Perceiver:
         if lanes:
             torch_device = f"cuda:{self.device}" if self.device.isdigit() else self.device
             self.lane_model, self.lane_spec, _ = load_lane_model(lane_weights, torch_device)
-            if (self.lane_spec.height, self.lane_spec.width) != (self.camera.height,
-                                                                 self.camera.width):
-                raise ValueError(f"lane model takes {self.lane_spec.width}x"
-                                 f"{self.lane_spec.height} frames, the camera is "
-                                 f"{self.camera.width}x{self.camera.height}")
+            ls = self.lane_spec
+            self._lane_scale = self.camera.width / ls.width
+            if abs(self.camera.height / ls.height - self._lane_scale) > 1e-6:
+                raise ValueError(f"lane model takes {ls.width}x{ls.height} frames; the camera "
+                                 f"is {self.camera.width}x{self.camera.height}, another "
+                                 "aspect ratio (frames of the same shape are resized)")
             self._lane_device = torch_device
             if torch_device.startswith("cuda"):
                 self.lane_model = self.lane_model.half()  # fp16 on CUDA, as the detector
@@ -183,10 +185,16 @@ class Perceiver:
             return [None] * len(batch)
         import torch
 
+        ls, k = self.lane_spec, self._lane_scale
+        if k != 1.0:  # same aspect ratio: run the model at its size, scale back
+            batch = [cv2.resize(f, (ls.width, ls.height), interpolation=cv2.INTER_AREA)
+                     for f in batch]
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(batch)).to(self._lane_device)
-            xs, scores = decode(self.lane_model(x).cpu(), self.lane_spec)
-        rows = np.asarray(self.lane_spec.rows, np.int64)
+            xs, scores = decode(self.lane_model(x).cpu(), ls)
+        rows = np.round(np.asarray(ls.rows, np.float64) * k).astype(np.int64)
+        if k != 1.0:
+            xs = np.where(xs == ABSENT, ABSENT, xs * k).astype(np.float32)
         out: list[LaneEstimate | None] = []
         for x_img, sc in zip(xs, scores, strict=True):
             offset, heading = lane_geometry(x_img, rows, self.camera)

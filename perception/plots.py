@@ -20,7 +20,7 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], title: str
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
 
 

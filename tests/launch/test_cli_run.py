@@ -138,7 +138,7 @@ class _FailingDriver:
 def test_an_episode_that_raises_is_recorded_and_the_run_goes_on(
     write_launch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(launch.runner, "make_driver", lambda name: _FailingDriver())
+    monkeypatch.setattr(launch.runner, "make_driver", lambda *a, **k: _FailingDriver())
     path = write_launch(TINY.replace("episodes: 1", "episodes: 2"))
     out = tmp_path / "err"
     result = runner.invoke(app, ["run", str(path), "--out", str(out)])

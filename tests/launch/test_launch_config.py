@@ -79,7 +79,7 @@ def test_bad_literal_lists_allowed_values(write_launch) -> None:
 @pytest.mark.parametrize(("text", "key", "allowed"), [
     ("scenario: {clutter: city}\n", "scenario.clutter", ["sparse", "rural", "urban"]),
     ("scenario: {weather: {snow: 1.0}}\n", "scenario.weather", ["clear", "fog", "rain"]),
-    ("driver: rl\n", "driver", ["autopilot"]),
+    ("driver: mpc\n", "driver", ["autopilot", "rule", "rl", "privileged"]),
     ("camera: {near: 1.0}\n", "camera.near", ["width", "height", "fov_deg", "pitch_deg"]),
     ("video: {fps: 30, codec: h265}\n", "video.codec", ["enabled", "fps", "episodes"]),
 ])
