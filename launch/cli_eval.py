@@ -80,9 +80,8 @@ def eval_command(
         raise _fail(console, str(exc)) from None
     except FileNotFoundError as exc:  # perception weights
         raise _fail(console, f"perception: {exc}") from None
-    except OSError as exc:
-        raise _fail(console, f"out: cannot create the output folder {cfg.out}: "
-                             f"{exc.strerror or exc}") from None
+    except OSError as exc:  # an unreadable launch file or an output folder not made
+        raise _fail(console, f"{exc.filename or 'out'}: {exc.strerror or exc}") from None
     document = _run(cfg, planners, notes, console)
     from planning.eval_report import write_report
     from planning.evaluate import headline

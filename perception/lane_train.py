@@ -182,12 +182,21 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
         _save_last(out / "last.pt", model, opt, sched, gen, {
             "epoch": epoch + 1, "epochs": cfg.epochs, "backbone": cfg.backbone,
             "best_f1": best_f1, "history": history})
-        with open(out / "results.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        _write_results(out / "results.jsonl", history)
         if on_epoch is not None:
             on_epoch(row)
     return {"weights": str(out / "best.pt"), "best_val_f1": best_f1, "epochs": cfg.epochs,
             "train_images": len(images), "history": history}
+
+
+def _write_results(path: Path, history: list[dict[str, Any]]) -> None:
+    """The run's epochs as JSON lines, rewritten whole (atomically) from the history, so
+    a fresh run never mixes with an old one and a resumed run has each epoch once."""
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    os.replace(tmp, path)
 
 
 def _save_last(path: Path, model: Any, opt: Any, sched: Any, gen: Any,
@@ -242,8 +251,8 @@ def lane_scores(pred: np.ndarray, split: LaneSplit, camera: CameraSpec,
     return {
         "images": int(idx.size), "f1": cul["f1"], "tusimple_accuracy": tus["accuracy"],
         "tusimple_fp": tus["fp_rate"], "tusimple_fn": tus["fn_rate"],
-        "offset_mae_m": float(off_err[found].mean()) if found.any() else float("nan"),
-        "heading_mae_rad": float(head_err[found].mean()) if found.any() else float("nan"),
+        "offset_mae_m": float(off_err[found].mean()) if found.any() else None,
+        "heading_mae_rad": float(head_err[found].mean()) if found.any() else None,
         "ego_lane_found": float(found.mean()),
     }
 

@@ -192,9 +192,10 @@ class Perceiver:
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(batch)).to(self._lane_device)
             xs, scores = decode(self.lane_model(x).cpu(), ls)
-        rows = np.round(np.asarray(ls.rows, np.float64) * k).astype(np.int64)
+        rows = np.round((np.asarray(ls.rows, np.float64) + 0.5) * k - 0.5).astype(np.int64)
         if k != 1.0:
-            xs = np.where(xs == ABSENT, ABSENT, xs * k).astype(np.float32)
+            # pixel centres: x_camera + 0.5 = (x_model + 0.5) * k
+            xs = np.where(xs == ABSENT, ABSENT, (xs + 0.5) * k - 0.5).astype(np.float32)
         out: list[LaneEstimate | None] = []
         for x_img, sc in zip(xs, scores, strict=True):
             offset, heading = lane_geometry(x_img, rows, self.camera)

@@ -20,7 +20,7 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], title: str
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -45,7 +45,7 @@ def plot_perception_report(report: dict[str, Any], out: Path | str) -> list[Path
                if isinstance(v, dict) and v.get("images") and "mAP50" in v]
     if subsets:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-        _bars(axes[0], subsets, {m: [report[s]["mAP50"] for s in subsets]
+        _bars(axes[0], subsets, {m: [report[s][m] for s in subsets]
                                  for m in ("mAP50", "mAP50-95")}, "detection by subset")
         classes = report.get("per_class_mAP50-95", {})
         names = [c for c, v in classes.items() if v is not None]
@@ -60,7 +60,8 @@ def plot_perception_report(report: dict[str, Any], out: Path | str) -> list[Path
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
         _bars(axes[0], keys, {m: [lanes[k][m] for k in keys]
                               for m in ("f1", "tusimple_accuracy")}, "lanes by subset")
-        errs = [lanes[k]["offset_mae_m"] for k in keys]
+        errs = [float("nan") if lanes[k]["offset_mae_m"] is None else lanes[k]["offset_mae_m"]
+                for k in keys]
         axes[1].bar(keys, errs, color="tab:red")
         axes[1].set_title("ego offset error [m] (mean absolute)", fontsize=10)
         axes[1].tick_params(axis="x", rotation=30, labelsize=8)

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from perception.lanes import NOMINAL_LANE_WIDTH
+from perception.perceiver import box_foot
 from planning.scene import (
     MAX_RANGE,
     Scene,
@@ -219,9 +220,9 @@ def match_boxes(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray,
 
 def _foot_left(boxes: np.ndarray, camera: CameraSpec) -> np.ndarray:
     """Left position [m] of each box's bottom centre on the ground (NaN above the horizon)."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    a = ((b[:, 0] + b[:, 2]) / 2 - camera.width / 2) / camera.focal_px
-    v = (b[:, 3] - camera.height / 2) / camera.focal_px
+    u, row = box_foot(boxes)  # the perceiver's convention (lowest pixel row y1 - 1)
+    a = (u - camera.width / 2) / camera.focal_px
+    v = (row - camera.height / 2) / camera.focal_px
     pitch = np.radians(camera.pitch_deg)
     down = v * np.cos(pitch) + np.sin(pitch)
     t = np.where(down > 1e-3, camera.mount_height / np.maximum(down, 1e-3), np.nan)
@@ -438,7 +439,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     from perception.perceiver import Perceiver
 
-    perceiver = Perceiver(device="cpu", lane_weights=args.lane_weights)
+    summary = Path(args.data) / "summary.json"
+    cam = json.loads(summary.read_text()).get("camera") if summary.is_file() else None
+    perceiver = Perceiver(device="cpu", lane_weights=args.lane_weights,
+                          camera=CameraSpec(**cam) if cam else None)
     noise = measure_noise(perceiver, args.data, args.split, args.limit, progress=True)
     noise = replace(noise, measured_on=f"{noise.measured_on}; detector {perceiver.weights.name}"
                     f", lanes {args.lane_weights or 'perception/weights/lanes.pt'}")

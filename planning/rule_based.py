@@ -99,7 +99,6 @@ class RuleParams:
     max_closing: float = 15.0
     """No lane change while this far below the speed limit: unseen traffic from behind
     would close in too fast [m/s]."""
-    unknown_rate_gap: float = 50.0
     """Objects this close with no gap rate yet are taken as stopped [m]."""
     settle: int = 3
     """Decisions the desired speed must allow a FASTER in a row."""
@@ -132,14 +131,13 @@ def in_corridor(objects: np.ndarray, centre: float, p: RuleParams) -> np.ndarray
 def lane_safe_speed(objects: np.ndarray, mask: np.ndarray, speed: float, p: RuleParams
                     ) -> tuple[float, float]:
     """Safe speed [m/s] behind every masked object (the slowest of their Gipps speeds)
-    and the gap to the nearest one [m] (inf, inf when none). An object without a gap rate
-    yet (exactly 0: perception's tracker has not matched it) is taken as stopped when it
-    is closer than `p.unknown_rate_gap`."""
+    and the gap to the nearest one [m] (inf, inf when none). An object perception has not
+    tracked yet carries the gap rate -speed (`planning.scene.with_gap_rates`), so it is
+    taken as stopped."""
     if not mask.any():
         return math.inf, math.inf
     rows = objects[mask]
-    unknown = (rows[:, 4] == 0.0) & (rows[:, 0] < p.unknown_rate_gap)
-    lead = np.where(unknown, 0.0, np.maximum(speed + rows[:, 4], 0.0))
+    lead = np.maximum(speed + rows[:, 4], 0.0)
     v = min(safe_speed(float(g), float(vl), p) for g, vl in zip(rows[:, 0], lead, strict=True))
     return v, float(rows[:, 0].min())
 

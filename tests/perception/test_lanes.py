@@ -170,6 +170,10 @@ def test_training_writes_weights_and_resumes(tiny_data: Path, tmp_path: Path) ->
     again = train_lanes(LaneTraining(data=tiny_data, out=tmp_path / "run", epochs=2, batch=4,
                                      resume=True))
     assert len(again["history"]) == 2  # nothing left to do: the history is the saved one
+    # a fresh run into the same folder replaces the log, it does not append to it
+    train_lanes(LaneTraining(data=tiny_data, out=tmp_path / "run", epochs=1, batch=4))
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1]
     report = evaluate_lane_weights(Path(first["weights"]), tiny_data, "val")
     assert report["all"]["images"] == 2 and 0.0 <= report["all"]["f1"] <= 1.0
     assert any(k.startswith("time_of_day=") for k in report)

@@ -57,10 +57,13 @@ def test_slow_car_ahead_and_no_free_lane_slows_down() -> None:
 
 
 def test_an_object_without_a_gap_rate_yet_is_taken_as_stopped() -> None:
-    """Perception's tracker gives a newly seen object a gap rate of exactly 0."""
-    new = scene([(35.0, 0.0, CAR, 25.0)], left=False, right=False)
-    tracked = scene([(35.0, 0.0, CAR, 25.1)], left=False, right=False)
-    assert new.objects[0, 4] == 0.0 and RulePlanner().act(new) == SLOWER
+    """Perception's tracker gives a newly seen object the gap rate -speed (standing)."""
+    from planning.scene import with_gap_rates
+
+    tracked = scene([(35.0, 0.0, CAR, 25.0)], left=False, right=False)
+    new = with_gap_rates(None, tracked, 0.2)
+    assert not new.tracked[0] and new.objects[0, 4] == -25.0
+    assert RulePlanner().act(new) == SLOWER
     assert RulePlanner().act(tracked) == IDLE
 
 
