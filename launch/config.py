@@ -382,6 +382,9 @@ class TrainPlannerConfig(_Strict):
     checkpoint_every: int = Field(default=50_000, ge=1)
     device: str = Field(default="cpu", description="cpu | cuda | auto (small MLPs: cpu)")
     subprocess: bool = Field(default=True, description="SubprocVecEnv (spawn) for n_envs > 1")
+    imitation_steps: int = Field(
+        default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
+    imitation_epochs: int = Field(default=10, ge=1)
     scenario: dict[str, Any] = Field(
         default={}, description="overrides of sim.config.ScenarioConfig for every family "
                                 "(e.g. {episode_seconds: 30})")

@@ -62,6 +62,10 @@ class PlannerTraining:
     """SubprocVecEnv (spawn) when n_envs > 1; DummyVecEnv otherwise."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra make_planner_env arguments (e.g. noise_path)."""
+    imitation_steps: int = 0
+    """Warm start: decisions of the rule-based planner recorded on the training source
+    and cloned into the policy before RL (0: start from scratch). PPO only."""
+    imitation_epochs: int = 10
 
 
 def _env_fn(kwargs: dict[str, Any]) -> Callable[[], Any]:
@@ -110,6 +114,68 @@ def _model(cfg: PlannerTraining, env: Any, resume: Path | None) -> Any:
                tensorboard_log=tb, verbose=0)
 
 
+def collect_demonstrations(cfg: PlannerTraining, steps: int, seed: int
+                           ) -> tuple[Any, Any]:
+    """(observations (N, FEATURE_DIM), meta actions (N,)) of the rule-based planner
+    driving the training source's envs, the families in turn, one episode each."""
+    import numpy as np
+
+    from planning.rule_based import RulePlanner
+
+    obs_out: list[Any] = []
+    act_out: list[int] = []
+    planner = RulePlanner()
+    episode = 0
+    env = None
+    while len(act_out) < steps:
+        family = cfg.families[episode % len(cfg.families)]
+        if env is not None:
+            env.close()
+        env = make_planner_env(source=cfg.source, family=family,
+                               decision_every=cfg.decision_every, seed=seed + episode,
+                               **cfg.env_kwargs)
+        obs, _ = env.reset(seed=seed + episode)
+        planner.reset()
+        done = False
+        while not done and len(act_out) < steps:
+            action = planner.act(env.scene)  # type: ignore[attr-defined]
+            obs_out.append(obs)
+            act_out.append(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+        episode += 1
+    if env is not None:
+        env.close()
+    return np.asarray(obs_out, np.float32), np.asarray(act_out, np.int64)
+
+
+def clone_into(model: Any, obs: Any, actions: Any, epochs: int, seed: int,
+               batch: int = 256) -> float:
+    """Behaviour cloning: maximise the policy's log-likelihood of `actions`; returns the
+    final accuracy of its greedy action on the demonstrations."""
+    import torch
+
+    policy = model.policy
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor(obs, device=policy.device)
+    y = torch.as_tensor(actions, device=policy.device)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    policy.set_training_mode(True)
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), batch):
+            idx = order[i: i + batch]
+            _, log_prob, _ = policy.evaluate_actions(x[idx], y[idx])
+            loss = -log_prob.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        greedy = policy.get_distribution(x).distribution.probs.argmax(-1)
+    return float((greedy == y).float().mean())
+
+
 def train_planner(cfg: PlannerTraining, resume: Path | None = None,
                   progress_bar: bool = False) -> dict[str, Any]:
     """Train (or continue `resume`, a checkpoint zip, up to `total_timesteps`); returns
@@ -127,6 +193,16 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
     try:
         model = _model(cfg, env, resume)
         done_before = int(model.num_timesteps)
+        imitation: dict[str, Any] = {}
+        if cfg.imitation_steps and resume is None:
+            if cfg.algo != "ppo":
+                raise ValueError("imitation_steps: the warm start is for ppo (meta actions)")
+            t0 = time.perf_counter()
+            obs, actions = collect_demonstrations(cfg, cfg.imitation_steps, cfg.seed + 50_000)
+            acc = clone_into(model, obs, actions, cfg.imitation_epochs, cfg.seed)
+            _atomic_save(model, out / "imitation.zip")
+            imitation = {"steps": len(actions), "accuracy": round(acc, 4),
+                         "seconds": round(time.perf_counter() - t0, 1)}
         callbacks = [
             EvalCallback(eval_env, n_eval_episodes=cfg.eval_episodes,
                          eval_freq=max(cfg.eval_every // cfg.n_envs, 1),
@@ -151,6 +227,7 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
             "wall_s": round(wall, 1), "agent_steps_per_s": round(steps / max(wall, 1e-9), 1),
             "sim_steps_per_s": round(steps * cfg.decision_every / max(wall, 1e-9), 1),
             "best_mean_reward": float(best.best_mean_reward),
+            "imitation": imitation,
             "config": {k: (str(v) if isinstance(v, Path) else v)
                        for k, v in asdict(cfg).items()},
         }

@@ -57,6 +57,19 @@ def test_tiny_run_writes_models_and_resumes(write_launch, tmp_path: Path) -> Non
 def test_privileged_source_trains_too(write_launch, tmp_path: Path) -> None:
     summary = _train(write_launch, tmp_path / "priv", source="privileged")
     assert summary["config"]["source"] == "privileged" and summary["timesteps"] == 256
+    assert summary["imitation"] == {}
+
+
+def test_imitation_warm_start_clones_the_rule_planner(write_launch, tmp_path: Path) -> None:
+    out = tmp_path / "bc"
+    launch = write_launch(TINY.format(out=out, source="emulated")
+                          + "imitation_steps: 300\nimitation_epochs: 20\n")
+    result = runner.invoke(app, ["train-planner", str(launch), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["imitation"]["steps"] == 300 and (out / "imitation.zip").is_file()
+    # a random 5-way policy agrees ~20 %; cloning must do clearly better
+    assert summary["imitation"]["accuracy"] >= 0.45
 
 
 @pytest.mark.parametrize(("text", "needles"), [
