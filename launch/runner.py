@@ -115,8 +115,8 @@ class PlannerDriver:
         return action
 
 
-PLANNER_DRIVERS = {"rule": "rule", "rl": "rl", "privileged": "privileged"}
-"""`drivestack run` driver -> planning.evaluate planner kind."""
+PLANNER_DRIVERS = ("rule", "rl", "privileged")
+"""`drivestack run` drivers that are planning.evaluate planner kinds of the same name."""
 
 
 def make_driver(name: str, perceiver: Any = None, policy: Path | None = None) -> Driver:
@@ -127,9 +127,8 @@ def make_driver(name: str, perceiver: Any = None, policy: Path | None = None) ->
     if name in PLANNER_DRIVERS:
         from planning.evaluate import build_planner
 
-        kind = PLANNER_DRIVERS[name]
-        planner, source = build_planner(kind, policy=policy if kind == "rl" else None,
-                                        privileged_policy=policy if kind != "rl" else None,
+        planner, source = build_planner(name, policy=policy if name == "rl" else None,
+                                        privileged_policy=policy if name != "rl" else None,
                                         perceiver=perceiver)
         return PlannerDriver(planner, source)
     raise ValueError(f"unknown driver {name!r}; allowed: autopilot, "

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from perception.geometry import fit_boundary, to_ground
 from sim.types import ABSENT, CameraSpec
 
 Backbone = Literal["cnn", "vit"]
@@ -169,24 +170,8 @@ def ground_points(xs: np.ndarray, rows: np.ndarray, camera: CameraSpec) -> np.nd
     """Image points (x at rows, ABSENT skipped) -> ground (K, 2): forward, left [m] from the
     camera, on flat ground; points at or above the horizon are dropped."""
     ok = xs != ABSENT
-    u, v = xs[ok].astype(np.float64), np.asarray(rows, np.float64)[ok]
-    f = camera.focal_px
-    a, b = (u - camera.width / 2) / f, (v - camera.height / 2) / f
-    pitch = np.radians(camera.pitch_deg)
-    down = b * np.cos(pitch) + np.sin(pitch)
-    keep = down > 1e-3
-    t = camera.mount_height / down[keep]
-    return np.stack([t * (np.cos(pitch) - b[keep] * np.sin(pitch)), -t * a[keep]], axis=1)
-
-
-def _fit(points: np.ndarray, far: float) -> np.ndarray | None:
-    """Polynomial left(forward) through the points within `far` m (quadratic when they
-    span 15 m or more, else linear); None with fewer than 2 points."""
-    p = points[points[:, 0] <= far]
-    if len(p) < 2:
-        return None
-    deg = 2 if np.ptp(p[:, 0]) >= 15.0 and len(p) >= 4 else 1
-    return np.polyfit(p[:, 0], p[:, 1], deg)
+    pts = to_ground(xs[ok], np.asarray(rows)[ok], camera)
+    return pts[np.isfinite(pts[:, 0])]
 
 
 def lane_geometry(xs: np.ndarray, rows: np.ndarray, camera: CameraSpec, far: float = 40.0
@@ -197,7 +182,7 @@ def lane_geometry(xs: np.ndarray, rows: np.ndarray, camera: CameraSpec, far: flo
 
     NaN when neither ego boundary is seen; with one, the other is assumed
     NOMINAL_LANE_WIDTH away."""
-    fits = [_fit(ground_points(xs[s], rows, camera), far) for s in (EGO_LEFT, EGO_RIGHT)]
+    fits = [fit_boundary(ground_points(xs[s], rows, camera), far) for s in (EGO_LEFT, EGO_RIGHT)]
     x0 = -camera.mount_forward
     if fits[0] is None and fits[1] is None:
         return float("nan"), float("nan")

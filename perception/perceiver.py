@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS, resolve_device
+from perception.geometry import box_foot, to_ground
 from perception.lanes import LANE_SLOTS, decode, lane_geometry, load_lane_model
 from perception.offline import ultralytics_offline
 from sim.types import ABSENT, CameraSpec
@@ -75,27 +76,12 @@ class Perception:
     """Share of the batch's wall time for this frame [ms]."""
 
 
-def box_foot(boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image point (u, v) [px] of each box's bottom centre. Boxes have exclusive max
-    corners and the renderer puts pixel centres on integer coordinates (OpenCV), so the
-    lowest object pixel row is y1 - 1: that is where the object meets the ground."""
-    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
-    return (b[:, 0] + b[:, 2] - 1.0) / 2, b[:, 3] - 1.0
-
-
 def ground_distance(boxes_xyxy: np.ndarray, camera: CameraSpec) -> np.ndarray:
-    """Distance [m] from the camera to where each box's bottom centre meets the ground."""
-    u, v = box_foot(boxes_xyxy)
-    f = camera.focal_px
-    x = (u - camera.width / 2) / f
-    y = (v - camera.height / 2) / f
-    pitch = np.radians(camera.pitch_deg)
-    down = y * np.cos(pitch) + np.sin(pitch)  # ray component toward the ground
-    forward = -y * np.sin(pitch) + np.cos(pitch)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(down > 1e-6, camera.mount_height / down, np.inf)
-        dist = np.hypot(t * x, t * forward)
-    return np.where(np.isfinite(t), dist, np.inf).astype(np.float32)
+    """Distance [m] from the camera to where each box's bottom centre meets the ground;
+    inf for boxes whose foot is at or above the horizon."""
+    ground = to_ground(*box_foot(boxes_xyxy), camera)
+    dist = np.hypot(ground[:, 0], ground[:, 1])
+    return np.where(np.isfinite(dist), dist, np.inf).astype(np.float32)
 
 
 class Perceiver:

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from perception.geometry import box_foot, to_ground
 from perception.lanes import NOMINAL_LANE_WIDTH
-from perception.perceiver import box_foot
 from planning.scene import (
     MAX_RANGE,
     Scene,
@@ -220,13 +220,7 @@ def match_boxes(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray,
 
 def _foot_left(boxes: np.ndarray, camera: CameraSpec) -> np.ndarray:
     """Left position [m] of each box's bottom centre on the ground (NaN above the horizon)."""
-    u, row = box_foot(boxes)  # the perceiver's convention (lowest pixel row y1 - 1)
-    a = (u - camera.width / 2) / camera.focal_px
-    v = (row - camera.height / 2) / camera.focal_px
-    pitch = np.radians(camera.pitch_deg)
-    down = v * np.cos(pitch) + np.sin(pitch)
-    t = np.where(down > 1e-3, camera.mount_height / np.maximum(down, 1e-3), np.nan)
-    return -t * a
+    return to_ground(*box_foot(boxes), camera)[:, 1]
 
 
 @dataclass

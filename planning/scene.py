@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from perception.geometry import box_foot, fit_boundary, to_ground
 from perception.lanes import EGO_LEFT, EGO_RIGHT, NOMINAL_LANE_WIDTH, ground_points
-from perception.perceiver import Perception, box_foot
+from perception.perceiver import Perception
 from sim.types import ABSENT, CameraSpec, EgoState
 from sim.world.world import World
 
@@ -73,16 +74,6 @@ def lane_of(left: np.ndarray, lane_width: float) -> np.ndarray:
     return np.round(np.asarray(left, np.float64) / max(lane_width, 1.0))
 
 
-def _fit_boundary(xs: np.ndarray, rows: np.ndarray, camera: CameraSpec
-                  ) -> np.ndarray | None:
-    pts = ground_points(xs, rows, camera)
-    pts = pts[pts[:, 0] <= 50.0]
-    if len(pts) < 2:
-        return None
-    deg = 2 if len(pts) >= 4 and np.ptp(pts[:, 0]) >= 15.0 else 1
-    return np.polyfit(pts[:, 0], pts[:, 1], deg)
-
-
 def scene_from_perception(p: Perception, speed: float, camera: CameraSpec,
                           speed_limit: float) -> Scene:
     """A scene from one frame's perception, the ego speed and the road's speed limit."""
@@ -91,7 +82,8 @@ def scene_from_perception(p: Perception, speed: float, camera: CameraSpec,
     left_lane = right_lane = False
     offset = heading = 0.0
     if lanes is not None:
-        fits = [_fit_boundary(lanes.xs[s], lanes.rows, camera) for s in (EGO_LEFT, EGO_RIGHT)]
+        fits = [fit_boundary(ground_points(lanes.xs[s], lanes.rows, camera), 50.0)
+                for s in (EGO_LEFT, EGO_RIGHT)]
         left_lane = bool((lanes.xs[0] != ABSENT).any())
         right_lane = bool((lanes.xs[3] != ABSENT).any())
         if np.isfinite(lanes.ego_offset):
@@ -116,10 +108,9 @@ def scene_from_perception(p: Perception, speed: float, camera: CameraSpec,
     b = np.asarray(d.boxes_xyxy, np.float64).reshape(-1, 4)
     rows = np.empty((0, 5), np.float32)
     if len(b):
-        u, v = box_foot(b)
-        foot = ground_points(u, v, camera)
-        below = _below_horizon(v, camera)
-        cls = np.asarray(d.classes)[below]
+        foot = to_ground(*box_foot(b), camera)
+        below = np.isfinite(foot[:, 0])
+        foot, cls = foot[below], np.asarray(d.classes)[below]
         if len(foot):
             fwd = foot[:, 0]
             left = foot[:, 1] - centre(fwd)
@@ -131,13 +122,6 @@ def scene_from_perception(p: Perception, speed: float, camera: CameraSpec,
                  heading_error=float(heading), lane_seen=lane_seen, left_lane=left_lane,
                  right_lane=right_lane, lane_width=width,
                  objects=rows[np.argsort(rows[:, 0], kind="stable")])
-
-
-def _below_horizon(v: np.ndarray, camera: CameraSpec) -> np.ndarray:
-    """Which image rows cast onto the ground (the mask `ground_points` applies)."""
-    b = (np.asarray(v, np.float64) - camera.height / 2) / camera.focal_px
-    pitch = np.radians(camera.pitch_deg)
-    return b * np.cos(pitch) + np.sin(pitch) > 1e-3
 
 
 def scene_from_world(world: World, camera: CameraSpec) -> Scene:

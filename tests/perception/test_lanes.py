@@ -184,3 +184,10 @@ def test_training_without_lane_labels_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="drivestack dataset"):
         train_lanes(LaneTraining(data=tmp_path, out=tmp_path / "run", epochs=1))
+
+
+def test_a_spec_without_anchor_rows_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="anchor row"):
+        LaneModelSpec(rows=())
+    with pytest.raises(ValueError, match="backbone"):
+        LaneModelSpec(rows=ROWS, backbone="resnet")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401
-from perception.lanes import LaneModelSpec, slot_targets
+from perception.lanes import slot_targets
 from perception.perceiver import Detections, LaneEstimate, Perception
 from planning.features import (
     CLIP,
@@ -174,8 +174,3 @@ def test_both_sources_agree_on_a_real_frame() -> None:
             assert len(twin) and np.min(np.abs(twin[:, 0] - gap)) < 0.1 * gap + 2.0
             checked += 1
     assert checked >= 3
-
-
-def test_lane_spec_rows_match_the_dataset_rows() -> None:
-    with pytest.raises(ValueError, match="anchor row"):
-        LaneModelSpec(rows=())
