@@ -78,13 +78,65 @@ class LaneOnly:
             return decode(self.model(x).float().cpu(), self.spec)[0]
 
 
+class BatchedPipeline:
+    """Detector network + NMS + lane network on a whole uint8 batch, without ultralytics'
+    per-image pre- and post-processing: frames go to the device as one (B, 192, 320, 3)
+    tensor (both sides multiples of 32, so no letterbox), fp16 on CUDA. This is the path a
+    batched renderer or the data engine's offline labelling would feed; returns, per frame,
+    the (n, 6) boxes xyxy/conf/class and the decoded lane x (slots, rows)."""
+
+    def __init__(self, device: str, conf: float = 0.25) -> None:
+        import torch
+        from ultralytics import YOLO
+
+        from perception.offline import ultralytics_offline
+
+        ultralytics_offline()
+        self.torch, self.conf = torch, conf
+        self.device = "cuda:0" if device not in ("cpu", "mps") else device
+        self.half = self.device.startswith("cuda")
+        det = YOLO(str(DEFAULT_WEIGHTS)).model.fuse().to(self.device).eval()
+        lanes, self.spec, _ = load_lane_model(DEFAULT_LANE_WEIGHTS, self.device)
+        self.det, self.lanes = (det.half(), lanes.half()) if self.half else (det, lanes)
+
+    def __call__(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        from ultralytics.utils.nms import non_max_suppression
+
+        from perception.lanes import decode
+
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack(frames)).to(self.device, non_blocking=True)
+            img = x.permute(0, 3, 1, 2).to(torch.float16 if self.half else torch.float32)
+            pred = self.det(img / 255.0)
+            boxes = non_max_suppression(pred, conf_thres=self.conf, iou_thres=0.7, max_det=100)
+            xs, _ = decode(self.lanes(x).float().cpu(), self.spec)
+        return [(b.float().cpu().numpy(), xs[i]) for i, b in enumerate(boxes)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--batched-only", action="store_true",
+                   help="only the batched pipeline, at batch 1..1024 (the GPU figure)")
     args = p.parse_args()
     images = frames(128)
     fig: dict[str, object] = {"machine": platform.machine(), "cpu_threads": os.cpu_count()}
+    if args.batched_only:
+        pipe = BatchedPipeline(args.device)
+        agree = _agreement(pipe, Perceiver(device=args.device, conf=0.25), images[:8])
+        fig["batched_vs_perceiver_boxes"] = agree
+        print(f"batched pipeline vs Perceiver on 8 frames: {agree}")
+        for batch in (1, 8, 64, 256, 1024):
+            many = (images * (batch // len(images) + 2))[: batch + len(images)]
+            r = measure(pipe, many, batch, args.seconds)
+            fig[f"batched_pipeline_batch_{batch}"] = {**r, "device": args.device}
+            print(f"[batched pipeline] batch {batch}: {r['ms_per_frame']} ms/frame, "
+                  f"{r['frames_per_s']} frames/s")
+        fig["target_frames_per_s_gpu"] = 5000
+        print(json.dumps(fig))
+        return
     backends: dict[str, Any] = {
         "detector_pytorch_320": Perceiver(weights=DEFAULT_WEIGHTS, device=args.device,
                                           imgsz=320, lanes=False)}
@@ -109,6 +161,27 @@ def main() -> None:
     print(f"detector + lanes (Perceiver) at batch 1: {both} ms/frame (target <= 20 ms on "
           "2 CPU cores)")
     print(json.dumps(fig))
+
+
+def _agreement(pipe: BatchedPipeline, perceiver: Perceiver, images: list[np.ndarray]
+               ) -> dict[str, float]:
+    """How far the batched path's boxes are from the Perceiver's on the same frames (the
+    Perceiver letterboxes to 320x320, so small differences are expected)."""
+    ours = pipe(images)
+    theirs = perceiver(images)
+    n_ours = sum(len(b) for b, _ in ours)
+    n_theirs = sum(len(p.detections.boxes_xyxy) for p in theirs)
+    matched = 0
+    for (b, _), p in zip(ours, theirs, strict=True):
+        ref = p.detections.boxes_xyxy
+        if len(b) and len(ref):
+            lt = np.maximum(b[:, None, :2], ref[None, :, :2])
+            rb = np.minimum(b[:, None, 2:4], ref[None, :, 2:])
+            inter = np.clip(rb - lt, 0, None).prod(-1)
+            area = lambda z: (z[..., 2] - z[..., 0]) * (z[..., 3] - z[..., 1])  # noqa: E731
+            iou = inter / (area(b[:, None, :4]) + area(ref[None]) - inter)
+            matched += int((iou.max(1) >= 0.7).sum())
+    return {"boxes_batched": n_ours, "boxes_perceiver": n_theirs, "matched_iou_0.7": matched}
 
 
 if __name__ == "__main__":

@@ -110,6 +110,9 @@ def dataset(
     frames: Annotated[int | None, typer.Option(min=1, help="Override `frames`.")] = None,
     seed: Annotated[int | None, typer.Option(
         min=0, help="Override `seed` (offsets every episode seed).")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Processes rendering episodes; the dataset is the same for any number.")
+    ] = 1,
 ) -> None:
     """Render a perception dataset: YOLO images/labels + data.yaml, COCO JSON, lane lines.
 
@@ -133,7 +136,8 @@ def dataset(
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("frames", total=cfg.frames)
         try:
-            summary = generate(plan, cfg.out, on_frame=lambda n: progress.advance(task, n))
+            summary = generate(plan, cfg.out, on_frame=lambda n: progress.advance(task, n),
+                               workers=workers)
         except OSError as exc:
             raise _fail(console, ValueError(f"out: cannot write {cfg.out}: {exc}")) from None
     typer.echo(json.dumps({"out": str(cfg.out), **summary}, separators=(",", ":")))
@@ -193,7 +197,7 @@ def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
     job = DetectorTraining(data=cfg.data / "data.yaml", out=cfg.out / "detector",
                            architecture=det.architecture, epochs=det.epochs, imgsz=det.imgsz,
                            batch=det.batch, seed=cfg.seed, device=cfg.device,
-                           workers=det.workers)
+                           workers=det.workers, hours=det.hours, cache=det.cache)
     result = train_detector(job)
     h, w = dataset_image_size(job.data)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))

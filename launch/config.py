@@ -333,6 +333,9 @@ class DetectorConfig(_Strict):
     imgsz: int = Field(default=320, ge=32, description="training image size [px]")
     batch: int = Field(default=16, ge=1)
     workers: int = Field(default=2, ge=0)
+    hours: float | None = Field(default=None, gt=0, description=(
+        "wall-clock budget [h]; overrides epochs (the schedule fits the budget)"))
+    cache: bool = Field(default=False, description="decode training images once into RAM")
 
 
 class LaneConfig(_Strict):

@@ -18,10 +18,14 @@ evaluation: too small or mostly hidden objects are not labelled.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import multiprocessing
 import os
 import shutil
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -111,6 +115,51 @@ def lane_record(gt: GroundTruth, image: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class FrameRecord:
+    """One recorded frame, encoded and labelled, ready to write (picklable, so worker
+    processes can render and the parent alone writes, in episode order)."""
+
+    image: str
+    """Path relative to the dataset folder (images/{split}/{name}.{ext})."""
+    encoded: bytes
+    yolo: list[str]
+    coco_image: dict[str, Any]
+    """COCO image entry without its id (the writer numbers images per split)."""
+    coco_annotations: list[dict[str, Any]]
+    """COCO annotations without id and image_id."""
+    lanes: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def frame_record(image: np.ndarray, gt: GroundTruth, meta: dict[str, Any],
+                 image_format: str = "jpg") -> FrameRecord:
+    """Encode one frame and its labels (the ignore rule applied)."""
+    split = meta["split"]
+    name = f"e{meta['episode_seed']:07d}_s{meta['step']:04d}"
+    rel = f"images/{split}/{name}.{image_format}"
+    h, w = image.shape[:2]
+    ok, buf = cv2.imencode(f".{image_format}", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise OSError(f"could not encode {rel}")
+    keep = keep_mask(gt)
+    anns = []
+    for box, cls, tid, dist, vis in zip(gt.boxes_xyxy[keep], gt.class_ids[keep],
+                                        gt.track_ids[keep], gt.distance[keep],
+                                        gt.visible_fraction[keep], strict=True):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        anns.append({"category_id": int(cls) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                     "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "track_id": int(tid),
+                     "distance": round(float(dist), 3),
+                     "visible_fraction": round(float(vis), 4)})
+    return FrameRecord(
+        image=rel, encoded=buf.tobytes(), yolo=yolo_lines(gt, keep, w, h),
+        coco_image={"file_name": rel, "width": w, "height": h,
+                    **{k: meta[k] for k in ("family", "time_of_day", "weather")}},
+        coco_annotations=anns, lanes=lane_record(gt, rel), meta=meta)
+
+
 class _Writer:
     """Collects frames into a temporary folder; `finish` writes the index files and
     renames the folder into place."""
@@ -129,35 +178,22 @@ class _Writer:
         self.counts = {s: 0 for s in SPLITS}
         self.boxes = {s: 0 for s in SPLITS}
 
-    def add(self, image: np.ndarray, gt: GroundTruth, meta: dict[str, Any]) -> None:
-        split = meta["split"]
-        name = f"e{meta['episode_seed']:07d}_s{meta['step']:04d}"
-        rel = f"images/{split}/{name}.{self.plan.image_format}"
-        h, w = image.shape[:2]
-        if not cv2.imwrite(str(self.tmp / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, 95]):
-            raise OSError(f"could not write {self.tmp / rel}")
-        keep = keep_mask(gt)
-        lines = yolo_lines(gt, keep, w, h)
-        (self.tmp / f"labels/{split}/{name}.txt").write_text("\n".join(lines) + ("\n" if lines
-                                                                               else ""))
+    def add(self, rec: FrameRecord) -> None:
+        split = rec.meta["split"]
+        (self.tmp / rec.image).write_bytes(rec.encoded)
+        (self.tmp / f"labels/{split}/{Path(rec.image).stem}.txt").write_text(
+            "".join(x + "\n" for x in rec.yolo))
         coco = self.coco[split]
         image_id = len(coco["images"]) + 1
-        coco["images"].append({"id": image_id, "file_name": rel, "width": w, "height": h,
-                               **{k: meta[k] for k in ("family", "time_of_day", "weather")}})
-        for box, cls, tid, dist, vis in zip(gt.boxes_xyxy[keep], gt.class_ids[keep],
-                                            gt.track_ids[keep], gt.distance[keep],
-                                            gt.visible_fraction[keep], strict=True):
-            x0, y0, x1, y1 = (float(v) for v in box)
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": image_id,
-                "category_id": int(cls) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "track_id": int(tid),
-                "distance": round(float(dist), 3), "visible_fraction": round(float(vis), 4)})
-        self.lanes[split].append(json.dumps(lane_record(gt, rel)))
-        self.meta.append(json.dumps({"image": rel, **meta, "objects": int(keep.sum())}))
+        coco["images"].append({"id": image_id, **rec.coco_image})
+        for ann in rec.coco_annotations:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1,
+                                        "image_id": image_id, **ann})
+        self.lanes[split].append(json.dumps(rec.lanes))
+        self.meta.append(json.dumps({"image": rec.image, **rec.meta,
+                                     "objects": len(rec.yolo)}))
         self.counts[split] += 1
-        self.boxes[split] += int(keep.sum())
+        self.boxes[split] += len(rec.yolo)
 
     def finish(self) -> dict[str, Any]:
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)]
@@ -188,40 +224,100 @@ class _Writer:
 
 
 def generate(plan: DatasetPlan, out: Path | str,
-             on_frame: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Render `plan.frames` frames into `out` (replaced if it exists); returns the summary."""
+             on_frame: Callable[[int], None] | None = None, workers: int = 1) -> dict[str, Any]:
+    """Render `plan.frames` frames into `out` (replaced if it exists); returns the summary.
+
+    With `workers` > 1, episodes render in that many processes and are written in episode
+    order, so the dataset is byte-identical to a one-process run of the same plan.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers}; must be >= 1")
     out = Path(out)
     writer = _Writer(out, plan)
-    envs: dict[str, gym.Env] = {}
     try:
-        done, k = 0, 0
-        while done < plan.frames:
-            seed = plan.seed + k
-            rng = np.random.default_rng([seed, 0xDA7A])
-            family = pick_weighted(rng, plan.families)
-            if family not in envs:
-                envs[family] = gym.make(f"drivestack/{family.capitalize()}-v0",
-                                        camera=plan.camera, obs_type="camera")
-            env = cast(DrivingEnv, envs[family].unwrapped)
-            tod, weather = pick_weighted(rng, plan.time_of_day), pick_weighted(rng, plan.weather)
-            env.config = sim.family_config(family, time_of_day={tod: 1}, weather={weather: 1})
-            done += _episode(env, plan, seed, family, writer, plan.frames - done, on_frame)
-            k += 1
+        done = 0
+        for records in _episodes(plan, workers):
+            for rec in records[:plan.frames - done]:
+                writer.add(rec)
+                done += 1
+                if on_frame is not None:
+                    on_frame(1)
+            if done >= plan.frames:
+                break
         return writer.finish()
     except BaseException:
         writer.abort()
         raise
-    finally:
-        for made in envs.values():
+
+
+def _episodes(plan: DatasetPlan, workers: int) -> Iterator[list[FrameRecord]]:
+    """The records of episodes k = 0, 1, 2, ... in order (endless; the caller stops)."""
+    if workers == 1:
+        renderer = _EpisodeRenderer(plan)
+        try:
+            for k in itertools.count():
+                yield renderer(k)
+        finally:
+            renderer.close()
+        return
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters register the sim ids
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(plan,)) as pool:
+        pending: deque[Future[list[FrameRecord]]] = deque()
+        k = 0
+        try:
+            while True:
+                while len(pending) < 2 * workers:
+                    pending.append(pool.submit(_render_in_worker, k))
+                    k += 1
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+class _EpisodeRenderer:
+    """Drives episodes with the autopilot; keeps one env per family."""
+
+    def __init__(self, plan: DatasetPlan) -> None:
+        self.plan = plan
+        self.envs: dict[str, gym.Env] = {}
+
+    def __call__(self, k: int) -> list[FrameRecord]:
+        plan = self.plan
+        seed = plan.seed + k
+        rng = np.random.default_rng([seed, 0xDA7A])
+        family = pick_weighted(rng, plan.families)
+        if family not in self.envs:
+            self.envs[family] = gym.make(f"drivestack/{family.capitalize()}-v0",
+                                         camera=plan.camera, obs_type="camera")
+        env = cast(DrivingEnv, self.envs[family].unwrapped)
+        tod, weather = pick_weighted(rng, plan.time_of_day), pick_weighted(rng, plan.weather)
+        env.config = sim.family_config(family, time_of_day={tod: 1}, weather={weather: 1})
+        return _episode(env, plan, seed, family)
+
+    def close(self) -> None:
+        for made in self.envs.values():
             made.close()
 
 
-def _episode(env: DrivingEnv, plan: DatasetPlan, seed: int, family: str, writer: _Writer,
-             budget: int, on_frame: Callable[[int], None] | None) -> int:
+_WORKER: dict[str, _EpisodeRenderer] = {}
+"""The renderer of a worker process (set by its initializer; empty in the parent)."""
+
+
+def _init_worker(plan: DatasetPlan) -> None:
+    _WORKER["renderer"] = _EpisodeRenderer(plan)
+
+
+def _render_in_worker(k: int) -> list[FrameRecord]:
+    return _WORKER["renderer"](k)
+
+
+def _episode(env: DrivingEnv, plan: DatasetPlan, seed: int, family: str) -> list[FrameRecord]:
     """Drive one episode with the autopilot, recording every `stride`-th frame."""
     env.reset(seed=seed)
     pilot = Autopilot()
-    recorded = 0
+    records: list[FrameRecord] = []
     for step in range(1, 100_000):
         assert env.world is not None
         _, _, terminated, truncated, _ = env.step(pilot.act(env.world))
@@ -229,13 +325,10 @@ def _episode(env: DrivingEnv, plan: DatasetPlan, seed: int, family: str, writer:
             frame, world = env.frame, env.world
             assert frame is not None and world is not None  # camera obs renders every step
             sc = world.scenario
-            writer.add(frame.image, frame.ground_truth, {
+            records.append(frame_record(frame.image, frame.ground_truth, {
                 "split": split_of(seed), "episode_seed": seed, "step": step,
                 "family": family, "time_of_day": sc.time_of_day, "weather": sc.weather,
-                "scenario_seed": sc.seed})
-            recorded += 1
-            if on_frame is not None:
-                on_frame(1)
-        if terminated or truncated or recorded >= min(plan.frames_per_episode, budget):
-            return recorded
-    return recorded
+                "scenario_seed": sc.seed}, plan.image_format))
+        if terminated or truncated or len(records) >= plan.frames_per_episode:
+            break
+    return records

@@ -45,6 +45,11 @@ class DetectorTraining:
     seed: int = 0
     device: str = "auto"
     workers: int = 2
+    hours: float | None = None
+    """Wall-clock budget: ultralytics `time`, which then overrides `epochs` and fits the
+    learning-rate schedule into the budget."""
+    cache: bool = False
+    """Decode the training images once into RAM (ultralytics `cache="ram"`)."""
 
 
 def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
@@ -62,7 +67,8 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
         seed=cfg.seed, deterministic=True, device=device, workers=cfg.workers,
         pretrained=False, plots=False, amp=device not in ("cpu", "mps"),
         project=str(Path(cfg.out).resolve().parent), name=Path(cfg.out).name,
-        exist_ok=True, verbose=False,
+        exist_ok=True, verbose=False, cache="ram" if cfg.cache else False,
+        **({"time": cfg.hours} if cfg.hours else {}),
     )
     metrics: dict[str, Any] = model.trainer.metrics if model.trainer is not None else {}
     best = Path(cfg.out) / "weights" / "best.pt"

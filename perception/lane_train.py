@@ -8,8 +8,10 @@ written every epoch (atomically) and a run continues from it with `resume=True`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,12 +71,14 @@ def load_split(data: Path, split: str, limit: int | None = None) -> LaneSplit:
     records = records[:limit] if limit is not None else records
     if not records:
         raise FileNotFoundError(f"{path} has no images")
-    images = []
-    for r in records:
+    def read(r: dict[str, Any]) -> np.ndarray:
         im = cv2.imread(str(Path(data) / r["image"]), cv2.IMREAD_COLOR)
         if im is None:
             raise FileNotFoundError(f"image {Path(data) / r['image']} could not be read")
-        images.append(cv2.cvtColor(im, cv2.COLOR_BGR2RGB))
+        return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # cv2 releases the GIL
+        images = list(pool.map(read, records))
     summary = Path(data) / "summary.json"
     cam = json.loads(summary.read_text()).get("camera") if summary.is_file() else None
     return LaneSplit(
@@ -104,25 +108,29 @@ class LaneTraining:
     """Use only the first N images of each split (tests)."""
 
 
-def _augment(x: Any, target: Any, gen: Any) -> tuple[Any, Any]:
+def _augment(x: Any, target: Any, gen: Any, noise_gen: Any = None) -> tuple[Any, Any]:
     """Random mirror (the camera sits on the ego's axis, so a mirrored frame is a valid
     frame: slots swap left <-> right, x -> W - 1 - x) and photometric jitter
-    (brightness, contrast, noise) of a uint8 batch (B, H, W, 3) and its targets."""
+    (brightness, contrast, noise) of a uint8 batch (B, H, W, 3) and its targets.
+
+    The per-image draws come from the CPU generator `gen`; the pixel noise from
+    `noise_gen`, a generator on the batch's device (default: `gen`, for CPU batches), so
+    a batch on the GPU is augmented there."""
     import torch
 
-    b, w = x.shape[0], x.shape[2]
-    flip = torch.rand(b, generator=gen) < 0.5
+    b, w, dev = x.shape[0], x.shape[2], x.device
+    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
     if flip.any():
         x, target = x.clone(), target.clone()
         x[flip] = x[flip].flip(2)
         t = target[flip].flip(1)  # slots reversed: left outer <-> right outer, ego L <-> R
         target[flip] = torch.where(t == ABSENT, t, (w - 1) - t)
     f = x.float()
-    gain = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=gen)
-    bias = 40.0 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+    gain = (0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=gen)).to(dev)
+    bias = (40.0 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)).to(dev)
     mean = f.mean(dim=(1, 2, 3), keepdim=True)
     f = (f - mean) * gain + mean + bias
-    f = f + 6.0 * torch.randn(f.shape, generator=gen)
+    f = f + 6.0 * torch.randn(f.shape, generator=noise_gen or gen, device=dev)
     return f.clamp(0, 255).to(torch.uint8), target
 
 
@@ -154,17 +162,23 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
         sched.load_state_dict(blob["scheduler"])
         gen.set_state(blob["generator"])
         start, best_f1, history = blob["epoch"], blob["best_f1"], blob["history"]
-    images = torch.from_numpy(train.images)
-    targets = torch.from_numpy(train.targets)
+    # on a GPU the whole (uint8) split lives there and is augmented there, in bf16 autocast
+    on_cuda = str(cfg.device).startswith("cuda")
+    images = torch.from_numpy(train.images).to(cfg.device)
+    targets = torch.from_numpy(train.targets).to(cfg.device)
+    noise_gen = (torch.Generator(device=cfg.device).manual_seed(cfg.seed + start)
+                 if on_cuda else None)
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         model.train()
         order = torch.randperm(len(images), generator=gen)
         total = 0.0
         for i in range(0, len(order), cfg.batch):
-            idx = order[i: i + cfg.batch]
-            x, t = _augment(images[idx], targets[idx], gen)
-            loss = lane_loss(model(x.to(cfg.device)), t.to(cfg.device), spec)
+            idx = order[i: i + cfg.batch].to(cfg.device)
+            x, t = _augment(images[idx], targets[idx], gen, noise_gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+                logits = model(x)
+            loss = lane_loss(logits.float(), t, spec)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -192,7 +206,6 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
 def _write_results(path: Path, history: list[dict[str, Any]]) -> None:
     """The run's epochs as JSON lines, rewritten whole (atomically) from the history, so
     a fresh run never mixes with an old one and a resumed run has each epoch once."""
-    import os
 
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
@@ -201,7 +214,6 @@ def _write_results(path: Path, history: list[dict[str, Any]]) -> None:
 
 def _save_last(path: Path, model: Any, opt: Any, sched: Any, gen: Any,
                progress: dict[str, Any]) -> None:
-    import os
 
     import torch
 

@@ -118,6 +118,20 @@ def test_seed_offsets_every_episode(tmp_path: Path) -> None:
     assert seeds == {5000, 5001}
 
 
+def test_worker_processes_write_the_same_dataset(tiny: Path, tmp_path: Path) -> None:
+    """Episodes rendered in 2 processes, written in episode order: byte-identical files."""
+    out = tmp_path / "tiny"
+    generate(DatasetPlan(frames=36, frames_per_episode=3, stride=3, warmup=6, camera=SMALL), out,
+             workers=2)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tiny) for p in tiny.rglob("*") if p.is_file())
+    for rel in files:
+        if rel.name != "data.yaml":  # holds its own folder's path
+            assert (out / rel).read_bytes() == (tiny / rel).read_bytes(), rel
+    with pytest.raises(ValueError, match="workers"):
+        generate(DatasetPlan(frames=2, camera=SMALL), tmp_path / "x", workers=0)
+
+
 def test_a_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
