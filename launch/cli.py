@@ -213,7 +213,7 @@ def _train_lanes(cfg: TrainPerceptionConfig, console: Console, resume: bool
     device = resolve_device(cfg.device)
     job = LaneTraining(data=cfg.data, out=cfg.out / "lanes" / lanes.backbone,
                        backbone=lanes.backbone, epochs=lanes.epochs, batch=lanes.batch,
-                       lr=lanes.lr, seed=cfg.seed, resume=resume,
+                       lr=lanes.lr, seed=cfg.seed, resume=resume, init=lanes.init,
                        device="cuda:" + device if device.isdigit() else device)
     with Progress(TextColumn(f"lanes ({lanes.backbone})"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
@@ -357,10 +357,11 @@ def train_planner_cmd(
                                      "source": source, "seed": seed})
     except LaunchConfigError as exc:
         raise _fail(console, exc) from None
-    fields = cfg.model_dump(exclude={"scenario"})
+    fields = cfg.model_dump(exclude={"scenario", "shield"})
     job = PlannerTraining(**{**fields, "families": tuple(cfg.families),
                              "net_arch": tuple(cfg.net_arch)},
-                          env_kwargs={"scenario": cfg.scenario} if cfg.scenario else {})
+                          env_kwargs={**({"scenario": cfg.scenario} if cfg.scenario else {}),
+                                      **({"shield": True} if cfg.shield else {})})
     try:
         summary = train_planner(job, resume=resume, progress_bar=progress)
     except (FileNotFoundError, ValueError) as exc:

@@ -44,7 +44,7 @@ def eval_command(
         help="Launch file (YAML); default: the packaged launch/eval.yaml.",
         show_default=False)] = DEFAULT_EVAL_LAUNCH,
     planner: Annotated[str | None, typer.Option(
-        help="rl | rule | privileged | rule-privileged | all (default: the launch "
+        help="rl | rl-shield | rule | privileged | rule-privileged | all (default: the launch "
              "file's `planner`).")] = None,
     suite: Annotated[Path | None, typer.Option(
         help="Suite file (max_steps, nominal, adverse) replacing the launch file's "

@@ -24,7 +24,7 @@ from sim.types import CameraSpec
 M = TypeVar("M", bound=BaseModel)
 
 Family = Literal["highway", "rural", "urban"]
-Driver = Literal["autopilot", "rule", "rl", "privileged"]
+Driver = Literal["autopilot", "rule", "rl", "rl-shield", "privileged"]
 TimeOfDay = Literal["day", "dusk", "night"]
 Weather = Literal["clear", "fog", "rain"]
 
@@ -115,9 +115,11 @@ class RunConfig(_Strict):
     driver: Driver = Field(
         default="autopilot",
         description="autopilot (the sim's, on ground truth) | rule (rule-based planner on "
-                    "perception) | rl (shipped RL policy on perception) | privileged "
-                    "(privileged RL policy on the exact scene)")
-    policy: Path | None = Field(default=None, description="policy zip for rl / privileged "
+                    "perception) | rl (shipped RL policy on perception) | rl-shield (the same "
+                    "behind the safety shield) | privileged (privileged RL policy on the "
+                    "exact scene)")
+    policy: Path | None = Field(default=None, description="policy zip for rl / rl-shield / "
+                                                          "privileged "
                                                           "(default: the shipped one)")
 
     @model_validator(mode="before")
@@ -346,6 +348,8 @@ class LaneConfig(_Strict):
     epochs: int = Field(default=30, ge=1)
     batch: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-3, gt=0, description="peak learning rate (one-cycle)")
+    init: Path | None = Field(default=None, description=(
+        "start from these lane weights (a fine-tune) instead of from scratch"))
 
 
 class TrainPerceptionConfig(_Strict):
@@ -388,6 +392,8 @@ class TrainPlannerConfig(_Strict):
     imitation_steps: int = Field(
         default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
     imitation_epochs: int = Field(default=10, ge=1)
+    shield: bool = Field(default=False, description=(
+        "train behind the safety shield (planning.shield); drive the result as rl-shield"))
     scenario: dict[str, Any] = Field(
         default={}, description="overrides of sim.config.ScenarioConfig for every family "
                                 "(e.g. {episode_seconds: 30})")

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from launch.config import CameraConfig, Family, TimeOfDay, Weather, _Strict
 from planning.evaluate import PLANNERS, Suite, SuiteSet
 
-PlannerChoice = Literal["rl", "rule", "privileged", "rule-privileged", "all"]
+PlannerChoice = Literal["rl", "rl-shield", "rule", "privileged", "rule-privileged", "all"]
 DEFAULT_EVAL_LAUNCH = Path(__file__).with_name("eval.yaml")
 """The packaged launch file of `drivestack eval`."""
 SMOKE_SUITE = Path(__file__).with_name("eval_smoke.yaml")
@@ -75,7 +75,7 @@ class EvalConfig(_Strict):
     policies, written where."""
 
     planner: PlannerChoice = Field(
-        default="all", description="rl | rule | privileged | rule-privileged | all")
+        default="all", description="rl | rl-shield | rule | privileged | rule-privileged | all")
     policy: Path | None = Field(
         default=None, description="RL policy zip; default: planning/weights/planner.zip")
     privileged_policy: Path | None = Field(

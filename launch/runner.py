@@ -115,7 +115,7 @@ class PlannerDriver:
         return action
 
 
-PLANNER_DRIVERS = ("rule", "rl", "privileged")
+PLANNER_DRIVERS = ("rule", "rl", "rl-shield", "privileged")
 """`drivestack run` drivers that are planning.evaluate planner kinds of the same name."""
 
 
@@ -127,8 +127,9 @@ def make_driver(name: str, perceiver: Any = None, policy: Path | None = None) ->
     if name in PLANNER_DRIVERS:
         from planning.evaluate import build_planner
 
-        planner, source = build_planner(name, policy=policy if name == "rl" else None,
-                                        privileged_policy=policy if name != "rl" else None,
+        mine = name == "privileged"
+        planner, source = build_planner(name, policy=None if mine else policy,
+                                        privileged_policy=policy if mine else None,
                                         perceiver=perceiver)
         return PlannerDriver(planner, source)
     raise ValueError(f"unknown driver {name!r}; allowed: autopilot, "
@@ -360,7 +361,7 @@ def run_job(
     out.mkdir(parents=True, exist_ok=True)
     env = make_env(config)
     perceiver = None
-    needs_perception = config.driver in ("rule", "rl")
+    needs_perception = config.driver in ("rule", "rl", "rl-shield")
     if needs_perception or (config.perception and config.video.enabled):
         from perception.perceiver import Perceiver  # torch loads only when asked for
 

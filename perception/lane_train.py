@@ -106,6 +106,9 @@ class LaneTraining:
     resume: bool = False
     limit: int | None = None
     """Use only the first N images of each split (tests)."""
+    init: Path | None = None
+    """Start from these lane weights (same backbone and input size) instead of from
+    scratch: a fine-tune, e.g. a short low-lr anneal of a run cut short."""
 
 
 def _augment(x: Any, target: Any, gen: Any, noise_gen: Any = None) -> tuple[Any, Any]:
@@ -145,7 +148,16 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
     h, w = train.images.shape[1:3]
     spec = LaneModelSpec(backbone=cfg.backbone, height=h, width=w,
                          rows=tuple(int(r) for r in train.rows))
-    model = build_model(spec).to(cfg.device)
+    model = build_model(spec)
+    if cfg.init is not None and not cfg.resume:
+        init_model, init_spec, _ = load_lane_model(cfg.init, "cpu")
+        if init_spec != spec:
+            raise ValueError(f"init: {cfg.init} is a {init_spec.backbone} model for "
+                             f"{init_spec.width}x{init_spec.height} frames and "
+                             f"{len(init_spec.rows)} rows; this run trains {spec.backbone} "
+                             f"for {spec.width}x{spec.height}, {len(spec.rows)} rows")
+        model.load_state_dict(init_model.float().state_dict())
+    model = model.to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * -(-len(train.images) // cfg.batch),
@@ -189,7 +201,8 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
                "val_offset_mae_m": scores["offset_mae_m"],
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
-        extra = {"metrics": row, "data": str(cfg.data), "seed": cfg.seed}
+        extra = {"metrics": row, "data": str(cfg.data), "seed": cfg.seed,
+                 **({"init": str(cfg.init)} if cfg.init is not None else {})}
         if scores["f1"] > best_f1:
             best_f1 = scores["f1"]
             save_weights(model, spec, out / "best.pt", extra)

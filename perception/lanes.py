@@ -134,17 +134,18 @@ def decode(logits: Any, spec: LaneModelSpec) -> tuple[np.ndarray, np.ndarray]:
     presence score (B, L) (mean probability of "present" over the rows)."""
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad():  # on the logits' device; one copy to the host at the end
         logits = logits.float()
         present = logits.argmax(-1) != spec.cells
         prob = torch.softmax(logits[..., : spec.cells], dim=-1)
-        centres = (torch.arange(spec.cells, dtype=torch.float32) + 0.5) * spec.cell_px
-        x = (prob * centres).sum(-1)
-        p_present = 1.0 - torch.softmax(logits, dim=-1)[..., spec.cells]
-    xs = np.where(present.numpy(), x.numpy(), ABSENT).astype(np.float32)
+        centres = (torch.arange(spec.cells, dtype=torch.float32, device=logits.device)
+                   + 0.5) * spec.cell_px
+        x = torch.where(present, (prob * centres).sum(-1), float(ABSENT)).cpu()
+        p_present = (1.0 - torch.softmax(logits, dim=-1)[..., spec.cells]).mean(-1).cpu()
+    xs = x.numpy().astype(np.float32)
     few = (xs != ABSENT).sum(-1) < MIN_POINTS
     xs[few] = ABSENT
-    return xs, p_present.mean(-1).numpy().astype(np.float32)
+    return xs, p_present.numpy().astype(np.float32)
 
 
 def lane_loss(logits: Any, target_x: Any, spec: LaneModelSpec) -> Any:

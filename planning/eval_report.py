@@ -25,7 +25,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("driving_score", "driving score", "f3"),
 )
 """(aggregate key, column title, format) of the summary tables."""
-SOURCE_OF = {"rl": "perception", "rule": "perception", "privileged": "exact scene",
+SOURCE_OF = {"rl": "perception", "rl-shield": "perception", "rule": "perception",
+             "privileged": "exact scene",
              "rule-privileged": "exact scene"}
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from planning.policy import PolicyPlanner, load_policy
 from planning.rule_based import Planner, RulePlanner
+from planning.shield import SafetyShield
 from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
 from sim.actions import IDLE
 from sim.config import family_config
@@ -43,10 +44,12 @@ pedestrians, vehicles and static objects; off-road takes the 0.70 of a red light
 COLLISION_GROUP: dict[int, str] = {CAR: "vehicle", TRUCK: "vehicle", PEDESTRIAN: "pedestrian",
                                    CYCLIST: "pedestrian", CONE: "static"}
 """Class id -> collision type of `PENALTIES`."""
-PLANNERS: tuple[str, ...] = ("rl", "rule", "privileged", "rule-privileged")
-"""Planner kinds: the shipped RL policy and the rule-based planner with perception in the
-loop, the privileged RL policy and the rule-based planner on the exact scene."""
-PERCEPTION_KINDS = frozenset({"rl", "rule"})
+PLANNERS: tuple[str, ...] = ("rl", "rl-shield", "rule", "privileged", "rule-privileged")
+"""Planner kinds: the shipped RL policy (alone, and behind the `SafetyShield`) and the
+rule-based planner with perception in the loop, the privileged RL policy and the
+rule-based planner on the exact scene."""
+PERCEPTION_KINDS = frozenset({"rl", "rl-shield", "rule"})
+RL_KINDS = frozenset({"rl", "rl-shield", "privileged"})
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_POLICY = WEIGHTS / "planner.zip"
 """The shipped RL policy (trained on the emulated perception source)."""
@@ -197,9 +200,9 @@ def build_planner(kind: str, *, policy: Path | None = None,
     if kind in ("rule", "rule-privileged"):
         return RulePlanner(), source
     if model is None:
-        model = load_policy(policy or DEFAULT_POLICY if kind == "rl" else
-                            privileged_policy or DEFAULT_PRIVILEGED_POLICY)
-    return PolicyPlanner(model), source
+        model = load_policy(privileged_policy or DEFAULT_PRIVILEGED_POLICY
+                            if kind == "privileged" else policy or DEFAULT_POLICY)
+    return PolicyPlanner(model, SafetyShield() if kind == "rl-shield" else None), source
 
 
 def prepare_planners(kinds: Iterable[str], *, policy: Path | None = None,
@@ -212,9 +215,9 @@ def prepare_planners(kinds: Iterable[str], *, policy: Path | None = None,
     kinds = list(dict.fromkeys(kinds))
     if bad := [k for k in kinds if k not in PLANNERS]:
         raise ValueError(f"unknown planner(s) {bad}; allowed: {', '.join(PLANNERS)}")
-    models = {k: load_policy(policy or DEFAULT_POLICY if k == "rl" else
-                             privileged_policy or DEFAULT_PRIVILEGED_POLICY)
-              for k in kinds if k in ("rl", "privileged")}
+    models = {k: load_policy(privileged_policy or DEFAULT_PRIVILEGED_POLICY
+                             if k == "privileged" else policy or DEFAULT_POLICY)
+              for k in kinds if k in RL_KINDS}
     perceiver, notes = None, []
     if PERCEPTION_KINDS & set(kinds):
         perceiver, note = make_perceiver(device, camera)

@@ -18,17 +18,20 @@ from sim.actions import META_ACTIONS
 
 class PolicyPlanner:
     """A trained SB3 policy whose observation is `features(scene)` and whose action is a
-    meta action."""
+    meta action, optionally filtered by a `planning.shield.SafetyShield`."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, shield: Any = None) -> None:
         self.model = model
+        self.shield = shield
 
     def reset(self) -> None:
-        pass
+        if self.shield is not None:
+            self.shield.reset()
 
     def act(self, scene: Scene) -> int:
         action, _ = self.model.predict(features(scene), deterministic=True)
-        return int(np.asarray(action).item())
+        proposed = int(np.asarray(action).item())
+        return proposed if self.shield is None else self.shield.filter(scene, proposed)
 
 
 class PolicyLoadError(ValueError):

@@ -24,6 +24,7 @@ import sim  # noqa: F401  (registers the drivestack/ env ids)
 from planning.features import CLIP, FEATURE_DIM, features
 from planning.noise import EmulatedSource, PerceptionNoise
 from planning.scene import Scene
+from planning.shield import SafetyShield
 from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
 from sim.actions import IDLE, META_ACTIONS
 from sim.config import FAMILIES, family_config
@@ -124,11 +125,47 @@ class PrivilegedObservation(SceneObservation, gym.utils.RecordConstructorArgs):
         super().__init__(env, PrivilegedSource())
 
 
+class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Meta actions pass through a `planning.shield.SafetyShield`, on the scene of the
+    latest observation, before they reach the env (shielded RL: the policy learns within
+    what the shield allows). `info["executed_action"]` is the action the env got,
+    `info["shield_vetoed"]` whether it differs from the policy's."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        if not isinstance(env, SceneObservation):
+            raise TypeError(f"ShieldedActions wraps a SceneObservation, got {type(env).__name__}")
+        if not isinstance(env.action_space, spaces.Discrete):
+            raise ValueError("the safety shield filters meta actions (action_type='meta')")
+        super().__init__(env)
+        self.shield = SafetyShield()
+
+    @property
+    def scene(self) -> Scene | None:
+        """The scene behind the latest observation."""
+        return cast(SceneObservation, self.env).scene
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+        self.shield.reset()
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        scene = self.scene
+        if scene is None:
+            raise RuntimeError("step before reset")
+        proposed = int(np.asarray(action).item())
+        executed = self.shield.filter(scene, proposed)
+        obs, reward, terminated, truncated, info = self.env.step(executed)
+        return obs, float(reward), terminated, truncated, {
+            **info, "executed_action": executed, "shield_vetoed": executed != proposed}
+
+
 def make_planner_env(source: str = "emulated", family: str = "highway",
                      decision_every: int = 3, seed: int | None = None,
                      noise_path: str | None = None, perceiver_device: str = "cpu",
                      scenario: dict[str, Any] | None = None,
-                     action_type: str = "meta") -> gym.Env:
+                     action_type: str = "meta", shield: bool = False) -> gym.Env:
     """The planner's env: `drivestack/{Family}-v0` with meta (or continuous) actions,
     `DecisionEvery`, then the observation wrapper of `source`.
 
@@ -143,6 +180,7 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         perceiver_device: device of the Perceiver ("cpu", "auto", "0", ...).
         scenario: overrides of the family's `ScenarioConfig` fields.
         action_type: "meta" (Discrete(5), PPO) or "continuous" (steer, accel; SAC).
+        shield: filter the meta actions through the `SafetyShield` (`ShieldedActions`).
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r}; allowed: {', '.join(SOURCES)}")
@@ -174,4 +212,9 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         wrapped = PerceptionObservation(env, Perceiver(device=perceiver_device, camera=camera))
     if seed is not None:
         wrapped.action_space.seed(seed)
+    if shield:
+        if action_type != "meta":
+            raise ValueError("shield: the safety shield filters meta actions "
+                             "(action_type='meta')")
+        return ShieldedActions(wrapped)
     return wrapped

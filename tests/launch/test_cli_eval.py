@@ -39,7 +39,7 @@ def _invoke(*args: str) -> tuple[int, str, str]:
 
 def test_packaged_launch_and_smoke_suite_are_valid() -> None:
     cfg = load_launch(DEFAULT_EVAL_LAUNCH, EvalConfig)
-    assert cfg.planner == "all" and len(cfg.kinds) == 4
+    assert cfg.planner == "all" and len(cfg.kinds) == 5
     suite = cfg.suite.suite()
     assert [s.name for s in suite.sets] == ["nominal", "adverse"]
     assert suite.sets[0].conditions == (("day", "clear"),)

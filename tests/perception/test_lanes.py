@@ -179,6 +179,26 @@ def test_training_writes_weights_and_resumes(tiny_data: Path, tmp_path: Path) ->
     assert any(k.startswith("time_of_day=") for k in report)
 
 
+def test_fine_tune_starts_from_the_given_weights(tiny_data: Path, tmp_path: Path) -> None:
+    """`init` loads the weights before the first step: with lr ~0 the result is the init."""
+    from perception.lane_train import LaneTraining, train_lanes
+
+    first = train_lanes(LaneTraining(data=tiny_data, out=tmp_path / "a", epochs=1, batch=4))
+    tuned = train_lanes(LaneTraining(data=tiny_data, out=tmp_path / "b", epochs=1, batch=4,
+                                     lr=1e-12, seed=5, init=Path(first["weights"])))
+    a, _, _ = load_lane_model(first["weights"])
+    b, _, meta = load_lane_model(tuned["weights"])
+    x = torch.zeros((1, 64, 96, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(x), atol=1e-2)
+    assert meta["init"] == first["weights"]
+    other = LaneModelSpec(backbone="cnn", height=64, width=96, rows=(10, 20, 30))
+    save_weights(build_model(other), other, tmp_path / "other.pt", {})
+    with pytest.raises(ValueError, match="init"):
+        train_lanes(LaneTraining(data=tiny_data, out=tmp_path / "c", epochs=1, batch=4,
+                                 init=tmp_path / "other.pt"))
+
+
 def test_training_without_lane_labels_is_a_clear_error(tmp_path: Path) -> None:
     from perception.lane_train import LaneTraining, train_lanes
 
