@@ -77,7 +77,8 @@ class EvalConfig(_Strict):
     planner: PlannerChoice = Field(
         default="all", description="rl | rl-shield | rule | privileged | rule-privileged | all")
     policy: Path | None = Field(
-        default=None, description="RL policy zip; default: planning/weights/planner.zip")
+        default=None, description=("RL policy zip; default: planning/weights/planner.zip "
+                                   "(rl), planning/weights/planner_shield.zip (rl-shield)"))
     privileged_policy: Path | None = Field(
         default=None,
         description="privileged RL policy zip; default: planning/weights/planner_privileged.zip")

@@ -17,6 +17,7 @@ evaluation: too small or mostly hidden objects are not labelled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -24,7 +25,7 @@ import multiprocessing
 import os
 import shutil
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,21 +237,22 @@ def generate(plan: DatasetPlan, out: Path | str,
     writer = _Writer(out, plan)
     try:
         done = 0
-        for records in _episodes(plan, workers):
-            for rec in records[:plan.frames - done]:
-                writer.add(rec)
-                done += 1
-                if on_frame is not None:
-                    on_frame(1)
-            if done >= plan.frames:
-                break
+        with contextlib.closing(_episodes(plan, workers)) as episodes:  # stops the workers
+            for records in episodes:
+                for rec in records[:plan.frames - done]:
+                    writer.add(rec)
+                    done += 1
+                    if on_frame is not None:
+                        on_frame(1)
+                if done >= plan.frames:
+                    break
         return writer.finish()
     except BaseException:
         writer.abort()
         raise
 
 
-def _episodes(plan: DatasetPlan, workers: int) -> Iterator[list[FrameRecord]]:
+def _episodes(plan: DatasetPlan, workers: int) -> Generator[list[FrameRecord], None, None]:
     """The records of episodes k = 0, 1, 2, ... in order (endless; the caller stops)."""
     if workers == 1:
         renderer = _EpisodeRenderer(plan)

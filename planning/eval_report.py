@@ -59,7 +59,8 @@ def summary_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 def gaps(document: dict[str, Any], set_name: str = "nominal") -> list[str]:
     """Lines comparing each perception planner with its privileged counterpart."""
     planners, out = document["planners"], []
-    for mine, ref in (("rl", "privileged"), ("rule", "rule-privileged")):
+    for mine, ref in (("rl", "privileged"), ("rl-shield", "privileged"),
+                      ("rule", "rule-privileged")):
         if mine in planners and ref in planners:
             a = planners[mine].get(set_name, planners[mine]["all"])
             b = planners[ref].get(set_name, planners[ref]["all"])

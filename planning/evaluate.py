@@ -53,8 +53,19 @@ RL_KINDS = frozenset({"rl", "rl-shield", "privileged"})
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_POLICY = WEIGHTS / "planner.zip"
 """The shipped RL policy (trained on the emulated perception source)."""
+DEFAULT_SHIELD_POLICY = WEIGHTS / "planner_shield.zip"
+"""The shipped RL policy trained behind the `SafetyShield` (emulated perception source),
+the `rl-shield` kind's default."""
 DEFAULT_PRIVILEGED_POLICY = WEIGHTS / "planner_privileged.zip"
 """The shipped privileged RL policy (trained on the exact scene)."""
+
+
+def default_policy(kind: str, policy: Path | None = None,
+                   privileged_policy: Path | None = None) -> Path:
+    """The policy file an RL kind loads: the given one, else the shipped default."""
+    if kind == "privileged":
+        return privileged_policy or DEFAULT_PRIVILEGED_POLICY
+    return policy or (DEFAULT_SHIELD_POLICY if kind == "rl-shield" else DEFAULT_POLICY)
 
 
 @dataclass(frozen=True)
@@ -200,8 +211,7 @@ def build_planner(kind: str, *, policy: Path | None = None,
     if kind in ("rule", "rule-privileged"):
         return RulePlanner(), source
     if model is None:
-        model = load_policy(privileged_policy or DEFAULT_PRIVILEGED_POLICY
-                            if kind == "privileged" else policy or DEFAULT_POLICY)
+        model = load_policy(default_policy(kind, policy, privileged_policy))
     return PolicyPlanner(model, SafetyShield() if kind == "rl-shield" else None), source
 
 
@@ -215,8 +225,7 @@ def prepare_planners(kinds: Iterable[str], *, policy: Path | None = None,
     kinds = list(dict.fromkeys(kinds))
     if bad := [k for k in kinds if k not in PLANNERS]:
         raise ValueError(f"unknown planner(s) {bad}; allowed: {', '.join(PLANNERS)}")
-    models = {k: load_policy(privileged_policy or DEFAULT_PRIVILEGED_POLICY
-                             if k == "privileged" else policy or DEFAULT_POLICY)
+    models = {k: load_policy(default_policy(k, policy, privileged_policy))
               for k in kinds if k in RL_KINDS}
     perceiver, notes = None, []
     if PERCEPTION_KINDS & set(kinds):

@@ -28,10 +28,6 @@ from typing import Any, Literal
 from planning.wrappers import make_planner_env
 
 Algo = Literal["ppo", "sac"]
-DEFAULT_POLICY = Path(__file__).resolve().parent / "weights" / "planner.zip"
-"""Shipped RL planner (trained on the emulated perception source)."""
-DEFAULT_PRIVILEGED_POLICY = Path(__file__).resolve().parent / "weights" / "planner_privileged.zip"
-"""Shipped privileged RL planner (trained on the exact scene)."""
 
 
 @dataclass(frozen=True)

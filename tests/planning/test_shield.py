@@ -107,3 +107,19 @@ def test_rl_shield_kind_filters_the_policy() -> None:
     assert planner.act(blocked) == SLOWER
     bare, _ = build_planner("rl", model=_Always(FASTER), perceiver=object())
     assert bare.act(blocked) == FASTER
+
+
+def test_rl_shield_defaults_to_its_own_shipped_policy() -> None:
+    from planning.evaluate import (
+        DEFAULT_POLICY,
+        DEFAULT_SHIELD_POLICY,
+        default_policy,
+        prepare_planners,
+    )
+
+    assert default_policy("rl-shield") == DEFAULT_SHIELD_POLICY
+    assert default_policy("rl") == DEFAULT_POLICY
+    assert default_policy("rl-shield", policy=DEFAULT_POLICY) == DEFAULT_POLICY
+    planners, _ = prepare_planners(["rl-shield"], device="cpu")
+    planner, _ = planners["rl-shield"]
+    assert isinstance(planner, PolicyPlanner) and planner.shield is not None
