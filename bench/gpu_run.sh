@@ -38,7 +38,6 @@ tail -n 3 "$OUTDIR/logs/bench_perceiver.log" "$OUTDIR/logs/bench_batched.log"
 stamp "training: detector, lanes cnn, lanes vit"
 timeout "$DET_TIMEOUT" $PY -m launch train-perception $LAUNCH --model detector --device "$DEVICE" \
   > "$OUTDIR/logs/detector.log" 2>&1 &
-det=$!
 for b in cnn vit; do
   timeout "$LANE_TIMEOUT" $PY -m launch train-perception $LAUNCH --model lanes --backbone $b \
     --epochs "$LANE_EPOCHS" --device "$DEVICE" > "$OUTDIR/logs/lanes_$b.log" 2>&1 &

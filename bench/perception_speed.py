@@ -27,6 +27,7 @@ import numpy as np
 import sim
 from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS
 from perception.lanes import DEFAULT_LANE_WEIGHTS, load_lane_model
+from perception.metrics import box_iou
 from perception.perceiver import Perceiver
 from sim.autopilot import Autopilot
 
@@ -202,12 +203,7 @@ def _agreement(pipe: BatchedPipeline, perceiver: Perceiver, images: list[np.ndar
     for (b, _), p in zip(ours, theirs, strict=True):
         ref = p.detections.boxes_xyxy
         if len(b) and len(ref):
-            lt = np.maximum(b[:, None, :2], ref[None, :, :2])
-            rb = np.minimum(b[:, None, 2:4], ref[None, :, 2:])
-            inter = np.clip(rb - lt, 0, None).prod(-1)
-            area = lambda z: (z[..., 2] - z[..., 0]) * (z[..., 3] - z[..., 1])  # noqa: E731
-            iou = inter / (area(b[:, None, :4]) + area(ref[None]) - inter)
-            matched += int((iou.max(1) >= 0.7).sum())
+            matched += int((box_iou(b[:, :4], ref).max(1) >= 0.7).sum())
     return {"boxes_batched": n_ours, "boxes_perceiver": n_theirs, "matched_iou_0.7": matched}
 
 
