@@ -86,7 +86,12 @@ class BatchedPipeline:
     CUDA; one batched NMS over all frames (torchvision `batched_nms`, boxes kept apart per
     frame and class), lanes decoded on the device, one copy back. This is the path a
     batched renderer or the data engine's offline labelling would feed; returns, per
-    frame, the (n, 6) boxes xyxy/conf/class and the decoded lane x (slots, rows)."""
+    frame, the (n, 6) boxes xyxy/conf/class and the decoded lane x (slots, rows).
+
+    Kept as it was when measured on the H200 (bench/README.md). The package's
+    `perception.raw_detector.RawDetector`, which `Perceiver` uses on CUDA, grew out of it
+    (same network, input and NMS) but uploads the frames on its own, apart from the lane
+    model; it has not been timed on a GPU."""
 
     def __init__(self, device: str, conf: float = 0.25, iou: float = 0.7,
                  max_det: int = 100) -> None:

@@ -27,6 +27,7 @@ from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS, resolve_device
 from perception.geometry import box_foot, to_ground
 from perception.lanes import LANE_SLOTS, decode, lane_geometry, load_lane_model
 from perception.offline import ultralytics_offline
+from perception.raw_detector import RawDetector
 from sim.types import ABSENT, CameraSpec
 
 
@@ -112,10 +113,19 @@ class Perceiver:
         self.imgsz: int | tuple[int, int] = imgsz
         if self.weights.suffix == ".onnx":
             self.imgsz = (self.camera.height, self.camera.width)
-        ultralytics_offline()
-        from ultralytics import YOLO
+        # frames of a size the network takes as is (sides multiples of 32): our own batched
+        # path (ONNX Runtime on the CPU, fp16 PyTorch on CUDA); else ultralytics' predict
+        rect = self.camera.height % 32 == 0 and self.camera.width % 32 == 0
+        self.raw: RawDetector | None = None
+        self.model: Any = None
+        if rect and (self.weights.suffix == ".onnx" or self.device not in ("cpu", "mps")):
+            self.raw = RawDetector(self.weights, self.device, self.camera.height,
+                                   self.camera.width, conf)
+        else:
+            ultralytics_offline()
+            from ultralytics import YOLO
 
-        self.model = YOLO(str(self.weights))
+            self.model = YOLO(str(self.weights))
         self.lane_model: Any = None
         if lanes:
             torch_device = f"cuda:{self.device}" if self.device.isdigit() else self.device
@@ -149,21 +159,31 @@ class Perceiver:
         if not batch:
             return []
         t0 = time.perf_counter()
+        dets = self.raw(batch) if self.raw is not None else self._predict(batch)
+        lanes = self._lanes(batch)
+        latency = (time.perf_counter() - t0) * 1000.0 / len(batch)
+        out = []
+        for k, d in enumerate(dets):
+            boxes = np.ascontiguousarray(d[:, :4], np.float32)
+            out.append(Perception(Detections(
+                boxes_xyxy=boxes, scores=d[:, 4].astype(np.float32),
+                classes=d[:, 5].astype(np.int64), distance=ground_distance(boxes, self.camera)),
+                lanes=lanes[k], latency_ms=latency))
+        return out
+
+    def _predict(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        """ultralytics' predict (letterboxed to `imgsz`): per frame (n, 6) boxes, score,
+        class."""
         # ultralytics expects BGR arrays, as OpenCV reads them
         fp16 = {"half": True} if self.device not in ("cpu", "mps") else {}  # CUDA only
         results = self.model.predict([f[..., ::-1] for f in batch], imgsz=self.imgsz,
                                      conf=self.conf, device=self.device, verbose=False, **fp16)
-        lanes = self._lanes(batch)
-        latency = (time.perf_counter() - t0) * 1000.0 / len(batch)
         out = []
-        for k, r in enumerate(results):
+        for r in results:
             b: Any = r.boxes  # type: ignore[union-attr]
-            boxes = np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4)
-            out.append(Perception(Detections(
-                boxes_xyxy=boxes, scores=np.asarray(b.conf.cpu(), np.float32),
-                classes=np.asarray(b.cls.cpu()).astype(np.int64),
-                distance=ground_distance(boxes, self.camera)), lanes=lanes[k],
-                latency_ms=latency))
+            out.append(np.concatenate([np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4),
+                                       np.asarray(b.conf.cpu(), np.float32).reshape(-1, 1),
+                                       np.asarray(b.cls.cpu(), np.float32).reshape(-1, 1)], 1))
         return out
 
     def _lanes(self, batch: list[np.ndarray]) -> list[LaneEstimate | None]:

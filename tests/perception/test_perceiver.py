@@ -154,3 +154,51 @@ def test_missing_lane_weights_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="lane weights .* not found"):
         Perceiver(lane_weights=tmp_path / "none.pt", device="cpu")
     assert Perceiver(device="cpu", lanes=False)([_frames(1)[0][0]])[0].lanes is None
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
+def test_raw_detector_matches_ultralytics_predict(suffix: str) -> None:
+    """Our batched path (no letterbox, one batched NMS) gives ultralytics' boxes on the
+    same weights at the camera's 192x320."""
+    from ultralytics import YOLO
+
+    from perception.detector import DEFAULT_WEIGHTS
+    from perception.metrics import box_iou
+    from perception.raw_detector import RawDetector
+
+    weights = DEFAULT_WEIGHTS.with_suffix(suffix)
+    images = [f for f, _ in _frames(4)]
+    ours = RawDetector(weights, "cpu", 192, 320, conf=0.25)(images)
+    theirs = YOLO(str(weights), task="detect").predict([f[..., ::-1] for f in images],
+                                                       imgsz=(192, 320), conf=0.25,
+                                                       device="cpu", verbose=False)
+    total = 0
+    for d, r in zip(ours, theirs, strict=True):
+        ref = np.asarray(r.boxes.xyxy.cpu(), np.float32).reshape(-1, 4)
+        assert len(d) == len(ref)
+        total += len(d)
+        if len(d):
+            iou = box_iou(d[:, :4], ref)
+            assert iou.max(axis=1).min() > 0.99
+            assert set(d[:, 5].astype(int)) == set(np.asarray(r.boxes.cls.cpu()).astype(int))
+            assert (np.diff(d[:, 4]) <= 0).all(), "by falling score"
+    assert total >= 4, "the frames hold objects"
+
+
+def test_raw_detector_refuses_what_it_cannot_run() -> None:
+    from perception.detector import DEFAULT_ONNX
+    from perception.raw_detector import RawDetector
+
+    with pytest.raises(ValueError, match="multiples of 32"):
+        RawDetector(DEFAULT_ONNX, "cpu", 200, 320)
+    with pytest.raises(ValueError, match="takes 320x192"):
+        RawDetector(DEFAULT_ONNX, "cpu", 384, 640)
+    with pytest.raises(ValueError, match="CPU"):
+        RawDetector(DEFAULT_ONNX, "0", 192, 320)
+
+
+def test_default_perceiver_on_cpu_runs_the_raw_onnx_path() -> None:
+    p = Perceiver(device="cpu")
+    assert p.raw is not None and p.raw.session is not None and p.model is None
+    out = p([f for f, _ in _frames(2)])
+    assert all(o.detections.boxes_xyxy.dtype == np.float32 for o in out)
