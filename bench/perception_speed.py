@@ -81,70 +81,36 @@ class LaneOnly:
 
 class BatchedPipeline:
     """Detector network + NMS + lane network on a whole uint8 batch, without ultralytics'
-    per-image pre- and post-processing: frames go to the device as one (B, 192, 320, 3)
-    tensor through a pinned buffer (both sides multiples of 32, so no letterbox), fp16 on
-    CUDA; one batched NMS over all frames (torchvision `batched_nms`, boxes kept apart per
-    frame and class), lanes decoded on the device, one copy back. This is the path a
-    batched renderer or the data engine's offline labelling would feed; returns, per
-    frame, the (n, 6) boxes xyxy/conf/class and the decoded lane x (slots, rows).
+    per-image pre- and post-processing: `RawDetector` uploads the frames once as a
+    (B, 192, 320, 3) tensor through a pinned buffer (both sides multiples of 32, so no
+    letterbox) and runs the fused YOLO11n in fp16 on CUDA with one batched NMS over all
+    frames; the lane model runs on the same uploaded tensor and decodes on the device. This
+    is the path a batched renderer or the data engine's offline labelling would feed;
+    returns, per frame, the (n, 6) boxes xyxy/conf/class and the decoded lane x (slots,
+    rows). (The H200 figures in bench/README.md were taken with this class's first form,
+    which held the same steps inline, before they moved into `RawDetector`.)"""
 
-    Kept as it was when measured on the H200 (bench/README.md). The package's
-    `perception.raw_detector.RawDetector`, which `Perceiver` uses on CUDA, grew out of it
-    (same network, input and NMS) but uploads the frames on its own, apart from the lane
-    model; it has not been timed on a GPU."""
-
-    def __init__(self, device: str, conf: float = 0.25, iou: float = 0.7,
-                 max_det: int = 100) -> None:
+    def __init__(self, device: str, conf: float = 0.25, max_det: int = 100) -> None:
         import torch
-        from ultralytics import YOLO
 
-        from perception.offline import ultralytics_offline
+        from perception.raw_detector import RawDetector
 
-        ultralytics_offline()
-        self.torch, self.conf, self.iou, self.max_det = torch, conf, iou, max_det
+        self.torch = torch
         self.device = "cuda:0" if device not in ("cpu", "mps") else device
-        self.half = self.device.startswith("cuda")
         torch.backends.cudnn.benchmark = True
-        det = YOLO(str(DEFAULT_WEIGHTS)).model.fuse().to(self.device).eval()
+        self.det = RawDetector(DEFAULT_WEIGHTS, "0" if self.device.startswith("cuda")
+                               else self.device, 192, 320, conf=conf, max_det=max_det)
         lanes, self.spec, _ = load_lane_model(DEFAULT_LANE_WEIGHTS, self.device)
-        self.det, self.lanes = (det.half(), lanes.half()) if self.half else (det, lanes)
-        self.pinned: Any = None
+        self.lanes = lanes.half() if self.det.half else lanes
 
     def __call__(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        import torchvision
-
         from perception.lanes import decode
 
-        torch = self.torch
-        b = len(frames)
-        if self.half:
-            if self.pinned is None or self.pinned.shape[0] < b:
-                self.pinned = torch.empty((b, *frames[0].shape), dtype=torch.uint8,
-                                          pin_memory=True)
-            host = self.pinned[:b]
-            np.stack(frames, out=host.numpy())
-            x = host.to(self.device, non_blocking=True)
-        else:
-            x = torch.from_numpy(np.stack(frames))
-        with torch.inference_mode():
-            img = x.permute(0, 3, 1, 2).to(torch.float16 if self.half else torch.float32)
-            pred = self.det(img / 255.0)
-            pred = (pred[0] if isinstance(pred, (list, tuple)) else pred).float()  # (B, 4+C, A)
-            boxes_cxcywh, scores = pred[:, :4].transpose(1, 2), pred[:, 4:].transpose(1, 2)
-            conf, cls = scores.max(-1)  # (B, A)
-            keep = conf > self.conf
-            frame, anchor = keep.nonzero(as_tuple=True)
-            bx = boxes_cxcywh[frame, anchor]
-            xyxy = torch.cat([bx[:, :2] - bx[:, 2:] / 2, bx[:, :2] + bx[:, 2:] / 2], 1)
-            c, k = conf[frame, anchor], cls[frame, anchor]
-            kept = torchvision.ops.batched_nms(xyxy, c, frame * scores.shape[-1] + k, self.iou)
-            kept = kept[torch.sort(frame[kept], stable=True).indices]  # by frame, then score
-            out = torch.cat([xyxy[kept], c[kept, None], k[kept, None].float()], 1)
-            owner = frame[kept]
+        x = self.det.upload(frames)
+        boxes = self.det.detect(x)
+        with self.torch.inference_mode():
             xs, _ = decode(self.lanes(x), self.spec)
-            out_h, owner_h = out.cpu().numpy(), owner.cpu().numpy()
-        per_frame = np.split(out_h, np.searchsorted(owner_h, np.arange(1, b)))
-        return [(d[: self.max_det], xs[i]) for i, d in enumerate(per_frame)]
+        return list(zip(boxes, xs, strict=True))
 
 
 def main() -> None:

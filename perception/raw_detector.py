@@ -70,7 +70,6 @@ class RawDetector:
             self.model = model.half() if self.half else model
 
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        torch = self.torch
         if not frames:
             return []
         if self.session is not None:
@@ -79,62 +78,61 @@ class RawDetector:
             step = self.batch_dim or len(frames)  # a fixed-batch export runs frame by frame
             pred = np.concatenate([self.session.run(None, {name: x[i: i + step]})[0]
                                    for i in range(0, len(x), step)])
-            return [self._nms_host(p) for p in pred]
-        if self.half:
-            if self.pinned is None or self.pinned.shape[0] < len(frames):
-                self.pinned = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8,
-                                          pin_memory=True)
-            host = self.pinned[: len(frames)]
-            np.stack(frames, out=host.numpy())
-            x_t = host.to(self.device, non_blocking=True)
-        else:
-            x_t = torch.from_numpy(np.stack(frames))
+            # the confidence filter in numpy (few anchors pass; small torch ops on the CPU
+            # cost more than the network's tail), the NMS on what is left
+            scores = pred[:, 4:]
+            conf = scores.max(1)
+            frame, anchor = np.nonzero(conf > self.conf)
+            t = self.torch.from_numpy
+            return self._suppress(t(frame), t(pred[frame, :4, anchor]), t(conf[frame, anchor]),
+                                  t(scores[frame, :, anchor].argmax(1)), len(frames))
+        return self.detect(self.upload(frames))
+
+    def upload(self, frames: list[np.ndarray]) -> Any:
+        """The frames as one uint8 (B, H, W, 3) tensor on the model's device (through a
+        pinned host buffer on CUDA), to share with another model (the lane model)."""
+        torch = self.torch
+        if self.model is None:
+            raise ValueError("upload/detect are the PyTorch path; this detector runs ONNX")
+        if not self.half:
+            return torch.from_numpy(np.stack(frames))
+        if self.pinned is None or self.pinned.shape[0] < len(frames):
+            self.pinned = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8,
+                                      pin_memory=True)
+        host = self.pinned[: len(frames)]
+        np.stack(frames, out=host.numpy())
+        return host.to(self.device, non_blocking=True)
+
+    def detect(self, x: Any) -> list[np.ndarray]:
+        """Boxes of an uploaded uint8 (B, H, W, 3) batch (see `upload`)."""
+        torch = self.torch
         with torch.inference_mode():
-            img = x_t.permute(0, 3, 1, 2).to(torch.float16 if self.half else torch.float32)
+            img = x.permute(0, 3, 1, 2).to(torch.float16 if self.half else torch.float32)
             out = self.model(img / 255.0)
-            pred = (out[0] if isinstance(out, (list, tuple)) else out).float()
-            return self._nms(pred, len(frames))
+            pred = (out[0] if isinstance(out, (list, tuple)) else out).float()  # (B, 4+C, A)
+            conf, cls = pred[:, 4:].max(1)
+            frame, anchor = (conf > self.conf).nonzero(as_tuple=True)
+            return self._suppress(frame, pred[frame, :4, anchor], conf[frame, anchor],
+                                  cls[frame, anchor], len(x))
 
-    def _nms_host(self, pred: np.ndarray) -> np.ndarray:
-        """One frame's (4 + classes, anchors) output on the host: the confidence filter in
-        numpy (few anchors pass), then NMS; the same result as `_nms`."""
-        import torchvision
-
-        torch = self.torch
-        scores = pred[4:]
-        conf = scores.max(0)
-        keep = conf > self.conf
-        if not keep.any():
-            return np.zeros((0, 6), np.float32)
-        b, c, k = pred[:4, keep].T, conf[keep], scores[:, keep].argmax(0)
-        xyxy = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)
-        kept = torchvision.ops.batched_nms(torch.from_numpy(xyxy), torch.from_numpy(c),
-                                           torch.from_numpy(k), self.iou).numpy()
-        kept = kept[: self.max_det]
-        xyxy = xyxy[kept]  # clipped after NMS, as ultralytics does
-        xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, self.width)
-        xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, self.height)
-        return np.concatenate([xyxy, c[kept, None], k[kept, None]], 1).astype(np.float32)
-
-    def _nms(self, pred: Any, n: int) -> list[np.ndarray]:
-        """(B, 4 + classes, anchors) raw output -> per frame boxes after class-aware NMS."""
+    def _suppress(self, frame: Any, cxcywh: Any, conf: Any, cls: Any, n: int
+                  ) -> list[np.ndarray]:
+        """Candidates (frame index, box, score, class) of a batch of `n` frames -> per frame
+        the boxes left by class-aware NMS, by falling score, clipped to the frame."""
         import torchvision
 
         torch = self.torch
         with torch.inference_mode():
-            boxes, scores = pred[:, :4].transpose(1, 2), pred[:, 4:].transpose(1, 2)
-            conf, cls = scores.max(-1)
-            frame, anchor = (conf > self.conf).nonzero(as_tuple=True)
-            b = boxes[frame, anchor]
+            b = cxcywh.float()
             xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)
-            c, k = conf[frame, anchor], cls[frame, anchor]
-            kept = torchvision.ops.batched_nms(xyxy, c, frame * scores.shape[-1] + k, self.iou)
+            groups = frame * (int(cls.max()) + 1 if len(cls) else 1) + cls
+            kept = torchvision.ops.batched_nms(xyxy, conf.float(), groups, self.iou)
             kept = kept[torch.sort(frame[kept], stable=True).indices]  # by frame, then score
             xyxy = xyxy[kept]  # clipped after NMS, as ultralytics does
             xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, self.width)
             xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, self.height)
-            rows = torch.cat([xyxy, c[kept, None], k[kept, None].float()], 1).cpu()
+            rows = torch.cat([xyxy, conf[kept, None].float(), cls[kept, None].float()], 1)
             owner = frame[kept].cpu().numpy()
-        per_frame = np.split(rows.numpy().astype(np.float32),
-                             np.searchsorted(owner, np.arange(1, n)))
+            rows_h = rows.cpu().numpy().astype(np.float32)
+        per_frame = np.split(rows_h, np.searchsorted(owner, np.arange(1, n)))
         return [d[: self.max_det] for d in per_frame]

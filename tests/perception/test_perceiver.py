@@ -195,6 +195,8 @@ def test_raw_detector_refuses_what_it_cannot_run() -> None:
         RawDetector(DEFAULT_ONNX, "cpu", 384, 640)
     with pytest.raises(ValueError, match="CPU"):
         RawDetector(DEFAULT_ONNX, "0", 192, 320)
+    with pytest.raises(ValueError, match="PyTorch path"):
+        RawDetector(DEFAULT_ONNX, "cpu", 192, 320).upload([np.zeros((192, 320, 3), np.uint8)])
 
 
 def test_default_perceiver_on_cpu_runs_the_raw_onnx_path() -> None:
