@@ -1,4 +1,5 @@
-"""Pinhole camera on the ego: extrinsics from the ego pose, projection and near clipping.
+"""Pinhole camera on the ego: extrinsics from the ego pose and projection. Near-plane
+clipping and culling live in the compiled kernels (`sim.render.kernels`).
 
 Camera frame: x right, y down, z forward (OpenCV convention).
 """
@@ -45,30 +46,3 @@ class Camera:
         z = pc[..., 2]
         return np.stack([self.f * pc[..., 0] / z + self.cx, self.f * pc[..., 1] / z + self.cy],
                         axis=-1)
-
-    def in_frustum(self, pc: np.ndarray, radius: np.ndarray) -> np.ndarray:
-        """Bounding spheres (centre in camera frame, radius) that may touch the image."""
-        z = pc[..., 2]
-        tan_v = self.tan_half * self.spec.height / self.spec.width
-        # a sphere touches the view wedge |x| <= z tan while |x| < z tan + r sqrt(1 + tan^2)
-        side = np.abs(pc[..., 0]) < z * self.tan_half + radius * np.hypot(1.0, self.tan_half)
-        vert = np.abs(pc[..., 1]) < z * tan_v + radius * np.hypot(1.0, tan_v)
-        return (z > self.spec.near - radius) & (z < self.spec.far + radius) & side & vert
-
-
-def clip_near(poly: np.ndarray, near: float) -> np.ndarray:
-    """Clip a polygon (K, 3) in camera coordinates to z >= near (Sutherland-Hodgman)."""
-    z = poly[:, 2]
-    if (z >= near).all():
-        return poly
-    out = []
-    n = len(poly)
-    for k in range(n):
-        a, b = poly[k], poly[(k + 1) % n]
-        a_in, b_in = a[2] >= near, b[2] >= near
-        if a_in:
-            out.append(a)
-        if a_in != b_in:
-            t = (near - a[2]) / (b[2] - a[2])
-            out.append(a + t * (b - a))
-    return np.array(out) if out else np.zeros((0, 3))

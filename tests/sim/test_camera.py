@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.render.camera import Camera, clip_near
+from sim.render.camera import Camera
+from sim.render.kernels import SHIFT, clip_project
 from sim.types import CameraSpec, EgoState
 
 
@@ -75,34 +76,30 @@ def test_pitch_moves_ground_points_and_horizon_consistently(pitch: float) -> Non
         assert spec.horizon_y < spec.height / 2, "pitching down raises the horizon"
 
 
-def test_clip_near_clips_a_polygon_crossing_the_near_plane() -> None:
+def _clip(poly: np.ndarray, near: float, f: float = 100.0) -> np.ndarray:
+    """clip_project with centre (0, 0): pixel vertices as floats."""
+    out = np.zeros((2 * len(poly), 2), np.int32)
+    m = clip_project(poly, len(poly), near, f, 0.0, 0.0, out, 0, np.zeros((2 * len(poly), 3)))
+    return out[:m] / float(1 << SHIFT)
+
+
+def test_clip_project_clips_a_polygon_crossing_the_near_plane() -> None:
     near = 0.5
     square = np.array([[-1.0, 0.0, 0.1], [1.0, 0.0, 0.1], [1.0, 0.0, 4.0], [-1.0, 0.0, 4.0]])
-    out = clip_near(square, near)
+    out = _clip(square, near)
     assert len(out) == 4
-    assert np.all(out[:, 2] >= near - 1e-12)
-    assert sorted(out[:, 2].tolist()) == pytest.approx([near, near, 4.0, 4.0])
-    # the cut points lie on the original edges
-    assert sorted(out[np.isclose(out[:, 2], near)][:, 0].tolist()) == pytest.approx([-1, 1])
+    # the cut points lie on the original edges at z = near: x = f * (+-1) / near
+    assert sorted(out[:, 0].tolist()) == pytest.approx([-200.0, -25.0, 25.0, 200.0])
     tri = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 2.0], [-1.0, 0.0, 2.0]])  # one vertex behind
-    out = clip_near(tri, near)
-    assert len(out) == 4 and np.all(out[:, 2] >= near - 1e-12)
-    assert out[:, 0].min() == pytest.approx(-1.0) and out[:, 0].max() == pytest.approx(1.0)
+    out = _clip(tri, near)
+    assert len(out) == 4
+    assert out[:, 0].min() == pytest.approx(-50.0) and out[:, 0].max() == pytest.approx(50.0)
 
 
-def test_clip_near_keeps_polygons_in_front_and_drops_those_behind() -> None:
-    front = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 2.0], [0.0, 1.0, 3.0]])
-    assert clip_near(front, 0.5) is front
-    behind = front - np.array([0.0, 0.0, 5.0])
-    out = clip_near(behind, 0.5)
-    assert out.shape == (0, 3)
-
-
-def test_in_frustum_keeps_points_ahead_and_drops_those_behind() -> None:
-    cam = _camera(4.0)
-    cam.set_pose(EgoState(x=0.0, y=0.0, yaw=0.0, speed=0.0))
-    pc = np.array([[0.0, 0.0, 20.0], [0.0, 0.0, -20.0], [200.0, 0.0, 10.0], [0.0, 0.0, 500.0]])
-    assert cam.in_frustum(pc, np.full(4, 1.0)).tolist() == [True, False, False, False]
+def test_clip_project_keeps_polygons_in_front_and_drops_those_behind() -> None:
+    front = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 2.0], [0.0, 1.0, 4.0]])
+    assert _clip(front, 0.5) == pytest.approx(np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 25.0]]))
+    assert len(_clip(front - np.array([0.0, 0.0, 5.0]), 0.5)) == 0
 
 
 @pytest.mark.parametrize(

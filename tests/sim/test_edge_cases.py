@@ -41,7 +41,7 @@ def test_wide_lens_culling_drops_nothing_visible() -> None:
     spec = CameraSpec(width=64, height=48, fov_deg=120.0, pitch_deg=20.0)
     world = World(sample_scenario(family_config("urban"), 0))
     culled, full = Renderer(spec), Renderer(spec)
-    full.camera.in_frustum = lambda pc, r: np.ones(pc.shape[:-1], bool)  # type: ignore
+    full.cull_to_view = False  # only the far plane cuts, a designed limit of the view
     from sim.actions import continuous_to_controls
     from sim.autopilot import Autopilot
     pilot = Autopilot()

@@ -1,0 +1,684 @@
+"""Compiled frame drawing: the road, its markings and rails, shadows, every object's
+faces, the polygon fill itself, and the counts the labels need.
+
+Each kernel does for one frame what `Renderer` used to do in a few hundred small numpy
+and OpenCV calls: sample the road (Frenet -> world), move points into the camera frame,
+clip polygons at the near plane (Sutherland-Hodgman), project them to fixed-point pixels
+(`SHIFT` fractional bits) and fill them in painter's order. The arithmetic is the numpy
+version's, step for step, so frames and labels keep their meaning; numpy's per-call
+cost, which was most of a frame's time, is gone.
+
+Camera convention (`sim.render.camera`): x right, y down, z forward; `pos` (3,) and the
+rotation `R` (3, 3) take world points into it as R @ (p - pos).
+
+The fill. Pixel (x, y) has its centre at the point (x, y). Each polygon is filled by the
+even-odd rule on its own edges (concave road strips work too), following OpenCV's
+`fillPoly`, whose calls this replaced, so frames and the models trained on them keep
+their look: on each row from the one nearest the polygon's top to the one nearest its
+bottom, every span between a pair of edge crossings covers the pixels from the one
+nearest its left end to the one nearest its right end, both included. Thin far lines
+stay visible, and polygons that share an edge overlap by at most a pixel (painter's
+order decides). The silhouette counts of the labels use the same rule, so they match
+the pixels of the frame exactly.
+
+The kernels are compiled by numba on first use and cached on disk (`cache=True`). A
+coordinate's arithmetic is integer or IEEE double, so frames are the same on every
+machine. Everything compiled lives in this one module: numba's cache checks only the
+file of a function, so a kernel cached beside a changed callee in another file would
+keep the old callee.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from sim.types import DASHED, DOUBLE
+from sim.world.road import DS
+
+# -- the rasterizer -------------------------------------------------------------------
+SHIFT = 4
+ONE = 1 << SHIFT
+HALF = ONE // 2
+MODE_IMAGE, MODE_IDS, MODE_BOTH = 1, 2, 3
+MAX_CROSS = 64
+
+
+@numba.njit(cache=True)
+def _row_crossings(verts: np.ndarray, lo: int, hi: int, yc: int, xs: np.ndarray) -> int:
+    """x (fixed point, float) where the polygon's edges cross the row centre yc, sorted."""
+    n = 0
+    m = hi - lo
+    for k in range(m):
+        ax, ay = verts[lo + k, 0], verts[lo + k, 1]
+        j = lo + (k + 1) % m
+        bx, by = verts[j, 0], verts[j, 1]
+        if ay == by:
+            continue
+        if ay < by:
+            if not (ay <= yc < by):
+                continue
+        elif not (by <= yc < ay):
+            continue
+        if n < xs.size:
+            xs[n] = ax + (yc - ay) * float(bx - ax) / float(by - ay)
+            n += 1
+    for i in range(1, n):  # insertion sort: a handful of crossings
+        v = xs[i]
+        j = i - 1
+        while j >= 0 and xs[j] > v:
+            xs[j + 1] = xs[j]
+            j -= 1
+        xs[j + 1] = v
+    return n
+
+
+@numba.njit(cache=True)
+def _span(xa: float, xb: float, x_min: int, x_max: int) -> tuple[int, int]:
+    """Pixel columns [c0, c1) from the pixel nearest xa to the pixel nearest xb, both
+    included, clipped to [x_min, x_max)."""
+    c0 = int(np.floor(xa / ONE + 0.5))
+    c1 = int(np.floor(xb / ONE + 0.5)) + 1
+    return max(c0, x_min), min(c1, x_max)
+
+
+@numba.njit(cache=True)
+def _rows(verts: np.ndarray, lo: int, hi: int, y_min: int, y_max: int
+          ) -> tuple[int, int, int, int]:
+    """Rows [r0, r1) from the row nearest the polygon's top to the row nearest its bottom,
+    clipped to [y_min, y_max), and the y range [vmin, vmax) (fixed point) to sample in."""
+    vmin = verts[lo, 1]
+    vmax = verts[lo, 1]
+    for k in range(lo + 1, hi):
+        vmin = min(vmin, verts[k, 1])
+        vmax = max(vmax, verts[k, 1])
+    r0 = (vmin + HALF) // ONE
+    r1 = (vmax + HALF) // ONE + 1
+    return max(r0, y_min), min(r1, y_max), vmin, vmax
+
+
+@numba.njit(cache=True, inline="always")
+def _sample_y(y: int, vmin: int, vmax: int) -> int:
+    """Where row y samples the edges: its centre, moved inside the polygon's y range for
+    the first and last rows (whose centres may lie up to half a pixel outside)."""
+    return min(max(y * ONE, vmin), vmax - 1)
+
+
+@numba.njit(cache=True)
+def fill_one(img: np.ndarray, ids: np.ndarray, verts: np.ndarray, lo: int, hi: int,
+             color: np.ndarray, id_value: int, mode: int, xs: np.ndarray) -> None:
+    """Fill polygon `verts[lo:hi]` into `img` (mode bit 1) and `ids` (mode bit 2).
+    `xs` is scratch space for the row crossings."""
+    if hi - lo < 3:
+        return
+    h, w = ids.shape
+    r0, r1, vmin, vmax = _rows(verts, lo, hi, 0, h)
+    c_r, c_g, c_b = color[0], color[1], color[2]
+    for y in range(r0, r1):
+        n = _row_crossings(verts, lo, hi, _sample_y(y, vmin, vmax), xs)
+        for k in range(0, n - 1, 2):
+            c0, c1 = _span(xs[k], xs[k + 1], 0, w)
+            if mode & 1:
+                for x in range(c0, c1):
+                    img[y, x, 0] = c_r
+                    img[y, x, 1] = c_g
+                    img[y, x, 2] = c_b
+            if mode & 2:
+                for x in range(c0, c1):
+                    ids[y, x] = id_value
+
+
+@numba.njit(cache=True)
+def fill_polygons(img: np.ndarray, ids: np.ndarray, verts: np.ndarray, starts: np.ndarray,
+                  colors: np.ndarray, id_values: np.ndarray, modes: np.ndarray) -> None:
+    """Fill every polygon into `img` (H, W, 3) uint8 and/or `ids` (H, W) int32, in order."""
+    xs = np.empty(MAX_CROSS, np.float64)
+    for p in range(starts.size - 1):
+        fill_one(img, ids, verts, starts[p], starts[p + 1], colors[p], id_values[p], modes[p],
+                 xs)
+
+
+@numba.njit(cache=True)
+def _union_length(spans: np.ndarray, n: int, w: int) -> tuple[int, int]:
+    """Columns covered by the union of spans[:n] (sorted by start), in all and in [0, w)."""
+    t = 0
+    i = 0
+    k = 0
+    while k < n:
+        a, b = spans[k, 0], spans[k, 1]
+        k += 1
+        while k < n and spans[k, 0] <= b:
+            b = max(b, spans[k, 1])
+            k += 1
+        t += b - a
+        i += max(0, min(b, w) - max(a, 0))
+    return t, i
+
+
+@numba.njit(cache=True)
+def silhouette_counts(verts: np.ndarray, starts: np.ndarray, owner: np.ndarray, n_owners: int,
+                      h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of each owner's silhouette (the union of its polygons, unoccluded): in all
+    (within two image sizes around the image) and inside the image.
+
+    `owner` (P,) gives each polygon's owner in [0, n_owners); -1 skips it. Returns
+    total (n,) and inside (n,) int64. Row by row, the spans of the owner's polygons are
+    merged, so the union costs its rows times its polygons, not its area."""
+    total = np.zeros(n_owners, np.int64)
+    inside = np.zeros(n_owners, np.int64)
+    xs = np.empty(MAX_CROSS, np.float64)
+    x_lo, x_hi, y_lo, y_hi = -2 * w, 3 * w, -2 * h, 3 * h
+    order = np.argsort(owner, kind="mergesort")
+    n_poly = owner.size
+    rng = np.empty((n_poly, 4), np.int64)  # r0, r1, vmin, vmax of each polygon
+    p_end = 0
+    while p_end < n_poly:
+        p_start = p_end
+        o = owner[order[p_start]]
+        while p_end < n_poly and owner[order[p_end]] == o:
+            p_end += 1
+        if o < 0:
+            continue
+        y0, y1 = y_hi, y_lo
+        for q in range(p_start, p_end):
+            p = order[q]
+            r0, r1, vmin, vmax = _rows(verts, starts[p], starts[p + 1], y_lo, y_hi)
+            if starts[p + 1] - starts[p] < 3:
+                r1 = r0
+            rng[q, 0], rng[q, 1], rng[q, 2], rng[q, 3] = r0, r1, vmin, vmax
+            if r1 > r0:
+                y0, y1 = min(y0, r0), max(y1, r1)
+        spans = np.empty(((p_end - p_start) * (MAX_CROSS // 2), 2), np.int64)
+        t = 0
+        i = 0
+        for y in range(y0, y1):
+            ns = 0
+            for q in range(p_start, p_end):
+                if not rng[q, 0] <= y < rng[q, 1]:
+                    continue
+                p = order[q]
+                n = _row_crossings(verts, starts[p], starts[p + 1],
+                                   _sample_y(y, rng[q, 2], rng[q, 3]), xs)
+                for k in range(0, n - 1, 2):
+                    c0, c1 = _span(xs[k], xs[k + 1], x_lo, x_hi)
+                    if c1 > c0:
+                        j = ns  # insertion by start column
+                        while j > 0 and spans[j - 1, 0] > c0:
+                            spans[j, 0], spans[j, 1] = spans[j - 1, 0], spans[j - 1, 1]
+                            j -= 1
+                        spans[j, 0], spans[j, 1] = c0, c1
+                        ns += 1
+            dt, di = _union_length(spans, ns, w)
+            t += dt
+            if 0 <= y < h:
+                i += di
+        total[o] = t
+        inside[o] = i
+    return total, inside
+
+
+@numba.njit(cache=True)
+def id_stats(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For id values 1..n in the buffer: pixel count (n,) and pixel box (n, 4) int64
+    (x0, y0, x1, y1), of value v at row v - 1."""
+    count = np.zeros(n, np.int64)
+    box = np.zeros((n, 4), np.int64)
+    h, w = ids.shape
+    box[:, 0] = w
+    box[:, 1] = h
+    for y in range(h):
+        for x in range(w):
+            v = ids[y, x]
+            if 0 < v <= n:
+                r = v - 1
+                count[r] += 1
+                if x < box[r, 0]:
+                    box[r, 0] = x
+                if x >= box[r, 2]:
+                    box[r, 2] = x + 1
+                if y < box[r, 1]:
+                    box[r, 1] = y
+                box[r, 3] = y + 1
+    return count, box
+
+
+MARK_WIDTH = 0.15
+"""Painted line width [m]."""
+MARKING_RANGE = 110.0
+"""Lane markings are drawn (and labelled) up to this far ahead [m]."""
+CLUTTER_RANGE = 140.0
+"""Clutter is drawn up to this far ahead [m]."""
+RAIL_RANGE = 120.0
+"""Guard rails are drawn up to this far ahead [m]."""
+ID_ROAD, ID_SHOULDER, ID_RAIL, ID_CLUTTER = -2, -3, -4, -5
+ID_MARKING = -100
+_IX = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+_IY = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+_IZ = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+_DOUBLE_OFFSETS = np.array([-0.19, -0.07, 0.05, 0.17])
+
+
+# -- small pieces ----------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def _road_at(s0: float, rx: np.ndarray, ry: np.ndarray, rh: np.ndarray, s: float, d: float
+             ) -> tuple[float, float, float]:
+    """`Road.to_world` for one point: world x, y at (s, d) and the heading at s."""
+    f = (s - s0) / DS
+    f = min(max(f, 0.0), rx.size - 1.000001)
+    i = int(f)
+    t = f - i
+    x = rx[i] * (1.0 - t) + rx[i + 1] * t
+    y = ry[i] * (1.0 - t) + ry[i + 1] * t
+    h = rh[i] * (1.0 - t) + rh[i + 1] * t
+    return x - d * np.sin(h), y + d * np.cos(h), h
+
+
+@numba.njit(cache=True, inline="always")
+def _to_cam(wx: float, wy: float, wz: float, pos: np.ndarray, R: np.ndarray
+            ) -> tuple[float, float, float]:
+    dx, dy, dz = wx - pos[0], wy - pos[1], wz - pos[2]
+    return (dx * R[0, 0] + dy * R[0, 1] + dz * R[0, 2],
+            dx * R[1, 0] + dy * R[1, 1] + dz * R[1, 2],
+            dx * R[2, 0] + dy * R[2, 1] + dz * R[2, 2])
+
+
+@numba.njit(cache=True)
+def _line(s0: float, rx: np.ndarray, ry: np.ndarray, rh: np.ndarray, s: np.ndarray, d: float,
+          z: float, pos: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Camera-frame points (S, 3) of the line at lateral offset d and height z."""
+    out = np.empty((s.size, 3))
+    for i in range(s.size):
+        wx, wy, _ = _road_at(s0, rx, ry, rh, s[i], d)
+        out[i, 0], out[i, 1], out[i, 2] = _to_cam(wx, wy, z, pos, R)
+    return out
+
+
+@numba.njit(cache=True)
+def clip_project(pc: np.ndarray, n: int, near: float, f: float, cx: float, cy: float,
+                 out: np.ndarray, at: int, tmp: np.ndarray) -> int:
+    """Clip the camera-frame polygon pc[:n] to z >= near, project it and write its
+    fixed-point pixel vertices to out[at:]; returns how many (0 when nothing is left).
+    `tmp` is scratch space of at least 2 n rows."""
+    n_in = 0
+    for k in range(n):
+        if pc[k, 2] >= near:
+            n_in += 1
+    if n_in == 0:
+        return 0
+    src = pc
+    m = n
+    if n_in < n:  # Sutherland-Hodgman against the near plane
+        m = 0
+        for k in range(n):
+            a = pc[k]
+            b = pc[(k + 1) % n]
+            a_in, b_in = a[2] >= near, b[2] >= near
+            if a_in:
+                tmp[m, 0], tmp[m, 1], tmp[m, 2] = a[0], a[1], a[2]
+                m += 1
+            if a_in != b_in:
+                t = (near - a[2]) / (b[2] - a[2])
+                tmp[m, 0] = a[0] + t * (b[0] - a[0])
+                tmp[m, 1] = a[1] + t * (b[1] - a[1])
+                tmp[m, 2] = a[2] + t * (b[2] - a[2])
+                m += 1
+        if m < 3:
+            return 0
+        src = tmp
+    for k in range(m):
+        z = src[k, 2]
+        out[at + k, 0] = np.int32(np.rint((f * src[k, 0] / z + cx) * ONE))
+        out[at + k, 1] = np.int32(np.rint((f * src[k, 1] / z + cy) * ONE))
+    return m
+
+
+@numba.njit(cache=True)
+def _fill_strip(img: np.ndarray, ids: np.ndarray, a: np.ndarray, b: np.ndarray,
+                color: np.ndarray, id_value: int, near: float, f: float, cx: float,
+                cy: float, xs: np.ndarray) -> None:
+    """Fill the polygon between two camera-frame polylines (S, 3): a, then b backwards,
+    clipped at the near plane as one closed polygon."""
+    n = a.shape[0] + b.shape[0]
+    if n < 3:
+        return
+    pc = np.empty((n, 3))
+    pc[:a.shape[0]] = a
+    pc[a.shape[0]:] = b[::-1]
+    verts = np.empty((2 * n, 2), np.int32)
+    m = clip_project(pc, n, near, f, cx, cy, verts, 0, np.empty((2 * n, 3)))
+    fill_one(img, ids, verts, 0, m, color, id_value, MODE_BOTH, xs)
+
+
+# -- the ground ------------------------------------------------------------------------
+@numba.njit(cache=True)
+def draw_ground(img: np.ndarray, ids: np.ndarray, s0: float, rx: np.ndarray, ry: np.ndarray,
+                rh: np.ndarray, s_max: float, ego_s: float, ego_yaw: float, pos: np.ndarray,
+                R: np.ndarray, f: float, cx: float, cy: float, near: float, far: float,
+                road_offsets: np.ndarray, paved_half: float, half: float,
+                boundary_d: np.ndarray, kinds: np.ndarray, dash_length: float,
+                dash_period: float, rail_sides: np.ndarray, colors: np.ndarray) -> None:
+    """Shoulders, road, every boundary's paint (strips, double lines, dashes) and the
+    guard rails, in that order. `colors` (5, 3) uint8: shoulder, road, marking, yellow,
+    rail."""
+    xs = np.empty(MAX_CROSS, np.float64)
+    _, _, h_ego = _road_at(s0, rx, ry, rh, ego_s, 0.0)
+    herr = ego_yaw - h_ego
+    herr = np.arctan2(np.sin(herr), np.cos(herr))
+    offsets = road_offsets[road_offsets < far]
+    if abs(herr) > np.radians(40.0):  # turned across the road: draw behind too
+        offsets = np.concatenate((-offsets[::-1][:-1], offsets[offsets > 8.0]))
+    s = np.minimum(np.maximum(ego_s + offsets, s0), s_max)
+    for k in range(2):
+        d_edge = paved_half if k == 0 else half
+        a = _line(s0, rx, ry, rh, s, -d_edge, 0.0, pos, R)
+        b = _line(s0, rx, ry, rh, s, d_edge, 0.0, pos, R)
+        _fill_strip(img, ids, a, b, colors[k], ID_SHOULDER if k == 0 else ID_ROAD, near, f, cx,
+                    cy, xs)
+    # markings
+    near_s = np.append(s[s < ego_s + MARKING_RANGE], ego_s + MARKING_RANGE)
+    back = MARKING_RANGE if s[0] < ego_s - 10.0 else 8.0  # turned across: both ways
+    first = np.floor((ego_s - back) / dash_period) * dash_period
+    n_dash = int((MARKING_RANGE + back) / dash_period) + 1
+    starts = first + dash_period * np.arange(n_dash)
+    starts = starts[(starts < ego_s + MARKING_RANGE) & (starts + dash_length < s_max)
+                    & (starts >= s0)]
+    quad = np.empty((4, 3))
+    verts = np.empty((8, 2), np.int32)
+    tmp = np.empty((8, 3))
+    for j in range(boundary_d.size):
+        d = boundary_d[j]
+        value = ID_MARKING - j
+        if kinds[j] == DASHED:
+            for st in starts:
+                for q in range(4):
+                    sq = st + dash_length if q == 1 or q == 2 else st
+                    dq = d + MARK_WIDTH / 2 if q >= 2 else d - MARK_WIDTH / 2
+                    wx, wy, _ = _road_at(s0, rx, ry, rh, sq, dq)
+                    quad[q, 0], quad[q, 1], quad[q, 2] = _to_cam(wx, wy, 0.0, pos, R)
+                m = clip_project(quad, 4, near, f, cx, cy, verts, 0, tmp)
+                fill_one(img, ids, verts, 0, m, colors[2], value, MODE_BOTH, xs)
+            continue
+        if kinds[j] == DOUBLE:
+            sign = 1.0 if d >= 0.0 else -1.0
+            if d == 0.0:
+                sign = 1.0
+            k_off = _DOUBLE_OFFSETS * sign + d
+            color = colors[3]
+        else:
+            k_off = np.array([d - MARK_WIDTH / 2, d + MARK_WIDTH / 2])
+            color = colors[2]
+        for k in range(0, k_off.size, 2):
+            a = _line(s0, rx, ry, rh, near_s, k_off[k], 0.0, pos, R)
+            b = _line(s0, rx, ry, rh, near_s, k_off[k + 1], 0.0, pos, R)
+            _fill_strip(img, ids, a, b, color, value, near, f, cx, cy, xs)
+    rs = s[s < ego_s + RAIL_RANGE]
+    for side in rail_sides:
+        d_rail = side * (paved_half + 0.6)
+        lo = _line(s0, rx, ry, rh, rs, d_rail, 0.35, pos, R)
+        hi = _line(s0, rx, ry, rh, rs, d_rail, 0.8, pos, R)
+        _fill_strip(img, ids, lo, hi, colors[4], ID_RAIL, near, f, cx, cy, xs)
+
+
+# -- objects ---------------------------------------------------------------------------
+@numba.njit(cache=True)
+def _draw_shadows(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
+                  actors: tuple, color: np.ndarray, xs: np.ndarray) -> None:
+    """Dark quads under the actors near the ego (`actors.box_corners`, widened)."""
+    pos, R, f, cx, cy, near = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5]
+    active, _, a_s, a_x, a_y, a_yaw, length, width, _, _ = actors
+    quad = np.empty((4, 3))
+    qv = np.empty((4, 2), np.int32)
+    tmp = np.empty((8, 3))
+    for r in range(active.size):
+        rel = a_s[r] - ego_s
+        if not active[r] or rel <= -5.0 or rel >= 90.0:
+            continue
+        c, s = np.cos(a_yaw[r]), np.sin(a_yaw[r])
+        hl, hw = 0.5 * (length[r] * 1.05 + 0.2), 0.5 * (width[r] * 1.1 + 0.2)
+        ok = True
+        for k in range(4):  # counter-clockwise from front-left
+            lx = hl if k == 0 or k == 3 else -hl
+            ly = hw if k < 2 else -hw
+            quad[k, 0], quad[k, 1], quad[k, 2] = _to_cam(
+                a_x[r] + 0.25 + lx * c - ly * s, a_y[r] + 0.2 + lx * s + ly * c, 0.01, pos, R)
+            ok = ok and quad[k, 2] > near
+        if ok:
+            m = clip_project(quad, 4, near, f, cx, cy, qv, 0, tmp)
+            fill_one(img, ids, qv, 0, m, color, 0, MODE_IMAGE, xs)
+
+
+@numba.njit(cache=True)
+def _in_view(cam: tuple, ego_s: float, cull_to_view: bool, actors: tuple, clutter: tuple
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Objects that may show, far to near: references (actor row r >= 0, clutter item i
+    as -1 - i) and the camera depth of their centres."""
+    pos, R, near, far, tan_half, tan_v = cam[0], cam[1], cam[5], cam[6], cam[7], cam[8]
+    active, _, _, a_x, a_y, _, length, width, height, _ = actors
+    c_s, _, c_x, c_y, _, c_size, _ = clutter
+    c_lo = np.searchsorted(c_s, ego_s - 20.0)
+    c_hi = np.searchsorted(c_s, ego_s + CLUTTER_RANGE)
+    n = active.size + c_hi - c_lo
+    ref = np.empty(n, np.int64)
+    depth = np.empty(n)
+    hyp_h, hyp_v = np.hypot(1.0, tan_half), np.hypot(1.0, tan_v)
+    k = 0
+    for r in range(n):
+        if r < active.size:
+            if not active[r]:
+                continue
+            x, y, sl, sw, sh = a_x[r], a_y[r], length[r], width[r], height[r]
+            ref[k] = r
+        else:
+            i = c_lo + r - active.size
+            x, y, sl, sw, sh = c_x[i], c_y[i], c_size[i, 0], c_size[i, 1], c_size[i, 2]
+            ref[k] = -1 - i
+        px, py, pz = _to_cam(x, y, 0.5 * sh, pos, R)
+        rad = 0.5 * np.sqrt(sl * sl + sw * sw + sh * sh)
+        keep = pz < far + rad
+        if cull_to_view:
+            keep = (keep and pz > near - rad and abs(px) < pz * tan_half + rad * hyp_h
+                    and abs(py) < pz * tan_v + rad * hyp_v)
+        if keep:
+            depth[k] = pz
+            k += 1
+    order = np.argsort(-depth[:k], kind="mergesort")
+    return ref[:k][order], depth[:k][order]
+
+
+@numba.njit(cache=True)
+def _part_vertices(bounds: np.ndarray, is_pyramid: bool, length: float, width: float,
+                   height: float, x: float, y: float, c: float, s: float, cam: tuple,
+                   wv: np.ndarray, pc: np.ndarray) -> float:
+    """World (8, 3) and camera (8, 3) vertices of a part (`shapes.part_vertices` and
+    `to_world` for one part); returns their mean camera depth. Vertex k sits at corner
+    (k // 4, k // 2 % 2, k % 2) of the bounds."""
+    pos, R = cam[0], cam[1]
+    mx = 0.5 * (bounds[0] + bounds[1]) * length
+    my = 0.5 * (bounds[2] + bounds[3]) * width
+    zs = 0.0
+    for v in range(8):
+        lx = bounds[v // 4] * length
+        ly = bounds[2 + (v // 2) % 2] * width
+        if is_pyramid and v % 2 == 1:  # the four top corners meet at the centre
+            lx, ly = mx, my
+        wv[v, 0] = x + lx * c - ly * s
+        wv[v, 1] = y + lx * s + ly * c
+        wv[v, 2] = bounds[4 + v % 2] * height
+        pc[v, 0], pc[v, 1], pc[v, 2] = _to_cam(wv[v, 0], wv[v, 1], wv[v, 2], pos, R)
+        zs += pc[v, 2]
+    return zs / 8.0
+
+
+@numba.njit(cache=True)
+def _face_shade(wv: np.ndarray, fv: np.ndarray, pos: np.ndarray, sun: np.ndarray,
+                ambient: float, diffuse: float, top: bool) -> float:
+    """Lambert shade of a face of a part if it faces the camera, else -1."""
+    ax, ay, az = (wv[fv[2], 0] - wv[fv[0], 0], wv[fv[2], 1] - wv[fv[0], 1],
+                  wv[fv[2], 2] - wv[fv[0], 2])
+    bx, by, bz = (wv[fv[3], 0] - wv[fv[1], 0], wv[fv[3], 1] - wv[fv[1], 1],
+                  wv[fv[3], 2] - wv[fv[1], 2])
+    nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+    fx = 0.25 * (wv[fv[0], 0] + wv[fv[1], 0] + wv[fv[2], 0] + wv[fv[3], 0])
+    fy = 0.25 * (wv[fv[0], 1] + wv[fv[1], 1] + wv[fv[2], 1] + wv[fv[3], 1])
+    fz = 0.25 * (wv[fv[0], 2] + wv[fv[1], 2] + wv[fv[2], 2] + wv[fv[3], 2])
+    mx, my, mz = 0.0, 0.0, 0.0
+    for v in range(8):
+        mx += wv[v, 0] / 8.0
+        my += wv[v, 1] / 8.0
+        mz += wv[v, 2] / 8.0
+    if nx * (fx - mx) + ny * (fy - my) + nz * (fz - mz) < 0:  # make it point outward
+        nx, ny, nz = -nx, -ny, -nz
+    norm = np.sqrt(nx * nx + ny * ny + nz * nz)
+    facing = nx * (pos[0] - fx) + ny * (pos[1] - fy) + nz * (pos[2] - fz)
+    if not (norm > 1e-9 and facing > 1e-9):
+        return -1.0
+    lam = (nx * sun[0] + ny * sun[1] + nz * sun[2]) / max(norm, 1e-12)
+    return ambient + diffuse * min(max(lam, 0.0), 1.0) + (0.08 if top else 0.0)
+
+
+@numba.njit(cache=True)
+def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
+                 cull_to_view: bool, actors: tuple, clutter: tuple, tables: tuple,
+                 look: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shadows under the actors, then every object in view far to near, each object's
+    parts far to near, each part's faces that face the camera, shaded.
+
+    cam: (pos, R, f, cx, cy, near, far, tan_half, tan_v).
+    actors: (active, shape, s, x, y, yaw, length, width, height, color (N, 3) uint8).
+    clutter: (s sorted, shape, x, y, yaw, size (C, 3), color (C, 3) uint8).
+    tables: (part prim, part bounds, part roles, shape start, shape count, role colours,
+    faces, face is top, sun, PYRAMID, BODY).
+    look: (ambient, diffuse, headlight, fog, fog colour, fog visibility, shadows,
+    shadow colour).
+
+    Returns, per actor row, the pixels of its unoccluded silhouette in all and inside the
+    image (for visible fraction and truncation), and the actor rows drawn, in order."""
+    h, w = ids.shape
+    pos, f, cx, cy, near = cam[0], cam[2], cam[3], cam[4], cam[5]
+    active, a_shape, _, a_x, a_y, a_yaw, length, width, height, a_color = actors
+    _, c_shape, c_x, c_y, c_yaw, c_size, c_color = clutter
+    prim, bounds, roles, start, count, role_colors, faces, is_top, sun, pyramid, body = tables
+    ambient, diffuse, headlight, fog, fog_color, fog_visibility, shadow, shadow_color = look
+    xs = np.empty(MAX_CROSS, np.float64)
+    if shadow:
+        _draw_shadows(img, ids, cam, ego_s, actors, shadow_color, xs)
+    ref, depth = _in_view(cam, ego_s, cull_to_view, actors, clutter)
+    n_parts = 0
+    for r in ref:
+        n_parts += count[a_shape[r] if r >= 0 else c_shape[-1 - r]]
+    verts = np.empty((n_parts * 5 * 8, 2), np.int32)
+    starts = np.zeros(n_parts * 5 + 1, np.int64)
+    owner = np.empty(n_parts * 5, np.int64)
+    n_poly = 0
+    drawn = np.empty(ref.size, np.int64)
+    n_drawn = 0
+    max_parts = count.max()
+    wv = np.empty((max_parts, 8, 3))
+    pc = np.empty((max_parts, 8, 3))
+    zmean = np.empty(max_parts)
+    face_pc = np.empty((4, 3))
+    tmp = np.empty((16, 3))
+    color = np.empty(3, np.uint8)
+    for o in range(ref.size):
+        r = ref[o]
+        if r >= 0:
+            sh, x, y, yaw, col, id_value = a_shape[r], a_x[r], a_y[r], a_yaw[r], a_color[r], r + 1
+            sl, sw, sz = length[r], width[r], height[r]
+        else:
+            i = -1 - r
+            sh, x, y, yaw, col, id_value = c_shape[i], c_x[i], c_y[i], c_yaw[i], c_color[i], \
+                ID_CLUTTER
+            sl, sw, sz = c_size[i, 0], c_size[i, 1], c_size[i, 2]
+        dist = max(depth[o], 0.1)
+        light = 0.35 + 1.6 * min(max(14.0 / max(dist, 1.0), 0.0), 1.2) if headlight else 1.0
+        fog_a = 1.0 - np.exp(-dist / fog_visibility) if fog else 0.0
+        cs, sn = np.cos(yaw), np.sin(yaw)
+        p0, n_p = start[sh], count[sh]
+        for q in range(n_p):
+            zmean[q] = _part_vertices(bounds[p0 + q], prim[p0 + q] == pyramid, sl, sw, sz, x,
+                                      y, cs, sn, cam, wv[q], pc[q])
+        any_drawn = False
+        for q in np.argsort(-zmean[:n_p], kind="mergesort"):  # parts far to near, stable
+            part = p0 + q
+            behind = True
+            for v in range(8):
+                behind = behind and pc[q, v, 2] < near
+            if behind:
+                continue
+            for fc in range(5):
+                top = is_top[fc]
+                shade = _face_shade(wv[q], faces[fc], pos, sun, ambient, diffuse, top)
+                if shade < 0.0:
+                    continue
+                role = roles[part, 1 if top else 0]
+                for ch in range(3):
+                    base = float(col[ch]) if role == body else float(role_colors[role, ch])
+                    c = base * shade * light * (1.0 - fog_a) + fog_color[ch] * fog_a
+                    color[ch] = np.uint8(np.rint(min(max(c, 0.0), 255.0)))
+                for v in range(4):
+                    face_pc[v] = pc[q, faces[fc, v]]
+                at = starts[n_poly]
+                m = clip_project(face_pc, 4, near, f, cx, cy, verts, at, tmp)
+                if m < 3:
+                    continue
+                fill_one(img, ids, verts, at, at + m, color, id_value, MODE_BOTH, xs)
+                owner[n_poly] = r if r >= 0 else -1
+                starts[n_poly + 1] = at + m
+                n_poly += 1
+                any_drawn = True
+        if any_drawn and r >= 0:
+            drawn[n_drawn] = r
+            n_drawn += 1
+    total, inside = silhouette_counts(verts, starts[:n_poly + 1], owner[:n_poly],
+                                      active.size, h, w)
+    return total, inside, drawn[:n_drawn]
+
+
+# -- labels ----------------------------------------------------------------------------
+@numba.njit(cache=True)
+def lane_points(s0: float, rx: np.ndarray, ry: np.ndarray, rh: np.ndarray, s_max: float,
+                ego_s: float, boundary_d: np.ndarray, kinds: np.ndarray, dash_length: float,
+                dash_period: float, pos: np.ndarray, R: np.ndarray, f: float, cx: float,
+                cy: float, near: float, width: int, rows: np.ndarray, lane_range: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Image x of every lane boundary at the label rows (NaN where it is not in view), and
+    whether its paint is there (dashes have gaps): (B, rows) float32 and bool."""
+    s_all = ego_s + np.arange(-2.0, lane_range, 0.5)
+    s = s_all[s_all < s_max]
+    n_b = boundary_d.size
+    xs = np.full((n_b, rows.size), np.nan, np.float32)
+    painted = np.zeros((n_b, rows.size), np.bool_)
+    u = np.empty(s.size)
+    v = np.empty(s.size)
+    sj = np.empty(s.size)
+    fr = rows.astype(np.float64)
+    for j in range(n_b):
+        n = 0
+        for i in range(s.size):
+            wx, wy, _ = _road_at(s0, rx, ry, rh, s[i], boundary_d[j])
+            px, py, pz = _to_cam(wx, wy, 0.0, pos, R)
+            if pz > near:
+                u[n] = f * px / pz + cx
+                v[n] = f * py / pz + cy
+                sj[n] = s[i]
+                n += 1
+        if n < 2:
+            continue
+        m = 1  # keep the points while they climb the image (v falls) without a break
+        while m < n and v[m] < v[m - 1]:
+            m += 1
+        if m < 2:
+            continue
+        vr, ur, sr = v[:m][::-1].copy(), u[:m][::-1].copy(), sj[:m][::-1].copy()
+        for k in range(rows.size):
+            if fr[k] < vr[0] or fr[k] > vr[-1]:
+                continue
+            x = np.interp(fr[k], vr, ur)
+            xs[j, k] = x if 0.0 <= x <= width - 1 else np.nan
+            s_at = np.interp(fr[k], vr, sr)
+            painted[j, k] = kinds[j] != DASHED or np.mod(s_at, dash_period) < dash_length
+    return xs, painted
+
+
+__all__ = ["draw_ground", "draw_objects", "lane_points", "clip_project", "MARKING_RANGE",
+           "CLUTTER_RANGE", "MARK_WIDTH"]
