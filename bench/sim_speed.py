@@ -51,6 +51,8 @@ import sim  # noqa: E402, F401  (registers drivestack/*)
 from sim.actions import continuous_to_controls  # noqa: E402
 from sim.autopilot import Autopilot  # noqa: E402
 from sim.config import ScenarioConfig, family_config, sample_scenario  # noqa: E402
+from sim.render.batch import BatchCamera  # noqa: E402
+from sim.types import CameraSpec  # noqa: E402
 from sim.world.batch import BatchWorld  # noqa: E402
 from sim.world.world import World  # noqa: E402
 
@@ -61,6 +63,7 @@ DS_ACTION = np.array([0.0, 0.2], dtype=np.float32)
 IDLE = 1  # highway-env DiscreteMetaAction
 CAMERA_CFG = family_config("highway", vehicles=(20, 20))  # + 0-1 cone group, 0-1 stalled
 TARGETS = {"ratio_physics_20": 50.0, "ratio_physics_50": 50.0, "ratio_camera": 30.0,
+           "ratio_camera_batched": 30.0,
            "ratio_physics_20_batched": 50.0, "ratio_physics_50_batched": 50.0}
 
 
@@ -185,19 +188,51 @@ def ds_batch(n: int) -> Case:
 
     def step(run: Run) -> bool:
         bw = box["bw"]
-        ego, roads = bw.ego, bw.roads
         t0 = time.perf_counter()
-        heading = roads.to_world(ego.s[:, None], np.zeros((BATCH, 1)))[2][:, 0]
-        herr = np.angle(np.exp(1j * (ego.yaw - heading)))
-        offset = ego.d - roads.lane_center(roads.lane_of(ego.d[:, None]))[:, 0]
-        steer = np.clip(-0.8 * herr - 0.15 * offset, -0.5, 0.5)
+        steer = lane_keep(bw)
         run.aux_s += time.perf_counter() - t0
         bw.step(steer, np.zeros(BATCH))
-        return bool(np.median(ego.s) > ROAD_END_M)
+        return bool(np.median(bw.ego.s) > ROAD_END_M)
 
     reset()
     return Case(step, reset, lambda: int(box["bw"].actors.active.sum(axis=1).mean()),
                 DT * BATCH, info={"worlds": BATCH})
+
+
+def lane_keep(bw: BatchWorld) -> np.ndarray:
+    """(B,) steering that keeps every ego in its lane (vectorized proportional control)."""
+    ego, roads = bw.ego, bw.roads
+    heading = roads.to_world(ego.s[:, None], np.zeros((len(bw), 1)))[2][:, 0]
+    herr = np.angle(np.exp(1j * (ego.yaw - heading)))
+    offset = ego.d - roads.lane_center(roads.lane_of(ego.d[:, None]))[:, 0]
+    return np.clip(-0.8 * herr - 0.15 * offset, -0.5, 0.5)
+
+
+def ds_batch_camera() -> Case:
+    """BatchWorld of BATCH camera-config worlds (the `drivestack_camera` scenario family
+    and actor mix) stepped together, then every world's frame and labels drawn by
+    `BatchCamera`. One step = BATCH frames; the lane keeping is booked in aux_s."""
+    box: dict[str, Any] = {"seed": 0}
+
+    def reset() -> None:
+        seeds = range(box["seed"], box["seed"] + BATCH)
+        box["bw"] = BatchWorld([sample_scenario(CAMERA_CFG, s) for s in seeds], dt=DT)
+        box["cam"] = BatchCamera(CameraSpec(), BATCH)
+        box["end"] = np.array([w.road.route_length for w in box["bw"].worlds])
+        box["seed"] += BATCH
+
+    def step(run: Run) -> bool:
+        bw = box["bw"]
+        t0 = time.perf_counter()
+        steer = lane_keep(bw)
+        run.aux_s += time.perf_counter() - t0
+        bw.step(steer, np.full(BATCH, 0.3))
+        box["cam"].render(bw)
+        return bool(np.median(bw.ego.s - box["end"]) > -50.0)
+
+    reset()
+    return Case(step, reset, lambda: int(box["bw"].actors.active.sum(axis=1).mean()),
+                DT * BATCH, info={"worlds": BATCH, "frame_px": "320x192"})
 
 
 def ds_env(obs_type: str, cfg: ScenarioConfig) -> Any:
@@ -316,7 +351,8 @@ def ratio(a: float, b: float) -> float:
 
 
 def show(tag: str, name: str, s: dict[str, Any]) -> None:
-    extra = "".join(f", {k} {s[k]}" for k in ("errors", "frame_px", "frames_drawn_per_step")
+    extra = "".join(f", {k} {s[k]}" for k in ("errors", "frame_px", "frames_drawn_per_step",
+                                              "worlds", "frames_per_s")
                     if s.get(k))
     print(f"[{tag}] {name}: {s['sim_s_per_s']} sim-s/s, {s['steps_per_s']} steps/s (actors "
           f"{s['mean_actors']}, resets {s['resets']}{extra})")
@@ -365,9 +401,14 @@ def main() -> None:
                   f"drivestack_batch_{n}", *cases):
             show("physics", k, fig[k])
     cases = {"drivestack_camera": ds_env_case("camera", CAMERA_CFG),
+             "drivestack_camera_batched": ds_batch_camera(),
              "highway_fast_v0_rendered": hw_case("highway-fast-v0", None, render=True),
              "highway_v0_rendered_20_15hz": hw_case("highway-v0", hw_physics_config(20), True)}
     measure(cases, budget, warm, rounds)
+    batched = cases.pop("drivestack_camera_batched").summary(exclude_aux=True)
+    batched["frames_per_s"] = round(batched["steps_per_s"] * BATCH, 1)
+    fig["drivestack_camera_batched"] = batched
+    show("camera", "drivestack_camera_batched", batched)
     for k, c in cases.items():
         show("camera", k, fig.setdefault(k, c.summary()))
 
@@ -384,6 +425,8 @@ def main() -> None:
         fig[f"ratio_physics_{n}_batched"] = ratio(fig[f"drivestack_batch_{n}"]["sim_s_per_s"], hw)
     cam = fig["drivestack_camera"]["steps_per_s"]
     fig["ratio_camera"] = ratio(cam, fig["highway_fast_v0_rendered"]["steps_per_s"])
+    fig["ratio_camera_batched"] = ratio(batched["frames_per_s"],
+                                        fig["highway_fast_v0_rendered"]["steps_per_s"])
     fig["ratio_camera_vs_highway_v0_rendered_15hz"] = ratio(
         cam, fig["highway_v0_rendered_20_15hz"]["steps_per_s"])
     fig["targets"] = TARGETS

@@ -45,23 +45,27 @@ MAX_CROSS = 64
 
 
 @numba.njit(cache=True)
-def _row_crossings(verts: np.ndarray, lo: int, hi: int, yc: int, xs: np.ndarray) -> int:
-    """x (fixed point, float) where the polygon's edges cross the row centre yc, sorted."""
-    n = 0
+def _edges(verts: np.ndarray, lo: int, hi: int, et: np.ndarray) -> None:
+    """Edge table of polygon verts[lo:hi] into et[:hi - lo]: per edge its y range
+    [y_lo, y_hi) (fixed point), x at y_lo and dx/dy. Horizontal edges get an empty range."""
     m = hi - lo
     for k in range(m):
-        ax, ay = verts[lo + k, 0], verts[lo + k, 1]
-        j = lo + (k + 1) % m
-        bx, by = verts[j, 0], verts[j, 1]
-        if ay == by:
-            continue
-        if ay < by:
-            if not (ay <= yc < by):
-                continue
-        elif not (by <= yc < ay):
-            continue
-        if n < xs.size:
-            xs[n] = ax + (yc - ay) * float(bx - ax) / float(by - ay)
+        j = lo + k + 1 if k + 1 < m else lo
+        ax, ay, bx, by = verts[lo + k, 0], verts[lo + k, 1], verts[j, 0], verts[j, 1]
+        if ay <= by:
+            et[k, 0], et[k, 1], et[k, 2] = ay, by, ax
+        else:
+            et[k, 0], et[k, 1], et[k, 2] = by, ay, bx
+        et[k, 3] = (bx - ax) / (by - ay) if ay != by else 0.0
+
+
+@numba.njit(cache=True)
+def _row_crossings(et: np.ndarray, m: int, yc: int, xs: np.ndarray) -> int:
+    """x (fixed point, float) where the edges et[:m] cross the row centre yc, sorted."""
+    n = 0
+    for k in range(m):
+        if et[k, 0] <= yc < et[k, 1] and n < xs.size:
+            xs[n] = et[k, 2] + (yc - et[k, 0]) * et[k, 3]
             n += 1
     for i in range(1, n):  # insertion sort: a handful of crossings
         v = xs[i]
@@ -106,26 +110,82 @@ def _sample_y(y: int, vmin: int, vmax: int) -> int:
 
 @numba.njit(cache=True)
 def fill_one(img: np.ndarray, ids: np.ndarray, verts: np.ndarray, lo: int, hi: int,
-             color: np.ndarray, id_value: int, mode: int, xs: np.ndarray) -> None:
+             color: np.ndarray, id_value: int, mode: int, xs: np.ndarray,
+             et: np.ndarray) -> None:
     """Fill polygon `verts[lo:hi]` into `img` (mode bit 1) and `ids` (mode bit 2).
-    `xs` is scratch space for the row crossings."""
+    `xs` and `et` (at least (hi - lo, 4)) are scratch space for the row crossings."""
     if hi - lo < 3:
         return
     h, w = ids.shape
     r0, r1, vmin, vmax = _rows(verts, lo, hi, 0, h)
+    if r1 <= r0:
+        return
+    _edges(verts, lo, hi, et)
+    m = hi - lo
+    if m > 8:  # a long strip: track the active edges and copy whole colour rows
+        _fill_big(img, ids, et, m, r0, r1, vmin, vmax, color, id_value, mode, xs)
+        return
     c_r, c_g, c_b = color[0], color[1], color[2]
     for y in range(r0, r1):
-        n = _row_crossings(verts, lo, hi, _sample_y(y, vmin, vmax), xs)
+        n = _row_crossings(et, m, _sample_y(y, vmin, vmax), xs)
         for k in range(0, n - 1, 2):
             c0, c1 = _span(xs[k], xs[k + 1], 0, w)
-            if mode & 1:
-                for x in range(c0, c1):
+            for x in range(c0, c1):  # short spans: plain stores beat slice set-up
+                if mode & 1:
                     img[y, x, 0] = c_r
                     img[y, x, 1] = c_g
                     img[y, x, 2] = c_b
-            if mode & 2:
-                for x in range(c0, c1):
+                if mode & 2:
                     ids[y, x] = id_value
+
+
+@numba.njit(cache=True)
+def _fill_big(img: np.ndarray, ids: np.ndarray, et: np.ndarray, m: int, r0: int, r1: int,
+              vmin: int, vmax: int, color: np.ndarray, id_value: int, mode: int,
+              xs: np.ndarray) -> None:
+    """`fill_one` for polygons with many edges: the same crossings and spans, from an
+    active edge list (edges enter by their top, leave below their bottom)."""
+    w = ids.shape[1]
+    order = np.argsort(et[:m, 0], kind="mergesort")
+    active = np.empty(m, np.int64)
+    n_act = 0
+    nxt = 0
+    c_r, c_g, c_b = color[0], color[1], color[2]
+    for y in range(r0, r1):
+        yc = _sample_y(y, vmin, vmax)
+        while nxt < m and et[order[nxt], 0] <= yc:
+            active[n_act] = order[nxt]
+            n_act += 1
+            nxt += 1
+        n = 0
+        kept = 0
+        for i in range(n_act):
+            e = active[i]
+            if et[e, 1] <= yc:
+                continue  # ended above this row
+            active[kept] = e
+            kept += 1
+            if n < xs.size:
+                xs[n] = et[e, 2] + (yc - et[e, 0]) * et[e, 3]
+                n += 1
+        n_act = kept
+        for i in range(1, n):  # insertion sort
+            v = xs[i]
+            j = i - 1
+            while j >= 0 and xs[j] > v:
+                xs[j + 1] = xs[j]
+                j -= 1
+            xs[j + 1] = v
+        for k in range(0, n - 1, 2):
+            c0, c1 = _span(xs[k], xs[k + 1], 0, w)
+            if c1 <= c0:
+                continue
+            if mode & 1:
+                img[y, c0:c1, 0] = c_r
+                img[y, c0:c1, 1] = c_g
+                img[y, c0:c1, 2] = c_b
+            if mode & 2:
+                ids[y, c0:c1] = id_value
 
 
 @numba.njit(cache=True)
@@ -133,9 +193,10 @@ def fill_polygons(img: np.ndarray, ids: np.ndarray, verts: np.ndarray, starts: n
                   colors: np.ndarray, id_values: np.ndarray, modes: np.ndarray) -> None:
     """Fill every polygon into `img` (H, W, 3) uint8 and/or `ids` (H, W) int32, in order."""
     xs = np.empty(MAX_CROSS, np.float64)
+    et = np.empty((verts.shape[0], 4))
     for p in range(starts.size - 1):
         fill_one(img, ids, verts, starts[p], starts[p + 1], colors[p], id_values[p], modes[p],
-                 xs)
+                 xs, et)
 
 
 @numba.njit(cache=True)
@@ -171,6 +232,9 @@ def silhouette_counts(verts: np.ndarray, starts: np.ndarray, owner: np.ndarray, 
     order = np.argsort(owner, kind="mergesort")
     n_poly = owner.size
     rng = np.empty((n_poly, 4), np.int64)  # r0, r1, vmin, vmax of each polygon
+    et = np.empty((verts.shape[0], 4))  # the edges of polygon p at starts[p]:starts[p + 1]
+    for p in range(n_poly):
+        _edges(verts, starts[p], starts[p + 1], et[starts[p]:])
     p_end = 0
     while p_end < n_poly:
         p_start = p_end
@@ -197,7 +261,7 @@ def silhouette_counts(verts: np.ndarray, starts: np.ndarray, owner: np.ndarray, 
                 if not rng[q, 0] <= y < rng[q, 1]:
                     continue
                 p = order[q]
-                n = _row_crossings(verts, starts[p], starts[p + 1],
+                n = _row_crossings(et[starts[p]:], starts[p + 1] - starts[p],
                                    _sample_y(y, rng[q, 2], rng[q, 3]), xs)
                 for k in range(0, n - 1, 2):
                     c0, c1 = _span(xs[k], xs[k + 1], x_lo, x_hi)
@@ -218,28 +282,51 @@ def silhouette_counts(verts: np.ndarray, starts: np.ndarray, owner: np.ndarray, 
 
 
 @numba.njit(cache=True)
-def id_stats(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """For id values 1..n in the buffer: pixel count (n,) and pixel box (n, 4) int64
-    (x0, y0, x1, y1), of value v at row v - 1."""
+def object_labels(ids: np.ndarray, total: np.ndarray, inside: np.ndarray, boxes: np.ndarray,
+                  x: np.ndarray, y: np.ndarray, yaw: np.ndarray, length: np.ndarray,
+                  width: np.ndarray, cam_x: float, cam_y: float) -> tuple[np.ndarray, ...]:
+    """Labels of the actors with visible pixels (id r + 1 for actor row r, searched in
+    its box boxes[r] (x0, y0, x1, y1)): rows (k,), the box of their visible pixels (k, 4)
+    float32 (x0, y0, x1, y1), visible fraction (visible pixels over the unoccluded
+    silhouette `total`; -1: the visible pixels are the whole silhouette), truncation
+    (silhouette pixels outside the image over all), occluded (under half of the in-image
+    silhouette seen) and the distance from the camera to the nearest footprint point."""
+    n = total.size
     count = np.zeros(n, np.int64)
     box = np.zeros((n, 4), np.int64)
-    h, w = ids.shape
-    box[:, 0] = w
-    box[:, 1] = h
-    for y in range(h):
-        for x in range(w):
-            v = ids[y, x]
-            if 0 < v <= n:
-                r = v - 1
-                count[r] += 1
-                if x < box[r, 0]:
-                    box[r, 0] = x
-                if x >= box[r, 2]:
-                    box[r, 2] = x + 1
-                if y < box[r, 1]:
-                    box[r, 1] = y
-                box[r, 3] = y + 1
-    return count, box
+    for r in range(n):
+        v = r + 1
+        bx0, by0, bx1, by1 = boxes[r, 2], boxes[r, 3], boxes[r, 0], boxes[r, 1]
+        for yy in range(boxes[r, 1], boxes[r, 3]):
+            for xx in range(boxes[r, 0], boxes[r, 2]):
+                if ids[yy, xx] == v:
+                    count[r] += 1
+                    bx0, bx1 = min(bx0, xx), max(bx1, xx + 1)
+                    by0, by1 = min(by0, yy), max(by1, yy + 1)
+        box[r, 0], box[r, 1], box[r, 2], box[r, 3] = bx0, by0, bx1, by1
+    total, inside = total.copy(), inside.copy()
+    for r in range(n):
+        if total[r] < 0:
+            total[r], inside[r] = count[r], count[r]
+    rows = np.flatnonzero((count > 0) & (total > 0))
+    k = rows.size
+    labelled = np.empty((k, 4), np.float32)
+    vis = np.empty(k, np.float32)
+    trunc = np.empty(k, np.float32)
+    occluded = np.empty(k, np.bool_)
+    dist = np.empty(k, np.float32)
+    for j in range(k):
+        r = rows[j]
+        for c in range(4):
+            labelled[j, c] = box[r, c]
+        vis[j] = count[r] / total[r]
+        trunc[j] = 1.0 - inside[r] / total[r]
+        occluded[j] = count[r] < 0.5 * inside[r]
+        c, s = np.cos(yaw[r]), np.sin(yaw[r])
+        rx, ry = cam_x - x[r], cam_y - y[r]
+        lx, ly = abs(c * rx + s * ry), abs(-s * rx + c * ry)
+        dist[j] = np.hypot(max(lx - length[r] / 2, 0.0), max(ly - width[r] / 2, 0.0))
+    return rows, labelled, vis, trunc, occluded, dist
 
 
 MARK_WIDTH = 0.15
@@ -283,13 +370,24 @@ def _to_cam(wx: float, wy: float, wz: float, pos: np.ndarray, R: np.ndarray
 
 
 @numba.njit(cache=True)
-def _line(s0: float, rx: np.ndarray, ry: np.ndarray, rh: np.ndarray, s: np.ndarray, d: float,
-          z: float, pos: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """Camera-frame points (S, 3) of the line at lateral offset d and height z."""
-    out = np.empty((s.size, 3))
+def _centre(s0: float, rx: np.ndarray, ry: np.ndarray, rh: np.ndarray, s: np.ndarray
+            ) -> np.ndarray:
+    """(S, 4) centre line samples at arc lengths s: x, y, sin and cos of the heading."""
+    out = np.empty((s.size, 4))
     for i in range(s.size):
-        wx, wy, _ = _road_at(s0, rx, ry, rh, s[i], d)
-        out[i, 0], out[i, 1], out[i, 2] = _to_cam(wx, wy, z, pos, R)
+        x, y, h = _road_at(s0, rx, ry, rh, s[i], 0.0)
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = x, y, np.sin(h), np.cos(h)
+    return out
+
+
+@numba.njit(cache=True)
+def _line(centre: np.ndarray, d: float, z: float, pos: np.ndarray, R: np.ndarray
+          ) -> np.ndarray:
+    """Camera-frame points (S, 3) of the line at lateral offset d and height z."""
+    out = np.empty((centre.shape[0], 3))
+    for i in range(centre.shape[0]):
+        c = centre[i]
+        out[i, 0], out[i, 1], out[i, 2] = _to_cam(c[0] - d * c[2], c[1] + d * c[3], z, pos, R)
     return out
 
 
@@ -346,20 +444,23 @@ def _fill_strip(img: np.ndarray, ids: np.ndarray, a: np.ndarray, b: np.ndarray,
     pc[a.shape[0]:] = b[::-1]
     verts = np.empty((2 * n, 2), np.int32)
     m = clip_project(pc, n, near, f, cx, cy, verts, 0, np.empty((2 * n, 3)))
-    fill_one(img, ids, verts, 0, m, color, id_value, MODE_BOTH, xs)
+    fill_one(img, ids, verts, 0, m, color, id_value, MODE_BOTH, xs, np.empty((m, 4)))
 
 
 # -- the ground ------------------------------------------------------------------------
 @numba.njit(cache=True)
-def draw_ground(img: np.ndarray, ids: np.ndarray, s0: float, rx: np.ndarray, ry: np.ndarray,
-                rh: np.ndarray, s_max: float, ego_s: float, ego_yaw: float, pos: np.ndarray,
-                R: np.ndarray, f: float, cx: float, cy: float, near: float, far: float,
-                road_offsets: np.ndarray, paved_half: float, half: float,
-                boundary_d: np.ndarray, kinds: np.ndarray, dash_length: float,
-                dash_period: float, rail_sides: np.ndarray, colors: np.ndarray) -> None:
+def draw_ground(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, ego_s: float,
+                ego_yaw: float, road_offsets: np.ndarray, colors: np.ndarray) -> None:
     """Shoulders, road, every boundary's paint (strips, double lines, dashes) and the
-    guard rails, in that order. `colors` (5, 3) uint8: shoulder, road, marking, yellow,
-    rail."""
+    guard rails, in that order.
+
+    cam: (pos, R, f, cx, cy, near, far, ...). road: (s0, x, y, heading, s_max, paved half
+    width, half width, boundary offsets, marking kinds, dash length, dash period, rail
+    sides). `road_offsets`: arc lengths ahead of the ego sampled for the road edges.
+    `colors` (5, 3) uint8: shoulder, road, marking, yellow, rail."""
+    pos, R, f, cx, cy, near, far = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5], cam[6]
+    (s0, rx, ry, rh, s_max, paved_half, half, boundary_d, kinds, dash_length, dash_period,
+     rail_sides) = road
     xs = np.empty(MAX_CROSS, np.float64)
     _, _, h_ego = _road_at(s0, rx, ry, rh, ego_s, 0.0)
     herr = ego_yaw - h_ego
@@ -368,14 +469,34 @@ def draw_ground(img: np.ndarray, ids: np.ndarray, s0: float, rx: np.ndarray, ry:
     if abs(herr) > np.radians(40.0):  # turned across the road: draw behind too
         offsets = np.concatenate((-offsets[::-1][:-1], offsets[offsets > 8.0]))
     s = np.minimum(np.maximum(ego_s + offsets, s0), s_max)
-    for k in range(2):
-        d_edge = paved_half if k == 0 else half
-        a = _line(s0, rx, ry, rh, s, -d_edge, 0.0, pos, R)
-        b = _line(s0, rx, ry, rh, s, d_edge, 0.0, pos, R)
-        _fill_strip(img, ids, a, b, colors[k], ID_SHOULDER if k == 0 else ID_ROAD, near, f, cx,
-                    cy, xs)
-    # markings
+    centre = _centre(s0, rx, ry, rh, s)
+    # the shoulders as two strips beside the road, not one under it: the road's pixels
+    # are written once (the shared edge pixels go to the road, drawn after them)
+    right, left = _line(centre, -half, 0.0, pos, R), _line(centre, half, 0.0, pos, R)
+    _fill_strip(img, ids, _line(centre, -paved_half, 0.0, pos, R), right, colors[0],
+                ID_SHOULDER, near, f, cx, cy, xs)
+    _fill_strip(img, ids, left, _line(centre, paved_half, 0.0, pos, R), colors[0],
+                ID_SHOULDER, near, f, cx, cy, xs)
+    _fill_strip(img, ids, right, left, colors[1], ID_ROAD, near, f, cx, cy, xs)
+    _draw_markings(img, ids, cam, road, ego_s, s, colors, xs)
+    rails = centre[s < ego_s + RAIL_RANGE]
+    for side in rail_sides:
+        d_rail = side * (paved_half + 0.6)
+        lo = _line(rails, d_rail, 0.35, pos, R)
+        hi = _line(rails, d_rail, 0.8, pos, R)
+        _fill_strip(img, ids, lo, hi, colors[4], ID_RAIL, near, f, cx, cy, xs)
+
+
+@numba.njit(cache=True)
+def _draw_markings(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, ego_s: float,
+                   s: np.ndarray, colors: np.ndarray, xs: np.ndarray) -> None:
+    """Every boundary's paint up to MARKING_RANGE: solid strips, double yellow pairs,
+    dashes (quads at multiples of the dash period; both ways when the road sampling `s`
+    reaches behind the ego)."""
+    pos, R, f, cx, cy, near = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5]
+    s0, rx, ry, rh, s_max, _, _, boundary_d, kinds, dash_length, dash_period, _ = road
     near_s = np.append(s[s < ego_s + MARKING_RANGE], ego_s + MARKING_RANGE)
+    centre = _centre(s0, rx, ry, rh, near_s)
     back = MARKING_RANGE if s[0] < ego_s - 10.0 else 8.0  # turned across: both ways
     first = np.floor((ego_s - back) / dash_period) * dash_period
     n_dash = int((MARKING_RANGE + back) / dash_period) + 1
@@ -385,6 +506,7 @@ def draw_ground(img: np.ndarray, ids: np.ndarray, s0: float, rx: np.ndarray, ry:
     quad = np.empty((4, 3))
     verts = np.empty((8, 2), np.int32)
     tmp = np.empty((8, 3))
+    et = np.empty((8, 4))
     for j in range(boundary_d.size):
         d = boundary_d[j]
         value = ID_MARKING - j
@@ -396,27 +518,19 @@ def draw_ground(img: np.ndarray, ids: np.ndarray, s0: float, rx: np.ndarray, ry:
                     wx, wy, _ = _road_at(s0, rx, ry, rh, sq, dq)
                     quad[q, 0], quad[q, 1], quad[q, 2] = _to_cam(wx, wy, 0.0, pos, R)
                 m = clip_project(quad, 4, near, f, cx, cy, verts, 0, tmp)
-                fill_one(img, ids, verts, 0, m, colors[2], value, MODE_BOTH, xs)
+                fill_one(img, ids, verts, 0, m, colors[2], value, MODE_BOTH, xs, et)
             continue
         if kinds[j] == DOUBLE:
-            sign = 1.0 if d >= 0.0 else -1.0
-            if d == 0.0:
-                sign = 1.0
+            sign = -1.0 if d < 0.0 else 1.0
             k_off = _DOUBLE_OFFSETS * sign + d
             color = colors[3]
         else:
             k_off = np.array([d - MARK_WIDTH / 2, d + MARK_WIDTH / 2])
             color = colors[2]
         for k in range(0, k_off.size, 2):
-            a = _line(s0, rx, ry, rh, near_s, k_off[k], 0.0, pos, R)
-            b = _line(s0, rx, ry, rh, near_s, k_off[k + 1], 0.0, pos, R)
+            a = _line(centre, k_off[k], 0.0, pos, R)
+            b = _line(centre, k_off[k + 1], 0.0, pos, R)
             _fill_strip(img, ids, a, b, color, value, near, f, cx, cy, xs)
-    rs = s[s < ego_s + RAIL_RANGE]
-    for side in rail_sides:
-        d_rail = side * (paved_half + 0.6)
-        lo = _line(s0, rx, ry, rh, rs, d_rail, 0.35, pos, R)
-        hi = _line(s0, rx, ry, rh, rs, d_rail, 0.8, pos, R)
-        _fill_strip(img, ids, lo, hi, colors[4], ID_RAIL, near, f, cx, cy, xs)
 
 
 # -- objects ---------------------------------------------------------------------------
@@ -429,6 +543,7 @@ def _draw_shadows(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
     quad = np.empty((4, 3))
     qv = np.empty((4, 2), np.int32)
     tmp = np.empty((8, 3))
+    et = np.empty((4, 4))
     for r in range(active.size):
         rel = a_s[r] - ego_s
         if not active[r] or rel <= -5.0 or rel >= 90.0:
@@ -444,7 +559,7 @@ def _draw_shadows(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
             ok = ok and quad[k, 2] > near
         if ok:
             m = clip_project(quad, 4, near, f, cx, cy, qv, 0, tmp)
-            fill_one(img, ids, qv, 0, m, color, 0, MODE_IMAGE, xs)
+            fill_one(img, ids, qv, 0, m, color, 0, MODE_IMAGE, xs, et)
 
 
 @numba.njit(cache=True)
@@ -536,10 +651,19 @@ def _face_shade(wv: np.ndarray, fv: np.ndarray, pos: np.ndarray, sun: np.ndarray
     return ambient + diffuse * min(max(lam, 0.0), 1.0) + (0.08 if top else 0.0)
 
 
+@numba.njit(cache=True, inline="always")
+def _face_color(base: np.ndarray, gain: float, fog_a: float, fog_color: np.ndarray,
+                out: np.ndarray) -> None:
+    """`Conditions.object_color`: base colour times shade (and headlights), into fog."""
+    for ch in range(3):
+        c = float(base[ch]) * gain * (1.0 - fog_a) + fog_color[ch] * fog_a
+        out[ch] = np.uint8(np.rint(min(max(c, 0.0), 255.0)))
+
+
 @numba.njit(cache=True)
 def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
                  cull_to_view: bool, actors: tuple, clutter: tuple, tables: tuple,
-                 look: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 look: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Shadows under the actors, then every object in view far to near, each object's
     parts far to near, each part's faces that face the camera, shaded.
 
@@ -552,7 +676,10 @@ def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
     shadow colour).
 
     Returns, per actor row, the pixels of its unoccluded silhouette in all and inside the
-    image (for visible fraction and truncation), and the actor rows drawn, in order."""
+    image (for visible fraction and truncation; -1 where they equal its pixels in the id
+    buffer: inside the image and nothing nearer overlaps it), the actor rows drawn, in
+    order, and per actor row the box (x0, y0, x1, y1) in the image outside which none of
+    its pixels lies."""
     h, w = ids.shape
     pos, f, cx, cy, near = cam[0], cam[2], cam[3], cam[4], cam[5]
     active, a_shape, _, a_x, a_y, a_yaw, length, width, height, a_color = actors
@@ -578,7 +705,10 @@ def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
     zmean = np.empty(max_parts)
     face_pc = np.empty((4, 3))
     tmp = np.empty((16, 3))
+    et = np.empty((16, 4))
     color = np.empty(3, np.uint8)
+    boxes = np.empty((ref.size, 4), np.int64)  # pixel box of each object's drawn faces
+    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = w + h, w + h, -1, -1
     for o in range(ref.size):
         r = ref[o]
         if r >= 0:
@@ -611,73 +741,150 @@ def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
                 if shade < 0.0:
                     continue
                 role = roles[part, 1 if top else 0]
-                for ch in range(3):
-                    base = float(col[ch]) if role == body else float(role_colors[role, ch])
-                    c = base * shade * light * (1.0 - fog_a) + fog_color[ch] * fog_a
-                    color[ch] = np.uint8(np.rint(min(max(c, 0.0), 255.0)))
+                if role == body:
+                    _face_color(col, shade * light, fog_a, fog_color, color)
+                else:
+                    _face_color(role_colors[role], shade * light, fog_a, fog_color, color)
                 for v in range(4):
                     face_pc[v] = pc[q, faces[fc, v]]
                 at = starts[n_poly]
                 m = clip_project(face_pc, 4, near, f, cx, cy, verts, at, tmp)
                 if m < 3:
                     continue
-                fill_one(img, ids, verts, at, at + m, color, id_value, MODE_BOTH, xs)
+                fill_one(img, ids, verts, at, at + m, color, id_value, MODE_BOTH, xs, et)
                 owner[n_poly] = r if r >= 0 else -1
                 starts[n_poly + 1] = at + m
+                _grow_box(verts, at, at + m, boxes[o])
                 n_poly += 1
                 any_drawn = True
         if any_drawn and r >= 0:
             drawn[n_drawn] = r
             n_drawn += 1
-    total, inside = silhouette_counts(verts, starts[:n_poly + 1], owner[:n_poly],
-                                      active.size, h, w)
-    return total, inside, drawn[:n_drawn]
+    total, inside, actor_boxes = _silhouettes(ref, boxes, verts, starts[:n_poly + 1],
+                                              owner[:n_poly], active.size, h, w)
+    return total, inside, drawn[:n_drawn], actor_boxes
+
+
+@numba.njit(cache=True)
+def _silhouettes(ref: np.ndarray, boxes: np.ndarray, verts: np.ndarray, starts: np.ndarray,
+                 owner: np.ndarray, n_act: int, h: int, w: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Silhouette pixels of every actor (see `draw_objects`) and the pixel box
+    [x0, x1) x [y0, y1) in the image that holds each actor's pixels. An actor inside the
+    image that nothing drawn after it overlaps has its whole silhouette in the id
+    buffer: its count is left to the labels (-1)."""
+    clear = _unobstructed(ref, boxes, w, h)
+    owner = owner.copy()
+    for p in range(owner.size):
+        if owner[p] >= 0 and clear[owner[p]]:
+            owner[p] = -1
+    total, inside = silhouette_counts(verts, starts, owner, n_act, h, w)
+    actor_boxes = np.zeros((n_act, 4), np.int64)  # empty: x1 <= x0
+    for o in range(ref.size):
+        r = ref[o]
+        if r >= 0:
+            if clear[r]:
+                total[r] = -1
+            b = boxes[o]
+            actor_boxes[r, 0], actor_boxes[r, 1] = max(b[0], 0), max(b[1], 0)
+            actor_boxes[r, 2], actor_boxes[r, 3] = min(b[2] + 1, w), min(b[3] + 1, h)
+    return total, inside, actor_boxes
+
+
+@numba.njit(cache=True, inline="always")
+def _grow_box(verts: np.ndarray, lo: int, hi: int, box: np.ndarray) -> None:
+    """Grow `box` (x0, y0, x1, y1 inclusive pixels) by every pixel a fill of verts[lo:hi]
+    can touch (the nearest pixels of its extreme vertices)."""
+    for k in range(lo, hi):
+        px, py = (verts[k, 0] + HALF) // ONE, (verts[k, 1] + HALF) // ONE
+        box[0], box[1] = min(box[0], px), min(box[1], py)
+        box[2], box[3] = max(box[2], px), max(box[3], py)
+
+
+@numba.njit(cache=True)
+def _unobstructed(ref: np.ndarray, boxes: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Per actor row: drawn, inside the image, and no object drawn after it (nearer)
+    overlaps its pixel box."""
+    n = 0
+    for r in ref:
+        n = max(n, r + 1)
+    clear = np.zeros(max(n, 1), np.bool_)
+    for o in range(ref.size):
+        r = ref[o]
+        b = boxes[o]
+        if r < 0 or b[2] < b[0] or b[0] < 0 or b[1] < 0 or b[2] >= w or b[3] >= h:
+            continue
+        ok = True
+        for o2 in range(o + 1, ref.size):
+            c = boxes[o2]
+            if c[2] >= c[0] and c[0] <= b[2] and b[0] <= c[2] and c[1] <= b[3] and b[1] <= c[3]:
+                ok = False
+                break
+        clear[r] = ok
+    return clear
 
 
 # -- labels ----------------------------------------------------------------------------
 @numba.njit(cache=True)
 def lane_points(s0: float, rx: np.ndarray, ry: np.ndarray, rh: np.ndarray, s_max: float,
                 ego_s: float, boundary_d: np.ndarray, kinds: np.ndarray, dash_length: float,
-                dash_period: float, pos: np.ndarray, R: np.ndarray, f: float, cx: float,
-                cy: float, near: float, width: int, rows: np.ndarray, lane_range: float
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Image x of every lane boundary at the label rows (NaN where it is not in view), and
-    whether its paint is there (dashes have gaps): (B, rows) float32 and bool."""
+                dash_period: float, cam: tuple, ids: np.ndarray, rows: np.ndarray,
+                lane_range: float, absent: float, hidden_ids: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image x of every lane boundary at the label rows (`absent` where it is not in
+    view), whether it is visible there (not under an object: the id buffer there is no
+    actor and none of `hidden_ids`) and whether its paint is there (dashes have gaps):
+    (B, rows) float32, bool, bool. A boundary is followed from the camera while it climbs
+    the image without a break."""
+    pos, R, f, cx, cy, near = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5]
+    h, width = ids.shape
     s_all = ego_s + np.arange(-2.0, lane_range, 0.5)
     s = s_all[s_all < s_max]
     n_b = boundary_d.size
-    xs = np.full((n_b, rows.size), np.nan, np.float32)
+    u = np.empty((n_b, s.size))
+    v = np.empty((n_b, s.size))
+    sj = np.empty((n_b, s.size))
+    n = np.zeros(n_b, np.int64)
+    for i in range(s.size):  # the centre line once per sample, every boundary from it
+        x0, y0, hd = _road_at(s0, rx, ry, rh, s[i], 0.0)
+        sn, cs = np.sin(hd), np.cos(hd)
+        for j in range(n_b):
+            px, py, pz = _to_cam(x0 - boundary_d[j] * sn, y0 + boundary_d[j] * cs, 0.0, pos, R)
+            if pz > near:
+                u[j, n[j]] = f * px / pz + cx
+                v[j, n[j]] = f * py / pz + cy
+                sj[j, n[j]] = s[i]
+                n[j] += 1
+    xs = np.full((n_b, rows.size), absent, np.float32)
+    visible = np.zeros((n_b, rows.size), np.bool_)
     painted = np.zeros((n_b, rows.size), np.bool_)
-    u = np.empty(s.size)
-    v = np.empty(s.size)
-    sj = np.empty(s.size)
     fr = rows.astype(np.float64)
     for j in range(n_b):
-        n = 0
-        for i in range(s.size):
-            wx, wy, _ = _road_at(s0, rx, ry, rh, s[i], boundary_d[j])
-            px, py, pz = _to_cam(wx, wy, 0.0, pos, R)
-            if pz > near:
-                u[n] = f * px / pz + cx
-                v[n] = f * py / pz + cy
-                sj[n] = s[i]
-                n += 1
-        if n < 2:
-            continue
         m = 1  # keep the points while they climb the image (v falls) without a break
-        while m < n and v[m] < v[m - 1]:
+        while m < n[j] and v[j, m] < v[j, m - 1]:
             m += 1
-        if m < 2:
+        if n[j] < 2 or m < 2:
             continue
-        vr, ur, sr = v[:m][::-1].copy(), u[:m][::-1].copy(), sj[:m][::-1].copy()
+        # rows rise and v falls along the points: walk both (np.interp on the reversed run)
+        i = m - 1  # v[j, i] is the smallest v
         for k in range(rows.size):
-            if fr[k] < vr[0] or fr[k] > vr[-1]:
+            if fr[k] < v[j, m - 1] or fr[k] > v[j, 0]:
                 continue
-            x = np.interp(fr[k], vr, ur)
-            xs[j, k] = x if 0.0 <= x <= width - 1 else np.nan
-            s_at = np.interp(fr[k], vr, sr)
+            while i > 0 and v[j, i - 1] < fr[k]:
+                i -= 1
+            if i == 0:  # fr[k] == v[j, 0]: the first point itself
+                x, s_at = u[j, 0], sj[j, 0]
+            else:
+                t = (fr[k] - v[j, i]) / (v[j, i - 1] - v[j, i])
+                x = u[j, i] + t * (u[j, i - 1] - u[j, i])
+                s_at = sj[j, i] + t * (sj[j, i - 1] - sj[j, i])
+            if not 0.0 <= x <= width - 1:
+                continue
+            xs[j, k] = x
+            hit = ids[min(max(rows[k], 0), h - 1), min(max(int(np.rint(x)), 0), width - 1)]
+            visible[j, k] = hit <= 0 and not (hit == hidden_ids).any()
             painted[j, k] = kinds[j] != DASHED or np.mod(s_at, dash_period) < dash_length
-    return xs, painted
+    return xs, visible, painted
 
 
 __all__ = ["draw_ground", "draw_objects", "lane_points", "clip_project", "MARKING_RANGE",

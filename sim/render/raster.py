@@ -86,9 +86,13 @@ class RenderOutput:
     """(H, W) int32 id buffer."""
     silhouette_px: np.ndarray
     """(N,) pixels of each actor row's unoccluded silhouette, inside the image or out
-    (up to two image sizes around it); 0 for actors not drawn."""
+    (up to two image sizes around it); 0 for actors not drawn; -1 where the silhouette is
+    exactly the actor's pixels in `ids` (inside the image, nothing nearer overlaps it)."""
     silhouette_in_image: np.ndarray
     """(N,) of those, the pixels inside the image."""
+    actor_boxes: np.ndarray
+    """(N, 4) per actor row (x0, y0, x1, y1): none of its pixels lies outside
+    [x0, x1) x [y0, y1) (empty for actors not drawn)."""
     poses: tuple[np.ndarray, np.ndarray, np.ndarray]
     """World x, y, yaw of every actor row, as drawn."""
 
@@ -98,10 +102,8 @@ class _Episode:
     """Per-episode inputs of the kernels, made once per road and scenario."""
 
     conditions: Conditions
-    road: tuple[float, np.ndarray, np.ndarray, np.ndarray]
-    boundary_d: np.ndarray
-    kinds: np.ndarray
-    rail_sides: np.ndarray
+    road: tuple
+    """The road as `kernels.draw_ground` takes it."""
     ground_colors: np.ndarray
     shadow_color: np.ndarray
     clutter: tuple[np.ndarray, ...]
@@ -139,10 +141,11 @@ class Renderer:
                 conditions=cond,
                 road=(float(road.s[0]), np.ascontiguousarray(road.x, np.float64),
                       np.ascontiguousarray(road.y, np.float64),
-                      np.ascontiguousarray(road.heading, np.float64)),
-                boundary_d=road.boundaries().astype(np.float64),
-                kinds=np.array(road.markings, np.int64),
-                rail_sides=np.array(c.rail_sides, np.float64),
+                      np.ascontiguousarray(road.heading, np.float64), road.s_max,
+                      road.paved_half_width, road.half_width,
+                      road.boundaries().astype(np.float64), np.array(road.markings, np.int64),
+                      float(road.dash_length), float(road.dash_period),
+                      np.array(c.rail_sides, np.float64)),
                 ground_colors=np.array([pal.shoulder, pal.road, pal.marking, pal.yellow,
                                         _RAIL_COLOR], np.uint8),
                 shadow_color=np.array([int(v * k) for v in pal.road], np.uint8),
@@ -157,26 +160,22 @@ class Renderer:
     def render(self, world: World) -> RenderOutput:
         ep = self._prepare(world)
         cond, spec, cam = ep.conditions, self.spec, self.camera
-        road, ego, a = world.road, world.state.ego, world.state.actors
+        ego, a = world.state.ego, world.state.actors
         cam.set_pose(ego)
         img = cond.background.copy()
         ids = self._ids_background.copy()
-        s0, rx, ry, rh = ep.road
-        draw_ground(img, ids, s0, rx, ry, rh, road.s_max, ego.s, ego.yaw, cam.position, cam.R,
-                    cam.f, cam.cx, cam.cy, spec.near, spec.far, _ROAD_OFFSETS,
-                    road.paved_half_width, road.half_width, ep.boundary_d, ep.kinds,
-                    road.dash_length, road.dash_period, ep.rail_sides, ep.ground_colors)
-        cond.ground_pass(img)
-        poses = world.actor_poses()
         cam_t = (cam.position, cam.R, cam.f, cam.cx, cam.cy, spec.near, spec.far, cam.tan_half,
                  cam.tan_half * spec.height / spec.width)
+        draw_ground(img, ids, cam_t, ep.road, ego.s, ego.yaw, _ROAD_OFFSETS, ep.ground_colors)
+        cond.ground_pass(img)
+        poses = world.actor_poses()
         actors = (a.active, a.shape, a.s, *poses, a.length, a.width, a.height, a.color)
         look = (cond.palette.ambient, cond.palette.diffuse, cond.headlight is not None,
                 cond.fog_alpha is not None, FOG_COLOR, FOG_VISIBILITY,
                 cond.time_of_day != "night", ep.shadow_color)
-        total, inside, drawn = draw_objects(img, ids, cam_t, ego.s, self.cull_to_view, actors,
-                                            ep.clutter, _TABLES, look)
-        out = RenderOutput(img, ids, total, inside, poses)
+        total, inside, drawn, boxes = draw_objects(img, ids, cam_t, ego.s, self.cull_to_view,
+                                                   actors, ep.clutter, _TABLES, look)
+        out = RenderOutput(img, ids, total, inside, boxes, poses)
         if cond.time_of_day != "day" and drawn.size:
             self._draw_taillights(world, out, drawn)
         cond.sensor_pass(img, world.state.step)

@@ -208,6 +208,17 @@ class BatchWorld:
             np.add.at(count, b, boxes_overlap(ci, cj))
         return count
 
+    def actor_poses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World x, y, yaw of every actor of every world, (B, N) each, in one pass."""
+        a = self.actors
+        x, y, h = self.roads.to_world(a.s, a.d)
+        return x, y, h + a.yaw_rel
+
+    def view(self, b: int, poses: tuple[np.ndarray, ...] | None = None) -> WorldView:
+        """World b as the renderer and the labels read a `World` (no copies). `poses`:
+        this batch's `actor_poses()`, when the caller has them for all worlds already."""
+        return WorldView(self, b, poses)
+
     def world_state(self, b: int) -> WorldState:
         """World b as a `WorldState` (copies), e.g. to render or restore it in an env."""
         n = len(self.worlds[b].state.actors)
@@ -217,6 +228,33 @@ class BatchWorld:
         return WorldState(scenario=w.scenario, ego=self.ego.one(b), actors=actors,
                           step=self.steps, time=self.steps * self.dt,
                           next_track_id=w.state.next_track_id, rng_state=dict(w.state.rng_state))
+
+
+class WorldView:
+    """World b of a `BatchWorld`, read as a `World` by `sim.render` (renderer and labels):
+    its own road, clutter and scenario, the batch's actor arrays as row views and the
+    ego as an `EgoState`. A view is valid until the batch steps again."""
+
+    def __init__(self, batch: BatchWorld, b: int,
+                 poses: tuple[np.ndarray, ...] | None = None) -> None:
+        w = batch.worlds[b]
+        self.road, self.clutter, self.scenario, self.dt = w.road, w.clutter, w.scenario, batch.dt
+        actors = ActorTable(**{f.name: getattr(batch.actors, f.name)[b]
+                               for f in fields(ActorTable)})
+        self.state = WorldState(scenario=w.scenario, ego=batch.ego.one(b), actors=actors,
+                                step=batch.steps, time=batch.steps * batch.dt)
+        self._batch, self._b = batch, b
+        self._poses = None if poses is None else (poses[0][b], poses[1][b], poses[2][b])
+
+    def actor_poses(self, rows: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World x, y, yaw of every actor row (or of `rows`), as `World.actor_poses`."""
+        if self._poses is None:
+            x, y, yaw = self._batch.actor_poses()
+            self._poses = (x[self._b], y[self._b], yaw[self._b])
+        if rows is None:
+            return self._poses
+        return self._poses[0][rows], self._poses[1][rows], self._poses[2][rows]
 
 
 def _stack(tables: list[ActorTable]) -> ActorTable:

@@ -62,3 +62,46 @@ def test_world_state_of_a_batch_member_restores_into_a_world() -> None:
 def test_empty_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one"):
         BatchWorld([])
+
+
+def test_batch_camera_frames_equal_single_world_frames() -> None:
+    """World b of a batch renders byte for byte as a World driven the same way."""
+    from sim.render.batch import BatchCamera
+    from sim.render.labels import ground_truth
+    from sim.render.raster import Renderer
+    from sim.types import CameraSpec
+
+    scenarios = _scenarios()[:3]
+    singles = [World(sc) for sc in scenarios]
+    batch = BatchWorld(scenarios)
+    camera = BatchCamera(CameraSpec(), len(scenarios))
+    renderers = [Renderer(CameraSpec()) for _ in singles]
+    pilots = [Autopilot() for _ in singles]
+    compared = 0
+    for step in range(40):
+        controls = np.array([continuous_to_controls(p.act(w)) for p, w in zip(
+            pilots, singles, strict=True)])
+        for w, c in zip(singles, controls, strict=True):
+            w.step(*c)
+        batch.step(controls[:, 0], controls[:, 1])
+        if step % 8:
+            continue
+        frames = camera.render(batch)
+        for w, r, fr in zip(singles, renderers, frames, strict=True):
+            out = r.render(w)
+            gt = ground_truth(w, out, r.camera)
+            np.testing.assert_array_equal(fr.image, out.image)
+            np.testing.assert_array_equal(fr.ids, out.ids)
+            for key in ("boxes_xyxy", "track_ids", "visible_fraction", "truncation"):
+                np.testing.assert_array_equal(fr.ground_truth[key], gt[key], err_msg=key)
+            np.testing.assert_array_equal(fr.ground_truth.lanes.xs, gt.lanes.xs)
+            compared += len(gt.track_ids)
+    assert compared > 20, "the frames must show objects"
+
+
+def test_batch_camera_rejects_a_batch_of_another_size() -> None:
+    from sim.render.batch import BatchCamera
+    from sim.types import CameraSpec
+
+    with pytest.raises(ValueError, match="3 worlds"):
+        BatchCamera(CameraSpec(), 2).render(BatchWorld(_scenarios()[:3]))
