@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,5 +56,4 @@ def reward_terms(world: World, events: Events, prev_accel: float) -> dict[str, f
 
 
 def total_reward(terms: dict[str, float], weights: RewardWeights) -> float:
-    w = asdict(weights)
-    return float(sum(w[k] * v for k, v in terms.items()))
+    return float(sum(getattr(weights, k) * v for k, v in terms.items()))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sim.types import DASHED, DOUBLE
+from sim.types import CAR, DASHED, DOUBLE, TRUCK
 from sim.world.road import DS
 
 # -- the rasterizer -------------------------------------------------------------------
@@ -189,17 +189,6 @@ def _fill_big(img: np.ndarray, ids: np.ndarray, et: np.ndarray, m: int, r0: int,
 
 
 @numba.njit(cache=True)
-def fill_polygons(img: np.ndarray, ids: np.ndarray, verts: np.ndarray, starts: np.ndarray,
-                  colors: np.ndarray, id_values: np.ndarray, modes: np.ndarray) -> None:
-    """Fill every polygon into `img` (H, W, 3) uint8 and/or `ids` (H, W) int32, in order."""
-    xs = np.empty(MAX_CROSS, np.float64)
-    et = np.empty((verts.shape[0], 4))
-    for p in range(starts.size - 1):
-        fill_one(img, ids, verts, starts[p], starts[p + 1], colors[p], id_values[p], modes[p],
-                 xs, et)
-
-
-@numba.njit(cache=True)
 def _union_length(spans: np.ndarray, n: int, w: int) -> tuple[int, int]:
     """Columns covered by the union of spans[:n] (sorted by start), in all and in [0, w)."""
     t = 0
@@ -343,6 +332,11 @@ _IX = np.array([0, 0, 0, 0, 1, 1, 1, 1])
 _IY = np.array([0, 0, 1, 1, 0, 0, 1, 1])
 _IZ = np.array([0, 1, 0, 1, 0, 1, 0, 1])
 _DOUBLE_OFFSETS = np.array([-0.19, -0.07, 0.05, 0.17])
+_LAMP_LAT = np.array([0.3, 0.45, 0.45, 0.3])
+"""A taillight's corners across the rear, in fractions of the width (mirrored)."""
+_LAMP_Z = np.array([0.42, 0.42, 0.52, 0.52])
+"""Their heights, in fractions of the body height (capped at 1.6 m) above 0.15 m."""
+_LAMP_COLOR = np.array([255, 40, 30], np.uint8)
 
 
 # -- small pieces ----------------------------------------------------------------------
@@ -560,6 +554,47 @@ def _draw_shadows(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
         if ok:
             m = clip_project(quad, 4, near, f, cx, cy, qv, 0, tmp)
             fill_one(img, ids, qv, 0, m, color, 0, MODE_IMAGE, xs, et)
+
+
+@numba.njit(cache=True)
+def draw_taillights(img: np.ndarray, ids: np.ndarray, cam: tuple, rows: np.ndarray,
+                    cls: np.ndarray, x: np.ndarray, y: np.ndarray, yaw: np.ndarray,
+                    length: np.ndarray, width: np.ndarray, height: np.ndarray) -> None:
+    """Red lamps on the rear of the cars and trucks among `rows` seen from behind (dusk
+    and night), drawn into the image only: the id buffer keeps the vehicle there. A lamp
+    is drawn where all four corners fall on the vehicle's own pixels."""
+    pos, R, f, cx, cy, near = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5]
+    h, w = ids.shape
+    xs = np.empty(MAX_CROSS, np.float64)
+    quad = np.empty((4, 3))
+    qv = np.empty((4, 2), np.int32)
+    tmp = np.empty((8, 3))
+    et = np.empty((4, 4))
+    for r in rows:
+        if cls[r] != CAR and cls[r] != TRUCK:
+            continue
+        c, s = np.cos(yaw[r]), np.sin(yaw[r])
+        rx = x[r] - (0.5 * length[r] + 0.02) * c
+        ry = y[r] - (0.5 * length[r] + 0.02) * s
+        if (pos[0] - rx) * -c + (pos[1] - ry) * -s <= 0:
+            continue  # seen from the front
+        top = min(height[r], 1.6)
+        for side in (1.0, -1.0):
+            ok = True
+            for k in range(4):
+                lat = side * _LAMP_LAT[k] * width[r]
+                quad[k, 0], quad[k, 1], quad[k, 2] = _to_cam(rx - lat * s, ry + lat * c,
+                                                             _LAMP_Z[k] * top + 0.15, pos, R)
+                ok = ok and quad[k, 2] > near
+            if not ok:
+                continue
+            m = clip_project(quad, 4, near, f, cx, cy, qv, 0, tmp)
+            for k in range(m):
+                py = min(max(qv[k, 1] >> SHIFT, 0), h - 1)
+                px = min(max(qv[k, 0] >> SHIFT, 0), w - 1)
+                ok = ok and ids[py, px] == r + 1
+            if ok:
+                fill_one(img, ids, qv, 0, m, _LAMP_COLOR, 0, MODE_IMAGE, xs, et)
 
 
 @numba.njit(cache=True)

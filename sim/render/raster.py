@@ -27,11 +27,9 @@ from sim.render.kernels import (
     ID_SHOULDER,
     MARK_WIDTH,
     MARKING_RANGE,
-    MODE_IMAGE,
-    SHIFT,
     draw_ground,
     draw_objects,
-    fill_polygons,
+    draw_taillights,
 )
 from sim.render.shapes import (
     BODY,
@@ -42,13 +40,12 @@ from sim.render.shapes import (
     SHAPE_PARTS,
     shape_table,
 )
-from sim.types import CAR, TRUCK, CameraSpec
+from sim.types import CameraSpec
 from sim.world.actors import SHAPE_NAMES
 from sim.world.scenario import CLUTTER_KINDS
 from sim.world.world import World
 
 ID_SKY, ID_GRASS = 0, -1
-SCALE = float(1 << SHIFT)
 ALL_SHAPES: tuple[str, ...] = SHAPE_NAMES + CLUTTER_KINDS
 _ROAD_OFFSETS = np.concatenate([np.arange(-8.0, 20.0, 2.0), np.arange(20.0, 60.0, 4.0),
                                 np.arange(60.0, 400.0, 10.0)])
@@ -177,41 +174,9 @@ class Renderer:
                                                    actors, ep.clutter, _TABLES, look)
         out = RenderOutput(img, ids, total, inside, boxes, poses)
         if cond.time_of_day != "day" and drawn.size:
-            self._draw_taillights(world, out, drawn)
+            draw_taillights(img, ids, cam_t, drawn, a.cls, *poses, a.length, a.width, a.height)
         cond.sensor_pass(img, world.state.step)
         return out
-
-    def _draw_taillights(self, world: World, out: RenderOutput, rows: np.ndarray) -> None:
-        """Red lamps on the rear of cars and trucks seen from behind (dusk and night).
-        They belong to their vehicle: the id buffer keeps the vehicle's id there."""
-        a = world.state.actors
-        veh = rows[np.isin(a.cls[rows], (CAR, TRUCK))]
-        if veh.size == 0:
-            return
-        x, y, yaw = (v[veh] for v in out.poses)
-        size = np.stack([a.length, a.width, a.height], axis=1)[veh]
-        c, s = np.cos(yaw), np.sin(yaw)
-        rx = x - (0.5 * size[:, 0] + 0.02) * c
-        ry = y - (0.5 * size[:, 0] + 0.02) * s
-        cam = self.camera
-        facing = (cam.position[0] - rx) * -c + (cam.position[1] - ry) * -s > 0
-        lat = np.array([0.3, 0.45, 0.45, 0.3, -0.3, -0.45, -0.45, -0.3])[None] * size[:, 1:2]
-        height = np.minimum(size[:, 2:3], 1.6)
-        lz = np.array([0.42, 0.42, 0.52, 0.52] * 2)[None] * height + 0.15
-        px = rx[:, None] - lat * s[:, None]
-        py = ry[:, None] + lat * c[:, None]
-        pcam = cam.to_camera(np.stack([px, py, lz], axis=-1)).reshape(-1, 4, 3)
-        ok = np.repeat(facing, 2) & (pcam[..., 2] > self.spec.near).all(axis=1)
-        if not ok.any():
-            return
-        q = np.round(cam.project(pcam[ok]) * SCALE).astype(np.int32)
-        h, w = out.ids.shape
-        here = out.ids[np.clip(q[..., 1] >> SHIFT, 0, h - 1), np.clip(q[..., 0] >> SHIFT, 0, w - 1)]
-        lamps = q[(here == np.repeat(veh + 1, 2)[ok][:, None]).all(axis=1)]
-        n = len(lamps)
-        fill_polygons(out.image, out.ids, lamps.reshape(-1, 2), np.arange(0, 4 * n + 1, 4),
-                      np.tile(np.array([[255, 40, 30]], np.uint8), (n, 1)),
-                      np.zeros(n, np.int32), np.full(n, MODE_IMAGE, np.uint8))
 
 
 __all__ = ["Renderer", "RenderOutput", "ID_SKY", "ID_GRASS", "ID_ROAD", "ID_SHOULDER",
