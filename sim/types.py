@@ -220,7 +220,7 @@ class Frame:
     step: int
     """Step index within the episode."""
     ids: np.ndarray | None = None
-    """(H, W) int32 instance-id buffer (see sim.render.raster for the encoding)."""
+    """(H, W) int16 instance-id buffer (see sim.render.raster for the encoding)."""
 
 
 @dataclass

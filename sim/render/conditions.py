@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from sim.config import Scenario
+from sim.render.kernels import fog_blend
 from sim.types import CameraSpec
 
 BANK = 8
@@ -100,8 +101,7 @@ class Conditions:
         if self.headlight is not None:
             cv2.multiply(img, self.headlight, dst=img, scale=1.0 / 255.0)
         if self.fog_alpha is not None:
-            blended = img * (1.0 - self.fog_alpha) + FOG_COLOR * self.fog_alpha
-            np.copyto(img, blended.astype(np.uint8))
+            fog_blend(img, self.fog_alpha[:, 0, 0], FOG_COLOR)
 
     def sensor_pass(self, img: np.ndarray, step: int) -> None:
         """Rain streaks, exposure and noise after everything is drawn."""

@@ -859,6 +859,23 @@ def _unobstructed(ref: np.ndarray, boxes: np.ndarray, w: int, h: int) -> np.ndar
     return clear
 
 
+# -- conditions ------------------------------------------------------------------------
+@numba.njit(cache=True)
+def fog_blend(img: np.ndarray, alpha: np.ndarray, fog_color: np.ndarray) -> None:
+    """img = img * (1 - alpha[row]) + fog_color * alpha[row], truncated to uint8, in
+    float32 as numpy computes `img * (1 - a) + fog * a` with float32 a and fog."""
+    h, w, _ = img.shape
+    one = np.float32(1.0)
+    for y in range(h):
+        a = alpha[y]
+        keep = one - a
+        f0, f1, f2 = fog_color[0] * a, fog_color[1] * a, fog_color[2] * a
+        for x in range(w):
+            img[y, x, 0] = np.uint8(np.float32(img[y, x, 0]) * keep + f0)
+            img[y, x, 1] = np.uint8(np.float32(img[y, x, 1]) * keep + f1)
+            img[y, x, 2] = np.uint8(np.float32(img[y, x, 2]) * keep + f2)
+
+
 # -- labels ----------------------------------------------------------------------------
 @numba.njit(cache=True)
 def lane_points(s0: float, rx: np.ndarray, ry: np.ndarray, rh: np.ndarray, s_max: float,

@@ -12,7 +12,7 @@ from sim.world.world import World
 
 LANE_RANGE = MARKING_RANGE
 """Lane boundaries are labelled as far ahead as markings are drawn [m]."""
-_HIDING = np.array([ID_CLUTTER, ID_RAIL], np.int32)
+_HIDING = np.array([ID_CLUTTER, ID_RAIL], np.int16)
 """Id values that hide a lane point, besides actors."""
 
 
