@@ -197,7 +197,8 @@ def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
     job = DetectorTraining(data=cfg.data / "data.yaml", out=cfg.out / "detector",
                            architecture=det.architecture, epochs=det.epochs, imgsz=det.imgsz,
                            batch=det.batch, seed=cfg.seed, device=cfg.device,
-                           workers=det.workers, hours=det.hours, cache=det.cache)
+                           workers=det.workers, hours=det.hours, cache=det.cache,
+                           init=det.init, lr0=det.lr0)
     result = train_detector(job)
     h, w = dataset_image_size(job.data)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))

@@ -338,6 +338,10 @@ class DetectorConfig(_Strict):
     hours: float | None = Field(default=None, gt=0, description=(
         "wall-clock budget [h]; overrides epochs (the schedule fits the budget)"))
     cache: bool = Field(default=False, description="decode training images once into RAM")
+    init: Path | None = Field(default=None, description=(
+        "start from these detector weights (a fine-tune) instead of from scratch"))
+    lr0: float | None = Field(default=None, gt=0, description=(
+        "initial learning rate (ultralytics lr0; default 0.01)"))
 
 
 class LaneConfig(_Strict):

@@ -50,25 +50,36 @@ class DetectorTraining:
     learning-rate schedule into the budget."""
     cache: bool = False
     """Decode the training images once into RAM (ultralytics `cache="ram"`)."""
+    init: Path | None = None
+    """Start from these trained weights (a fine-tune, e.g. on new data) instead of from
+    scratch; their architecture must be `architecture`."""
+    lr0: float | None = None
+    """Initial learning rate (ultralytics `lr0`; its default 0.01 when None)."""
 
 
 def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
-    """Train from scratch and return the final validation metrics and the weights path."""
+    """Train (from scratch, or from `init`) and return the final validation metrics and
+    the weights path."""
     if not Path(cfg.data).is_file():
         raise FileNotFoundError(f"dataset file {cfg.data} not found; run `drivestack dataset`")
+    if cfg.init is not None and not Path(cfg.init).is_file():
+        raise FileNotFoundError(f"detector init weights {cfg.init} not found")
     ultralytics_offline()
     from ultralytics import RTDETR, YOLO
 
     device = resolve_device(cfg.device)
     build = RTDETR if cfg.architecture.startswith("rtdetr") else YOLO
-    model = build(_YAML[cfg.architecture])
+    model = build(str(cfg.init) if cfg.init is not None else _YAML[cfg.architecture])
+    if cfg.init is not None and model.task != "detect":
+        raise ValueError(f"detector init weights {cfg.init} are a {model.task} model")
     model.train(
         data=str(cfg.data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch,
         seed=cfg.seed, deterministic=True, device=device, workers=cfg.workers,
-        pretrained=False, plots=False, amp=device not in ("cpu", "mps"),
+        pretrained=cfg.init is not None, plots=False, amp=device not in ("cpu", "mps"),
         project=str(Path(cfg.out).resolve().parent), name=Path(cfg.out).name,
         exist_ok=True, verbose=False, cache="ram" if cfg.cache else False,
         **({"time": cfg.hours} if cfg.hours else {}),
+        **({"lr0": cfg.lr0} if cfg.lr0 else {}),
     )
     metrics: dict[str, Any] = model.trainer.metrics if model.trainer is not None else {}
     best = Path(cfg.out) / "weights" / "best.pt"

@@ -1,0 +1,51 @@
+"""`DetectorTraining.init`: a fine-tune starts from the given weights, not from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from perception.datasets import DatasetPlan, generate
+from sim.types import CameraSpec
+
+pytest.importorskip("ultralytics")
+SHIPPED = Path(__file__).resolve().parents[2] / "perception" / "weights" / "detector.pt"
+
+
+def _conv_weights(path: Path | str) -> dict[str, object]:
+    from perception.offline import ultralytics_offline
+
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    state = YOLO(str(path)).model.float().state_dict()  # type: ignore[union-attr]
+    return {k: v for k, v in state.items() if k.endswith("conv.weight")}
+
+
+def _max_diff(x: dict[str, object], y: dict[str, object]) -> float:
+    return max(float((x[k] - y[k]).abs().max()) for k in x)  # type: ignore[operator]
+
+
+def test_fine_tune_starts_from_init_weights(tmp_path: Path) -> None:
+    from perception.detector import DetectorTraining, train_detector
+
+    data = tmp_path / "ds"
+    generate(DatasetPlan(frames=8, frames_per_episode=2, stride=2, warmup=4,
+                         camera=CameraSpec(width=96, height=64)), data)
+    # a vanishing learning rate: each run ends where it started
+    common = dict(data=data / "data.yaml", epochs=1, imgsz=96, batch=4, workers=0,
+                  device="cpu", lr0=1e-9)
+    tuned = train_detector(DetectorTraining(out=tmp_path / "tuned", init=SHIPPED, **common))
+    scratch = train_detector(DetectorTraining(out=tmp_path / "scratch", **common))
+    shipped = _conv_weights(SHIPPED)
+    assert _max_diff(shipped, _conv_weights(tuned["weights"])) < 0.01  # fp16 checkpoints
+    assert _max_diff(shipped, _conv_weights(scratch["weights"])) > 0.1
+
+
+def test_missing_init_weights_give_one_clear_error(tmp_path: Path) -> None:
+    from perception.detector import DetectorTraining, train_detector
+
+    with pytest.raises(FileNotFoundError, match="init weights"):
+        train_detector(DetectorTraining(data=SHIPPED, out=tmp_path / "r",
+                                        init=tmp_path / "nope.pt"))
