@@ -48,11 +48,12 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sim  # noqa: E402, F401  (registers drivestack/*)
-from sim.actions import continuous_to_controls  # noqa: E402
+from sim.actions import MAX_STEER, continuous_to_controls  # noqa: E402
 from sim.autopilot import Autopilot  # noqa: E402
 from sim.config import ScenarioConfig, family_config, sample_scenario  # noqa: E402
 from sim.render.batch import BatchCamera  # noqa: E402
 from sim.types import CameraSpec  # noqa: E402
+from sim.vector import BatchDrivingEnv  # noqa: E402
 from sim.world.batch import BatchWorld  # noqa: E402
 from sim.world.world import World  # noqa: E402
 
@@ -63,7 +64,7 @@ DS_ACTION = np.array([0.0, 0.2], dtype=np.float32)
 IDLE = 1  # highway-env DiscreteMetaAction
 CAMERA_CFG = family_config("highway", vehicles=(20, 20))  # + 0-1 cone group, 0-1 stalled
 TARGETS = {"ratio_physics_20": 50.0, "ratio_physics_50": 50.0, "ratio_camera": 30.0,
-           "ratio_camera_batched": 30.0,
+           "ratio_camera_batched": 30.0, "ratio_camera_vec": 30.0,
            "ratio_physics_20_batched": 50.0, "ratio_physics_50_batched": 50.0}
 
 
@@ -206,6 +207,30 @@ def lane_keep(bw: BatchWorld) -> np.ndarray:
     herr = np.angle(np.exp(1j * (ego.yaw - heading)))
     offset = ego.d - roads.lane_center(roads.lane_of(ego.d[:, None]))[:, 0]
     return np.clip(-0.8 * herr - 0.15 * offset, -0.5, 0.5)
+
+
+def ds_vec_camera() -> Case:
+    """`BatchDrivingEnv` (the gymnasium VectorEnv of `gym.make_vec(...,
+    vectorization_mode="vector_entry_point")`) with BATCH camera envs of the
+    `drivestack_camera` scenario: steps include rewards, infos with labels, and the
+    autoresets of envs that ended. The actions keep each ego in its lane (computed from
+    the batch's state, booked in aux_s)."""
+    env = BatchDrivingEnv(BATCH, scenario=CAMERA_CFG, obs_type="camera")
+    env.reset(seed=0)
+    actions = np.zeros((BATCH, 2), np.float32)
+
+    def step(run: Run) -> bool:
+        t0 = time.perf_counter()
+        assert env.batch is not None
+        actions[:, 0] = lane_keep(env.batch) / MAX_STEER
+        actions[:, 1] = 0.2
+        run.aux_s += time.perf_counter() - t0
+        env.step(actions)
+        return False
+
+    return Case(step, lambda: None, lambda: int(env.batch.actors.active.sum(axis=1).mean())
+                if env.batch is not None else 0, DT * BATCH,
+                info={"worlds": BATCH, "frame_px": "320x192"})
 
 
 def ds_batch_camera() -> Case:
@@ -402,13 +427,15 @@ def main() -> None:
             show("physics", k, fig[k])
     cases = {"drivestack_camera": ds_env_case("camera", CAMERA_CFG),
              "drivestack_camera_batched": ds_batch_camera(),
+             "drivestack_camera_vec": ds_vec_camera(),
              "highway_fast_v0_rendered": hw_case("highway-fast-v0", None, render=True),
              "highway_v0_rendered_20_15hz": hw_case("highway-v0", hw_physics_config(20), True)}
     measure(cases, budget, warm, rounds)
-    batched = cases.pop("drivestack_camera_batched").summary(exclude_aux=True)
-    batched["frames_per_s"] = round(batched["steps_per_s"] * BATCH, 1)
-    fig["drivestack_camera_batched"] = batched
-    show("camera", "drivestack_camera_batched", batched)
+    for key in ("drivestack_camera_batched", "drivestack_camera_vec"):
+        fig[key] = cases.pop(key).summary(exclude_aux=True)
+        fig[key]["frames_per_s"] = round(fig[key]["steps_per_s"] * BATCH, 1)
+        show("camera", key, fig[key])
+    batched = fig["drivestack_camera_batched"]
     for k, c in cases.items():
         show("camera", k, fig.setdefault(k, c.summary()))
 
@@ -427,6 +454,8 @@ def main() -> None:
     fig["ratio_camera"] = ratio(cam, fig["highway_fast_v0_rendered"]["steps_per_s"])
     fig["ratio_camera_batched"] = ratio(batched["frames_per_s"],
                                         fig["highway_fast_v0_rendered"]["steps_per_s"])
+    fig["ratio_camera_vec"] = ratio(fig["drivestack_camera_vec"]["frames_per_s"],
+                                    fig["highway_fast_v0_rendered"]["steps_per_s"])
     fig["ratio_camera_vs_highway_v0_rendered_15hz"] = ratio(
         cam, fig["highway_v0_rendered_20_15hz"]["steps_per_s"])
     fig["targets"] = TARGETS

@@ -23,7 +23,9 @@ ENV_IDS: dict[str, str] = {
 def _register() -> None:
     for env_id, family in ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="sim.env:DrivingEnv", kwargs={"family": family})
+            gym.register(id=env_id, entry_point="sim.env:DrivingEnv",
+                         vector_entry_point="sim.vector:BatchDrivingEnv",
+                         kwargs={"family": family})
 
 
 _register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,23 +38,40 @@ class RewardWeights:
 
 def reward_terms(world: World, events: Events, prev_accel: float) -> dict[str, float]:
     """Raw terms, each in about [-1, 1.2], computed after a step."""
-    road, ego, dt = world.road, world.state.ego, world.dt
-    limit = world.scenario.speed_limit
-    herr = float(np.angle(np.exp(1j * (ego.yaw - float(road.heading_at(ego.s))))))
-    v_along = ego.speed * np.cos(herr)
-    lane = int(road.lane_of(ego.d))
-    offset = abs(ego.d - float(road.lane_center(lane))) / (0.5 * road.lane_width)
-    jerk = abs(ego.accel - prev_accel) / dt
+    road, ego = world.road, world.state.ego
+    lane = road.lane_of(ego.d)
+    terms = term_arrays(
+        speed=np.asarray(ego.speed), yaw=np.asarray(ego.yaw),
+        heading=np.asarray(road.heading_at(ego.s)), d=np.asarray(ego.d),
+        lane_center=np.asarray(road.lane_center(lane)),
+        lane_width=np.asarray(road.lane_width), accel=np.asarray(ego.accel),
+        prev_accel=np.asarray(prev_accel), dt=world.dt,
+        limit=np.asarray(world.scenario.speed_limit), collision=np.asarray(events.collision),
+        off_road=np.asarray(events.off_road), min_ttc=np.asarray(events.min_ttc))
+    return {k: float(v) for k, v in terms.items()}
+
+
+def term_arrays(*, speed: np.ndarray, yaw: np.ndarray, heading: np.ndarray, d: np.ndarray,
+                lane_center: np.ndarray, lane_width: np.ndarray, accel: np.ndarray,
+                prev_accel: np.ndarray, dt: float, limit: np.ndarray, collision: np.ndarray,
+                off_road: np.ndarray, min_ttc: np.ndarray) -> dict[str, np.ndarray]:
+    """The terms of `reward_terms` for arrays of egos (one world each), element-wise."""
+    herr = np.angle(np.exp(1j * (yaw - heading)))
+    v_along = speed * np.cos(herr)
+    offset = np.abs(d - lane_center) / (0.5 * lane_width)
+    jerk = np.abs(accel - prev_accel) / dt
     return {
-        "progress": float(min(max(v_along / limit, -1.0), 1.2)),
-        "collision": float(events.collision),
-        "off_road": float(events.off_road),
-        "lane_center": float(min(offset, 1.0)),
-        "overspeed": float(max(0.0, ego.speed - limit) / limit),
-        "comfort": float(min(jerk / 10.0, 1.0)),
-        "ttc": float(events.min_ttc < TTC_WARNING),
+        "progress": np.minimum(np.maximum(v_along / limit, -1.0), 1.2),
+        "collision": collision.astype(np.float64),
+        "off_road": off_road.astype(np.float64),
+        "lane_center": np.minimum(offset, 1.0),
+        "overspeed": np.maximum(0.0, speed - limit) / limit,
+        "comfort": np.minimum(jerk / 10.0, 1.0),
+        "ttc": (min_ttc < TTC_WARNING).astype(np.float64),
     }
 
 
-def total_reward(terms: dict[str, float], weights: RewardWeights) -> float:
-    return float(sum(getattr(weights, k) * v for k, v in terms.items()))
+def total_reward(terms: dict[str, Any], weights: RewardWeights) -> Any:
+    """sum(weight * term): a float for one env's terms, an array for arrays of terms."""
+    total = sum(getattr(weights, k) * v for k, v in terms.items())
+    return total if isinstance(total, np.ndarray) else float(total)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import cast
 
+import numpy as np
+
 from sim.render.labels import ground_truth
 from sim.render.raster import Renderer
 from sim.types import CameraSpec, Frame
-from sim.world.batch import BatchWorld
+from sim.world.batch import BatchWorld, WorldView
 from sim.world.world import World
 
 
@@ -27,16 +29,22 @@ class BatchCamera:
         self.spec = spec
         self.renderers = [Renderer(spec) for _ in range(n_worlds)]
 
-    def render(self, batch: BatchWorld) -> list[Frame]:
+    def render(self, batch: BatchWorld, views: list[WorldView] | None = None,
+               out: np.ndarray | None = None) -> list[Frame]:
+        """Every world's frame; `views`: the batch's `view(b)` for every b, when the caller
+        made them for this step already; `out`: a (B, H, W, 3) uint8 array to draw the
+        images into (the frames' images are then its rows)."""
         if len(batch) != len(self.renderers):
             raise ValueError(f"the batch has {len(batch)} worlds, this camera "
                              f"{len(self.renderers)}")
-        poses = batch.actor_poses()
+        if views is None:
+            poses = batch.actor_poses()
+            views = [batch.view(b, poses) for b in range(len(batch))]
         frames = []
-        for b, renderer in enumerate(self.renderers):
-            view = cast(World, batch.view(b, poses))  # reads as a World (duck-typed)
-            out = renderer.render(view)
-            gt = ground_truth(view, out, renderer.camera)
-            frames.append(Frame(image=out.image, ground_truth=gt, step=batch.steps,
-                                ids=out.ids))
+        for b, (renderer, world_view) in enumerate(zip(self.renderers, views, strict=True)):
+            view = cast(World, world_view)  # reads as a World (duck-typed)
+            drawn = renderer.render(view, None if out is None else out[b])
+            gt = ground_truth(view, drawn, renderer.camera)
+            frames.append(Frame(image=drawn.image, ground_truth=gt, step=view.state.step,
+                                ids=drawn.ids))
         return frames

@@ -154,7 +154,9 @@ class Renderer:
             self._key = key
         return self._episode
 
-    def render(self, world: World) -> RenderOutput:
+    def render(self, world: World, out: np.ndarray | None = None) -> RenderOutput:
+        """The frame of `world`; drawn into `out` ((H, W, 3) uint8, e.g. a row of a
+        batch's observation array) when given, else into a new array."""
         ep = self._prepare(world)
         cond, spec, cam = ep.conditions, self.spec, self.camera
         ego, a = world.state.ego, world.state.actors
@@ -162,7 +164,14 @@ class Renderer:
             raise ValueError(f"{a.active.size} actor rows: the int16 id buffer holds at most "
                              f"{np.iinfo(np.int16).max - 1}")
         cam.set_pose(ego)
-        img = cond.background.copy()
+        if out is None:
+            img = cond.background.copy()
+        else:
+            if out.shape != cond.background.shape or out.dtype != np.uint8:
+                raise ValueError(f"out must be a {cond.background.shape} uint8 array, got "
+                                 f"{out.shape} {out.dtype}")
+            img = out
+            np.copyto(img, cond.background)
         ids = self._ids_background.copy()
         cam_t = (cam.position, cam.R, cam.f, cam.cx, cam.cy, spec.near, spec.far, cam.tan_half,
                  cam.tan_half * spec.height / spec.width)

@@ -21,6 +21,7 @@ from sim.world.road import DS
 from sim.world.traffic import MOBIL_EVERY, step_pedestrians, step_vehicles
 from sim.world.world import BROAD_MARGIN, HARD_BRAKE, World, WorldState, min_ttc, recycle
 
+_ACTOR_FIELDS = tuple(f.name for f in fields(ActorTable))
 _EGO_FIELDS = ("x", "y", "yaw", "speed", "steer", "accel", "s", "d", "length", "width",
                "wheelbase")
 
@@ -125,6 +126,9 @@ class BatchWorld:
         self.ego = BatchEgo(**{k: np.array([getattr(w.state.ego, k) for w in self.worlds],
                                            dtype=np.float64) for k in _EGO_FIELDS})
         self.steps = 0
+        """Batch steps taken."""
+        self.world_steps = np.zeros(len(self.worlds), np.int64)
+        """Steps of each world since it was built (`replace` restarts one)."""
         self._ahead = np.array([w.ahead for w in self.worlds])
 
     def __len__(self) -> int:
@@ -137,12 +141,40 @@ class BatchWorld:
         off = 0.5 * ego.wheelbase  # Frenet coordinates refer to the body centre
         ego.s, ego.d = roads.to_frenet(ego.x + off * np.cos(ego.yaw),
                                        ego.y + off * np.sin(ego.yaw), ego.s)
-        decide = self.steps % MOBIL_EVERY == 0
+        decide = self.world_steps % MOBIL_EVERY == 0  # each world on its own clock
         step_vehicles(self.actors, roads, ego, self.dt, decide=decide)  # type: ignore[arg-type]
         step_pedestrians(self.actors, roads, ego, self.dt)  # type: ignore[arg-type]
-        self._recycle()
+        self._recycle()  # sees the step count before this step, as World's does
+        self.world_steps += 1
         self.steps += 1
         return self.events()
+
+    def replace(self, b: int, scenario: Scenario) -> None:
+        """Start world b afresh on `scenario` (as `World(scenario)` starts), keeping the
+        others where they are: the actor tables are stacked again and the roads joined
+        again, so a replace costs about as much as building the batch's arrays."""
+        w = World(scenario, self.dt)
+        n, n_max = len(w.state.actors), self.actors.active.shape[1]
+        if n <= n_max:  # fits: overwrite row b, padded with empty rows
+            pad = ActorTable.empty(n_max - n)
+            for f in _ACTOR_FIELDS:
+                getattr(self.actors, f)[b] = np.concatenate([getattr(w.state.actors, f),
+                                                             getattr(pad, f)])
+        else:
+            tables = [self._table(k) for k in range(len(self))]
+            tables[b] = w.state.actors
+            self.actors = _stack(tables)
+        self.worlds[b] = w
+        self.roads = BatchRoads(self.worlds)
+        for k in _EGO_FIELDS:
+            getattr(self.ego, k)[b] = getattr(w.state.ego, k)
+        self.world_steps[b] = 0
+        self._ahead[b] = w.ahead
+
+    def _table(self, b: int) -> ActorTable:
+        """World b's rows of the stacked actor table (copies, without the padding)."""
+        n = len(self.worlds[b].state.actors)
+        return ActorTable(**{f: getattr(self.actors, f)[b, :n].copy() for f in _ACTOR_FIELDS})
 
     def _recycle(self) -> None:
         """Per-world respawns, only for the worlds that need one this step."""
@@ -156,8 +188,8 @@ class BatchWorld:
             w = self.worlds[b]
             view = ActorTable(**{f.name: getattr(a, f.name)[b] for f in fields(ActorTable)})
             st = WorldState(scenario=w.scenario, ego=ego.one(int(b)), actors=view,
-                            step=self.steps, next_track_id=w.state.next_track_id,
-                            rng_state=w.state.rng_state)
+                            step=int(self.world_steps[b]),
+                            next_track_id=w.state.next_track_id, rng_state=w.state.rng_state)
             recycle(st, w.road, w.scenario, w.ahead)
             w.state.next_track_id, w.state.rng_state = st.next_track_id, st.rng_state
 
@@ -221,12 +253,9 @@ class BatchWorld:
 
     def world_state(self, b: int) -> WorldState:
         """World b as a `WorldState` (copies), e.g. to render or restore it in an env."""
-        n = len(self.worlds[b].state.actors)
-        actors = ActorTable(**{f.name: getattr(self.actors, f.name)[b, :n].copy()
-                               for f in fields(ActorTable)})
-        w = self.worlds[b]
-        return WorldState(scenario=w.scenario, ego=self.ego.one(b), actors=actors,
-                          step=self.steps, time=self.steps * self.dt,
+        w, step = self.worlds[b], int(self.world_steps[b])
+        return WorldState(scenario=w.scenario, ego=self.ego.one(b), actors=self._table(b),
+                          step=step, time=step * self.dt,
                           next_track_id=w.state.next_track_id, rng_state=dict(w.state.rng_state))
 
 
@@ -239,10 +268,10 @@ class WorldView:
                  poses: tuple[np.ndarray, ...] | None = None) -> None:
         w = batch.worlds[b]
         self.road, self.clutter, self.scenario, self.dt = w.road, w.clutter, w.scenario, batch.dt
-        actors = ActorTable(**{f.name: getattr(batch.actors, f.name)[b]
-                               for f in fields(ActorTable)})
+        actors = ActorTable(**{f: getattr(batch.actors, f)[b] for f in _ACTOR_FIELDS})
+        step = int(batch.world_steps[b])
         self.state = WorldState(scenario=w.scenario, ego=batch.ego.one(b), actors=actors,
-                                step=batch.steps, time=batch.steps * batch.dt)
+                                step=step, time=step * batch.dt)
         self._batch, self._b = batch, b
         self._poses = None if poses is None else (poses[0][b], poses[1][b], poses[2][b])
 

@@ -202,10 +202,12 @@ MOBIL_EVERY = 3
 
 
 def step_vehicles(
-    actors: ActorTable, lanes: Lanes, ego: EgoState, dt: float, decide: bool = True
+    actors: ActorTable, lanes: Lanes, ego: EgoState, dt: float,
+    decide: bool | np.ndarray = True,
 ) -> None:
     """One IDM step for every moving vehicle, in place; with `decide`, MOBIL may also
-    start lane changes. Arrays may carry a leading batch axis (one world per row)."""
+    start lane changes. Arrays may carry a leading batch axis (one world per row); then
+    `decide` may be a (B,) array, one per world."""
     veh = actors.is_vehicle
     if not veh.any():
         return
@@ -215,7 +217,8 @@ def step_vehicles(
     acc, lead, has_lead = _leader_accel(actors, p, target)
     settled = np.abs(actors.d - _lane_line(actors, lanes, target)) < 0.3
     can_change = veh & settled & (actors.lc_timer <= 0)
-    if decide and can_change.any():
+    can_change &= np.asarray(decide)[..., None] if np.ndim(decide) else bool(decide)
+    if can_change.any():
         new_target = _mobil(actors, lanes, p, acc, lane, target, can_change)
     else:
         new_target = target

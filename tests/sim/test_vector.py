@@ -1,102 +1,100 @@
-"""Vector envs in spawned subprocesses: gymnasium AsyncVectorEnv and SB3 SubprocVecEnv."""
+"""BatchDrivingEnv: N envs in one BatchWorld behave as N DrivingEnvs, byte for byte,
+through gymnasium's next-step autoreset."""
 
 from __future__ import annotations
-
-import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.vector import AsyncVectorEnv
 
-from sim.observation import STATE_DIM
-from tests.sim import _vec_helpers as helpers
-
-
-def _single_reset(env_id: str, seed: int, **kwargs: object) -> np.ndarray:
-    env = gym.make(env_id, **kwargs)
-    obs, _ = env.reset(seed=seed)
-    env.close()
-    return obs
+import sim  # noqa: F401  (registers the ids and their vector entry point)
+from sim.env import DrivingEnv
+from sim.vector import BatchDrivingEnv
 
 
-@pytest.mark.parametrize("thunk", [helpers.make_prefixed, helpers.make_plain],
-                         ids=["sim-prefixed-id", "plain-id"])
-def test_async_vector_env_spawn_state_obs(thunk) -> None:  # type: ignore[no-untyped-def]
-    venv = AsyncVectorEnv([thunk, thunk], context="spawn")
-    try:
-        obs, infos = venv.reset(seed=[10, 11])
-        assert obs.shape == (2, STATE_DIM) and obs.dtype == np.float32
-        # a child gives the same first observation as an env made in this process
-        assert np.array_equal(obs[0], _single_reset("drivestack/Highway-v0", 10,
-                                                    obs_type="state"))
-        assert not np.array_equal(obs[0], obs[1])
-        venv.action_space.seed(0)
+def _compare(family: str, obs_type: str, action_type: str, steps: int, seed: int) -> int:
+    n = 3
+    vec = BatchDrivingEnv(n, family=family, obs_type=obs_type, action_type=action_type)
+    singles = [DrivingEnv(family=family, obs_type=obs_type, action_type=action_type)
+               for _ in range(n)]
+    v_obs, _ = vec.reset(seed=seed)
+    s_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
+    rng = np.random.default_rng(seed)
+    done = np.zeros(n, bool)
+    ends = 0
+    for step in range(steps):
+        for i in range(n):
+            _equal_obs(v_obs, i, s_obs[i], obs_type, f"step {step} env {i}")
+        if action_type == "continuous":
+            actions = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+            actions[:, 0] *= 0.3  # steer gently: episodes last a while, some still end
+        else:
+            actions = rng.integers(0, 5, n)
+        v_obs, v_rew, v_term, v_trunc, v_info = vec.step(actions)
+        for i, env in enumerate(singles):
+            if done[i]:  # next-step autoreset: the vector env restarted env i
+                s_obs[i], info = env.reset()
+                assert v_rew[i] == 0.0 and not v_term[i] and not v_trunc[i]
+                done[i] = False
+                continue
+            s_obs[i], rew, term, trunc, info = env.step(actions[i])
+            assert v_rew[i] == pytest.approx(rew, abs=1e-12), (step, i)
+            assert (v_term[i], v_trunc[i]) == (term, trunc), (step, i)
+            for k, v in info["events"].items():
+                if k in v_info["events"]:
+                    assert v_info["events"][k][i] == pytest.approx(v), (step, i, k)
+            if obs_type != "state":
+                np.testing.assert_array_equal(v_info["ground_truth"][i]["boxes_xyxy"],
+                                              info["ground_truth"]["boxes_xyxy"])
+            done[i] = term or trunc
+            ends += int(done[i])
+    return ends
+
+
+def _equal_obs(v_obs: object, i: int, s_obs: object, obs_type: str, where: str) -> None:
+    if obs_type == "dict":
+        np.testing.assert_array_equal(v_obs["camera"][i], s_obs["camera"], err_msg=where)  # type: ignore[index]
+        np.testing.assert_array_equal(v_obs["state"][i], s_obs["state"], err_msg=where)  # type: ignore[index]
+    else:
+        np.testing.assert_array_equal(v_obs[i], s_obs, err_msg=where)  # type: ignore[index]
+
+
+def test_vector_envs_equal_single_envs_through_autoresets() -> None:
+    ends = _compare("highway", "dict", "continuous", steps=90, seed=5)
+    assert ends >= 1, "the comparison must cover an autoreset"
+
+
+def test_meta_actions_and_state_observations_match_too() -> None:
+    _compare("urban", "state", "meta", steps=40, seed=1)
+
+
+def test_make_vec_uses_the_batched_env_and_is_deterministic() -> None:
+    def rollout() -> np.ndarray:
+        envs = gym.make_vec("drivestack/Rural-v0", num_envs=2,
+                            vectorization_mode="vector_entry_point")
+        assert isinstance(envs, BatchDrivingEnv)
+        assert envs.observation_space.shape == (2, 192, 320, 3)
+        assert envs.action_space.shape == (2, 2)
+        obs, _ = envs.reset(seed=3)
         for _ in range(5):
-            obs, rew, term, trunc, infos = venv.step(venv.action_space.sample())
-            assert obs.shape == (2, STATE_DIM)
-            assert rew.shape == (2,) and np.all(np.isfinite(rew))
-            assert term.dtype == bool and trunc.dtype == bool
-        assert "events" in infos
-    finally:
-        venv.close(terminate=True)
+            obs, *_ = envs.step(np.zeros((2, 2), np.float32))
+        return obs
+
+    np.testing.assert_array_equal(rollout(), rollout())
 
 
-def test_async_vector_env_spawn_camera_obs() -> None:
-    venv = AsyncVectorEnv([helpers.make_camera, helpers.make_camera], context="spawn")
-    try:
-        h, w = helpers.SMALL["height"], helpers.SMALL["width"]
-        obs, _ = venv.reset(seed=3)
-        assert obs.shape == (2, h, w, 3) and obs.dtype == np.uint8
-        assert np.array_equal(obs[0], _single_reset("drivestack/Urban-v0", 3,
-                                                    camera=dict(helpers.SMALL)))
-        for _ in range(3):
-            obs, rew, *_ = venv.step(np.zeros((2, 2), np.float32))
-        assert obs.std() > 1.0, "real frames, not blank buffers"
-    finally:
-        venv.close(terminate=True)  # a failed reset_wait would make a plain close hang
-
-
-def test_sync_vector_env_camera_obs_batches_infos() -> None:
-    """Same as above in-process: gymnasium batches info arrays per key, so every info
-    entry must stack across envs (ground truth has one row per object, which varies)."""
-    venv = gym.vector.SyncVectorEnv([helpers.make_camera, helpers.make_camera])
-    try:
-        obs, infos = venv.reset(seed=3)
-        assert obs.shape[0] == 2
-        obs, *_ , infos = venv.step(np.zeros((2, 2), np.float32))
-        assert "ground_truth" in infos
-    finally:
-        venv.close()
-
-
-def test_sb3_subproc_vec_env_spawn() -> None:
-    from stable_baselines3.common.vec_env import SubprocVecEnv
-
-    venv = SubprocVecEnv([helpers.make_plain_continuous_rural] * 2, start_method="spawn")
-    try:
-        venv.seed(5)
-        obs = venv.reset()
-        assert obs.shape == (2, STATE_DIM)
-        rng = np.random.default_rng(0)
-        for _ in range(5):
-            actions = rng.uniform(-0.2, 0.2, (2, 2)).astype(np.float32)
-            obs, rewards, dones, infos = venv.step(actions)
-            assert obs.shape == (2, STATE_DIM) and np.all(np.isfinite(obs))
-            assert rewards.shape == (2,) and dones.shape == (2,)
-            assert len(infos) == 2 and "events" in infos[0]
-    finally:
-        venv.close()
-
-
-def test_helpers_module_does_not_import_sim() -> None:
-    """The prefixed-id test is only meaningful if the helper module leaves `sim` alone."""
-    import ast
-    from pathlib import Path
-
-    tree = ast.parse(Path(helpers.__file__).read_text())
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {a.name for n in top for a in n.names} | {
-        n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
-    assert "sim" not in names and not any(str(n).startswith("sim.") for n in names)
-    assert "tests.sim._vec_helpers" in sys.modules
+def test_bad_input_gives_one_clear_error() -> None:
+    vec = BatchDrivingEnv(2)
+    with pytest.raises(RuntimeError, match="reset"):
+        vec.step(np.zeros((2, 2)))
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        vec.step(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        vec.step(np.array([[0.0, np.nan], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="3 seeds for 2 envs"):
+        vec.reset(seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="num_envs"):
+        BatchDrivingEnv(0)
+    with pytest.raises(ValueError, match="obs_type"):
+        BatchDrivingEnv(2, obs_type="lidar")

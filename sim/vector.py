@@ -1,0 +1,222 @@
+"""BatchDrivingEnv: N driving envs in one process, stepped as one `BatchWorld` and drawn by
+one `BatchCamera`: the scale-out path of `DrivingEnv` as a gymnasium `VectorEnv`.
+
+    envs = gym.make_vec("drivestack/Highway-v0", num_envs=32,
+                        vectorization_mode="vector_entry_point", obs_type="camera")
+
+Env i behaves as a `DrivingEnv` reset with seed `seed + i` (or `seed[i]`) and given the
+same actions: the same scenarios, frames, labels, rewards and ends, byte for byte
+(tests/sim/test_vector.py), until it ends; then it restarts on the next `step` (gymnasium's
+next-step autoreset) on the next scenario of its own generator, as `DrivingEnv.reset()`
+without a seed would. Physics costs one set of array operations for all envs instead of
+one per env, and the frames come from the compiled renderer, so one core steps about
+1,900 camera envs a second (bench/README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, cast
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from sim.actions import MetaController, SpeedController, action_space, continuous_to_controls
+from sim.config import ScenarioConfig, family_config, sample_scenario
+from sim.observation import STATE_DIM, STATE_LIMIT, state_vector
+from sim.render.batch import BatchCamera
+from sim.rewards import RewardWeights, term_arrays, total_reward
+from sim.types import CameraSpec
+from sim.world.batch import BatchWorld, WorldView
+from sim.world.world import World
+
+OBS_TYPES = ("camera", "state", "dict")
+_EVENT_KEYS = ("collision", "off_road", "min_ttc", "hard_brake", "npc_collisions")
+
+
+class BatchDrivingEnv(VectorEnv):
+    """`num_envs` driving envs of one scenario family (or `ScenarioConfig`) in one process.
+
+    Arguments as `DrivingEnv`'s (no `render_mode`); observations, actions, rewards and
+    infos are those of the N envs stacked: `infos["events"]` and `infos["rewards"]` map
+    each name to an (N,) array, `infos["ground_truth"]` is an (N,) object array of
+    `GroundTruth` (camera and dict observations)."""
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 8,
+        scenario: ScenarioConfig | dict[str, Any] | None = None,
+        family: str = "highway",
+        obs_type: str = "camera",
+        action_type: str = "continuous",
+        camera: CameraSpec | dict[str, Any] | None = None,
+        dt: float = 1.0 / 15.0,
+        reward_weights: dict[str, float] | None = None,
+        labels: bool | None = None,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} must be an int >= 1")
+        if obs_type not in OBS_TYPES:
+            raise ValueError(f"obs_type={obs_type!r}; allowed: {', '.join(OBS_TYPES)}")
+        if scenario is None:
+            scenario = family_config(family)
+        elif isinstance(scenario, dict):
+            scenario = ScenarioConfig.model_validate(scenario)
+        self.config: ScenarioConfig = scenario
+        self.num_envs = num_envs
+        self.camera_spec = CameraSpec(**camera) if isinstance(camera, dict) else (
+            camera or CameraSpec())
+        self.obs_type, self.action_type, self.dt = obs_type, action_type, float(dt)
+        self.reward_weights = RewardWeights.from_dict(reward_weights)
+        self.labels = obs_type != "state" if labels is None else bool(labels)
+        self.single_action_space = action_space(action_type)
+        h, w = self.camera_spec.height, self.camera_spec.width
+        cam_space = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
+        state_space = spaces.Box(-STATE_LIMIT, STATE_LIMIT, shape=(STATE_DIM,), dtype=np.float32)
+        self.single_observation_space = {
+            "camera": cam_space, "state": state_space,
+            "dict": spaces.Dict({"camera": cam_space, "state": state_space})}[obs_type]
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.camera = BatchCamera(self.camera_spec, num_envs)
+        self.batch: BatchWorld | None = None
+        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self._controllers: list[MetaController | None] = [None] * num_envs
+        self._autoreset = np.zeros(num_envs, bool)
+        self._scenario_info = np.empty(num_envs, dtype=object)
+
+    # -- gymnasium API -------------------------------------------------------------------
+    def reset(self, *, seed: int | list[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if options:
+            raise ValueError(f"unknown reset option(s) {sorted(options)}; allowed: none")
+        if seed is None or isinstance(seed, int | np.integer):
+            seeds: list[int | None] = [None if seed is None else int(seed) + i
+                                       for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
+        if seed is not None or self.batch is None:
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        self.batch = BatchWorld([self._next_scenario(i) for i in range(self.num_envs)], self.dt)
+        for i in range(self.num_envs):
+            self._start(i)
+        self._autoreset[:] = False
+        return self._observe(self.batch.events(), {})
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray,
+                                          dict[str, Any]]:
+        bw = self._require_batch()
+        n = self.num_envs
+        restart = self._autoreset.copy()
+        steer, accel = np.zeros(n), np.zeros(n)
+        for i in np.flatnonzero(~restart):
+            steer[i], accel[i] = self._controls(i, actions)
+        prev_accel = bw.ego.accel.copy()
+        events = bw.step(steer, accel)
+        for i in np.flatnonzero(restart):
+            bw.replace(int(i), self._next_scenario(int(i)))
+            self._start(int(i))
+        if restart.any():
+            events = bw.events()
+        terms = self._terms(events, prev_accel)
+        for t in terms.values():
+            t[restart] = 0.0  # a restarted env reports as `DrivingEnv.reset` does
+        rewards = np.where(restart, 0.0, total_reward(terms, self.reward_weights))
+        terminated = ~restart & (events["collision"] | events["off_road"])
+        seconds = np.array([w.scenario.episode_seconds for w in bw.worlds])
+        routes = np.array([w.road.route_length for w in bw.worlds])
+        truncated = ~restart & ((bw.world_steps * self.dt >= seconds - 1e-9)
+                                | (bw.ego.s >= routes))
+        self._autoreset = terminated | truncated
+        obs, infos = self._observe(events, terms)
+        return obs, rewards, terminated, truncated, infos
+
+    # -- pieces --------------------------------------------------------------------------
+    def _terms(self, events: dict[str, np.ndarray], prev_accel: np.ndarray
+               ) -> dict[str, np.ndarray]:
+        """`reward_terms` of every env at once, from the batch's arrays."""
+        bw = self._require_batch()
+        ego, roads = bw.ego, bw.roads
+        heading = roads.to_world(ego.s[:, None], np.zeros((self.num_envs, 1)))[2][:, 0]
+        lane_center = roads.lane_center(roads.lane_of(ego.d[:, None]))[:, 0]
+        return term_arrays(
+            speed=ego.speed, yaw=ego.yaw, heading=heading, d=ego.d, lane_center=lane_center,
+            lane_width=roads.lane_width[:, 0], accel=ego.accel, prev_accel=prev_accel,
+            dt=self.dt, limit=np.array([w.scenario.speed_limit for w in bw.worlds]),
+            collision=events["collision"], off_road=events["off_road"],
+            min_ttc=events["min_ttc"])
+
+    def _require_batch(self) -> BatchWorld:
+        if self.batch is None:
+            raise RuntimeError("call reset() before step()")
+        return self.batch
+
+    def _next_scenario(self, i: int) -> Any:
+        """Env i's next scenario, drawn as `DrivingEnv.reset` draws it."""
+        return sample_scenario(self.config, int(self._rngs[i].integers(0, 2**31 - 1)))
+
+    def _start(self, i: int) -> None:
+        """Fresh per-episode state of env i (its meta-action controller)."""
+        bw = self._require_batch()
+        ego, road = bw.ego.one(i), bw.worlds[i].road
+        self._scenario_info[i] = asdict(bw.worlds[i].scenario)
+        self._controllers[i] = MetaController(
+            target_lane=int(road.lane_of(ego.d)), target_speed=ego.speed,
+            speed_pid=SpeedController())
+
+    def _controls(self, i: int, actions: Any) -> tuple[float, float]:
+        if self.action_type == "continuous":
+            a = np.asarray(actions)
+            if a.shape != (self.num_envs, 2):
+                raise ValueError(f"actions must have shape ({self.num_envs}, 2), got {a.shape}")
+            return continuous_to_controls(a[i])
+        a = np.asarray(actions)
+        if a.shape != (self.num_envs,) or not np.isfinite(a.astype(float)).all() or (
+                a.astype(float) != a.astype(float).round()).any():
+            raise ValueError(f"meta actions must be {self.num_envs} integers in 0..4, "
+                             f"got {actions!r}")
+        bw = self._require_batch()
+        world, ctl = bw.worlds[i], self._controllers[i]
+        assert ctl is not None
+        ctl.apply(int(a[i]), world.road, world.scenario.speed_limit)
+        return ctl.controls(bw.view(i).state.ego, world.road, self.dt)
+
+    def _observe(self, events: dict[str, np.ndarray], terms: dict[str, np.ndarray],
+                 views: list[WorldView] | None = None) -> tuple[Any, dict[str, Any]]:
+        bw = self._require_batch()
+        n = self.num_envs
+        if views is None:
+            poses = bw.actor_poses()
+            views = [bw.view(i, poses) for i in range(n)]
+        frames = None
+        if self.obs_type != "state" or self.labels:
+            spec = self.camera_spec
+            images = np.empty((n, spec.height, spec.width, 3), np.uint8)
+            frames = self.camera.render(bw, views, out=images)
+        if self.obs_type != "camera":
+            state = np.stack([state_vector(cast(World, v)) for v in views])
+        infos: dict[str, Any] = {
+            "events": {k: np.asarray(events[k]) for k in _EVENT_KEYS},
+            "rewards": terms,
+            "step": bw.world_steps.copy(),
+            "speed": bw.ego.speed.copy(),
+            "route_completion": np.clip(
+                bw.ego.s / np.array([w.road.route_length for w in bw.worlds]), 0.0, 1.0),
+            "scenario": self._scenario_info.copy(),
+        }
+        if frames is not None:
+            gts = np.empty(n, dtype=object)
+            gts[:] = [f.ground_truth for f in frames]
+            infos["ground_truth"] = gts
+        if self.obs_type == "camera":
+            return images, infos
+        if self.obs_type == "state":
+            return state, infos
+        return {"camera": images, "state": state}, infos
