@@ -15,6 +15,7 @@ ground plane for the ego offset and heading error.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,21 @@ import numpy as np
 
 from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS, resolve_device
 from perception.geometry import box_foot, to_ground
-from perception.lanes import LANE_SLOTS, decode, lane_geometry, load_lane_model
+from perception.lane_onnx import OnnxLanes
+from perception.lanes import (
+    DEFAULT_LANE_WEIGHTS,
+    LANE_SLOTS,
+    decode,
+    lane_geometry,
+    load_lane_model,
+)
 from perception.offline import ultralytics_offline
 from perception.raw_detector import RawDetector
 from sim.types import ABSENT, CameraSpec
+
+LANE_BACKENDS = ("auto", "torch", "onnx")
+"""Lane model runtimes: auto is ONNX Runtime on the CPU (an export made once, locally;
+perception/lane_onnx.py), PyTorch elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -92,12 +104,16 @@ class Perceiver:
     Without `weights`, the shipped detector: on the CPU its ONNX Runtime export at the
     default camera size (about 2.5x faster than PyTorch here), else the PyTorch weights.
     A `.onnx` file runs at its fixed export size, which must be the camera's. Without
-    `lane_weights`, the shipped lane model; `lanes=False` skips lanes."""
+    `lane_weights`, the shipped lane model; `lanes=False` skips lanes. `lane_backend`:
+    "auto" (ONNX Runtime on the CPU, PyTorch elsewhere), "torch" or "onnx"."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
                  camera: CameraSpec | None = None, conf: float = 0.25,
                  imgsz: int = 320, lane_weights: Path | str | None = None,
-                 lanes: bool = True) -> None:
+                 lanes: bool = True, lane_backend: str = "auto") -> None:
+        if lane_backend not in LANE_BACKENDS:
+            raise ValueError(f"lane_backend={lane_backend!r}; allowed: "
+                             f"{', '.join(LANE_BACKENDS)}")
         self.camera = camera or CameraSpec()
         self.device = resolve_device(device)
         if weights is None:
@@ -139,6 +155,17 @@ class Perceiver:
             self._lane_device = torch_device
             if torch_device.startswith("cuda"):
                 self.lane_model = self.lane_model.half()  # fp16 on CUDA, as the detector
+            self.lane_onnx: OnnxLanes | None = None
+            if lane_backend == "onnx" or (lane_backend == "auto" and self.device == "cpu"):
+                if self.device != "cpu":
+                    raise ValueError("the ONNX lane backend runs on the CPU; use 'torch'")
+                try:
+                    self.lane_onnx = OnnxLanes(lane_weights or DEFAULT_LANE_WEIGHTS)
+                except Exception as exc:  # a backbone the exporter cannot take
+                    if lane_backend == "onnx":
+                        raise
+                    warnings.warn(f"lanes stay on PyTorch: ONNX export failed ({exc})",
+                                  stacklevel=2)
 
     def _check(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         want = (self.camera.height, self.camera.width, 3)
@@ -195,9 +222,12 @@ class Perceiver:
         if k != 1.0:  # same aspect ratio: run the model at its size, scale back
             batch = [cv2.resize(f, (ls.width, ls.height), interpolation=cv2.INTER_AREA)
                      for f in batch]
-        with torch.inference_mode():
-            x = torch.from_numpy(np.stack(batch)).to(self._lane_device)
-            xs, scores = decode(self.lane_model(x).cpu(), ls)
+        if self.lane_onnx is not None:
+            xs, scores = decode(torch.from_numpy(self.lane_onnx(np.stack(batch))), ls)
+        else:
+            with torch.inference_mode():
+                x = torch.from_numpy(np.stack(batch)).to(self._lane_device)
+                xs, scores = decode(self.lane_model(x).cpu(), ls)
         rows = np.round((np.asarray(ls.rows, np.float64) + 0.5) * k - 0.5).astype(np.int64)
         if k != 1.0:
             # pixel centres: x_camera + 0.5 = (x_model + 0.5) * k
