@@ -329,9 +329,6 @@ RAIL_RANGE = 120.0
 """Guard rails are drawn up to this far ahead [m]."""
 ID_ROAD, ID_SHOULDER, ID_RAIL, ID_CLUTTER = -2, -3, -4, -5
 ID_MARKING = -100
-_IX = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-_IY = np.array([0, 0, 1, 1, 0, 0, 1, 1])
-_IZ = np.array([0, 1, 0, 1, 0, 1, 0, 1])
 _DOUBLE_OFFSETS = np.array([-0.19, -0.07, 0.05, 0.17])
 _LAMP_LAT = np.array([0.3, 0.45, 0.45, 0.3])
 """A taillight's corners across the rear, in fractions of the width (mirrored)."""

@@ -4,10 +4,10 @@ Id buffer encoding (int16: half the memory traffic of int32, room for 32,767 act
   actor row r            -> r + 1            (labelled objects)
   sky 0, grass -1, road -2, shoulder -3, guard rail -4, clutter -5
   marking of boundary j  -> -(100 + j)
-The geometry and the fills run in compiled kernels (`sim.render.kernels`,
-`sim.render.fill`): the ground in one call, shadows and objects in another, which also
-counts every actor's unoccluded silhouette with the same rasterizer, so labels taken from
-the id buffer match the pixels exactly.
+The geometry and the fills run in compiled kernels (`sim.render.kernels`): the ground in
+one call, shadows and objects in another, which also counts every actor's unoccluded
+silhouette with the same rasterizer, so labels taken from the id buffer match the pixels
+exactly.
 """
 
 from __future__ import annotations
