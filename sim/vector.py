@@ -6,11 +6,13 @@ one `BatchCamera`: the scale-out path of `DrivingEnv` as a gymnasium `VectorEnv`
 
 Env i behaves as a `DrivingEnv` reset with seed `seed + i` (or `seed[i]`) and given the
 same actions: the same scenarios, frames, labels, rewards and ends, byte for byte
-(tests/sim/test_vector.py), until it ends; then it restarts on the next `step` (gymnasium's
-next-step autoreset) on the next scenario of its own generator, as `DrivingEnv.reset()`
-without a seed would. Physics costs one set of array operations for all envs instead of
-one per env, and the frames come from the compiled renderer, so one core steps about
-1,900 camera envs a second (bench/README.md).
+(tests/sim/test_vector.py), until it ends; then it restarts on the next scenario of its
+own generator, as `DrivingEnv.reset()` without a seed would: on the next `step`
+(gymnasium's next-step autoreset, the default) or at once, with the last observation in
+`infos["final_obs"]` (`autoreset_mode="SameStep"`, what stable-baselines3 expects).
+Physics costs one set of array operations for all envs instead of one per env, and the
+frames come from the compiled renderer, so one core steps about 1,700 camera envs a
+second (bench/README.md).
 """
 
 from __future__ import annotations
@@ -58,9 +60,15 @@ class BatchDrivingEnv(VectorEnv):
         dt: float = 1.0 / 15.0,
         reward_weights: dict[str, float] | None = None,
         labels: bool | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be an int >= 1")
+        modes = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
+        if AutoresetMode(autoreset_mode) not in modes:
+            raise ValueError(f"autoreset_mode={autoreset_mode!r}; allowed: "
+                             f"{', '.join(m.value for m in modes)}")
+        self.metadata = {**self.metadata, "autoreset_mode": AutoresetMode(autoreset_mode)}
         if obs_type not in OBS_TYPES:
             raise ValueError(f"obs_type={obs_type!r}; allowed: {', '.join(OBS_TYPES)}")
         if scenario is None:
@@ -134,11 +142,52 @@ class BatchDrivingEnv(VectorEnv):
         routes = np.array([w.road.route_length for w in bw.worlds])
         truncated = ~restart & ((bw.world_steps * self.dt >= seconds - 1e-9)
                                 | (bw.ego.s >= routes))
-        self._autoreset = terminated | truncated
         obs, infos = self._observe(events, terms)
+        done = terminated | truncated
+        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and done.any():
+            obs, infos = self._restart_now(done, obs, infos)
+        else:
+            self._autoreset = done
         return obs, rewards, terminated, truncated, infos
 
     # -- pieces --------------------------------------------------------------------------
+    def _restart_now(self, done: np.ndarray, obs: Any, infos: dict[str, Any]
+                     ) -> tuple[Any, dict[str, Any]]:
+        """Same-step autoreset: the envs that ended start again at once; their last
+        observation and info go to infos["final_obs"] and infos["final_info"]."""
+        bw = self._require_batch()
+        idx = np.flatnonzero(done)
+        final_obs = np.empty(self.num_envs, dtype=object)
+        if self.obs_type == "dict":
+            final_obs[idx] = [{k: v[i].copy() for k, v in obs.items()} for i in idx]
+        else:
+            final_obs[idx] = [obs[i].copy() for i in idx]
+        final_info = _copy_info(infos)
+        for i in idx:
+            bw.replace(int(i), self._next_scenario(int(i)))
+            self._start(int(i))
+        events, poses = bw.events(), bw.actor_poses()
+        images = obs["camera"] if self.obs_type == "dict" else obs
+        for i in idx:  # only the restarted envs are observed again
+            view = bw.view(int(i), poses)
+            if "ground_truth" in infos:
+                frame = self.camera.render_one(int(i), view,
+                                               images[i] if self.obs_type != "state" else None)
+                infos["ground_truth"][i] = frame.ground_truth
+            if self.obs_type != "camera":
+                (obs["state"] if self.obs_type == "dict" else obs)[i] = state_vector(
+                    cast(World, view))
+            for k in _EVENT_KEYS:
+                infos["events"][k][i] = events[k][i]
+            for v in infos["rewards"].values():
+                v[i] = 0.0
+            infos["step"][i], infos["speed"][i] = bw.world_steps[i], bw.ego.speed[i]
+            infos["route_completion"][i] = 0.0
+            infos["scenario"][i] = self._scenario_info[i]
+        infos.update({"final_obs": final_obs, "_final_obs": done.copy(),
+                      "final_info": final_info, "_final_info": done.copy()})
+        return obs, infos
+
     def _terms(self, events: dict[str, np.ndarray], prev_accel: np.ndarray
                ) -> dict[str, np.ndarray]:
         """`reward_terms` of every env at once, from the batch's arrays."""
@@ -220,3 +269,9 @@ class BatchDrivingEnv(VectorEnv):
         if self.obs_type == "state":
             return state, infos
         return {"camera": images, "state": state}, infos
+
+
+def _copy_info(infos: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a vector info whose arrays (and nested dicts of arrays) are new."""
+    return {k: _copy_info(v) if isinstance(v, dict) else np.array(v, copy=True)
+            for k, v in infos.items()}

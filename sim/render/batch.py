@@ -40,11 +40,12 @@ class BatchCamera:
         if views is None:
             poses = batch.actor_poses()
             views = [batch.view(b, poses) for b in range(len(batch))]
-        frames = []
-        for b, (renderer, world_view) in enumerate(zip(self.renderers, views, strict=True)):
-            view = cast(World, world_view)  # reads as a World (duck-typed)
-            drawn = renderer.render(view, None if out is None else out[b])
-            gt = ground_truth(view, drawn, renderer.camera)
-            frames.append(Frame(image=drawn.image, ground_truth=gt, step=view.state.step,
-                                ids=drawn.ids))
-        return frames
+        return [self.render_one(b, views[b], None if out is None else out[b])
+                for b in range(len(batch))]
+
+    def render_one(self, b: int, view: WorldView, out: np.ndarray | None = None) -> Frame:
+        """World b's frame from its view (`BatchWorld.view(b)`), into `out` if given."""
+        renderer, world = self.renderers[b], cast(World, view)  # reads as a World
+        drawn = renderer.render(world, out)
+        gt = ground_truth(world, drawn, renderer.camera)
+        return Frame(image=drawn.image, ground_truth=gt, step=world.state.step, ids=drawn.ids)

@@ -12,9 +12,11 @@ from sim.env import DrivingEnv
 from sim.vector import BatchDrivingEnv
 
 
-def _compare(family: str, obs_type: str, action_type: str, steps: int, seed: int) -> int:
+def _compare(family: str, obs_type: str, action_type: str, steps: int, seed: int,
+             same_step: bool = False) -> int:
     n = 3
-    vec = BatchDrivingEnv(n, family=family, obs_type=obs_type, action_type=action_type)
+    vec = BatchDrivingEnv(n, family=family, obs_type=obs_type, action_type=action_type,
+                          autoreset_mode="SameStep" if same_step else "NextStep")
     singles = [DrivingEnv(family=family, obs_type=obs_type, action_type=action_type)
                for _ in range(n)]
     v_obs, _ = vec.reset(seed=seed)
@@ -40,6 +42,17 @@ def _compare(family: str, obs_type: str, action_type: str, steps: int, seed: int
             s_obs[i], rew, term, trunc, info = env.step(actions[i])
             assert v_rew[i] == pytest.approx(rew, abs=1e-12), (step, i)
             assert (v_term[i], v_trunc[i]) == (term, trunc), (step, i)
+            if same_step and (term or trunc):  # restarted at once: the end goes to final_*
+                assert v_info["_final_obs"][i]
+                final = v_info["final_obs"][i]
+                for key in ("camera", "state") if obs_type == "dict" else (None,):
+                    np.testing.assert_array_equal(final[key] if key else final,
+                                                  s_obs[i][key] if key else s_obs[i])
+                assert v_info["final_info"]["events"]["collision"][i] == info["events"][
+                    "collision"]
+                s_obs[i], _ = env.reset()
+                ends += 1
+                continue
             for k, v in info["events"].items():
                 if k in v_info["events"]:
                     assert v_info["events"][k][i] == pytest.approx(v), (step, i, k)
@@ -61,6 +74,11 @@ def _equal_obs(v_obs: object, i: int, s_obs: object, obs_type: str, where: str) 
 
 def test_vector_envs_equal_single_envs_through_autoresets() -> None:
     ends = _compare("highway", "dict", "continuous", steps=90, seed=5)
+    assert ends >= 1, "the comparison must cover an autoreset"
+
+
+def test_same_step_autoreset_matches_single_envs() -> None:
+    ends = _compare("highway", "dict", "continuous", steps=90, seed=5, same_step=True)
     assert ends >= 1, "the comparison must cover an autoreset"
 
 
@@ -98,3 +116,5 @@ def test_bad_input_gives_one_clear_error() -> None:
         BatchDrivingEnv(0)
     with pytest.raises(ValueError, match="obs_type"):
         BatchDrivingEnv(2, obs_type="lidar")
+    with pytest.raises(ValueError):
+        BatchDrivingEnv(2, autoreset_mode="Sometimes")
