@@ -158,10 +158,9 @@ class BatchDrivingEnv(VectorEnv):
         bw = self._require_batch()
         idx = np.flatnonzero(done)
         final_obs = np.empty(self.num_envs, dtype=object)
-        if self.obs_type == "dict":
-            final_obs[idx] = [{k: v[i].copy() for k, v in obs.items()} for i in idx]
-        else:
-            final_obs[idx] = [obs[i].copy() for i in idx]
+        for i in idx:  # one by one: a list of arrays would be read as one array
+            final_obs[i] = ({k: v[i].copy() for k, v in obs.items()}
+                            if self.obs_type == "dict" else obs[i].copy())
         final_info = _copy_info(infos)
         for i in idx:
             bw.replace(int(i), self._next_scenario(int(i)))
