@@ -123,7 +123,7 @@ def fill_one(img: np.ndarray, ids: np.ndarray, verts: np.ndarray, lo: int, hi: i
         return
     _edges(verts, lo, hi, et)
     m = hi - lo
-    if m > 8:  # a long strip: track the active edges and copy whole colour rows
+    if m > 8:  # a long strip: track its active edges instead of testing them all
         _fill_big(img, ids, et, m, r0, r1, vmin, vmax, color, id_value, mode, xs)
         return
     c_r, c_g, c_b = color[0], color[1], color[2]
