@@ -79,6 +79,24 @@ class LaneOnly:
             return decode(self.model(x).float().cpu(), self.spec)[0]
 
 
+class LaneOnnxOnly:
+    """The lane model alone on ONNX Runtime (`perception.lane_onnx`), as `Perceiver` runs
+    it on the CPU."""
+
+    def __init__(self, path: Path) -> None:
+        from perception.lane_onnx import OnnxLanes
+
+        self.onnx = OnnxLanes(path)
+        _, self.spec, _ = load_lane_model(path, "cpu")
+
+    def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from perception.lanes import decode
+
+        return decode(torch.from_numpy(self.onnx(np.stack(frames))), self.spec)[0]
+
+
 class BatchedPipeline:
     """Detector network + NMS + lane network on a whole uint8 batch, without ultralytics'
     per-image pre- and post-processing: `RawDetector` uploads the frames once as a
@@ -147,6 +165,10 @@ def main() -> None:
     for name, path in lane_files.items():
         if path.is_file():
             backends[f"lanes_{name}"] = LaneOnly(path, args.device)
+            if args.device == "cpu":
+                backends[f"lanes_{name}_onnxruntime"] = LaneOnnxOnly(path)
+    if args.device == "cpu":
+        backends["both_perceiver_torch_lanes"] = Perceiver(device="cpu", lane_backend="torch")
     backends["both_perceiver"] = Perceiver(device=args.device)
     for name, model in backends.items():
         for batch in (1, 8, 64):
