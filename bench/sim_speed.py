@@ -176,15 +176,20 @@ ROAD_END_M = 19000.0
 """A batch restarts when its median ego passes this arc length of the 20 km road [m]."""
 
 
-def ds_batch(n: int) -> Case:
-    """BatchWorld: BATCH worlds of n vehicles stepped as one set of arrays. The egos keep
+def ds_batch(cfg: ScenarioConfig, camera: bool = False) -> Case:
+    """BatchWorld: BATCH worlds of `cfg` stepped as one set of arrays; with `camera`,
+    every world's frame and labels drawn by `BatchCamera` after each step. The egos keep
     their lane with a vectorized proportional steer, booked in aux_s like the autopilot;
-    simulated time counts every world."""
-    cfg, box = ds_physics_config(n), {"seed": 0}
+    simulated time counts every world. A new batch starts when the median ego nears the
+    end of its road (physics: ROAD_END_M of the 20 km road)."""
+    box: dict[str, Any] = {"seed": 0}
 
     def reset() -> None:
         seeds = range(box["seed"], box["seed"] + BATCH)
-        box["bw"] = BatchWorld([sample_scenario(cfg, s) for s in seeds], dt=DT)
+        bw = box["bw"] = BatchWorld([sample_scenario(cfg, s) for s in seeds], dt=DT)
+        box["cam"] = BatchCamera(CameraSpec(), BATCH) if camera else None
+        box["end"] = (np.array([w.road.route_length for w in bw.worlds]) - 50.0 if camera
+                      else np.full(BATCH, ROAD_END_M))
         box["seed"] += BATCH
 
     def step(run: Run) -> bool:
@@ -192,12 +197,15 @@ def ds_batch(n: int) -> Case:
         t0 = time.perf_counter()
         steer = lane_keep(bw)
         run.aux_s += time.perf_counter() - t0
-        bw.step(steer, np.zeros(BATCH))
-        return bool(np.median(bw.ego.s) > ROAD_END_M)
+        bw.step(steer, np.full(BATCH, 0.3 if camera else 0.0))
+        if box["cam"] is not None:
+            box["cam"].render(bw)
+        return bool(np.median(bw.ego.s - box["end"]) > 0.0)
 
     reset()
+    info = {"worlds": BATCH, **({"frame_px": "320x192"} if camera else {})}
     return Case(step, reset, lambda: int(box["bw"].actors.active.sum(axis=1).mean()),
-                DT * BATCH, info={"worlds": BATCH})
+                DT * BATCH, info=info)
 
 
 def lane_keep(bw: BatchWorld) -> np.ndarray:
@@ -231,33 +239,6 @@ def ds_vec_camera() -> Case:
     return Case(step, lambda: None, lambda: int(env.batch.actors.active.sum(axis=1).mean())
                 if env.batch is not None else 0, DT * BATCH,
                 info={"worlds": BATCH, "frame_px": "320x192"})
-
-
-def ds_batch_camera() -> Case:
-    """BatchWorld of BATCH camera-config worlds (the `drivestack_camera` scenario family
-    and actor mix) stepped together, then every world's frame and labels drawn by
-    `BatchCamera`. One step = BATCH frames; the lane keeping is booked in aux_s."""
-    box: dict[str, Any] = {"seed": 0}
-
-    def reset() -> None:
-        seeds = range(box["seed"], box["seed"] + BATCH)
-        box["bw"] = BatchWorld([sample_scenario(CAMERA_CFG, s) for s in seeds], dt=DT)
-        box["cam"] = BatchCamera(CameraSpec(), BATCH)
-        box["end"] = np.array([w.road.route_length for w in box["bw"].worlds])
-        box["seed"] += BATCH
-
-    def step(run: Run) -> bool:
-        bw = box["bw"]
-        t0 = time.perf_counter()
-        steer = lane_keep(bw)
-        run.aux_s += time.perf_counter() - t0
-        bw.step(steer, np.full(BATCH, 0.3))
-        box["cam"].render(bw)
-        return bool(np.median(bw.ego.s - box["end"]) > -50.0)
-
-    reset()
-    return Case(step, reset, lambda: int(box["bw"].actors.active.sum(axis=1).mean()),
-                DT * BATCH, info={"worlds": BATCH, "frame_px": "320x192"})
 
 
 def ds_env(obs_type: str, cfg: ScenarioConfig) -> Any:
@@ -410,7 +391,8 @@ def main() -> None:
                            "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 used",
                            "budget_s": budget, "rounds": rounds}
     for n in (20, 50):
-        cases = {f"drivestack_world_{n}": ds_world(n), f"drivestack_batch_{n}": ds_batch(n),
+        cases = {f"drivestack_world_{n}": ds_world(n),
+                 f"drivestack_batch_{n}": ds_batch(ds_physics_config(n)),
                  f"drivestack_env_state_{n}": ds_env_case("state", ds_physics_config(n)),
                  f"highway_v0_{n}_15hz": hw_case("highway-v0", hw_physics_config(n))}
         if n == 20:
@@ -426,7 +408,7 @@ def main() -> None:
                   f"drivestack_batch_{n}", *cases):
             show("physics", k, fig[k])
     cases = {"drivestack_camera": ds_env_case("camera", CAMERA_CFG),
-             "drivestack_camera_batched": ds_batch_camera(),
+             "drivestack_camera_batched": ds_batch(CAMERA_CFG, camera=True),
              "drivestack_camera_vec": ds_vec_camera(),
              "highway_fast_v0_rendered": hw_case("highway-fast-v0", None, render=True),
              "highway_v0_rendered_20_15hz": hw_case("highway-v0", hw_physics_config(20), True)}

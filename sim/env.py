@@ -27,6 +27,31 @@ from sim.world.world import World, WorldState
 OBS_TYPES = ("camera", "state", "dict")
 
 
+def scenario_config(scenario: ScenarioConfig | dict[str, Any] | None, family: str
+                    ) -> ScenarioConfig:
+    """The scenario ranges an env samples from: given, validated from a dict, or the
+    family's defaults."""
+    if scenario is None:
+        return family_config(family)
+    if isinstance(scenario, dict):
+        return ScenarioConfig.model_validate(scenario)
+    return scenario
+
+
+def camera_spec(camera: CameraSpec | dict[str, Any] | None) -> CameraSpec:
+    return CameraSpec(**camera) if isinstance(camera, dict) else (camera or CameraSpec())
+
+
+def observation_space(spec: CameraSpec, obs_type: str) -> spaces.Space:
+    """One env's observation space for `obs_type` (camera, state or dict)."""
+    if obs_type not in OBS_TYPES:
+        raise ValueError(f"obs_type={obs_type!r}; allowed: {', '.join(OBS_TYPES)}")
+    cam = spaces.Box(0, 255, shape=(spec.height, spec.width, 3), dtype=np.uint8)
+    state = spaces.Box(-STATE_LIMIT, STATE_LIMIT, shape=(STATE_DIM,), dtype=np.float32)
+    return {"camera": cam, "state": state,
+            "dict": spaces.Dict({"camera": cam, "state": state})}[obs_type]
+
+
 class DrivingEnv(gym.Env):
     """A driving episode on a procedurally generated road, seen by a forward camera.
 
@@ -57,18 +82,12 @@ class DrivingEnv(gym.Env):
         reward_weights: dict[str, float] | None = None,
         labels: bool | None = None,
     ) -> None:
-        if obs_type not in OBS_TYPES:
-            raise ValueError(f"obs_type={obs_type!r}; allowed: {', '.join(OBS_TYPES)}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}; allowed: None, 'rgb_array'")
-        if scenario is None:
-            scenario = family_config(family)
-        elif isinstance(scenario, dict):
-            scenario = ScenarioConfig.model_validate(scenario)
-        self.config: ScenarioConfig = scenario
+        self.config: ScenarioConfig = scenario_config(scenario, family)
         """Scenario ranges of the next `reset` (may be replaced between episodes)."""
-        self.camera_spec = CameraSpec(**camera) if isinstance(camera, dict) else (
-            camera or CameraSpec())
+        self.camera_spec = camera_spec(camera)
+        self.observation_space = observation_space(self.camera_spec, obs_type)
         self.obs_type = obs_type
         self.action_type = action_type
         self.render_mode = render_mode
@@ -76,13 +95,6 @@ class DrivingEnv(gym.Env):
         self.reward_weights = RewardWeights.from_dict(reward_weights)
         self.labels = obs_type != "state" if labels is None else bool(labels)
         self.action_space = action_space(action_type)
-        h, w = self.camera_spec.height, self.camera_spec.width
-        cam_space = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
-        state_space = spaces.Box(-STATE_LIMIT, STATE_LIMIT, shape=(STATE_DIM,), dtype=np.float32)
-        spaces_by_type: dict[str, spaces.Space] = {
-            "camera": cam_space, "state": state_space,
-            "dict": spaces.Dict({"camera": cam_space, "state": state_space})}
-        self.observation_space = spaces_by_type[obs_type]
         self.renderer = Renderer(self.camera_spec)
         self.world: World | None = None
         self.frame: Frame | None = None

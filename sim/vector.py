@@ -21,21 +21,20 @@ from dataclasses import asdict
 from typing import Any, cast
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from sim.actions import MetaController, SpeedController, action_space, continuous_to_controls
-from sim.config import ScenarioConfig, family_config, sample_scenario
-from sim.observation import STATE_DIM, STATE_LIMIT, state_vector
+from sim.config import ScenarioConfig, sample_scenario
+from sim.env import camera_spec, observation_space, scenario_config
+from sim.observation import state_vector
 from sim.render.batch import BatchCamera
 from sim.rewards import RewardWeights, term_arrays, total_reward
 from sim.types import CameraSpec
 from sim.world.batch import BatchWorld, WorldView
 from sim.world.world import World
 
-OBS_TYPES = ("camera", "state", "dict")
 _EVENT_KEYS = ("collision", "off_road", "min_ttc", "hard_brake", "npc_collisions")
 
 
@@ -69,26 +68,14 @@ class BatchDrivingEnv(VectorEnv):
             raise ValueError(f"autoreset_mode={autoreset_mode!r}; allowed: "
                              f"{', '.join(m.value for m in modes)}")
         self.metadata = {**self.metadata, "autoreset_mode": AutoresetMode(autoreset_mode)}
-        if obs_type not in OBS_TYPES:
-            raise ValueError(f"obs_type={obs_type!r}; allowed: {', '.join(OBS_TYPES)}")
-        if scenario is None:
-            scenario = family_config(family)
-        elif isinstance(scenario, dict):
-            scenario = ScenarioConfig.model_validate(scenario)
-        self.config: ScenarioConfig = scenario
+        self.config: ScenarioConfig = scenario_config(scenario, family)
         self.num_envs = num_envs
-        self.camera_spec = CameraSpec(**camera) if isinstance(camera, dict) else (
-            camera or CameraSpec())
+        self.camera_spec = camera_spec(camera)
+        self.single_observation_space = observation_space(self.camera_spec, obs_type)
         self.obs_type, self.action_type, self.dt = obs_type, action_type, float(dt)
         self.reward_weights = RewardWeights.from_dict(reward_weights)
         self.labels = obs_type != "state" if labels is None else bool(labels)
         self.single_action_space = action_space(action_type)
-        h, w = self.camera_spec.height, self.camera_spec.width
-        cam_space = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
-        state_space = spaces.Box(-STATE_LIMIT, STATE_LIMIT, shape=(STATE_DIM,), dtype=np.float32)
-        self.single_observation_space = {
-            "camera": cam_space, "state": state_space,
-            "dict": spaces.Dict({"camera": cam_space, "state": state_space})}[obs_type]
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.camera = BatchCamera(self.camera_spec, num_envs)

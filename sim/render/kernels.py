@@ -68,14 +68,20 @@ def _row_crossings(et: np.ndarray, m: int, yc: int, xs: np.ndarray) -> int:
         if et[k, 0] <= yc < et[k, 1] and n < xs.size:
             xs[n] = et[k, 2] + (yc - et[k, 0]) * et[k, 3]
             n += 1
-    for i in range(1, n):  # insertion sort: a handful of crossings
+    _sort(xs, n)
+    return n
+
+
+@numba.njit(cache=True, inline="always")
+def _sort(xs: np.ndarray, n: int) -> None:
+    """Insertion sort of xs[:n]: a handful of crossings."""
+    for i in range(1, n):
         v = xs[i]
         j = i - 1
         while j >= 0 and xs[j] > v:
             xs[j + 1] = xs[j]
             j -= 1
         xs[j + 1] = v
-    return n
 
 
 @numba.njit(cache=True)
@@ -170,13 +176,7 @@ def _fill_big(img: np.ndarray, ids: np.ndarray, et: np.ndarray, m: int, r0: int,
                 xs[n] = et[e, 2] + (yc - et[e, 0]) * et[e, 3]
                 n += 1
         n_act = kept
-        for i in range(1, n):  # insertion sort
-            v = xs[i]
-            j = i - 1
-            while j >= 0 and xs[j] > v:
-                xs[j + 1] = xs[j]
-                j -= 1
-            xs[j + 1] = v
+        _sort(xs, n)
         for k in range(0, n - 1, 2):
             c0, c1 = _span(xs[k], xs[k + 1], 0, w)
             if c1 <= c0:
