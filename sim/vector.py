@@ -110,6 +110,7 @@ class BatchDrivingEnv(VectorEnv):
         bw = self._require_batch()
         n = self.num_envs
         restart = self._autoreset.copy()
+        actions = self._check_actions(actions)
         steer, accel = np.zeros(n), np.zeros(n)
         for i in np.flatnonzero(~restart):
             steer[i], accel[i] = self._controls(i, actions)
@@ -206,22 +207,29 @@ class BatchDrivingEnv(VectorEnv):
             target_lane=int(road.lane_of(ego.d)), target_speed=ego.speed,
             speed_pid=SpeedController())
 
-    def _controls(self, i: int, actions: Any) -> tuple[float, float]:
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        """The step's actions as an array, or one clear error."""
+        a = np.asarray(actions)
         if self.action_type == "continuous":
-            a = np.asarray(actions)
             if a.shape != (self.num_envs, 2):
                 raise ValueError(f"actions must have shape ({self.num_envs}, 2), got {a.shape}")
-            return continuous_to_controls(a[i])
-        a = np.asarray(actions)
-        if a.shape != (self.num_envs,) or not np.isfinite(a.astype(float)).all() or (
-                a.astype(float) != a.astype(float).round()).any():
+            return a
+        f = a.astype(float) if a.dtype.kind in "biuf" else np.array([np.nan])
+        if a.shape != (self.num_envs,) or not np.isfinite(f).all() or (
+                f != f.round()).any() or (f < 0).any() or (f > 4).any():
             raise ValueError(f"meta actions must be {self.num_envs} integers in 0..4, "
                              f"got {actions!r}")
+        return a
+
+    def _controls(self, i: int, actions: np.ndarray) -> tuple[float, float]:
+        """Env i's (steer [rad], accel [m/s^2]) from its checked action."""
+        if self.action_type == "continuous":
+            return continuous_to_controls(actions[i])
         bw = self._require_batch()
         world, ctl = bw.worlds[i], self._controllers[i]
         assert ctl is not None
-        ctl.apply(int(a[i]), world.road, world.scenario.speed_limit)
-        return ctl.controls(bw.view(i).state.ego, world.road, self.dt)
+        ctl.apply(int(actions[i]), world.road, world.scenario.speed_limit)
+        return ctl.controls(bw.ego.one(i), world.road, self.dt)
 
     def _observe(self, events: dict[str, np.ndarray], terms: dict[str, np.ndarray],
                  views: list[WorldView] | None = None) -> tuple[Any, dict[str, Any]]:

@@ -151,8 +151,8 @@ class BatchWorld:
 
     def replace(self, b: int, scenario: Scenario) -> None:
         """Start world b afresh on `scenario` (as `World(scenario)` starts), keeping the
-        others where they are: the actor tables are stacked again and the roads joined
-        again, so a replace costs about as much as building the batch's arrays."""
+        others where they are. Its actors overwrite row b (all tables are stacked again
+        only when it has more rows than the batch) and the roads are joined again."""
         w = World(scenario, self.dt)
         n, n_max = len(w.state.actors), self.actors.active.shape[1]
         if n <= n_max:  # fits: overwrite row b, padded with empty rows
@@ -171,6 +171,10 @@ class BatchWorld:
         self.world_steps[b] = 0
         self._ahead[b] = w.ahead
 
+    def row(self, b: int) -> ActorTable:
+        """World b's row of the stacked actor table, as views (padding included)."""
+        return ActorTable(**{f: getattr(self.actors, f)[b] for f in _ACTOR_FIELDS})
+
     def _table(self, b: int) -> ActorTable:
         """World b's rows of the stacked actor table (copies, without the padding)."""
         n = len(self.worlds[b].state.actors)
@@ -186,7 +190,7 @@ class BatchWorld:
         stale |= a.active & (a.s > (self.roads.s0 + (self.roads.length[:, None] - 1) * DS - 40))
         for b in np.flatnonzero(stale.any(axis=1)):
             w = self.worlds[b]
-            view = ActorTable(**{f.name: getattr(a, f.name)[b] for f in fields(ActorTable)})
+            view = self.row(int(b))
             st = WorldState(scenario=w.scenario, ego=ego.one(int(b)), actors=view,
                             step=int(self.world_steps[b]),
                             next_track_id=w.state.next_track_id, rng_state=w.state.rng_state)
@@ -268,9 +272,8 @@ class WorldView:
                  poses: tuple[np.ndarray, ...] | None = None) -> None:
         w = batch.worlds[b]
         self.road, self.clutter, self.scenario, self.dt = w.road, w.clutter, w.scenario, batch.dt
-        actors = ActorTable(**{f: getattr(batch.actors, f)[b] for f in _ACTOR_FIELDS})
         step = int(batch.world_steps[b])
-        self.state = WorldState(scenario=w.scenario, ego=batch.ego.one(b), actors=actors,
+        self.state = WorldState(scenario=w.scenario, ego=batch.ego.one(b), actors=batch.row(b),
                                 step=step, time=step * batch.dt)
         self._batch, self._b = batch, b
         self._poses = None if poses is None else (poses[0][b], poses[1][b], poses[2][b])

@@ -110,6 +110,11 @@ def test_bad_input_gives_one_clear_error() -> None:
         vec.step(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         vec.step(np.array([[0.0, np.nan], [0.0, 0.0]]))
+    meta = BatchDrivingEnv(2, action_type="meta")
+    meta.reset(seed=0)
+    for bad in ([0, 7], [0, 1.5], ["a", "b"], [0]):
+        with pytest.raises(ValueError, match="integers in 0..4"):
+            meta.step(np.array(bad))
     with pytest.raises(ValueError, match="3 seeds for 2 envs"):
         vec.reset(seed=[1, 2, 3])
     with pytest.raises(ValueError, match="num_envs"):
