@@ -198,7 +198,8 @@ def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
                            architecture=det.architecture, epochs=det.epochs, imgsz=det.imgsz,
                            batch=det.batch, seed=cfg.seed, device=cfg.device,
                            workers=det.workers, hours=det.hours, cache=det.cache,
-                           init=det.init, lr0=det.lr0)
+                           init=det.init, lr0=det.lr0, fraction=det.fraction,
+                           close_mosaic=det.close_mosaic)
     result = train_detector(job)
     h, w = dataset_image_size(job.data)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))
@@ -240,7 +241,8 @@ def eval_perception(
         help="Lane model weights; default: the shipped perception/weights/lanes.pt.")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | 0 | mps")] = "auto",
-    imgsz: Annotated[int, typer.Option(min=32, help="Inference image size [px].")] = 320,
+    imgsz: Annotated[int | None, typer.Option(
+        min=32, help="Inference image size [px]; default: the weights' training size.")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Folder for PNG plots of the metrics per condition and bucket.")] = None,
 ) -> None:

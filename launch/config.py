@@ -342,6 +342,10 @@ class DetectorConfig(_Strict):
         "start from these detector weights (a fine-tune) instead of from scratch"))
     lr0: float | None = Field(default=None, gt=0, description=(
         "initial learning rate (ultralytics lr0; default 0.01)"))
+    fraction: float = Field(default=1.0, gt=0, le=1, description=(
+        "share of the training split to use each epoch (ultralytics fraction)"))
+    close_mosaic: int = Field(default=10, ge=0, description=(
+        "last epochs trained without mosaic (ultralytics close_mosaic; >= epochs: none)"))
 
 
 class LaneConfig(_Strict):

@@ -12,7 +12,10 @@ conditions and writes, split by episode seed (no episode in two splits):
 
 The whole folder is written under a temporary name and renamed at the end, so a crash
 leaves no half dataset behind. Objects follow one ignore rule (`keep_mask`), shared with
-evaluation: too small or mostly hidden objects are not labelled.
+evaluation: too small or mostly hidden objects are not labelled as objects. The YOLO
+files leave them out (ultralytics has no "ignore" label); the COCO files keep them as
+`"iscrowd": 1, "ignore": 1` regions, so that evaluation (ours and pycocotools) neither
+counts them as missed nor a detection of them as a false positive (KITTI's DontCare).
 """
 
 from __future__ import annotations
@@ -145,15 +148,17 @@ def frame_record(image: np.ndarray, gt: GroundTruth, meta: dict[str, Any],
     if not ok:
         raise OSError(f"could not encode {rel}")
     keep = keep_mask(gt)
+    wh = gt.boxes_xyxy[:, 2:] - gt.boxes_xyxy[:, :2]
+    seen = (wh > 0).all(axis=1) & (gt.visible_fraction > 0)
     anns = []
-    for box, cls, tid, dist, vis in zip(gt.boxes_xyxy[keep], gt.class_ids[keep],
-                                        gt.track_ids[keep], gt.distance[keep],
-                                        gt.visible_fraction[keep], strict=True):
-        x0, y0, x1, y1 = (float(v) for v in box)
-        anns.append({"category_id": int(cls) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                     "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "track_id": int(tid),
-                     "distance": round(float(dist), 3),
-                     "visible_fraction": round(float(vis), 4)})
+    for i in np.flatnonzero(keep | seen):
+        x0, y0, x1, y1 = (float(v) for v in gt.boxes_xyxy[i])
+        ignored = int(not keep[i])  # under the ignore rule: a don't-care region
+        anns.append({"category_id": int(gt.class_ids[i]) + 1,
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                     "iscrowd": ignored, "ignore": ignored, "track_id": int(gt.track_ids[i]),
+                     "distance": round(float(gt.distance[i]), 3),
+                     "visible_fraction": round(float(gt.visible_fraction[i]), 4)})
     return FrameRecord(
         image=rel, encoded=buf.tobytes(), yolo=yolo_lines(gt, keep, w, h),
         coco_image={"file_name": rel, "width": w, "height": h,
@@ -178,6 +183,7 @@ class _Writer:
         self.meta: list[str] = []
         self.counts = {s: 0 for s in SPLITS}
         self.boxes = {s: 0 for s in SPLITS}
+        self.ignored = {s: 0 for s in SPLITS}
 
     def add(self, rec: FrameRecord) -> None:
         split = rec.meta["split"]
@@ -195,6 +201,7 @@ class _Writer:
                                      "objects": len(rec.yolo)}))
         self.counts[split] += 1
         self.boxes[split] += len(rec.yolo)
+        self.ignored[split] += sum(a["ignore"] for a in rec.coco_annotations)
 
     def finish(self) -> dict[str, Any]:
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)]
@@ -211,7 +218,7 @@ class _Writer:
             "# drivestack perception dataset (YOLO format); path is this folder\n"
             f"path: {self.out.resolve()}\ntrain: images/train\nval: images/val\n"
             f"test: images/test\nnames:\n{names}\n")
-        summary = {"frames": self.counts, "boxes": self.boxes,
+        summary = {"frames": self.counts, "boxes": self.boxes, "ignored": self.ignored,
                    "camera": dataclasses.asdict(self.plan.camera),
                    "ignore_rule": {"min_box_px": MIN_BOX_PX, "min_visible": MIN_VISIBLE}}
         (self.tmp / "summary.json").write_text(json.dumps(summary, indent=1))

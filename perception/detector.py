@@ -13,7 +13,8 @@ Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "detector.pt"
 """Shipped detector weights (see docs/models.md for how they were made)."""
 DEFAULT_ONNX = DEFAULT_WEIGHTS.with_suffix(".onnx")
-"""The same weights exported for ONNX Runtime at 192x320 (the fast CPU path)."""
+"""The same weights exported for ONNX Runtime at the default camera's 320x192 scaled to
+their training size (the fast CPU path)."""
 _YAML = {"yolo11n": "yolo11n.yaml", "yolo11s": "yolo11s.yaml", "rtdetr-l": "rtdetr-l.yaml"}
 
 
@@ -55,6 +56,11 @@ class DetectorTraining:
     scratch; their architecture must be `architecture`."""
     lr0: float | None = None
     """Initial learning rate (ultralytics `lr0`; its default 0.01 when None)."""
+    fraction: float = 1.0
+    """Share of the training split used (ultralytics `fraction`: the first images)."""
+    close_mosaic: int = 10
+    """The last epochs train without mosaic (ultralytics `close_mosaic`); as many as
+    `epochs` or more: no mosaic at all (a fine-tune on frames as the camera sees them)."""
 
 
 def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
@@ -78,6 +84,7 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
         pretrained=cfg.init is not None, plots=False, amp=device not in ("cpu", "mps"),
         project=str(Path(cfg.out).resolve().parent), name=Path(cfg.out).name,
         exist_ok=True, verbose=False, cache="ram" if cfg.cache else False,
+        fraction=cfg.fraction, close_mosaic=min(cfg.close_mosaic, cfg.epochs),
         **({"time": cfg.hours} if cfg.hours else {}),
         **({"lr0": cfg.lr0} if cfg.lr0 else {}),
         # a fine-tune starts from trained weights: plain SGD at lr0 (ultralytics' "auto"
@@ -101,15 +108,36 @@ def dataset_image_size(data_yaml: Path) -> tuple[int, int]:
     return int(doc["images"][0]["height"]), int(doc["images"][0]["width"])
 
 
-def export_onnx(weights: Path, height: int, width: int) -> Path:
-    """Export trained weights for ONNX Runtime with a fixed rectangular input (the camera
-    size; both multiples of 32), next to the weights; returns the .onnx path."""
-    if height % 32 or width % 32:
-        raise ValueError(f"input {height}x{width} must be multiples of 32")
+def trained_imgsz(weights: Path | str) -> int:
+    """The input size [px] a `.pt` detector was trained at (ultralytics keeps it in the
+    checkpoint); it is also the size it should run at."""
     ultralytics_offline()
     from ultralytics import YOLO
 
-    out = YOLO(str(weights)).export(format="onnx", imgsz=(height, width), simplify=True,
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"detector weights {weights} not found")
+    return int(YOLO(str(weights)).overrides.get("imgsz", 320))
+
+
+def network_input(height: int, width: int, imgsz: int) -> tuple[int, int]:
+    """(height, width) the network sees for a height x width frame at `imgsz`: the long
+    side scaled to `imgsz`, as ultralytics' letterbox does (before any padding)."""
+    r = imgsz / max(height, width)
+    return int(round(height * r)), int(round(width * r))
+
+
+def export_onnx(weights: Path, height: int, width: int) -> Path:
+    """Export trained weights for ONNX Runtime with a fixed rectangular input: the camera's
+    height x width scaled to the size the weights were trained at (1.5x for a detector
+    trained at 480 on 320x192 frames; both sides must come out multiples of 32), next to
+    the weights; returns the .onnx path."""
+    in_h, in_w = network_input(height, width, trained_imgsz(weights))
+    if in_h % 32 or in_w % 32:
+        raise ValueError(f"input {in_h}x{in_w} ({height}x{width} at the weights' training "
+                         "size) must be multiples of 32")
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    out = YOLO(str(weights)).export(format="onnx", imgsz=(in_h, in_w), simplify=True,
                                     dynamic=False, half=False, device="cpu")
     return Path(out)
-

@@ -1,6 +1,7 @@
 """Held-out detection metrics of a detector on a `drivestack dataset` split, overall and
-per condition, distance bucket and visibility bucket (the dataset's ignore rule applies:
-objects it left unlabelled are not in the ground truth)."""
+per condition, distance bucket and visibility bucket. The dataset's ignore rule applies:
+objects under it (COCO `ignore`/`iscrowd` annotations) are don't-care regions, as are the
+objects outside a bucket when a bucket is scored."""
 
 from __future__ import annotations
 
@@ -28,23 +29,27 @@ def _load_split(data: Path, split: str) -> tuple[list[dict[str, Any]], dict[int,
 
 
 def _gt(anns: list[dict], keep: Callable[[dict], bool]) -> ImageBoxes:
-    """Ground truth of one image; annotations outside the bucket become `ignore`."""
+    """Ground truth of one image; annotations under the ignore rule or outside the bucket
+    become `ignore`."""
     boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                        a["bbox"][1] + a["bbox"][3]] for a in anns], float).reshape(-1, 4)
     classes = np.array([a["category_id"] - 1 for a in anns], int)
-    ignore = np.array([not keep(a) for a in anns], bool)
+    ignore = np.array([bool(a.get("ignore", a.get("iscrowd", 0))) or not keep(a)
+                       for a in anns], bool)
     return ImageBoxes(boxes, classes, ignore=ignore)
 
 
-def predict_split(weights: Path, data: Path, split: str, imgsz: int = 320,
+def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = None,
                   device: str = "cpu", conf: float = 0.001) -> dict[int, ImageBoxes]:
-    """Predictions of the detector for every image of a split, by COCO image id."""
+    """Predictions of the detector for every image of a split, by COCO image id, at
+    `imgsz` (default: the size the weights were trained at)."""
     ultralytics_offline()
     from ultralytics import YOLO
 
     if not Path(weights).is_file():
         raise FileNotFoundError(f"weights file {weights} not found")
     model = YOLO(str(weights))
+    imgsz = imgsz or int(model.overrides.get("imgsz", 320))
     images, _ = _load_split(data, split)
     out: dict[int, ImageBoxes] = {}
     for chunk in range(0, len(images), 32):

@@ -2,8 +2,13 @@
 
 - `detection_map`: COCO-style mAP (greedy matching by score, 101-point interpolated AP,
   IoU thresholds 0.50:0.05:0.95, averaged over the classes that have ground truth).
-  Ground truth marked `ignore` (the dataset's ignore rule) neither counts as missed nor
-  makes a detection on it a false positive.
+  Ground truth marked `ignore` (the dataset's ignore rule; objects outside a scored
+  bucket) neither counts as missed nor makes a detection of it a false positive. A
+  detection is "of" an ignored object when their IoU is >= 0.5 at every threshold, so an
+  ignored object detected a little loosely is no false positive at 0.75 either (COCO and
+  pycocotools match ignored regions at each threshold, and use an area range, which a
+  distance or visibility bucket has no analogue of, to let detections of objects outside
+  a bucket go).
 - `tusimple_lane_metrics`: TuSimple accuracy, FP and FN rates (points within 20 px at
   1280 px width, scaled to the image; a lane matches at >= 85 % of its points).
 - `culane_f1`: CULane F1 (lanes drawn 30 px wide at 1640 px width, scaled; IoU >= 0.5,
@@ -82,7 +87,7 @@ def _match(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
         if cand.size and cand.max() >= 0:  # best still-unmatched real object
             free[int(np.argmax(cand))] = False
             tps.append(True)
-        elif (g_ign & (iou[i] >= thr)).any():
+        elif (g_ign & (iou[i] >= IOU_THRESHOLDS[0])).any():
             continue  # a detection of an ignored object: not counted either way
         else:
             tps.append(False)

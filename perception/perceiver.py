@@ -24,7 +24,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS, resolve_device
+from perception.detector import (
+    DEFAULT_ONNX,
+    DEFAULT_WEIGHTS,
+    network_input,
+    resolve_device,
+    trained_imgsz,
+)
 from perception.geometry import box_foot, to_ground
 from perception.lane_onnx import OnnxLanes
 from perception.lanes import (
@@ -101,15 +107,17 @@ class Perceiver:
     """Batched detection and lanes on `device` ("auto": CUDA, else MPS, else CPU; fp16 on
     CUDA).
 
-    Without `weights`, the shipped detector: on the CPU its ONNX Runtime export at the
-    default camera size (about 2.5x faster than PyTorch here), else the PyTorch weights.
-    A `.onnx` file runs at its fixed export size, which must be the camera's. Without
+    Without `weights`, the shipped detector: on the CPU its ONNX Runtime export for the
+    default camera (about 2.5x faster than PyTorch here), else the PyTorch weights. The
+    detector runs at the input size it was trained at (`imgsz`, from the weights, unless
+    given): frames are scaled to it and boxes scaled back. A `.onnx` file runs at its
+    fixed export size, which must be the camera's scaled by one factor. Without
     `lane_weights`, the shipped lane model; `lanes=False` skips lanes. `lane_backend`:
     "auto" (ONNX Runtime on the CPU, PyTorch elsewhere), "torch" or "onnx"."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
                  camera: CameraSpec | None = None, conf: float = 0.25,
-                 imgsz: int = 320, lane_weights: Path | str | None = None,
+                 imgsz: int | None = None, lane_weights: Path | str | None = None,
                  lanes: bool = True, lane_backend: str = "auto") -> None:
         if lane_backend not in LANE_BACKENDS:
             raise ValueError(f"lane_backend={lane_backend!r}; allowed: "
@@ -126,22 +134,34 @@ class Perceiver:
                 f"detector weights {self.weights} not found; train them with "
                 "`drivestack train-perception` or pass weights=")
         self.conf = conf
-        self.imgsz: int | tuple[int, int] = imgsz
-        if self.weights.suffix == ".onnx":
-            self.imgsz = (self.camera.height, self.camera.width)
-        # frames of a size the network takes as is (sides multiples of 32): our own batched
-        # path (ONNX Runtime on the CPU, fp16 PyTorch on CUDA); else ultralytics' predict
-        rect = self.camera.height % 32 == 0 and self.camera.width % 32 == 0
         self.raw: RawDetector | None = None
         self.model: Any = None
-        if rect and (self.weights.suffix == ".onnx" or self.device not in ("cpu", "mps")):
+        self.imgsz: int | tuple[int, int]
+        """The detector's input: (height, width) on the raw path, else the size ultralytics'
+        predict letterboxes to."""
+        if self.weights.suffix == ".onnx":
             self.raw = RawDetector(self.weights, self.device, self.camera.height,
                                    self.camera.width, conf)
+            self.imgsz = self.raw.input_hw
         else:
-            ultralytics_offline()
-            from ultralytics import YOLO
+            size = imgsz or trained_imgsz(self.weights)
+            in_h, in_w = network_input(self.camera.height, self.camera.width, size)
+            # a frame that scales to sides of multiples of 32 needs no letterbox padding:
+            # our own batched path (fp16 PyTorch on CUDA); else ultralytics' predict
+            if self.device not in ("cpu", "mps") and in_h % 32 == 0 and in_w % 32 == 0:
+                self.raw = RawDetector(self.weights, self.device, self.camera.height,
+                                       self.camera.width, conf, imgsz=size)
+                self.imgsz = self.raw.input_hw
+            else:
+                ultralytics_offline()
+                from ultralytics import YOLO
 
-            self.model = YOLO(str(self.weights))
+                self.model = YOLO(str(self.weights))
+                self.imgsz = size
+        self._init_lanes(lanes, lane_weights, lane_backend)
+
+    def _init_lanes(self, lanes: bool, lane_weights: Path | str | None, lane_backend: str
+                    ) -> None:
         self.lane_model: Any = None
         if lanes:
             torch_device = f"cuda:{self.device}" if self.device.isdigit() else self.device

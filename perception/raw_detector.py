@@ -1,8 +1,11 @@
 """The detector network without ultralytics' per-image pre- and post-processing.
 
-For frames whose sides are multiples of 32 (the camera's 320x192) no letterbox is needed:
-a whole uint8 batch goes to the network as one tensor and one class-aware
-`torchvision.ops.batched_nms` call covers every frame. Two backends:
+The network runs at the size it was trained at: the frame scaled by one factor on both
+axes (320x192 frames go to a detector trained at 480 as 480x288, resized bilinearly as
+ultralytics' letterbox does, and the boxes are scaled back). When that size has sides
+that are multiples of 32 no letterbox padding is needed: a whole batch goes to the network
+as one tensor and one class-aware `torchvision.ops.batched_nms` call covers every frame.
+Two backends:
 
 - ONNX Runtime on the CPU, for an `.onnx` export (`perception.detector.export_onnx`),
   with its own session whose threads do not spin after a call (spinning threads of the
@@ -19,8 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from perception.detector import network_input, trained_imgsz
 from perception.offline import ultralytics_offline
 
 NMS_IOU = 0.7
@@ -34,9 +39,8 @@ class RawDetector:
     class id, by falling score."""
 
     def __init__(self, weights: Path | str, device: str, height: int, width: int,
-                 conf: float = 0.25, iou: float = NMS_IOU, max_det: int = MAX_DET) -> None:
-        if height % 32 or width % 32:
-            raise ValueError(f"frames of {width}x{height}: both sides must be multiples of 32")
+                 conf: float = 0.25, iou: float = NMS_IOU, max_det: int = MAX_DET,
+                 imgsz: int | None = None) -> None:
         import torch
 
         self.torch = torch
@@ -56,24 +60,39 @@ class RawDetector:
             self.session = ort.InferenceSession(str(self.weights), opts,
                                                 providers=["CPUExecutionProvider"])
             shape = self.session.get_inputs()[0].shape
-            if list(shape[2:]) != [height, width]:
-                raise ValueError(f"{self.weights} takes {shape[3]}x{shape[2]} frames, not "
-                                 f"{width}x{height}")
+            self.input_hw = (int(shape[2]), int(shape[3]))
             self.batch_dim = shape[0] if isinstance(shape[0], int) else None
         else:
             ultralytics_offline()
             from ultralytics import YOLO
 
+            self.input_hw = network_input(height, width, imgsz or trained_imgsz(self.weights))
             net: Any = YOLO(str(self.weights)).model
             model = net.fuse().to(self.device).eval()
             self.half = self.device.startswith("cuda")
             self.model = model.half() if self.half else model
+        in_h, in_w = self.input_hw
+        if in_h * width != in_w * height or in_h % 32 or in_w % 32:
+            raise ValueError(
+                f"{self.weights} takes {in_w}x{in_h} frames: frames of {width}x{height} "
+                "must scale to that by one factor, both sides multiples of 32")
+        self.scale = in_w / width
+        """Network input over frame size (1.5 for a detector trained at 480 on 320x192)."""
+
+    def _resized(self, frames: list[np.ndarray]) -> np.ndarray:
+        """The frames at the network's input size (bilinear, as ultralytics' letterbox)."""
+        if self.scale == 1.0:
+            return np.stack(frames)
+        in_h, in_w = self.input_hw
+        return np.stack([cv2.resize(f, (in_w, in_h), interpolation=cv2.INTER_LINEAR)
+                         for f in frames])
 
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         if not frames:
             return []
         if self.session is not None:
-            x = np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2), np.float32) / 255.0
+            x = np.ascontiguousarray(self._resized(frames).transpose(0, 3, 1, 2),
+                                     np.float32) / 255.0
             name = self.session.get_inputs()[0].name
             step = self.batch_dim or len(frames)  # a fixed-batch export runs frame by frame
             pred = np.concatenate([self.session.run(None, {name: x[i: i + step]})[0]
@@ -107,7 +126,12 @@ class RawDetector:
         """Boxes of an uploaded uint8 (B, H, W, 3) batch (see `upload`)."""
         torch = self.torch
         with torch.inference_mode():
+            if self.scale != 1.0 and not x.is_cuda:  # OpenCV's resize, as ultralytics
+                x = torch.from_numpy(self._resized(list(x.numpy())))
             img = x.permute(0, 3, 1, 2).to(torch.float16 if self.half else torch.float32)
+            if self.scale != 1.0 and x.is_cuda:
+                img = torch.nn.functional.interpolate(img, size=self.input_hw, mode="bilinear",
+                                                      align_corners=False)
             out = self.model(img / 255.0)
             pred = (out[0] if isinstance(out, (list, tuple)) else out).float()  # (B, 4+C, A)
             conf, cls = pred[:, 4:].max(1)
@@ -123,7 +147,7 @@ class RawDetector:
 
         torch = self.torch
         with torch.inference_mode():
-            b = cxcywh.float()
+            b = cxcywh.float() / self.scale  # back to frame pixels
             xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)
             groups = frame * (int(cls.max()) + 1 if len(cls) else 1) + cls
             kept = torchvision.ops.batched_nms(xyxy, conf.float(), groups, self.iou)

@@ -66,12 +66,16 @@ def test_coco_matches_yolo_and_loads_in_pycocotools(tiny: Path) -> None:
     for split in datasets.SPLITS:
         coco = coco_mod.COCO(str(tiny / "annotations" / f"{split}.json"))
         yolo = sum(len(p.read_text().splitlines()) for p in (tiny / "labels" / split).glob("*"))
-        assert len(coco.getAnnIds()) == yolo
+        assert len(coco.getAnnIds(iscrowd=False)) == yolo
         assert len(coco.getImgIds()) == len(list((tiny / "images" / split).glob("*")))
         for ann in coco.loadAnns(coco.getAnnIds()):
-            assert ann["visible_fraction"] >= MIN_VISIBLE
-            assert min(ann["bbox"][2:]) >= MIN_BOX_PX
+            kept = ann["visible_fraction"] >= MIN_VISIBLE and min(ann["bbox"][2:]) >= MIN_BOX_PX
+            # objects under the ignore rule stay as don't-care regions, not as objects
+            assert ann["iscrowd"] == ann["ignore"] == int(not kept)
+            assert ann["visible_fraction"] > 0 and min(ann["bbox"][2:]) > 0
             assert 1 <= ann["category_id"] <= len(CLASS_NAMES)
+    summary = json.loads((tiny / "summary.json").read_text())
+    assert sum(summary["ignored"].values()) > 0, "the tiny set has objects under the rule"
 
 
 def test_lane_lines_one_per_image(tiny: Path) -> None:

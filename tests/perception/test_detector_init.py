@@ -36,11 +36,26 @@ def test_fine_tune_starts_from_init_weights(tmp_path: Path) -> None:
     # a vanishing learning rate: each run ends where it started
     common = dict(data=data / "data.yaml", epochs=1, imgsz=96, batch=4, workers=0,
                   device="cpu", lr0=1e-9)
-    tuned = train_detector(DetectorTraining(out=tmp_path / "tuned", init=SHIPPED, **common))
+    tuned = train_detector(DetectorTraining(out=tmp_path / "tuned", init=SHIPPED,
+                                            fraction=0.5, close_mosaic=0, **common))
     scratch = train_detector(DetectorTraining(out=tmp_path / "scratch", **common))
     shipped = _conv_weights(SHIPPED)
     assert _max_diff(shipped, _conv_weights(tuned["weights"])) < 0.01  # fp16 checkpoints
     assert _max_diff(shipped, _conv_weights(scratch["weights"])) > 0.1
+    args = (tmp_path / "tuned" / "args.yaml").read_text()
+    assert "fraction: 0.5" in args and "close_mosaic: 0" in args
+
+    # the weights remember their input size; an export for a camera of half that size
+    # takes frames scaled by 2 (what RawDetector then does)
+    from perception.detector import export_onnx, trained_imgsz
+    from perception.raw_detector import RawDetector
+
+    assert trained_imgsz(tuned["weights"]) == 96
+    onnx = export_onnx(Path(tuned["weights"]), 32, 48)
+    raw = RawDetector(onnx, "cpu", 32, 48)
+    assert raw.input_hw == (64, 96) and raw.scale == 2.0
+    with pytest.raises(ValueError, match="multiples of 32"):
+        export_onnx(Path(tuned["weights"]), 40, 50)  # 77x96
 
 
 def test_missing_init_weights_give_one_clear_error(tmp_path: Path) -> None:

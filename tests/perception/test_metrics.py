@@ -57,6 +57,18 @@ def test_ignored_objects_are_neither_missed_nor_false_positives() -> None:
     assert detection_map(wrong_class, gt, 2)["mAP50"] == 0.0
 
 
+def test_a_loose_detection_of_an_ignored_object_is_no_false_positive() -> None:
+    """IoU >= 0.5 with an ignored object makes a detection its, at every threshold; at
+    IoU 0.4 it is a false positive everywhere. Hand case: the stray detection scores
+    above the one real object, so as a false positive it halves the precision."""
+    gt = [_img([[0, 0, 10, 10], [50, 50, 60, 60]], [0, 0], ignore=[False, True])]
+    loose = [_img([[0, 0, 10, 10], [50, 50, 60, 66]], [0, 0], [0.9, 0.95])]  # IoU 0.625
+    assert detection_map(loose, gt, 1)["mAP50-95"] == 1.0
+    off = [_img([[0, 0, 10, 10], [50, 50, 60, 75]], [0, 0], [0.9, 0.95])]  # IoU 0.4
+    r = detection_map(off, gt, 1)
+    assert r["mAP50"] == pytest.approx(0.5) and r["mAP50-95"] == pytest.approx(0.5)
+
+
 def test_tusimple_accuracy_fp_fn() -> None:
     gt = [np.array([[100.0, 110, 120, 130], [200, 210, 220, 230]])]
     same = tusimple_lane_metrics(gt, gt, width=1280)

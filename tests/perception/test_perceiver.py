@@ -101,9 +101,9 @@ def test_shipped_onnx_export_agrees_with_the_pytorch_weights() -> None:
 
     images = [f for f, _ in _frames(3)]
     onnx = Perceiver(weights=DEFAULT_ONNX, device="cpu")(images)
-    torch_ = Perceiver(weights=DEFAULT_WEIGHTS, device="cpu", imgsz=320)(images)
+    torch_ = Perceiver(weights=DEFAULT_WEIGHTS, device="cpu")(images)
     for a, b in zip(onnx, torch_, strict=True):
-        # same network; only the letterboxing differs (192x320 vs 320x320 input)
+        # same network at the same input size (ultralytics' predict; our raw ONNX path)
         assert abs(len(a.detections.classes) - len(b.detections.classes)) <= 1
         if len(a.detections.classes) and len(b.detections.classes):
             from perception.metrics import box_iou
@@ -114,7 +114,10 @@ def test_shipped_onnx_export_agrees_with_the_pytorch_weights() -> None:
 
 def test_default_perceiver_on_cpu_uses_the_onnx_export() -> None:
     p = Perceiver(device="cpu")
-    assert p.weights.suffix == ".onnx" and p.imgsz == (192, 320)
+    from perception.detector import DEFAULT_WEIGHTS, network_input, trained_imgsz
+
+    assert p.weights.suffix == ".onnx"
+    assert p.imgsz == network_input(192, 320, trained_imgsz(DEFAULT_WEIGHTS))
     big = Perceiver(device="cpu", camera=CameraSpec(width=640, height=384))
     assert big.weights.suffix == ".pt", "an export of another size cannot serve this camera"
     # the lane model runs at its size and its rows / x scale back to the camera's
@@ -156,21 +159,29 @@ def test_missing_lane_weights_file(tmp_path: Path) -> None:
     assert Perceiver(device="cpu", lanes=False)([_frames(1)[0][0]])[0].lanes is None
 
 
-@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
-def test_raw_detector_matches_ultralytics_predict(suffix: str) -> None:
+@pytest.mark.parametrize(("suffix", "scale"), [(".onnx", 1), (".pt", 1), (".onnx", 2),
+                                               (".pt", 2)])
+def test_raw_detector_matches_ultralytics_predict(suffix: str, scale: int) -> None:
     """Our batched path (no letterbox, one batched NMS) gives ultralytics' boxes on the
-    same weights at the camera's 192x320."""
+    same weights at the size they were trained at; frames of another size (scale 2: a
+    640x384 camera) are resized to it, as ultralytics' letterbox does, and the boxes
+    scaled back."""
     from ultralytics import YOLO
 
-    from perception.detector import DEFAULT_WEIGHTS
+    from perception.detector import DEFAULT_WEIGHTS, network_input, trained_imgsz
     from perception.metrics import box_iou
     from perception.raw_detector import RawDetector
 
     weights = DEFAULT_WEIGHTS.with_suffix(suffix)
-    images = [f for f, _ in _frames(4)]
-    ours = RawDetector(weights, "cpu", 192, 320, conf=0.25)(images)
+    images = [cv2.resize(f, (320 * scale, 192 * scale), interpolation=cv2.INTER_LINEAR)
+              for f, _ in _frames(4)]
+    raw = RawDetector(weights, "cpu", 192 * scale, 320 * scale, conf=0.25)
+    imgsz = trained_imgsz(DEFAULT_WEIGHTS)
+    assert raw.input_hw == network_input(192, 320, imgsz)
+    assert raw.scale == pytest.approx(imgsz / (320 * scale))
+    ours = raw(images)
     theirs = YOLO(str(weights), task="detect").predict([f[..., ::-1] for f in images],
-                                                       imgsz=(192, 320), conf=0.25,
+                                                       imgsz=raw.input_hw, conf=0.25,
                                                        device="cpu", verbose=False)
     total = 0
     for d, r in zip(ours, theirs, strict=True):
@@ -178,6 +189,7 @@ def test_raw_detector_matches_ultralytics_predict(suffix: str) -> None:
         assert len(d) == len(ref)
         total += len(d)
         if len(d):
+            assert d[:, [0, 2]].max() <= 320 * scale and d[:, [1, 3]].max() <= 192 * scale
             iou = box_iou(d[:, :4], ref)
             assert iou.max(axis=1).min() > 0.99
             assert set(d[:, 5].astype(int)) == set(np.asarray(r.boxes.cls.cpu()).astype(int))
@@ -189,10 +201,10 @@ def test_raw_detector_refuses_what_it_cannot_run() -> None:
     from perception.detector import DEFAULT_ONNX
     from perception.raw_detector import RawDetector
 
-    with pytest.raises(ValueError, match="multiples of 32"):
+    with pytest.raises(ValueError, match="by one factor"):
         RawDetector(DEFAULT_ONNX, "cpu", 200, 320)
-    with pytest.raises(ValueError, match="takes 320x192"):
-        RawDetector(DEFAULT_ONNX, "cpu", 384, 640)
+    with pytest.raises(ValueError, match="by one factor"):
+        RawDetector(DEFAULT_ONNX, "cpu", 256, 320)
     with pytest.raises(ValueError, match="CPU"):
         RawDetector(DEFAULT_ONNX, "0", 192, 320)
     with pytest.raises(ValueError, match="PyTorch path"):
