@@ -4,8 +4,11 @@ detector alone, the lane models alone, and the whole Perceiver (detector + lanes
     python bench/perception_speed.py [--device cpu|0|auto] [--seconds 5]
 
 Frames are real simulator frames (320x192, highway, day). The detector is the shipped
-YOLO11n, twice: PyTorch at 320x320 (letterboxed; fp16 on CUDA) and its ONNX Runtime
-export at the camera's 192x320 (CPU). The lane models are the shipped one
+YOLO11n, twice: PyTorch at the size it was trained at (ultralytics' predict; fp16 on
+CUDA) and its ONNX Runtime export (CPU; the camera's 320x192 scaled to that size).
+`--detectors a.pt,b.pt` measures other detectors beside it in the same run (each with its
+.onnx export when there is one, alone and inside a Perceiver with the shipped lanes).
+The lane models are the shipped one
 (perception/weights/lanes.pt) and, when present, the other backbone's run in
 runs/lanes/{cnn,vit}/best.pt. "both" is `Perceiver()` as `drivestack run` uses it.
 Prints readable lines and, last, one JSON object.
@@ -25,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 import sim
-from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS
+from perception.detector import DEFAULT_WEIGHTS
 from perception.lanes import DEFAULT_LANE_WEIGHTS, load_lane_model
 from perception.metrics import box_iou
 from perception.perceiver import Perceiver
@@ -100,13 +103,14 @@ class LaneOnnxOnly:
 class BatchedPipeline:
     """Detector network + NMS + lane network on a whole uint8 batch, without ultralytics'
     per-image pre- and post-processing: `RawDetector` uploads the frames once as a
-    (B, 192, 320, 3) tensor through a pinned buffer (both sides multiples of 32, so no
-    letterbox) and runs the fused YOLO11n in fp16 on CUDA with one batched NMS over all
-    frames; the lane model runs on the same uploaded tensor and decodes on the device. This
-    is the path a batched renderer or the data engine's offline labelling would feed;
-    returns, per frame, the (n, 6) boxes xyxy/conf/class and the decoded lane x (slots,
-    rows). (The H200 figures in bench/README.md were taken with this class's first form,
-    which held the same steps inline, before they moved into `RawDetector`.)"""
+    (B, 192, 320, 3) tensor through a pinned buffer, scales them on the GPU to the size the
+    detector was trained at (no letterbox padding) and runs the fused YOLO11n in fp16 on
+    CUDA with one batched NMS over all frames; the lane model runs on the same uploaded
+    tensor and decodes on the device. This is the path a batched renderer or the data
+    engine's offline labelling would feed; returns, per frame, the (n, 6) boxes
+    xyxy/conf/class and the decoded lane x (slots, rows). (The H200 figures in
+    bench/README.md were taken with this class's first form, which held the same steps
+    inline, before they moved into `RawDetector`.)"""
 
     def __init__(self, device: str, conf: float = 0.25, max_det: int = 100) -> None:
         import torch
@@ -135,6 +139,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--detectors", default="",
+                   help="comma-separated .pt detectors to measure beside the shipped one")
     p.add_argument("--batched-only", action="store_true",
                    help="only the batched pipeline, at batch 1..1024 (the GPU figure)")
     args = p.parse_args()
@@ -154,12 +160,18 @@ def main() -> None:
         fig["target_frames_per_s_gpu"] = 5000
         print(json.dumps(fig))
         return
-    backends: dict[str, Any] = {
-        "detector_pytorch_320": Perceiver(weights=DEFAULT_WEIGHTS, device=args.device,
-                                          imgsz=320, lanes=False)}
-    if DEFAULT_ONNX.is_file() and args.device == "cpu":
-        backends["detector_onnxruntime_192x320"] = Perceiver(weights=DEFAULT_ONNX,
-                                                             device="cpu", lanes=False)
+    backends: dict[str, Any] = {}
+    for pt in [DEFAULT_WEIGHTS] + [Path(x) for x in args.detectors.split(",") if x]:
+        label = "" if pt == DEFAULT_WEIGHTS else f"{pt.parents[2].name}_"
+        torch_det = Perceiver(weights=pt, device=args.device, lanes=False)
+        backends[f"detector_{label}pytorch_{torch_det.imgsz}"] = torch_det
+        onnx = pt.with_suffix(".onnx")
+        if onnx.is_file() and args.device == "cpu":
+            det = Perceiver(weights=onnx, device="cpu", lanes=False)
+            h, w = det.imgsz  # type: ignore[misc]
+            backends[f"detector_{label}onnxruntime_{w}x{h}"] = det
+            if label:
+                backends[f"both_{label}perceiver"] = Perceiver(weights=onnx, device="cpu")
     lane_files = {"shipped": DEFAULT_LANE_WEIGHTS, "cnn_run": RUNS / "cnn" / "best.pt",
                   "vit_run": RUNS / "vit" / "best.pt"}
     for name, path in lane_files.items():
@@ -187,7 +199,8 @@ def main() -> None:
 def _agreement(pipe: BatchedPipeline, perceiver: Perceiver, images: list[np.ndarray]
                ) -> dict[str, float]:
     """How far the batched path's boxes are from the Perceiver's on the same frames (the
-    Perceiver letterboxes to 320x320, so small differences are expected)."""
+    Perceiver's ultralytics path resizes with OpenCV, the batched one on the GPU, so
+    small differences are expected)."""
     ours = pipe(images)
     theirs = perceiver(images)
     n_ours = sum(len(b) for b, _ in ours)

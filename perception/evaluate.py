@@ -1,7 +1,10 @@
 """Held-out detection metrics of a detector on a `drivestack dataset` split, overall and
-per condition, distance bucket and visibility bucket. The dataset's ignore rule applies:
+per condition, distance, size and visibility bucket. The dataset's ignore rule applies:
 objects under it (COCO `ignore`/`iscrowd` annotations) are don't-care regions, as are the
-objects outside a bucket when a bucket is scored."""
+objects outside a bucket when a bucket is scored. As with COCO's area ranges, a detection
+that matches no object is left out of a distance or size bucket it is not in itself: by
+the distance of its box's foot on the ground (the camera of the dataset's summary.json)
+or by its own smaller side."""
 
 from __future__ import annotations
 
@@ -12,11 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from perception.geometry import ground_distance
 from perception.metrics import ImageBoxes, detection_map
 from perception.offline import ultralytics_offline
-from sim.types import CLASS_NAMES
+from sim.types import CLASS_NAMES, CameraSpec
 
 DISTANCE_BUCKETS = {"0-20m": (0.0, 20.0), "20-40m": (20.0, 40.0), "40m+": (40.0, np.inf)}
+SIZE_BUCKETS = {"0-6px": (0.0, 6.0), "6-10px": (6.0, 10.0), "10-20px": (10.0, 20.0),
+                "20px+": (20.0, np.inf)}
+"""Buckets of a box's smaller side [px] (half the labelled objects are under 8 px)."""
+BoxRule = Callable[[np.ndarray], np.ndarray]
+"""Boxes (N, 4) -> (N,) bool: the detections outside a bucket."""
 VISIBILITY_BUCKETS = {"vis<0.5": (0.0, 0.5), "vis>=0.5": (0.5, 1.01)}
 
 
@@ -66,23 +75,37 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
 
 def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str
                         ) -> dict[str, Any]:
-    """mAP overall, per time of day and weather, per distance and visibility bucket."""
+    """mAP overall, per time of day and weather, per distance, size and visibility
+    bucket."""
     images, anns = _load_split(data, split)
     n = len(CLASS_NAMES)
+    summary = data / "summary.json"
+    camera = (CameraSpec(**json.loads(summary.read_text())["camera"]) if summary.is_file()
+              else CameraSpec())
 
-    def score(select_images: Callable[[dict], bool], keep: Callable[[dict], bool]
-              ) -> dict[str, Any]:
+    def score(select_images: Callable[[dict], bool], keep: Callable[[dict], bool],
+              outside: BoxRule | None = None) -> dict[str, Any]:
         chosen = [im for im in images if select_images(im)]
         if not chosen:
             return {"images": 0}
         gts = [_gt(anns.get(im["id"], []), keep) for im in chosen]
-        r = detection_map([preds[im["id"]] for im in chosen], gts, n)
+        ps = [preds[im["id"]] for im in chosen]
+        if outside is not None:  # COCO's area-range rule, by the detection's own value
+            ps = [ImageBoxes(p.boxes, p.classes, p.scores, ignore=outside(p.boxes))
+                  for p in ps]
+        r = detection_map(ps, gts, n)
         objects = sum(int((~g.ignore).sum()) for g in gts if g.ignore is not None)
         return {"images": len(chosen), "objects": objects,
                 "mAP50": r["mAP50"], "mAP50-95": r["mAP50-95"]}
 
     def every(_: dict) -> bool:
         return True
+
+    def far_from(lo: float, hi: float) -> BoxRule:
+        return lambda b: ~((lo <= (d := ground_distance(b, camera))) & (d < hi))
+
+    def sized_out(lo: float, hi: float) -> BoxRule:
+        return lambda b: ~((lo <= (m := _min_side(b))) & (m < hi))
 
     report: dict[str, Any] = {"split": split, "all": score(every, every)}
     full = detection_map([preds[im["id"]] for im in images],
@@ -94,7 +117,10 @@ def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str
         for value in sorted({im[key] for im in images}):
             report[f"{key}={value}"] = score(_equals(key, value), every)
     for name, (lo, hi) in DISTANCE_BUCKETS.items():
-        report[f"distance {name}"] = score(every, _within("distance", lo, hi))
+        report[f"distance {name}"] = score(every, _within("distance", lo, hi),
+                                           far_from(lo, hi))
+    for name, (lo, hi) in SIZE_BUCKETS.items():
+        report[f"size {name}"] = score(every, _sized(lo, hi), sized_out(lo, hi))
     for name, (lo, hi) in VISIBILITY_BUCKETS.items():
         report[name] = score(every, _within("visible_fraction", lo, hi))
     return report
@@ -111,3 +137,13 @@ def _equals(key: str, value: Any) -> Callable[[dict], bool]:
 
 def _within(key: str, lo: float, hi: float) -> Callable[[dict], bool]:
     return lambda item: bool(lo <= item[key] < hi)
+
+
+def _min_side(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+
+
+def _sized(lo: float, hi: float) -> Callable[[dict], bool]:
+    """Annotations whose box's smaller side is in [lo, hi) px."""
+    return lambda a: bool(lo <= min(a["bbox"][2], a["bbox"][3]) < hi)

@@ -30,6 +30,14 @@ def to_ground(u: np.ndarray, v: np.ndarray, camera: CameraSpec) -> np.ndarray:
     return np.stack([t * (np.cos(pitch) - b * np.sin(pitch)), -t * a], axis=-1)
 
 
+def ground_distance(boxes_xyxy: np.ndarray, camera: CameraSpec) -> np.ndarray:
+    """Distance [m] from the camera to where each box's bottom centre meets the ground;
+    inf for boxes whose foot is at or above the horizon."""
+    ground = to_ground(*box_foot(boxes_xyxy), camera)
+    dist = np.hypot(ground[:, 0], ground[:, 1])
+    return np.where(np.isfinite(dist), dist, np.inf).astype(np.float32)
+
+
 def fit_boundary(points: np.ndarray, far: float) -> np.ndarray | None:
     """Polynomial left(forward) through ground points (K, 2) within `far` m (quadratic
     when they span 15 m or more, else linear); None with fewer than 2 points."""

@@ -6,9 +6,10 @@
   bucket) neither counts as missed nor makes a detection of it a false positive. A
   detection is "of" an ignored object when their IoU is >= 0.5 at every threshold, so an
   ignored object detected a little loosely is no false positive at 0.75 either (COCO and
-  pycocotools match ignored regions at each threshold, and use an area range, which a
-  distance or visibility bucket has no analogue of, to let detections of objects outside
-  a bucket go).
+  pycocotools match ignored regions at each threshold). Predictions may carry an
+  `ignore` flag too, COCO's area-range rule: a flagged detection (one outside the scored
+  bucket, by its own size or estimated distance) is not counted when it matches no
+  object.
 - `tusimple_lane_metrics`: TuSimple accuracy, FP and FN rates (points within 20 px at
   1280 px width, scaled to the image; a lane matches at >= 85 % of its points).
 - `culane_f1`: CULane F1 (lanes drawn 30 px wide at 1640 px width, scaled; IoU >= 0.5,
@@ -61,8 +62,9 @@ def average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
 
 @dataclass
 class ImageBoxes:
-    """Boxes of one image: xyxy (N, 4), classes (N,), scores (N,) for predictions or an
-    ignore flag (N,) for ground truth."""
+    """Boxes of one image: xyxy (N, 4), classes (N,), scores (N,) for predictions, and an
+    ignore flag (N,): for ground truth a don't-care object, for a prediction one outside
+    the scored bucket (not counted unless it matches an object)."""
 
     boxes: np.ndarray
     classes: np.ndarray
@@ -77,6 +79,7 @@ def _match(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
     gm = gt.classes == cls
     p_boxes, p_scores = pred.boxes[pm], (pred.scores if pred.scores is not None
                                          else np.ones(len(pred.boxes)))[pm]
+    p_ign = (pred.ignore if pred.ignore is not None else np.zeros(len(pred.boxes), bool))[pm]
     g_boxes = gt.boxes[gm]
     g_ign = (gt.ignore if gt.ignore is not None else np.zeros(len(gt.boxes), bool))[gm]
     iou = box_iou(p_boxes, g_boxes)
@@ -87,8 +90,8 @@ def _match(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
         if cand.size and cand.max() >= 0:  # best still-unmatched real object
             free[int(np.argmax(cand))] = False
             tps.append(True)
-        elif (g_ign & (iou[i] >= IOU_THRESHOLDS[0])).any():
-            continue  # a detection of an ignored object: not counted either way
+        elif p_ign[i] or (g_ign & (iou[i] >= IOU_THRESHOLDS[0])).any():
+            continue  # outside the bucket, or of an ignored object: not counted either way
         else:
             tps.append(False)
         scores.append(float(p_scores[i]))

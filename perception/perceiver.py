@@ -31,7 +31,7 @@ from perception.detector import (
     resolve_device,
     trained_imgsz,
 )
-from perception.geometry import box_foot, to_ground
+from perception.geometry import ground_distance
 from perception.lane_onnx import OnnxLanes
 from perception.lanes import (
     DEFAULT_LANE_WEIGHTS,
@@ -93,14 +93,6 @@ class Perception:
     """Lane estimate (None when the Perceiver runs without a lane model)."""
     latency_ms: float = 0.0
     """Share of the batch's wall time for this frame [ms]."""
-
-
-def ground_distance(boxes_xyxy: np.ndarray, camera: CameraSpec) -> np.ndarray:
-    """Distance [m] from the camera to where each box's bottom centre meets the ground;
-    inf for boxes whose foot is at or above the horizon."""
-    ground = to_ground(*box_foot(boxes_xyxy), camera)
-    dist = np.hypot(ground[:, 0], ground[:, 1])
-    return np.where(np.isfinite(dist), dist, np.inf).astype(np.float32)
 
 
 class Perceiver:

@@ -152,3 +152,26 @@ def test_resolved_config_round_trips(write_launch) -> None:
     """metrics.json stores the resolved config; it validates back to the same config."""
     cfg = load_launch(write_launch("family: urban\nscenario: {lanes: [2, 2]}\n"), RunConfig)
     assert RunConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def test_every_shipped_launch_file_validates() -> None:
+    """Each launch/*.yaml is valid for the command its name says it is for."""
+    from launch.config import (
+        DatasetConfig,
+        RunConfig,
+        TrainPerceptionConfig,
+        TrainPlannerConfig,
+        load_launch,
+    )
+    from launch.eval_suite import EvalConfig, SuiteConfig
+
+    # eval_quick / eval_smoke are scenario suites (`drivestack eval --suite FILE`)
+    kinds = {"dataset": DatasetConfig, "run": RunConfig, "eval": EvalConfig,
+             "eval_quick": SuiteConfig, "eval_smoke": SuiteConfig,
+             "train_planner": TrainPlannerConfig, "train_perception": TrainPerceptionConfig,
+             "train_lanes": TrainPerceptionConfig, "train_detector": TrainPerceptionConfig}
+    files = sorted((Path(__file__).resolve().parents[2] / "launch").glob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        kind = max((k for k in kinds if path.stem.startswith(k)), key=len)
+        load_launch(path, kinds[kind])

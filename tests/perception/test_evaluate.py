@@ -54,3 +54,18 @@ def test_missing_weights_is_one_clear_error(data: Path, tmp_path: Path) -> None:
     pytest.importorskip("ultralytics")
     with pytest.raises(FileNotFoundError, match="weights file"):
         predict_split(tmp_path / "none.pt", data, "test")
+
+
+def test_a_stray_detection_counts_only_in_its_own_buckets(data: Path) -> None:
+    """A false alarm high in every frame (its foot above the horizon: infinitely far,
+    8 px) lowers the overall score and its own buckets, not the near or large ones."""
+    preds = _perfect(data, "train")
+    for k, p in preds.items():
+        preds[k] = ImageBoxes(np.vstack([p.boxes, [0, 0, 8, 8]]), np.append(p.classes, 0),
+                              np.append(p.scores, 0.99))
+    report = evaluate_detections(preds, data, "train")
+    assert report["all"]["mAP50"] < 0.9
+    for key in ("distance 0-20m", "distance 20-40m", "size 10-20px", "size 20px+"):
+        if report[key].get("objects"):
+            assert report[key]["mAP50-95"] == pytest.approx(1.0), key
+    assert report["size 6-10px"]["mAP50"] < 1.0

@@ -69,6 +69,18 @@ def test_a_loose_detection_of_an_ignored_object_is_no_false_positive() -> None:
     assert r["mAP50"] == pytest.approx(0.5) and r["mAP50-95"] == pytest.approx(0.5)
 
 
+def test_a_detection_outside_the_bucket_counts_only_when_it_matches() -> None:
+    """COCO's area-range rule: a flagged detection that matches nothing is left out; one
+    that matches an object is a true positive all the same."""
+    gt = [_img([[0, 0, 10, 10]], [0])]
+    stray = _img([[0, 0, 10, 10], [50, 50, 60, 60]], [0, 0], [0.9, 0.95])
+    assert detection_map([stray], gt, 1)["mAP50"] == pytest.approx(0.5)
+    flagged = ImageBoxes(stray.boxes, stray.classes, stray.scores, np.array([False, True]))
+    assert detection_map([flagged], gt, 1)["mAP50"] == 1.0
+    both = ImageBoxes(stray.boxes, stray.classes, stray.scores, np.array([True, True]))
+    assert detection_map([both], gt, 1)["mAP50"] == 1.0, "a match counts though flagged"
+
+
 def test_tusimple_accuracy_fp_fn() -> None:
     gt = [np.array([[100.0, 110, 120, 130], [200, 210, 220, 230]])]
     same = tusimple_lane_metrics(gt, gt, width=1280)

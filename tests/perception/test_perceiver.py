@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401
-from perception.perceiver import Detections, Perceiver, ground_distance
+from perception.geometry import ground_distance
+from perception.perceiver import Detections, Perceiver
 from sim.autopilot import Autopilot
 from sim.types import CameraSpec
 
