@@ -6,8 +6,8 @@ detector alone, the lane models alone, and the whole Perceiver (detector + lanes
 Frames are real simulator frames (320x192, highway, day). The detector is the shipped
 YOLO11n, twice: PyTorch at the size it was trained at (ultralytics' predict; fp16 on
 CUDA) and its ONNX Runtime export (CPU; the camera's 320x192 scaled to that size).
-`--detectors a.pt,b.pt` measures other detectors beside it in the same run (each with its
-.onnx export when there is one, alone and inside a Perceiver with the shipped lanes).
+`--detectors a.pt,b.pt` measures other detectors beside it in the same run (each also as
+its ONNX export on the CPU, alone and inside a Perceiver with the shipped lanes).
 The lane models are the shipped one
 (perception/weights/lanes.pt) and, when present, the other backbone's run in
 runs/lanes/{cnn,vit}/best.pt. "both" is `Perceiver()` as `drivestack run` uses it.
@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 import sim
-from perception.detector import DEFAULT_WEIGHTS
+from perception.detector import DEFAULT_WEIGHTS, cached_onnx
 from perception.lanes import DEFAULT_LANE_WEIGHTS, load_lane_model
 from perception.metrics import box_iou
 from perception.perceiver import Perceiver
@@ -165,8 +165,8 @@ def main() -> None:
         label = "" if pt == DEFAULT_WEIGHTS else f"{pt.parents[2].name}_"
         torch_det = Perceiver(weights=pt, device=args.device, lanes=False)
         backends[f"detector_{label}pytorch_{torch_det.imgsz}"] = torch_det
-        onnx = pt.with_suffix(".onnx")
-        if onnx.is_file() and args.device == "cpu":
+        if args.device == "cpu":
+            onnx = cached_onnx(pt, 192, 320)
             det = Perceiver(weights=onnx, device="cpu", lanes=False)
             h, w = det.imgsz  # type: ignore[misc]
             backends[f"detector_{label}onnxruntime_{w}x{h}"] = det

@@ -3,18 +3,20 @@ model yaml files (no pretrained weights) and trained on a drivestack dataset off
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from perception.offline import ultralytics_offline
+from perception.offline import cache_dir, ultralytics_offline
 
 Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "detector.pt"
-"""Shipped detector weights (see docs/models.md for how they were made)."""
-DEFAULT_ONNX = DEFAULT_WEIGHTS.with_suffix(".onnx")
-"""The same weights exported for ONNX Runtime at the default camera's 320x192 scaled to
-their training size (the fast CPU path)."""
+"""Shipped detector weights (see docs/models.md for how they were made). Their ONNX
+Runtime export, the fast CPU path, is made locally when first needed (`cached_onnx`)."""
 _YAML = {"yolo11n": "yolo11n.yaml", "yolo11s": "yolo11s.yaml", "rtdetr-l": "rtdetr-l.yaml"}
 
 
@@ -141,3 +143,24 @@ def export_onnx(weights: Path, height: int, width: int) -> Path:
     out = YOLO(str(weights)).export(format="onnx", imgsz=(in_h, in_w), simplify=True,
                                     dynamic=False, half=False, device="cpu")
     return Path(out)
+
+
+def cached_onnx(weights: Path | str, height: int, width: int) -> Path:
+    """The ONNX export of `weights` for height x width frames (`export_onnx`) in the
+    drivestack cache (`$DRIVESTACK_CACHE`), under the SHA-256 of the weights: made once,
+    offline, the first time it is needed, and moved into place whole."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"detector weights {weights} not found")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    path = cache_dir() / "detector_onnx" / f"detector-{digest}-{width}x{height}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent))
+    try:
+        shutil.copyfile(weights, tmp / "detector.pt")
+        os.replace(export_onnx(tmp / "detector.pt", height, width), path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

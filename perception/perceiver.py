@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from perception.detector import (
-    DEFAULT_ONNX,
     DEFAULT_WEIGHTS,
+    cached_onnx,
     network_input,
     resolve_device,
     trained_imgsz,
@@ -99,8 +99,9 @@ class Perceiver:
     """Batched detection and lanes on `device` ("auto": CUDA, else MPS, else CPU; fp16 on
     CUDA).
 
-    Without `weights`, the shipped detector: on the CPU its ONNX Runtime export for the
-    default camera (about 2.5x faster than PyTorch here), else the PyTorch weights. The
+    Without `weights`, the shipped detector: on the CPU its ONNX Runtime export for this
+    camera (about 2.5x faster than PyTorch here; made locally the first time, a few
+    seconds, and cached), else the PyTorch weights. The
     detector runs at the input size it was trained at (`imgsz`, from the weights, unless
     given): frames are scaled to it and boxes scaled back. A `.onnx` file runs at its
     fixed export size, which must be the camera's scaled by one factor. Without
@@ -116,10 +117,14 @@ class Perceiver:
                              f"{', '.join(LANE_BACKENDS)}")
         self.camera = camera or CameraSpec()
         self.device = resolve_device(device)
+        cached = False
         if weights is None:
-            default_size = (self.camera.height, self.camera.width) == (192, 320)
-            onnx_ok = self.device == "cpu" and default_size and DEFAULT_ONNX.is_file()
-            weights = DEFAULT_ONNX if onnx_ok else DEFAULT_WEIGHTS
+            weights = DEFAULT_WEIGHTS
+            in_h, in_w = network_input(self.camera.height, self.camera.width,
+                                       trained_imgsz(DEFAULT_WEIGHTS))
+            if self.device == "cpu" and in_h % 32 == 0 and in_w % 32 == 0:
+                weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height, self.camera.width)
+                cached = True
         self.weights = Path(weights)
         if not self.weights.is_file():
             raise FileNotFoundError(
@@ -132,8 +137,18 @@ class Perceiver:
         """The detector's input: (height, width) on the raw path, else the size ultralytics'
         predict letterboxes to."""
         if self.weights.suffix == ".onnx":
-            self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                   self.camera.width, conf)
+            try:
+                self.raw = RawDetector(self.weights, self.device, self.camera.height,
+                                       self.camera.width, conf)
+            except Exception:
+                if not cached:
+                    raise
+                # a cached export cut short or damaged: make it again, once
+                self.weights.unlink(missing_ok=True)
+                self.weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
+                                           self.camera.width)
+                self.raw = RawDetector(self.weights, self.device, self.camera.height,
+                                       self.camera.width, conf)
             self.imgsz = self.raw.input_hw
         else:
             size = imgsz or trained_imgsz(self.weights)

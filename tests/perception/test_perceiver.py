@@ -98,10 +98,10 @@ def test_missing_weights_file(tmp_path: Path) -> None:
 
 
 def test_shipped_onnx_export_agrees_with_the_pytorch_weights() -> None:
-    from perception.detector import DEFAULT_ONNX, DEFAULT_WEIGHTS
+    from perception.detector import DEFAULT_WEIGHTS, cached_onnx
 
     images = [f for f, _ in _frames(3)]
-    onnx = Perceiver(weights=DEFAULT_ONNX, device="cpu")(images)
+    onnx = Perceiver(weights=cached_onnx(DEFAULT_WEIGHTS, 192, 320), device="cpu")(images)
     torch_ = Perceiver(weights=DEFAULT_WEIGHTS, device="cpu")(images)
     for a, b in zip(onnx, torch_, strict=True):
         # same network at the same input size (ultralytics' predict; our raw ONNX path)
@@ -120,7 +120,9 @@ def test_default_perceiver_on_cpu_uses_the_onnx_export() -> None:
     assert p.weights.suffix == ".onnx"
     assert p.imgsz == network_input(192, 320, trained_imgsz(DEFAULT_WEIGHTS))
     big = Perceiver(device="cpu", camera=CameraSpec(width=640, height=384))
-    assert big.weights.suffix == ".pt", "an export of another size cannot serve this camera"
+    assert big.weights.suffix == ".onnx" and big.imgsz == p.imgsz, "its own export"
+    odd = Perceiver(device="cpu", camera=CameraSpec(width=336, height=200), lanes=False)
+    assert odd.weights.suffix == ".pt", "a frame that scales to 320x190 needs a letterbox"
     # the lane model runs at its size and its rows / x scale back to the camera's
     frame = cv2.resize(_frames(1)[0][0], (640, 384), interpolation=cv2.INTER_LINEAR)
     lanes = big([frame])[0].lanes
@@ -169,11 +171,12 @@ def test_raw_detector_matches_ultralytics_predict(suffix: str, scale: int) -> No
     scaled back."""
     from ultralytics import YOLO
 
-    from perception.detector import DEFAULT_WEIGHTS, network_input, trained_imgsz
+    from perception.detector import DEFAULT_WEIGHTS, cached_onnx, network_input, trained_imgsz
     from perception.metrics import box_iou
     from perception.raw_detector import RawDetector
 
-    weights = DEFAULT_WEIGHTS.with_suffix(suffix)
+    weights = cached_onnx(DEFAULT_WEIGHTS, 192 * scale, 320 * scale) if suffix == ".onnx" \
+        else DEFAULT_WEIGHTS
     images = [cv2.resize(f, (320 * scale, 192 * scale), interpolation=cv2.INTER_LINEAR)
               for f, _ in _frames(4)]
     raw = RawDetector(weights, "cpu", 192 * scale, 320 * scale, conf=0.25)
@@ -199,9 +202,10 @@ def test_raw_detector_matches_ultralytics_predict(suffix: str, scale: int) -> No
 
 
 def test_raw_detector_refuses_what_it_cannot_run() -> None:
-    from perception.detector import DEFAULT_ONNX
+    from perception.detector import DEFAULT_WEIGHTS, cached_onnx
     from perception.raw_detector import RawDetector
 
+    DEFAULT_ONNX = cached_onnx(DEFAULT_WEIGHTS, 192, 320)  # noqa: N806
     with pytest.raises(ValueError, match="by one factor"):
         RawDetector(DEFAULT_ONNX, "cpu", 200, 320)
     with pytest.raises(ValueError, match="by one factor"):
@@ -210,6 +214,23 @@ def test_raw_detector_refuses_what_it_cannot_run() -> None:
         RawDetector(DEFAULT_ONNX, "0", 192, 320)
     with pytest.raises(ValueError, match="PyTorch path"):
         RawDetector(DEFAULT_ONNX, "cpu", 192, 320).upload([np.zeros((192, 320, 3), np.uint8)])
+
+
+def test_cached_detector_export_is_made_once_and_again_when_broken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIVESTACK_CACHE", str(tmp_path))
+    first = Perceiver(device="cpu", lanes=False)
+    [made] = (tmp_path / "detector_onnx").glob("*.onnx")
+    assert first.weights == made and made.stat().st_size > 1_000_000
+    stamp = made.stat().st_mtime_ns
+    assert Perceiver(device="cpu", lanes=False).weights == made
+    assert made.stat().st_mtime_ns == stamp, "the second Perceiver reuses the export"
+    made.write_bytes(b"cut short")
+    again = Perceiver(device="cpu", lanes=False)
+    assert again.weights == made and made.stat().st_size > 1_000_000
+    frame = _frames(1)[0][0]
+    assert len(again([frame])[0].detections.classes) == len(first([frame])[0].detections.classes)
+    assert list((tmp_path / "detector_onnx").iterdir()) == [made], "no temporary files left"
 
 
 def test_default_perceiver_on_cpu_runs_the_raw_onnx_path() -> None:
