@@ -11,7 +11,8 @@
 # 4. times RawDetector's batched fp16 CUDA path (bench/perception_speed.py --batched-only)
 #    with the GPU alone;
 # 5. packs the runs' weights, results and logs into OUTDIR.
-# FRAMES, WORKERS, DET_TIMEOUT and SIZES override the sizes (a CPU dry run uses tiny ones).
+# FRAMES, WORKERS, DET_TIMEOUT, SIZES, DEVICE and DATA override the defaults (a CPU dry run:
+#   FRAMES=40 WORKERS=1 DET_TIMEOUT=150 SIZES=480 DEVICE=cpu DATA=data/dry bash ... /tmp/dry).
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_detector.sh OUTDIR}
 PY=${PYTHON:-python3}
@@ -20,7 +21,7 @@ WORKERS=${WORKERS:-14}
 DET_TIMEOUT=${DET_TIMEOUT:-480}
 DEVICE=${DEVICE:-0}
 SIZES=${SIZES:-"480 640"}
-DATA=data/perception_large_v3
+DATA=${DATA:-data/perception_large_v3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR/logs"
 t0=$(date +%s)

@@ -245,7 +245,10 @@ class _Tally:
         boxes = np.asarray(det.boxes_xyxy, np.float64).reshape(-1, 4)
         dist = np.asarray(det.distance, np.float64)
         owner = match_boxes(boxes, det.scores, gt)
-        near = gt_dist <= MAX_RANGE
+        # objects under the dataset's ignore rule (tiny or mostly hidden) are not counted
+        # as missed; a detection of one is no false alarm either
+        ignored = np.array([bool(a.get("ignore", a.get("iscrowd", 0))) for a in anns], bool)
+        near = (gt_dist <= MAX_RANGE) & ~ignored.reshape(-1)
         seen = np.zeros(len(gt), bool)
         seen[owner[owner >= 0]] = True
         np.add.at(self.objects, _bucket(gt_dist[near]), 1)

@@ -216,6 +216,16 @@ def test_raw_detector_refuses_what_it_cannot_run() -> None:
         RawDetector(DEFAULT_ONNX, "cpu", 192, 320).upload([np.zeros((192, 320, 3), np.uint8)])
 
 
+def test_fast_detector_runs_at_its_own_size() -> None:
+    from perception.detector import FAST_WEIGHTS, cached_onnx, trained_imgsz
+
+    assert trained_imgsz(FAST_WEIGHTS) == 320
+    fast = Perceiver(weights=cached_onnx(FAST_WEIGHTS, 192, 320), device="cpu", lanes=False)
+    assert fast.imgsz == (192, 320)
+    frame = _frames(1)[0][0]
+    assert len(fast([frame])[0].detections.classes) > 0
+
+
 def test_cached_detector_export_is_made_once_and_again_when_broken(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRIVESTACK_CACHE", str(tmp_path))
