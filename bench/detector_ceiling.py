@@ -53,7 +53,13 @@ from typing import Any
 import numpy as np
 
 from perception.detector import DEFAULT_WEIGHTS
-from perception.evaluate import SIZE_BUCKETS, evaluate_detections, is_nominal, predict_split
+from perception.evaluate import (
+    SIZE_BUCKETS,
+    evaluate_detections,
+    is_ignored,
+    is_nominal,
+    predict_split,
+)
 from perception.metrics import ImageBoxes, box_iou
 
 KEYS = ("all", "nominal (day, clear)", "distance 0-20m", "distance 20-40m", "distance 40m+",
@@ -61,10 +67,6 @@ KEYS = ("all", "nominal (day, clear)", "distance 0-20m", "distance 20-40m", "dis
 EDGES = ("x0", "y0", "x1", "y1")
 CONF = 0.25
 MIN_IOU = 0.3
-
-
-def _ignored(a: dict) -> bool:
-    return bool(a.get("ignore", a.get("iscrowd", 0)))
 
 
 def _xyxy(anns: list[dict]) -> np.ndarray:
@@ -103,7 +105,7 @@ def oracle(images: list[dict], anns: dict[int, list[dict]], sigma: float, seed: 
     preds: dict[int, ImageBoxes] = {}
     crossed = 0
     for im in images:  # same draws for every sigma: the rng restarts from the seed
-        real = [a for a in anns.get(im["id"], []) if not _ignored(a)]
+        real = [a for a in anns.get(im["id"], []) if not is_ignored(a)]
         gt = _xyxy(real)
         noisy = gt + sigma * rng.standard_normal(gt.shape)
         u = rng.uniform(0.5, 1.0, len(real))
@@ -125,7 +127,7 @@ def edge_errors(preds: dict[int, ImageBoxes], images: list[dict],
     for im in images:
         if not is_nominal(im):
             continue
-        real = [a for a in anns.get(im["id"], []) if not _ignored(a)]
+        real = [a for a in anns.get(im["id"], []) if not is_ignored(a)]
         if not real:
             continue
         p = preds[im["id"]]
@@ -209,7 +211,7 @@ def main() -> None:
     sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
     doc, anns = load(args.data, args.split, args.limit)
     images = doc["images"]
-    real = [a for a in doc["annotations"] if not _ignored(a)]
+    real = [a for a in doc["annotations"] if not is_ignored(a)]
     print(f"{args.data} split {args.split}: {len(images)} images "
           f"({sum(map(is_nominal, images))} nominal), {len(real)} objects not ignored, "
           f"{len(doc['annotations']) - len(real)} ignored")

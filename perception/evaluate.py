@@ -37,14 +37,19 @@ def _load_split(data: Path, split: str) -> tuple[list[dict[str, Any]], dict[int,
     return doc["images"], anns
 
 
+def is_ignored(ann: dict[str, Any]) -> bool:
+    """A COCO annotation of an object under the dataset's ignore rule (a don't-care
+    region: `ignore` or `iscrowd`)."""
+    return bool(ann.get("ignore", ann.get("iscrowd", 0)))
+
+
 def _gt(anns: list[dict], keep: Callable[[dict], bool]) -> ImageBoxes:
     """Ground truth of one image; annotations under the ignore rule or outside the bucket
     become `ignore`."""
     boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                        a["bbox"][1] + a["bbox"][3]] for a in anns], float).reshape(-1, 4)
     classes = np.array([a["category_id"] - 1 for a in anns], int)
-    ignore = np.array([bool(a.get("ignore", a.get("iscrowd", 0))) or not keep(a)
-                       for a in anns], bool)
+    ignore = np.array([is_ignored(a) or not keep(a) for a in anns], bool)
     return ImageBoxes(boxes, classes, ignore=ignore)
 
 

@@ -120,11 +120,13 @@ class Perceiver:
         cached = False
         if weights is None:
             weights = DEFAULT_WEIGHTS
-            in_h, in_w = network_input(self.camera.height, self.camera.width,
-                                       trained_imgsz(DEFAULT_WEIGHTS))
-            if self.device == "cpu" and in_h % 32 == 0 and in_w % 32 == 0:
-                weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height, self.camera.width)
-                cached = True
+            if self.device == "cpu":
+                try:
+                    weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
+                                          self.camera.width)
+                    cached = True
+                except ValueError:  # frames that scale to sides off multiples of 32
+                    pass
         self.weights = Path(weights)
         if not self.weights.is_file():
             raise FileNotFoundError(

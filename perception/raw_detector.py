@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import network_input, trained_imgsz
+from perception.detector import network_input
 from perception.offline import ultralytics_offline
 
 NMS_IOU = 0.7
@@ -66,8 +66,10 @@ class RawDetector:
             ultralytics_offline()
             from ultralytics import YOLO
 
-            self.input_hw = network_input(height, width, imgsz or trained_imgsz(self.weights))
-            net: Any = YOLO(str(self.weights)).model
+            yolo = YOLO(str(self.weights))
+            trained = int(yolo.overrides.get("imgsz", 320))  # as `trained_imgsz`
+            self.input_hw = network_input(height, width, imgsz or trained)
+            net: Any = yolo.model
             model = net.fuse().to(self.device).eval()
             self.half = self.device.startswith("cuda")
             self.model = model.half() if self.half else model

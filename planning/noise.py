@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from perception.evaluate import is_ignored
 from perception.geometry import box_foot, to_ground
 from perception.lanes import NOMINAL_LANE_WIDTH
 from planning.scene import (
@@ -247,7 +248,7 @@ class _Tally:
         owner = match_boxes(boxes, det.scores, gt)
         # objects under the dataset's ignore rule (tiny or mostly hidden) are not counted
         # as missed; a detection of one is no false alarm either
-        ignored = np.array([bool(a.get("ignore", a.get("iscrowd", 0))) for a in anns], bool)
+        ignored = np.array([is_ignored(a) for a in anns], bool)
         near = (gt_dist <= MAX_RANGE) & ~ignored.reshape(-1)
         seen = np.zeros(len(gt), bool)
         seen[owner[owner >= 0]] = True
