@@ -205,15 +205,15 @@ def test_raw_detector_refuses_what_it_cannot_run() -> None:
     from perception.detector import DEFAULT_WEIGHTS, cached_onnx
     from perception.raw_detector import RawDetector
 
-    DEFAULT_ONNX = cached_onnx(DEFAULT_WEIGHTS, 192, 320)  # noqa: N806
+    onnx = cached_onnx(DEFAULT_WEIGHTS, 192, 320)
     with pytest.raises(ValueError, match="by one factor"):
-        RawDetector(DEFAULT_ONNX, "cpu", 200, 320)
+        RawDetector(onnx, "cpu", 200, 320)
     with pytest.raises(ValueError, match="by one factor"):
-        RawDetector(DEFAULT_ONNX, "cpu", 256, 320)
+        RawDetector(onnx, "cpu", 256, 320)
     with pytest.raises(ValueError, match="CPU"):
-        RawDetector(DEFAULT_ONNX, "0", 192, 320)
+        RawDetector(onnx, "0", 192, 320)
     with pytest.raises(ValueError, match="PyTorch path"):
-        RawDetector(DEFAULT_ONNX, "cpu", 192, 320).upload([np.zeros((192, 320, 3), np.uint8)])
+        RawDetector(onnx, "cpu", 192, 320).upload([np.zeros((192, 320, 3), np.uint8)])
 
 
 def test_fast_detector_runs_at_its_own_size() -> None:
