@@ -182,6 +182,8 @@ def main() -> None:
     if args.device == "cpu":
         backends["both_perceiver_torch_lanes"] = Perceiver(device="cpu", lane_backend="torch")
     backends["both_perceiver"] = Perceiver(device=args.device)
+    if args.device == "cpu":
+        backends["both_perceiver_int8"] = Perceiver(device="cpu", int8=True)
     for name, model in backends.items():
         for batch in (1, 8, 64):
             r = measure(model, images, batch, args.seconds)

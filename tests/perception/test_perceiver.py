@@ -243,6 +243,27 @@ def test_cached_detector_export_is_made_once_and_again_when_broken(
     assert list((tmp_path / "detector_onnx").iterdir()) == [made], "no temporary files left"
 
 
+def test_int8_detector_finds_what_the_float_one_finds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from perception.detector import DEFAULT_WEIGHTS
+    from perception.metrics import box_iou
+
+    monkeypatch.setenv("DRIVESTACK_CACHE", str(tmp_path))
+    images = [f for f, _ in _frames(4)]
+    full = Perceiver(device="cpu", lanes=False)(images)
+    q = Perceiver(device="cpu", lanes=False, int8=True)
+    assert q.weights.name.endswith("-int8.onnx") and q.weights.stat().st_size < 5_000_000
+    found = total = 0
+    for a, b in zip(full, q(images), strict=True):
+        total += len(a.detections.classes)
+        if len(a.detections.classes) and len(b.detections.classes):
+            iou = box_iou(a.detections.boxes_xyxy, b.detections.boxes_xyxy)
+            found += int((iou.max(axis=1) >= 0.7).sum())
+    assert total >= 4 and found >= 0.8 * total
+    with pytest.raises(ValueError, match="int8"):
+        Perceiver(weights=DEFAULT_WEIGHTS, device="cpu", int8=True)
+
+
 def test_default_perceiver_on_cpu_runs_the_raw_onnx_path() -> None:
     p = Perceiver(device="cpu")
     assert p.raw is not None and p.raw.session is not None and p.model is None
