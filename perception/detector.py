@@ -213,8 +213,10 @@ def quantize_onnx(src: Path, out: Path, height: int, width: int, frames: int = 6
         env.reset(seed=k)
         pilot = Autopilot()
         for step in range(5 * (frames // 3 + 1)):
-            env.step(pilot.act(env.world))
-            if step % 5 == 4 and len(images) < frames:
+            _, _, terminated, truncated, _ = env.step(pilot.act(env.world))
+            if terminated or truncated:
+                env.reset(seed=100 + step)
+            elif step % 5 == 4 and len(images) < frames:
                 images.append(cv2.resize(env.frame.image, (in_w, in_h),
                                          interpolation=cv2.INTER_LINEAR))
         env.close()
