@@ -20,7 +20,8 @@ Runtime export, the fast CPU path, is made locally when first needed (`cached_on
 FAST_WEIGHTS = DEFAULT_WEIGHTS.with_name("detector_fast.pt")
 """The previous shipped detector, trained at 320 (frames at their own size): less
 accurate, but `Perceiver(weights=cached_onnx(FAST_WEIGHTS, 192, 320))` keeps detector +
-lanes within 20 ms a frame on 2 CPU cores, where the default takes about 23 ms."""
+lanes at 11-13 ms a frame on 2 CPU cores, where the default takes 19.5-23 ms
+(bench/README.md)."""
 _YAML = {"yolo11n": "yolo11n.yaml", "yolo11s": "yolo11s.yaml", "rtdetr-l": "rtdetr-l.yaml"}
 
 
@@ -122,7 +123,12 @@ def trained_imgsz(weights: Path | str) -> int:
 
     if not Path(weights).is_file():
         raise FileNotFoundError(f"detector weights {weights} not found")
-    return int(YOLO(str(weights)).overrides.get("imgsz", 320))
+    return model_imgsz(YOLO(str(weights)))
+
+
+def model_imgsz(model: Any) -> int:
+    """`trained_imgsz` of a loaded ultralytics model."""
+    return int(model.overrides.get("imgsz", 320))
 
 
 def network_input(height: int, width: int, imgsz: int) -> tuple[int, int]:
@@ -137,14 +143,15 @@ def export_onnx(weights: Path, height: int, width: int) -> Path:
     height x width scaled to the size the weights were trained at (1.5x for a detector
     trained at 480 on 320x192 frames; both sides must come out multiples of 32), next to
     the weights; returns the .onnx path."""
-    in_h, in_w = network_input(height, width, trained_imgsz(weights))
-    if in_h % 32 or in_w % 32:
-        raise ValueError(f"input {in_h}x{in_w} ({height}x{width} at the weights' training "
-                         "size) must be multiples of 32")
     ultralytics_offline()
     from ultralytics import YOLO
 
-    out = YOLO(str(weights)).export(format="onnx", imgsz=(in_h, in_w), simplify=True,
+    model = YOLO(str(weights))
+    in_h, in_w = network_input(height, width, model_imgsz(model))
+    if in_h % 32 or in_w % 32:
+        raise ValueError(f"input {in_h}x{in_w} ({height}x{width} at the weights' training "
+                         "size) must be multiples of 32")
+    out = model.export(format="onnx", imgsz=(in_h, in_w), simplify=True,
                                     dynamic=False, half=False, device="cpu")
     return Path(out)
 
@@ -153,7 +160,7 @@ def cached_onnx(weights: Path | str, height: int, width: int, int8: bool = False
     """The ONNX export of `weights` for height x width frames (`export_onnx`) in the
     drivestack cache (`$DRIVESTACK_CACHE`), under the SHA-256 of the weights: made once,
     offline, the first time it is needed, and moved into place whole. `int8`: its static
-    int8 quantization (`quantize_onnx`, about 30 s to make)."""
+    int8 quantization (`quantize_onnx`, about 10 s to make)."""
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"detector weights {weights} not found")

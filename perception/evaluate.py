@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from perception.detector import model_imgsz
 from perception.geometry import ground_distance
 from perception.metrics import ImageBoxes, detection_map
 from perception.offline import ultralytics_offline
@@ -63,7 +64,7 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
     if not Path(weights).is_file():
         raise FileNotFoundError(f"weights file {weights} not found")
     model = YOLO(str(weights))
-    imgsz = imgsz or int(model.overrides.get("imgsz", 320))
+    imgsz = imgsz or model_imgsz(model)
     images, _ = _load_split(data, split)
     out: dict[int, ImageBoxes] = {}
     for chunk in range(0, len(images), 32):

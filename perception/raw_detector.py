@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import network_input
+from perception.detector import model_imgsz, network_input
 from perception.offline import ultralytics_offline
 
 NMS_IOU = 0.7
@@ -67,8 +67,7 @@ class RawDetector:
             from ultralytics import YOLO
 
             yolo = YOLO(str(self.weights))
-            trained = int(yolo.overrides.get("imgsz", 320))  # as `trained_imgsz`
-            self.input_hw = network_input(height, width, imgsz or trained)
+            self.input_hw = network_input(height, width, imgsz or model_imgsz(yolo))
             net: Any = yolo.model
             model = net.fuse().to(self.device).eval()
             self.half = self.device.startswith("cuda")
