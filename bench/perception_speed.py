@@ -1,5 +1,6 @@
 """Perception speed: latency per frame and throughput at batch 1 / 8 / 64 of the
-detector alone, the lane models alone, and the whole Perceiver (detector + lanes).
+detector alone, the box refiner alone, the lane models alone, and the whole Perceiver
+(detector + refiner + lanes).
 
     python bench/perception_speed.py [--device cpu|0|auto] [--seconds 5]
 
@@ -10,7 +11,9 @@ CUDA) and its ONNX Runtime export (CPU; the camera's 320x192 scaled to that size
 its ONNX export on the CPU, alone and inside a Perceiver with the shipped lanes).
 The lane models are the shipped one
 (perception/weights/lanes.pt) and, when present, the other backbone's run in
-runs/lanes/{cnn,vit}/best.pt. "both" is `Perceiver()` as `drivestack run` uses it.
+runs/lanes/{cnn,vit}/best.pt. The refiner (perception/refine.py) is timed on the shipped
+detector's boxes at conf 0.25. "both" is `Perceiver()` as `drivestack run` uses it;
+"both_perceiver_no_refine" the same without the refiner.
 Prints readable lines and, last, one JSON object.
 """
 
@@ -100,6 +103,30 @@ class LaneOnnxOnly:
         return decode(torch.from_numpy(self.onnx(np.stack(frames))), self.spec)[0]
 
 
+class RefinerOnly:
+    """The box refiner alone, on the shipped detector's boxes (conf 0.25) of the frames,
+    found once beforehand."""
+
+    def __init__(self, device: str, images: list[np.ndarray]) -> None:
+        from perception.refine import load_refiner
+
+        det = Perceiver(device=device, lanes=False, refine=False)
+        self.boxes = {id(f): _rows(p) for f, p in zip(images, det(images), strict=True)}
+        torch_device = f"cuda:{device}" if device.isdigit() else device
+        self.refiner = load_refiner(device=torch_device)
+        n = sum(len(b) for b in self.boxes.values())
+        print(f"refiner: {n / len(images):.1f} boxes a frame at conf 0.25")
+
+    def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        return self.refiner(frames, [self.boxes[id(f)] for f in frames])
+
+
+def _rows(p: Any) -> np.ndarray:
+    d = p.detections
+    return np.concatenate([d.boxes_xyxy, d.scores[:, None],
+                           d.classes[:, None].astype(np.float32)], 1)
+
+
 class BatchedPipeline:
     """Detector network + NMS + lane network on a whole uint8 batch, without ultralytics'
     per-image pre- and post-processing: `RawDetector` uploads the frames once as a
@@ -148,7 +175,8 @@ def main() -> None:
     fig: dict[str, object] = {"machine": platform.machine(), "cpu_threads": os.cpu_count()}
     if args.batched_only:
         pipe = BatchedPipeline(args.device)
-        agree = _agreement(pipe, Perceiver(device=args.device, conf=0.25), images[:8])
+        agree = _agreement(pipe, Perceiver(device=args.device, conf=0.25, refine=False),
+                           images[:8])
         fig["batched_vs_perceiver_boxes"] = agree
         print(f"batched pipeline vs Perceiver on 8 frames: {agree}")
         for batch in (1, 8, 64, 256, 1024):
@@ -163,15 +191,16 @@ def main() -> None:
     backends: dict[str, Any] = {}
     for pt in [DEFAULT_WEIGHTS] + [Path(x) for x in args.detectors.split(",") if x]:
         label = "" if pt == DEFAULT_WEIGHTS else f"{pt.parents[2].name}_"
-        torch_det = Perceiver(weights=pt, device=args.device, lanes=False)
+        torch_det = Perceiver(weights=pt, device=args.device, lanes=False, refine=False)
         backends[f"detector_{label}pytorch_{torch_det.imgsz}"] = torch_det
         if args.device == "cpu":
             onnx = cached_onnx(pt, 192, 320)
-            det = Perceiver(weights=onnx, device="cpu", lanes=False)
+            det = Perceiver(weights=onnx, device="cpu", lanes=False, refine=False)
             h, w = det.imgsz  # type: ignore[misc]
             backends[f"detector_{label}onnxruntime_{w}x{h}"] = det
             if label:
                 backends[f"both_{label}perceiver"] = Perceiver(weights=onnx, device="cpu")
+    backends["refiner"] = RefinerOnly(args.device, images)
     lane_files = {"shipped": DEFAULT_LANE_WEIGHTS, "cnn_run": RUNS / "cnn" / "best.pt",
                   "vit_run": RUNS / "vit" / "best.pt"}
     for name, path in lane_files.items():
@@ -182,6 +211,7 @@ def main() -> None:
     if args.device == "cpu":
         backends["both_perceiver_torch_lanes"] = Perceiver(device="cpu", lane_backend="torch")
     backends["both_perceiver"] = Perceiver(device=args.device)
+    backends["both_perceiver_no_refine"] = Perceiver(device=args.device, refine=False)
     if args.device == "cpu":
         backends["both_perceiver_int8"] = Perceiver(device="cpu", int8=True)
     for name, model in backends.items():

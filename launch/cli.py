@@ -151,8 +151,8 @@ def train_perception(
     data: Annotated[Path | None, typer.Option(help="Override `data` (dataset folder).")] = None,
     out: Annotated[Path | None, typer.Option(help="Override `out` (runs folder).")] = None,
     model: Annotated[str | None, typer.Option(
-        help="Train only this model: detector or lanes (default: the launch file's "
-             "`models`).")] = None,
+        help="Train only this model: detector, refiner or lanes (default: the launch "
+             "file's `models`).")] = None,
     epochs: Annotated[int | None, typer.Option(
         min=1, help="Override the epochs of every model trained.")] = None,
     backbone: Annotated[str | None, typer.Option(help="Override `lanes.backbone`.")] = None,
@@ -160,8 +160,8 @@ def train_perception(
     resume: Annotated[bool, typer.Option(
         help="Lanes: continue the run in out/lanes/BACKBONE from its last.pt.")] = False,
 ) -> None:
-    """Train the object detector and the lane model from scratch, offline, on a
-    `drivestack dataset` folder. The last stdout line is a JSON summary.
+    """Train the object detector, its box refiner and the lane model from scratch,
+    offline, on a `drivestack dataset` folder. The last stdout line is a JSON summary.
 
     Exit codes: 0 trained; 2 a bad launch file, option or missing dataset.
     """
@@ -169,7 +169,8 @@ def train_perception(
     try:
         cfg = load_launch(launch_file or DEFAULT_TRAIN_PERCEPTION_LAUNCH, TrainPerceptionConfig,
                           overrides={"data": data, "out": out, "detector.epochs": epochs,
-                                     "lanes.epochs": epochs, "lanes.backbone": backbone,
+                                     "refiner.epochs": epochs, "lanes.epochs": epochs,
+                                     "lanes.backbone": backbone,
                                      "models": None if model is None else [model],
                                      "device": device})
     except LaunchConfigError as exc:
@@ -178,6 +179,9 @@ def train_perception(
     try:
         if "detector" in cfg.models:
             summary["detector"] = _train_detector(cfg)
+        if "refiner" in cfg.models:
+            trained = summary.get("detector", {}).get("weights")
+            summary["refiner"] = _train_refiner(cfg, console, trained)
         if "lanes" in cfg.models:
             summary["lanes"] = _train_lanes(cfg, console, resume)
     except (FileNotFoundError, ValueError) as exc:
@@ -203,6 +207,32 @@ def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
     result = train_detector(job)
     h, w = dataset_image_size(job.data)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))
+    return result
+
+
+def _train_refiner(cfg: TrainPerceptionConfig, console: Console, trained: str | None
+                   ) -> dict[str, Any]:
+    from perception.refine_train import RefinerTraining, train_refiner
+
+    ref = cfg.refiner
+    job = RefinerTraining(data=cfg.data, out=cfg.out / "refiner",
+                          detector=ref.detector or (Path(trained) if trained else None),
+                          epochs=ref.epochs, batch=ref.batch, lr=ref.lr, width=ref.width,
+                          iou_weight=ref.iou_weight, frames=ref.frames,
+                          val_frames=ref.val_frames, min_conf=ref.min_conf,
+                          jitter=ref.jitter, seed=cfg.seed, device=cfg.device)
+    with Progress(TextColumn("refiner"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        task = progress.add_task("epochs", total=ref.epochs, info="")
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            right = row.get("val_edge_accuracy")
+            progress.update(task, completed=row["epoch"], info=f"loss {row['loss']:.3f}" + (
+                "" if right is None else f" val edges right {right:.3f}"))
+
+        result = train_refiner(job, on_epoch)
+    result.pop("history")
     return result
 
 
@@ -243,6 +273,10 @@ def eval_perception(
     device: Annotated[str, typer.Option(help="auto | cpu | 0 | mps")] = "auto",
     imgsz: Annotated[int | None, typer.Option(
         min=32, help="Inference image size [px]; default: the weights' training size.")] = None,
+    refine: Annotated[bool, typer.Option(
+        help="Pass the boxes through the box refiner (perception/refine.py).")] = True,
+    refiner: Annotated[Path | None, typer.Option(
+        help="Refiner weights; default: the shipped perception/weights/refiner.pt.")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Folder for PNG plots of the metrics per condition and bucket.")] = None,
 ) -> None:
@@ -264,9 +298,14 @@ def eval_perception(
     if not (data / "annotations" / f"{split}.json").is_file():
         raise _fail(console, ValueError(
             f"data: {data} has no annotations/{split}.json; run `drivestack dataset`"))
+    from perception.refine import load_refiner
+
     dev = resolve_device(device)
     try:
-        preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev)
+        box_refiner = (load_refiner(refiner, "cuda:" + dev if dev.isdigit() else dev)
+                       if refine else None)
+        preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev,
+                              refiner=box_refiner)
         lanes = evaluate_lane_weights(lane_weights, data, split,
                                       "cuda:" + dev if dev.isdigit() else dev)
     except FileNotFoundError as exc:

@@ -360,6 +360,28 @@ class LaneConfig(_Strict):
         "start from these lane weights (a fine-tune) instead of from scratch"))
 
 
+class RefinerConfig(_Strict):
+    """The box refiner part of `drivestack train-perception` (perception/refine.py)."""
+
+    detector: Path | None = Field(default=None, description=(
+        "detector whose boxes it learns to refine (default: the one trained in the same "
+        "run, else the shipped one)"))
+    epochs: int = Field(default=10, ge=1)
+    batch: int = Field(default=256, ge=1)
+    lr: float = Field(default=3e-3, gt=0, description="peak learning rate (one-cycle)")
+    width: int = Field(default=16, ge=4, description="channels of its convolutions")
+    iou_weight: float = Field(default=0.5, ge=0, description=(
+        "exponent of its edge confidence in the final score (0: scores unchanged)"))
+    frames: int | None = Field(default=None, ge=1, description=(
+        "training frames used (the first of the split; default all)"))
+    val_frames: int | None = Field(default=None, ge=1, description=(
+        "validation frames scored at the end (default all)"))
+    min_conf: float = Field(default=0.01, gt=0, lt=1, description=(
+        "detector confidence of the boxes it learns from"))
+    jitter: int = Field(default=1, ge=0, description=(
+        "copies of each labelled box moved by about a pixel, per frame"))
+
+
 class TrainPerceptionConfig(_Strict):
     """Launch file of `drivestack train-perception`."""
 
@@ -367,10 +389,11 @@ class TrainPerceptionConfig(_Strict):
     out: Path = Field(default=Path("runs/perception"), description="training runs folder")
     seed: int = Field(default=0, ge=0)
     device: str = Field(default="auto", description="auto | cpu | 0 (CUDA index) | mps")
-    models: list[Literal["detector", "lanes"]] = Field(
-        default=["detector", "lanes"], min_length=1,
-        description="which models to train")
+    models: list[Literal["detector", "refiner", "lanes"]] = Field(
+        default=["detector", "refiner", "lanes"], min_length=1,
+        description="which models to train (in this order)")
     detector: DetectorConfig = DetectorConfig()
+    refiner: RefinerConfig = RefinerConfig()
     lanes: LaneConfig = LaneConfig()
 
 

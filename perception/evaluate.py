@@ -13,12 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from perception.detector import model_imgsz
 from perception.geometry import ground_distance
 from perception.metrics import ImageBoxes, detection_map
 from perception.offline import ultralytics_offline
+from perception.refine import Refiner
 from sim.types import CLASS_NAMES, CameraSpec
 
 DISTANCE_BUCKETS = {"0-20m": (0.0, 20.0), "20-40m": (20.0, 40.0), "40m+": (40.0, np.inf)}
@@ -55,9 +57,11 @@ def _gt(anns: list[dict], keep: Callable[[dict], bool]) -> ImageBoxes:
 
 
 def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = None,
-                  device: str = "cpu", conf: float = 0.001) -> dict[int, ImageBoxes]:
+                  device: str = "cpu", conf: float = 0.001, refiner: Refiner | None = None
+                  ) -> dict[int, ImageBoxes]:
     """Predictions of the detector for every image of a split, by COCO image id, at
-    `imgsz` (default: the size the weights were trained at)."""
+    `imgsz` (default: the size the weights were trained at), through `refiner` if
+    given."""
     ultralytics_offline()
     from ultralytics import YOLO
 
@@ -69,21 +73,34 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
     out: dict[int, ImageBoxes] = {}
     for chunk in range(0, len(images), 32):
         batch = images[chunk: chunk + 32]
-        results = model.predict([str(data / im["file_name"]) for im in batch], imgsz=imgsz,
-                                conf=conf, device=device, verbose=False)
-        for im, r in zip(batch, results, strict=True):
+        frames = []
+        for im in batch:  # BGR, as ultralytics reads files
+            img = cv2.imread(str(data / im["file_name"]), cv2.IMREAD_COLOR)
+            if img is None:
+                raise ValueError(f"{data / im['file_name']}: not a readable image")
+            frames.append(img)
+        results = model.predict(frames, imgsz=imgsz, conf=conf, device=device, verbose=False)
+        dets = []
+        for r in results:
             b: Any = r.boxes  # type: ignore[union-attr]
-            out[im["id"]] = ImageBoxes(np.asarray(b.xyxy.cpu()),
-                                       np.asarray(b.cls.cpu()).astype(int),
-                                       np.asarray(b.conf.cpu()))
+            dets.append(np.concatenate([np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4),
+                                        np.asarray(b.conf.cpu(), np.float32).reshape(-1, 1),
+                                        np.asarray(b.cls.cpu(), np.float32).reshape(-1, 1)],
+                                       1))
+        if refiner is not None:
+            dets = refiner([np.ascontiguousarray(f[..., ::-1]) for f in frames], dets)
+        for im, d in zip(batch, dets, strict=True):
+            out[im["id"]] = ImageBoxes(d[:, :4], d[:, 5].astype(int), d[:, 4])
     return out
 
 
-def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str
-                        ) -> dict[str, Any]:
+def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str,
+                        only: set[int] | None = None) -> dict[str, Any]:
     """mAP overall, per time of day and weather, per distance, size and visibility
-    bucket."""
+    bucket (of the images whose ids are in `only`, default all)."""
     images, anns = _load_split(data, split)
+    if only is not None:
+        images = [im for im in images if im["id"] in only]
     n = len(CLASS_NAMES)
     summary = data / "summary.json"
     camera = (CameraSpec(**json.loads(summary.read_text())["camera"]) if summary.is_file()

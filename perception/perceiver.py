@@ -42,6 +42,7 @@ from perception.lanes import (
 )
 from perception.offline import ultralytics_offline
 from perception.raw_detector import RawDetector
+from perception.refine import Refiner, load_refiner
 from sim.types import ABSENT, CameraSpec
 
 LANE_BACKENDS = ("auto", "torch", "onnx")
@@ -109,12 +110,17 @@ class Perceiver:
     "auto" (ONNX Runtime on the CPU, PyTorch elsewhere), "torch" or "onnx". `int8`: on
     the CPU, the shipped detector's static int8 quantization (`perception.detector.
     quantize_onnx`; made once, about 10 s): about 3 ms a frame faster, 0.006 lower
-    mAP50-95 on the validation split (docs/models.md)."""
+    mAP50-95 on the validation split (docs/models.md). `refine`: small boxes go through
+    the box refiner (perception/refine.py; `refiner_weights`, default the shipped ones),
+    which puts their edges on the frame's pixels and makes their scores IoU-aware (the
+    detector's confidence times the refiner's, so a box kept at `conf` may report less);
+    the others are rounded to whole pixels."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
                  camera: CameraSpec | None = None, conf: float = 0.25,
                  imgsz: int | None = None, lane_weights: Path | str | None = None,
-                 lanes: bool = True, lane_backend: str = "auto", int8: bool = False) -> None:
+                 lanes: bool = True, lane_backend: str = "auto", int8: bool = False,
+                 refine: bool = True, refiner_weights: Path | str | None = None) -> None:
         if lane_backend not in LANE_BACKENDS:
             raise ValueError(f"lane_backend={lane_backend!r}; allowed: "
                              f"{', '.join(LANE_BACKENDS)}")
@@ -174,6 +180,9 @@ class Perceiver:
 
                 self.model = YOLO(str(self.weights))
                 self.imgsz = size
+        torch_device = f"cuda:{self.device}" if self.device.isdigit() else self.device
+        self.refiner: Refiner | None = (load_refiner(refiner_weights, torch_device)
+                                        if refine else None)
         self._init_lanes(lanes, lane_weights, lane_backend)
 
     def _init_lanes(self, lanes: bool, lane_weights: Path | str | None, lane_backend: str
@@ -223,6 +232,8 @@ class Perceiver:
             return []
         t0 = time.perf_counter()
         dets = self.raw(batch) if self.raw is not None else self._predict(batch)
+        if self.refiner is not None:
+            dets = self.refiner(batch, dets)
         lanes = self._lanes(batch)
         latency = (time.perf_counter() - t0) * 1000.0 / len(batch)
         out = []

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from launch.cli import app
 from perception.datasets import DatasetPlan, generate
+from perception.refine import load_refiner
 from sim.types import CameraSpec
 
 pytest.importorskip("ultralytics")
@@ -26,13 +27,20 @@ def test_train_perception_writes_weights(write_launch, tmp_path: Path,
     launch = write_launch(
         f"data: {data}\nout: {tmp_path / 'runs'}\ndevice: cpu\n"
         "detector: {epochs: 1, imgsz: 96, batch: 4, workers: 0}\n"
-        "lanes: {epochs: 1, batch: 4}\n")
+        "refiner: {epochs: 1, batch: 8}\nlanes: {epochs: 1, batch: 4}\n")
     result = runner.invoke(app, ["train-perception", str(launch)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    det, lanes = report["detector"], report["lanes"]
+    det, lanes, ref = report["detector"], report["lanes"], report["refiner"]
     assert Path(det["weights"]).is_file() and Path(det["onnx"]).is_file()
     assert "metrics/mAP50-95(B)" in det["metrics"]
+    # the refiner learned the boxes of the detector trained in the same run
+    assert Path(ref["weights"]) == tmp_path / "runs" / "refiner" / "refiner.pt"
+    facts = json.loads((tmp_path / "runs" / "refiner" / "results.json").read_text())
+    assert ref["detector"] == det["weights"]
+    assert ref["train_patches"] > 0 and facts["train_patches"] == ref["train_patches"]
+    assert set(facts["val"]) == {"detector", "refined"}
+    assert load_refiner(ref["weights"]).spec.width == 16
     assert Path(lanes["weights"]) == tmp_path / "runs" / "lanes" / "cnn" / "best.pt"
     assert Path(lanes["weights"]).is_file() and 0.0 <= lanes["best_val_f1"] <= 1.0
     # only the ViT lane model, then resumed (nothing left: same epochs)

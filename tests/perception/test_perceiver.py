@@ -95,6 +95,22 @@ def test_single_frame_must_come_as_a_batch(perceiver: Perceiver) -> None:
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="drivestack train-perception"):
         Perceiver(weights=tmp_path / "none.pt")
+    with pytest.raises(FileNotFoundError, match="refiner weights .*none.pt not found"):
+        Perceiver(device="cpu", lanes=False, refiner_weights=tmp_path / "none.pt")
+
+
+def test_refiner_puts_boxes_on_whole_pixels(perceiver: Perceiver) -> None:
+    images = [f for f, _ in _frames(2)]
+    refined = perceiver(images)
+    plain = Perceiver(device="cpu", refine=False)(images)
+    n = 0
+    for r, p in zip(refined, plain, strict=True):
+        b = r.detections.boxes_xyxy
+        assert np.array_equal(b, np.round(b))  # refined or rounded: pixel boxes
+        assert len(b) == len(p.detections.boxes_xyxy)  # it moves boxes, never drops them
+        assert (r.detections.scores <= np.sort(p.detections.scores)[::-1] + 1e-6).all()
+        n += len(b)
+    assert n > 0
 
 
 def test_shipped_onnx_export_agrees_with_the_pytorch_weights() -> None:
