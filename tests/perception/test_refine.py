@@ -32,6 +32,12 @@ from perception.refine import (
 from sim.autopilot import Autopilot
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX exports of the refiner go to a fresh cache."""
+    monkeypatch.setenv("DRIVESTACK_CACHE", str(tmp_path / "cache"))
+
+
 def test_patch_holds_the_frame_the_box_and_the_border() -> None:
     frame = np.zeros((40, 60, 3), np.uint8)
     frame[10:14, 20:26] = (200, 100, 50)
@@ -151,6 +157,25 @@ def test_weights_round_trip_and_bad_files(tmp_path: Path) -> None:
     x = torch.from_numpy(data.x[:8]).float()
     assert torch.allclose(loaded.model(x), model(x))
     assert load_refiner(path, iou_weight=0.0).spec.iou_weight == 0.0
+    # on the CPU it runs an ONNX Runtime export, made once, with the same edges
+    assert loaded.session is not None
+    made = list((tmp_path / "cache" / "refiner_onnx").glob("refiner-*.onnx"))
+    assert len(made) == 1
+    torch_only = load_refiner(path, backend="torch")
+    assert torch_only.session is None
+    xs = data.x[:64].astype(np.float32)
+    with torch.inference_mode():
+        expected = torch_only.model(torch.from_numpy(xs)).numpy()
+    assert np.allclose(loaded.session(xs), expected, atol=1e-4)
+    k1, p1 = loaded.edges(xs)
+    assert np.allclose(p1, torch_only.edges(xs)[1], atol=1e-4)
+    stamp = made[0].stat().st_mtime_ns
+    load_refiner(path)
+    assert made[0].stat().st_mtime_ns == stamp
+    made[0].write_bytes(b"broken")  # a damaged cache file is made again
+    assert load_refiner(path).edges(xs)[0].shape == k1.shape
+    with pytest.raises(ValueError, match="backend='tensorrt'; allowed"):
+        load_refiner(path, backend="tensorrt")
     with pytest.raises(FileNotFoundError, match="train-perception --model refiner"):
         load_refiner(tmp_path / "none.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
