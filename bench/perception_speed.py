@@ -108,8 +108,10 @@ class RefinerOnly:
     found once beforehand."""
 
     def __init__(self, device: str, images: list[np.ndarray]) -> None:
+        from perception.detector import resolve_device
         from perception.refine import load_refiner
 
+        device = resolve_device(device)
         det = Perceiver(device=device, lanes=False, refine=False)
         self.boxes = {id(f): _rows(p) for f, p in zip(images, det(images), strict=True)}
         torch_device = f"cuda:{device}" if device.isdigit() else device

@@ -300,6 +300,8 @@ def eval_perception(
             f"data: {data} has no annotations/{split}.json; run `drivestack dataset`"))
     from perception.refine import load_refiner
 
+    if refiner is not None and not refine:
+        raise _fail(console, ValueError("--refiner: given with --no-refine; drop one"))
     dev = resolve_device(device)
     try:
         box_refiner = (load_refiner(refiner, "cuda:" + dev if dev.isdigit() else dev)

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from perception.raw_detector import NMS_IOU
+
 DEFAULT_REFINER_WEIGHTS = Path(__file__).parent / "weights" / "refiner.pt"
 PATCH = 32
 """Side of the patch the refiner sees [px, the frame's own]."""
@@ -98,10 +100,15 @@ def patch_origins(boxes: np.ndarray) -> np.ndarray:
     return np.floor(centre).astype(np.int64) - PATCH // 2
 
 
-def refinable(boxes: np.ndarray) -> np.ndarray:
-    """(N,) bool: boxes small enough for the refiner."""
+def refinable(boxes: np.ndarray, width: int | None = None, height: int | None = None
+              ) -> np.ndarray:
+    """(N,) bool: boxes the refiner takes: both sides over 1 px and up to MAX_SIDE (as it
+    was trained), and, given the frame's size, overlapping the frame."""
     wh = boxes[:, 2:] - boxes[:, :2]
-    return (wh <= MAX_SIDE).all(1)
+    ok = (wh > 1).all(1) & (wh <= MAX_SIDE).all(1)
+    if width is not None and height is not None:
+        ok &= (boxes[:, 2] > 0) & (boxes[:, 0] < width) & (boxes[:, 3] > 0) & (boxes[:, 1] < height)
+    return ok
 
 
 def patches(frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,12 +183,12 @@ class Refiner:
         for i, (frame, d) in enumerate(zip(frames, dets, strict=True)):
             d = np.array(d, np.float32).reshape(-1, 6)
             h, w = frame.shape[:2]
-            d[:, :4] = np.round(d[:, :4])
-            small = np.nonzero(refinable(d[:, :4]))[0]
-            if len(small):
+            small = np.nonzero(refinable(d[:, :4], w, h))[0]
+            if len(small):  # patches of the detector's own boxes, as in training
                 x, origin = patches(frame, d[small, :4])
                 inputs.append(x)
                 where.append((i, small, origin))
+            d[:, :4] = np.round(d[:, :4])  # the others: whole pixels
             out.append(d)
         if inputs:
             best, prob = self.edges(np.concatenate(inputs))
@@ -190,16 +197,26 @@ class Refiner:
                 k, p = best[at: at + len(small)], prob[at: at + len(small)]
                 at += len(small)
                 d = out[i]
-                h, w = frames[i].shape[:2]
                 box = np.stack([origin[:, 0] + k[:, 0], origin[:, 1] + k[:, 1],
                                 origin[:, 0] + k[:, 2] + 1, origin[:, 1] + k[:, 3] + 1], 1)
-                box[:, 2] = np.maximum(box[:, 2], box[:, 0] + 1)  # at least a pixel
-                box[:, 3] = np.maximum(box[:, 3], box[:, 1] + 1)
-                box[:, 0::2] = np.clip(box[:, 0::2], 0, w)
-                box[:, 1::2] = np.clip(box[:, 1::2], 0, h)
                 d[small, :4] = box
                 d[small, 4] *= np.prod(p, 1) ** self.spec.iou_weight
-        return [d[np.argsort(-d[:, 4], kind="stable")] for d in out]
+        return [self._tidy(d, *f.shape[:2]) for d, f in zip(out, frames, strict=True)]
+
+    @staticmethod
+    def _tidy(d: np.ndarray, h: int, w: int) -> np.ndarray:
+        """Boxes clipped to the frame, empty ones dropped, then class-aware NMS at the
+        detector's IoU (two boxes of one object that the detector's NMS let through can
+        become one box here), by falling score."""
+        import torch
+        from torchvision.ops import batched_nms
+
+        d[:, 0:4:2] = np.clip(d[:, 0:4:2], 0, w)
+        d[:, 1:4:2] = np.clip(d[:, 1:4:2], 0, h)
+        d = d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])]
+        keep = batched_nms(torch.from_numpy(d[:, :4]), torch.from_numpy(d[:, 4]),
+                           torch.from_numpy(d[:, 5]).long(), NMS_IOU).numpy()
+        return d[keep]
 
 
 def save_refiner(model: Any, spec: RefinerSpec, path: Path, extra: dict[str, Any]) -> None:
@@ -236,7 +253,7 @@ def load_refiner(path: Path | str | None = None, device: str = "cpu",
         raise FileNotFoundError(f"refiner weights {path} not found; train them with "
                                 "`drivestack train-perception --model refiner`")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         spec = RefinerSpec(**ckpt["spec"])
         model = build_refiner(spec)
         model.load_state_dict(ckpt["state_dict"])
@@ -274,7 +291,7 @@ def training_boxes(dets: np.ndarray, gt: np.ndarray, rng: np.random.Generator,
         boxes.append(gt + rng.normal(0.0, 1.0, gt.shape) * (0.05 * np.concatenate([wh, wh], 1)
                                                            + 0.6))
     b = np.concatenate(boxes).astype(np.float32)
-    b = b[(b[:, 2] - b[:, 0] > 1) & (b[:, 3] - b[:, 1] > 1) & refinable(b)]
+    b = b[refinable(b)]
     if not len(gt) or not len(b):
         return np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32)
     iou = box_iou(b, gt)

@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
                           camera=CameraSpec(**cam) if cam else None)
     noise = measure_noise(perceiver, args.data, args.split, args.limit, progress=True)
     noise = replace(noise, measured_on=f"{noise.measured_on}; detector {perceiver.weights.name}"
-                    f", lanes {args.lane_weights or 'perception/weights/lanes.pt'}")
+                    f" + box refiner, lanes {args.lane_weights or 'perception/weights/lanes.pt'}")
     noise.save(args.out)
     print(json.dumps(asdict(noise), indent=1))
     print(f"wrote {args.out}")

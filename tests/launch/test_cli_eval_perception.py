@@ -33,6 +33,8 @@ def test_eval_prints_a_table_and_a_json_report(tmp_path: Path,
 @pytest.mark.parametrize(("args", "needle"), [
     (["--split", "holdout"], "allowed: train, val, test"),
     (["--weights", "nope.pt"], "weights"),
+    (["--refiner", "nope.pt"], "refiner weights nope.pt not found"),
+    (["--no-refine", "--refiner", "x.pt"], "--no-refine"),
 ])
 def test_bad_options_are_one_clear_error(tmp_path: Path, args: list[str], needle: str) -> None:
     data = tmp_path / "ds"

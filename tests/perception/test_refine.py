@@ -72,7 +72,8 @@ def test_edge_targets_by_hand() -> None:
 
 class _Oracle(torch.nn.Module):
     """Edge logits read off the box channel: the edges of the pixels it covers by more
-    than half, i.e. the rounded box."""
+    than half (the rounded box), moved one pixel right, so that a refiner that only
+    rounds cannot pass for it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cover = x[:, 3] > 0.5
@@ -84,7 +85,9 @@ class _Oracle(torch.nn.Module):
         def last(m: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(PATCH - 1 - m.flip(1).argmax(1), PATCH).float()
 
-        return torch.stack([first(cols), first(rows), last(cols), last(rows)], 1) * 20.0
+        right = torch.stack([first(cols), first(rows), last(cols), last(rows)], 1) * 20.0
+        right[:, 0::2] = right[:, 0::2].roll(1, -1)
+        return right
 
 
 def test_refiner_decodes_edges_and_rounds_large_boxes() -> None:
@@ -96,13 +99,21 @@ def test_refiner_decodes_edges_and_rounds_large_boxes() -> None:
     [out] = ref([frame], dets)
     assert out.shape == (3, 6) and (np.diff(out[:, 4]) <= 0).all()
     by_class = {int(c): row for row, c in zip(out, out[:, 5], strict=True)}
-    assert by_class[0][:4].tolist() == [30, 41, 37, 45]
+    assert by_class[0][:4].tolist() == [31, 41, 38, 45]  # the oracle's edges
     assert by_class[1][:4].tolist() == [10, 10, 10 + MAX_SIDE + 5, 30]
     assert by_class[1][4] == pytest.approx(0.5)  # large boxes keep their score
-    assert by_class[2][:4].tolist() == [150, 90, 160, 96]
+    assert by_class[2][:4].tolist() == [151, 90, 160, 96]  # moved right, clipped
     # the oracle is sure of its edges: scores barely move
     assert by_class[0][4] == pytest.approx(0.9, rel=1e-3)
     assert [len(d) for d in ref([frame, frame], [np.zeros((0, 6)), dets[0]])] == [0, 3]
+    # empty and out-of-frame boxes are dropped, a twin of one box is suppressed (NMS)
+    odd = np.array([[50.0, 50.0, 50.0, 58.0, 0.8, 0.0],     # zero width
+                    [170.0, 10.0, 180.0, 20.0, 0.7, 0.0],   # right of the frame
+                    [30.4, 40.6, 37.2, 45.1, 0.6, 0.0],     # a twin of the first box
+                    [30.4, 40.6, 37.2, 45.1, 0.6, 1.0]], np.float32)  # other class: kept
+    [tidy] = ref([frame], [np.concatenate([dets[0], odd])])
+    assert len(tidy) == 4 and sorted(tidy[:, 5].tolist()) == [0, 1, 1, 2]
+    assert ((tidy[:, 2] > tidy[:, 0]) & (tidy[:, 3] > tidy[:, 1])).all()
     with pytest.raises(ValueError, match="2 frames but 1"):
         ref([frame, frame], dets)
 
@@ -223,3 +234,28 @@ def test_shipped_refiner_tightens_the_detectors_small_boxes(
                 acc.extend(iou[iou >= 0.5].tolist())
     assert len(before) >= 10 and len(after) >= 10
     assert np.mean(after) > np.mean(before) + 0.03, (np.mean(after), np.mean(before))
+
+
+def test_predict_split_hands_the_refiner_rgb_frames(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    import cv2
+
+    from perception.datasets import DatasetPlan, generate
+    from perception.detector import DEFAULT_WEIGHTS
+    from perception.evaluate import predict_split
+
+    data = tmp_path / "ds"
+    generate(DatasetPlan(frames=4, frames_per_episode=2, stride=3, warmup=6), data)
+    seen: list[np.ndarray] = []
+
+    class Spy:
+        def __call__(self, frames: list, dets: list) -> list:
+            seen.extend(frames)
+            return [np.asarray(d)[:1] for d in dets]  # keeps one box a frame
+
+    preds = predict_split(DEFAULT_WEIGHTS, data, "train", refiner=Spy())  # type: ignore[arg-type]
+    files = sorted((data / "images" / "train").iterdir())
+    assert 0 < len(seen) == len(preds) == len(files)
+    rgb = {f.name: cv2.imread(str(f))[..., ::-1] for f in files}
+    assert all(any(np.array_equal(s, r) for r in rgb.values()) for s in seen)
+    assert all(len(p.boxes) <= 1 for p in preds.values())
