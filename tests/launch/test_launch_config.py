@@ -169,7 +169,8 @@ def test_every_shipped_launch_file_validates() -> None:
     kinds = {"dataset": DatasetConfig, "run": RunConfig, "eval": EvalConfig,
              "eval_quick": SuiteConfig, "eval_smoke": SuiteConfig,
              "train_planner": TrainPlannerConfig, "train_perception": TrainPerceptionConfig,
-             "train_lanes": TrainPerceptionConfig, "train_detector": TrainPerceptionConfig}
+             "train_lanes": TrainPerceptionConfig, "train_detector": TrainPerceptionConfig,
+             "train_refiner": TrainPerceptionConfig}
     files = sorted((Path(__file__).resolve().parents[2] / "launch").glob("*.yaml"))
     assert len(files) >= 10
     for path in files:

@@ -245,7 +245,7 @@ def test_predict_split_hands_the_refiner_rgb_frames(tmp_path: Path) -> None:
     from perception.evaluate import predict_split
 
     data = tmp_path / "ds"
-    generate(DatasetPlan(frames=4, frames_per_episode=2, stride=3, warmup=6), data)
+    generate(DatasetPlan(frames=6, frames_per_episode=2, stride=3, warmup=6), data)
     seen: list[np.ndarray] = []
 
     class Spy:
