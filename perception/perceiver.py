@@ -114,7 +114,8 @@ class Perceiver:
     the box refiner (perception/refine.py; `refiner_weights`, default the shipped ones),
     which puts their edges on the frame's pixels and makes their scores IoU-aware (the
     detector's confidence times the refiner's, so a box kept at `conf` may report less);
-    the others are rounded to whole pixels."""
+    the others are rounded to whole pixels; then a class-aware NMS merges the twins
+    refining makes of two loose boxes of one object."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
                  camera: CameraSpec | None = None, conf: float = 0.25,
