@@ -108,25 +108,19 @@ class RefinerOnly:
     found once beforehand."""
 
     def __init__(self, device: str, images: list[np.ndarray]) -> None:
-        from perception.detector import resolve_device
+        from perception.detector import resolve_device, torch_device
         from perception.refine import load_refiner
 
         device = resolve_device(device)
         det = Perceiver(device=device, lanes=False, refine=False)
-        self.boxes = {id(f): _rows(p) for f, p in zip(images, det(images), strict=True)}
-        torch_device = f"cuda:{device}" if device.isdigit() else device
-        self.refiner = load_refiner(device=torch_device)
+        self.boxes = {id(f): p.detections.rows()
+                      for f, p in zip(images, det(images), strict=True)}
+        self.refiner = load_refiner(device=torch_device(device))
         n = sum(len(b) for b in self.boxes.values())
         print(f"refiner: {n / len(images):.1f} boxes a frame at conf 0.25")
 
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         return self.refiner(frames, [self.boxes[id(f)] for f in frames])
-
-
-def _rows(p: Any) -> np.ndarray:
-    d = p.detections
-    return np.concatenate([d.boxes_xyxy, d.scores[:, None],
-                           d.classes[:, None].astype(np.float32)], 1)
 
 
 class BatchedPipeline:

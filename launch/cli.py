@@ -238,7 +238,7 @@ def _train_refiner(cfg: TrainPerceptionConfig, console: Console, trained: str | 
 
 def _train_lanes(cfg: TrainPerceptionConfig, console: Console, resume: bool
                  ) -> dict[str, Any]:
-    from perception.detector import resolve_device
+    from perception.detector import resolve_device, torch_device
     from perception.lane_train import LaneTraining, train_lanes
 
     lanes = cfg.lanes
@@ -246,7 +246,7 @@ def _train_lanes(cfg: TrainPerceptionConfig, console: Console, resume: bool
     job = LaneTraining(data=cfg.data, out=cfg.out / "lanes" / lanes.backbone,
                        backbone=lanes.backbone, epochs=lanes.epochs, batch=lanes.batch,
                        lr=lanes.lr, seed=cfg.seed, resume=resume, init=lanes.init,
-                       device="cuda:" + device if device.isdigit() else device)
+                       device=torch_device(device))
     with Progress(TextColumn(f"lanes ({lanes.backbone})"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                   transient=False) as progress:
@@ -288,7 +288,7 @@ def eval_perception(
     Exit codes: 0 evaluated; 2 a bad option, a missing dataset or weights file.
     """
     from perception.datasets import SPLITS
-    from perception.detector import DEFAULT_WEIGHTS, resolve_device
+    from perception.detector import DEFAULT_WEIGHTS, resolve_device, torch_device
     from perception.evaluate import evaluate_detections, predict_split
     from perception.lane_train import evaluate_lane_weights
 
@@ -304,12 +304,10 @@ def eval_perception(
         raise _fail(console, ValueError("--refiner: given with --no-refine; drop one"))
     dev = resolve_device(device)
     try:
-        box_refiner = (load_refiner(refiner, "cuda:" + dev if dev.isdigit() else dev)
-                       if refine else None)
+        box_refiner = load_refiner(refiner, torch_device(dev)) if refine else None
         preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev,
                               refiner=box_refiner)
-        lanes = evaluate_lane_weights(lane_weights, data, split,
-                                      "cuda:" + dev if dev.isdigit() else dev)
+        lanes = evaluate_lane_weights(lane_weights, data, split, torch_device(dev))
     except FileNotFoundError as exc:
         raise _fail(console, ValueError(f"weights: {exc}")) from None
     except ValueError as exc:

@@ -38,6 +38,22 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def torch_device(device: str) -> str:
+    """A resolved device ("0", "cpu", "mps") as PyTorch names it ("cuda:0", ...)."""
+    return f"cuda:{device}" if device.isdigit() else device
+
+
+def result_rows(result: Any) -> Any:
+    """One ultralytics `Results` as an (n, 6) float32 array: x0, y0, x1, y1, score,
+    class id."""
+    import numpy as np
+
+    b: Any = result.boxes
+    return np.concatenate([np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4),
+                           np.asarray(b.conf.cpu(), np.float32).reshape(-1, 1),
+                           np.asarray(b.cls.cpu(), np.float32).reshape(-1, 1)], 1)
+
+
 @dataclass(frozen=True)
 class DetectorTraining:
     """One training run (ultralytics arguments with drivestack defaults)."""

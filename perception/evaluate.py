@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import model_imgsz
+from perception.detector import model_imgsz, result_rows
 from perception.geometry import ground_distance
 from perception.metrics import ImageBoxes, detection_map
 from perception.offline import ultralytics_offline
@@ -80,13 +80,7 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
                 raise ValueError(f"{data / im['file_name']}: not a readable image")
             frames.append(img)
         results = model.predict(frames, imgsz=imgsz, conf=conf, device=device, verbose=False)
-        dets = []
-        for r in results:
-            b: Any = r.boxes  # type: ignore[union-attr]
-            dets.append(np.concatenate([np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4),
-                                        np.asarray(b.conf.cpu(), np.float32).reshape(-1, 1),
-                                        np.asarray(b.cls.cpu(), np.float32).reshape(-1, 1)],
-                                       1))
+        dets = [result_rows(r) for r in results]
         if refiner is not None:
             dets = refiner([np.ascontiguousarray(f[..., ::-1]) for f in frames], dets)
         for im, d in zip(batch, dets, strict=True):

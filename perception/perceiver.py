@@ -29,6 +29,8 @@ from perception.detector import (
     cached_onnx,
     network_input,
     resolve_device,
+    result_rows,
+    torch_device,
     trained_imgsz,
 )
 from perception.geometry import ground_distance
@@ -64,6 +66,11 @@ class Detections:
     """(N,) float32 ground-plane distance of the box's bottom centre [m]; inf above the
     horizon."""
     track_ids: np.ndarray | None = None
+
+    def rows(self) -> np.ndarray:
+        """(N, 6) float32: x0, y0, x1, y1, score, class id (the refiner's input)."""
+        return np.concatenate([self.boxes_xyxy, self.scores[:, None],
+                               self.classes[:, None].astype(np.float32)], 1)
 
 
 @dataclass(frozen=True)
@@ -181,25 +188,24 @@ class Perceiver:
 
                 self.model = YOLO(str(self.weights))
                 self.imgsz = size
-        torch_device = f"cuda:{self.device}" if self.device.isdigit() else self.device
-        self.refiner: Refiner | None = (load_refiner(refiner_weights, torch_device)
-                                        if refine else None)
+        self.refiner: Refiner | None = (
+            load_refiner(refiner_weights, torch_device(self.device)) if refine else None)
         self._init_lanes(lanes, lane_weights, lane_backend)
 
     def _init_lanes(self, lanes: bool, lane_weights: Path | str | None, lane_backend: str
                     ) -> None:
         self.lane_model: Any = None
         if lanes:
-            torch_device = f"cuda:{self.device}" if self.device.isdigit() else self.device
-            self.lane_model, self.lane_spec, _ = load_lane_model(lane_weights, torch_device)
+            dev = torch_device(self.device)
+            self.lane_model, self.lane_spec, _ = load_lane_model(lane_weights, dev)
             ls = self.lane_spec
             self._lane_scale = self.camera.width / ls.width
             if abs(self.camera.height / ls.height - self._lane_scale) > 1e-6:
                 raise ValueError(f"lane model takes {ls.width}x{ls.height} frames; the camera "
                                  f"is {self.camera.width}x{self.camera.height}, another "
                                  "aspect ratio (frames of the same shape are resized)")
-            self._lane_device = torch_device
-            if torch_device.startswith("cuda"):
+            self._lane_device = dev
+            if dev.startswith("cuda"):
                 self.lane_model = self.lane_model.half()  # fp16 on CUDA, as the detector
             self.lane_onnx: OnnxLanes | None = None
             if lane_backend == "onnx" or (lane_backend == "auto" and self.device == "cpu"):
@@ -253,13 +259,7 @@ class Perceiver:
         fp16 = {"half": True} if self.device not in ("cpu", "mps") else {}  # CUDA only
         results = self.model.predict([f[..., ::-1] for f in batch], imgsz=self.imgsz,
                                      conf=self.conf, device=self.device, verbose=False, **fp16)
-        out = []
-        for r in results:
-            b: Any = r.boxes  # type: ignore[union-attr]
-            out.append(np.concatenate([np.asarray(b.xyxy.cpu(), np.float32).reshape(-1, 4),
-                                       np.asarray(b.conf.cpu(), np.float32).reshape(-1, 1),
-                                       np.asarray(b.cls.cpu(), np.float32).reshape(-1, 1)], 1))
-        return out
+        return [result_rows(r) for r in results]
 
     def _lanes(self, batch: list[np.ndarray]) -> list[LaneEstimate | None]:
         if self.lane_model is None:

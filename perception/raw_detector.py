@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import model_imgsz, network_input
+from perception.detector import model_imgsz, network_input, torch_device
 from perception.offline import ultralytics_offline
 
 NMS_IOU = 0.7
@@ -46,7 +46,7 @@ class RawDetector:
         self.torch = torch
         self.weights, self.height, self.width = Path(weights), height, width
         self.conf, self.iou, self.max_det = conf, iou, max_det
-        self.device = f"cuda:{device}" if device.isdigit() else device
+        self.device = torch_device(device)
         self.session: Any = None
         self.model: Any = None
         self.pinned: Any = None

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import DEFAULT_WEIGHTS, cached_onnx, resolve_device
+from perception.detector import DEFAULT_WEIGHTS, cached_onnx, resolve_device, torch_device
 from perception.evaluate import _load_split, evaluate_detections
 from perception.metrics import ImageBoxes
 from perception.perceiver import Perceiver
@@ -106,10 +106,7 @@ def _detect(perceiver: Perceiver, frames: list[np.ndarray], batch: int = 16
             ) -> list[np.ndarray]:
     out = []
     for s in range(0, len(frames), batch):
-        for p in perceiver(frames[s: s + batch]):
-            d = p.detections
-            out.append(np.concatenate([d.boxes_xyxy, d.scores[:, None],
-                                       d.classes[:, None].astype(np.float32)], 1))
+        out.extend(p.detections.rows() for p in perceiver(frames[s: s + batch]))
     return out
 
 
@@ -161,7 +158,7 @@ def train_refiner(cfg: RefinerTraining,
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    torch_device = f"cuda:{device}" if device.isdigit() else device
+    dev = torch_device(device)
     camera = _camera(cfg.data)
     perceiver = _detector(cfg, camera, device)
     train = _patches(cfg, perceiver, "train", cfg.frames, cfg.seed, cfg.jitter)
@@ -178,14 +175,14 @@ def train_refiner(cfg: RefinerTraining,
             on_epoch(row)
 
     model = fit_refiner(train, spec, epochs=cfg.epochs, batch=cfg.batch, lr=cfg.lr,
-                        seed=cfg.seed, val=val, on_epoch=log, device=torch_device)
+                        seed=cfg.seed, val=val, on_epoch=log, device=dev)
     out = Path(cfg.out)
     weights = out / "refiner.pt"
     facts = {"config": {k: str(v) if isinstance(v, Path) else v
                         for k, v in asdict(cfg).items()},
              "train_patches": len(train.y), "history": history}
     save_refiner(model, spec, weights, facts)
-    refiner = Refiner(model, spec, torch_device)
+    refiner = Refiner(model, spec, dev)
     results = {"weights": str(weights), "detector": str(cfg.detector or DEFAULT_WEIGHTS),
                "train_patches": len(train.y),
                "val_patches": 0 if val is None else len(val.y), "history": history,

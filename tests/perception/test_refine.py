@@ -232,7 +232,8 @@ def test_shipped_refiner_tightens_the_detectors_small_boxes(
             if len(small) and len(boxes):
                 iou = box_iou(small, boxes).max(1)
                 acc.extend(iou[iou >= 0.5].tolist())
-    assert len(before) >= 10 and len(after) >= 10
+    assert len(before) >= 10
+    assert len(after) >= len(before) - 1  # it tightens boxes without losing objects
     assert np.mean(after) > np.mean(before) + 0.03, (np.mean(after), np.mean(before))
 
 
