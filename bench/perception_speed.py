@@ -5,15 +5,17 @@ detector alone, the box refiner alone, the lane models alone, and the whole Perc
     python bench/perception_speed.py [--device cpu|0|auto] [--seconds 5]
 
 Frames are real simulator frames (320x192, highway, day). The detector is the shipped
-YOLO11n, twice: PyTorch at the size it was trained at (ultralytics' predict; fp16 on
-CUDA) and its ONNX Runtime export (CPU; the camera's 320x192 scaled to that size).
+YOLO11n: PyTorch at the size it was trained at (ultralytics' predict; fp16 on CUDA) and,
+on the CPU, its ONNX export (the camera's 320x192 scaled to that size) on each CPU
+runtime, OpenVINO and ONNX Runtime (perception/onnx_cpu.py).
 `--detectors a.pt,b.pt` measures other detectors beside it in the same run (each also as
 its ONNX export on the CPU, alone and inside a Perceiver with the shipped lanes).
 The lane models are the shipped one
 (perception/weights/lanes.pt) and, when present, the other backbone's run in
 runs/lanes/{cnn,vit}/best.pt. The refiner (perception/refine.py) is timed on the shipped
-detector's boxes at conf 0.25. "both" is `Perceiver()` as `drivestack run` uses it;
-"both_perceiver_no_refine" the same without the refiner.
+detector's boxes at conf 0.25. "both" is `Perceiver()` as `drivestack run` uses it
+(cpu_runtime "auto"); "both_perceiver_onnxruntime" the same on ONNX Runtime only,
+"both_perceiver_no_refine" without the refiner.
 Prints readable lines and, last, one JSON object.
 """
 
@@ -34,6 +36,7 @@ import sim
 from perception.detector import DEFAULT_WEIGHTS, cached_onnx
 from perception.lanes import DEFAULT_LANE_WEIGHTS, load_lane_model
 from perception.metrics import box_iou
+from perception.onnx_cpu import CPU_RUNTIMES
 from perception.perceiver import Perceiver
 from sim.autopilot import Autopilot
 
@@ -86,13 +89,13 @@ class LaneOnly:
 
 
 class LaneOnnxOnly:
-    """The lane model alone on ONNX Runtime (`perception.lane_onnx`), as `Perceiver` runs
-    it on the CPU."""
+    """The lane model's ONNX export alone (`perception.lane_onnx`) on a CPU runtime, as
+    `Perceiver` runs it on the CPU."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, runtime: str) -> None:
         from perception.lane_onnx import OnnxLanes
 
-        self.onnx = OnnxLanes(path)
+        self.onnx = OnnxLanes(path, runtime)
         _, self.spec, _ = load_lane_model(path, "cpu")
 
     def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
@@ -191,9 +194,11 @@ def main() -> None:
         backends[f"detector_{label}pytorch_{torch_det.imgsz}"] = torch_det
         if args.device == "cpu":
             onnx = cached_onnx(pt, 192, 320)
-            det = Perceiver(weights=onnx, device="cpu", lanes=False, refine=False)
-            h, w = det.imgsz  # type: ignore[misc]
-            backends[f"detector_{label}onnxruntime_{w}x{h}"] = det
+            for runtime in CPU_RUNTIMES[1:]:
+                det = Perceiver(weights=onnx, device="cpu", lanes=False, refine=False,
+                                cpu_runtime=runtime)
+                h, w = det.imgsz  # type: ignore[misc]
+                backends[f"detector_{label}{runtime}_{w}x{h}"] = det
             if label:
                 backends[f"both_{label}perceiver"] = Perceiver(weights=onnx, device="cpu")
     backends["refiner"] = RefinerOnly(args.device, images)
@@ -203,9 +208,12 @@ def main() -> None:
         if path.is_file():
             backends[f"lanes_{name}"] = LaneOnly(path, args.device)
             if args.device == "cpu":
-                backends[f"lanes_{name}_onnxruntime"] = LaneOnnxOnly(path)
+                for runtime in CPU_RUNTIMES[1:]:
+                    backends[f"lanes_{name}_{runtime}"] = LaneOnnxOnly(path, runtime)
     if args.device == "cpu":
         backends["both_perceiver_torch_lanes"] = Perceiver(device="cpu", lane_backend="torch")
+        backends["both_perceiver_onnxruntime"] = Perceiver(device="cpu",
+                                                           cpu_runtime="onnxruntime")
     backends["both_perceiver"] = Perceiver(device=args.device)
     backends["both_perceiver_no_refine"] = Perceiver(device=args.device, refine=False)
     if args.device == "cpu":

@@ -1,10 +1,11 @@
-"""The lane model on ONNX Runtime, for the CPU.
+"""The lane model exported to ONNX, for the CPU.
 
 ONNX Runtime runs the shipped CNN lane model in about half the time PyTorch takes on the
-CPU (bench/README.md). The repo ships only the PyTorch weights: the ONNX export is made
-locally, without any network, the first time a `Perceiver` needs it, and kept in the
-drivestack cache under the SHA-256 of the weights it came from, so new weights get a new
-export and a broken file is made again (perception/onnx_cpu.py).
+CPU, OpenVINO (the default where installed) faster still (bench/README.md). The repo
+ships only the PyTorch weights: the ONNX export is made locally, without any network,
+the first time a `Perceiver` needs it, and kept in the drivestack cache under the
+SHA-256 of the weights it came from, so new weights get a new export and a broken file
+is made again (perception/onnx_cpu.py).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def cached_export(weights: Path | str) -> Path:
 
 
 class OnnxLanes:
-    """Lane logits from ONNX Runtime: `(frames uint8 (B, H, W, 3)) -> (B, L, R, cells + 1)`."""
+    """Lane logits from the ONNX export on the CPU (`runtime`: perception/onnx_cpu.py):
+    `(frames uint8 (B, H, W, 3)) -> (B, L, R, cells + 1)`."""
 
-    def __init__(self, weights: Path | str) -> None:
-        self._run = CpuSession("lanes", weights, lambda out: export_lane_onnx(weights, out))
+    def __init__(self, weights: Path | str, runtime: str = "auto") -> None:
+        self._run = CpuSession("lanes", weights, lambda out: export_lane_onnx(weights, out),
+                               runtime)
         self.path = self._run.path
 
     def __call__(self, frames: np.ndarray) -> Any:

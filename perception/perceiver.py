@@ -43,6 +43,7 @@ from perception.lanes import (
     load_lane_model,
 )
 from perception.offline import ultralytics_offline
+from perception.onnx_cpu import check_runtime
 from perception.raw_detector import RawDetector
 from perception.refine import Refiner, load_refiner
 from sim.types import ABSENT, CameraSpec
@@ -107,14 +108,17 @@ class Perceiver:
     """Batched detection and lanes on `device` ("auto": CUDA, else MPS, else CPU; fp16 on
     CUDA).
 
-    Without `weights`, the shipped detector: on the CPU its ONNX Runtime export for this
-    camera (about 2.5x faster than PyTorch here; made locally the first time, a few
-    seconds, and cached), else the PyTorch weights. The
+    Without `weights`, the shipped detector: on the CPU its ONNX export for this camera
+    (made locally the first time, a few seconds, and cached; on OpenVINO about 3.5x
+    faster than PyTorch here), else the PyTorch weights. The
     detector runs at the input size it was trained at (`imgsz`, from the weights, unless
     given): frames are scaled to it and boxes scaled back. A `.onnx` file runs at its
     fixed export size, which must be the camera's scaled by one factor. Without
     `lane_weights`, the shipped lane model; `lanes=False` skips lanes. `lane_backend`:
-    "auto" (ONNX Runtime on the CPU, PyTorch elsewhere), "torch" or "onnx". `int8`: on
+    "auto" (the ONNX export on the CPU, PyTorch elsewhere), "torch" or "onnx".
+    `cpu_runtime`: what runs the ONNX exports on the CPU, "auto" (OpenVINO where it is
+    installed, in float32; ONNX Runtime for the refiner's few patches), "openvino" or
+    "onnxruntime" (perception/onnx_cpu.py; both give the same boxes). `int8`: on
     the CPU, the shipped detector's static int8 quantization (`perception.detector.
     quantize_onnx`; made once, about 10 s): about 3 ms a frame faster, 0.006 lower
     mAP50-95 on the validation split (docs/models.md). `refine`: small boxes go through
@@ -128,7 +132,10 @@ class Perceiver:
                  camera: CameraSpec | None = None, conf: float = 0.25,
                  imgsz: int | None = None, lane_weights: Path | str | None = None,
                  lanes: bool = True, lane_backend: str = "auto", int8: bool = False,
-                 refine: bool = True, refiner_weights: Path | str | None = None) -> None:
+                 refine: bool = True, refiner_weights: Path | str | None = None,
+                 cpu_runtime: str = "auto") -> None:
+        check_runtime(cpu_runtime)
+        self.cpu_runtime = cpu_runtime
         if lane_backend not in LANE_BACKENDS:
             raise ValueError(f"lane_backend={lane_backend!r}; allowed: "
                              f"{', '.join(LANE_BACKENDS)}")
@@ -162,7 +169,8 @@ class Perceiver:
         if self.weights.suffix == ".onnx":
             try:
                 self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                       self.camera.width, conf)
+                                       self.camera.width, conf,
+                                       runtime=cpu_runtime)
             except Exception:
                 if not cached:
                     raise
@@ -171,7 +179,7 @@ class Perceiver:
                 self.weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
                                            self.camera.width, int8)
                 self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                       self.camera.width, conf)
+                                       self.camera.width, conf, runtime=cpu_runtime)
             self.imgsz = self.raw.input_hw
         else:
             size = imgsz or trained_imgsz(self.weights)
@@ -189,7 +197,8 @@ class Perceiver:
                 self.model = YOLO(str(self.weights))
                 self.imgsz = size
         self.refiner: Refiner | None = (
-            load_refiner(refiner_weights, torch_device(self.device)) if refine else None)
+            load_refiner(refiner_weights, torch_device(self.device), cpu_runtime=cpu_runtime)
+            if refine else None)
         self._init_lanes(lanes, lane_weights, lane_backend)
 
     def _init_lanes(self, lanes: bool, lane_weights: Path | str | None, lane_backend: str
@@ -212,7 +221,8 @@ class Perceiver:
                 if self.device != "cpu":
                     raise ValueError("the ONNX lane backend runs on the CPU; use 'torch'")
                 try:
-                    self.lane_onnx = OnnxLanes(lane_weights or DEFAULT_LANE_WEIGHTS)
+                    self.lane_onnx = OnnxLanes(lane_weights or DEFAULT_LANE_WEIGHTS,
+                                               self.cpu_runtime)
                 except Exception as exc:  # a backbone the exporter cannot take
                     if lane_backend == "onnx":
                         raise

@@ -7,9 +7,10 @@ that are multiples of 32 no letterbox padding is needed: a whole batch goes to t
 as one tensor and one class-aware `torchvision.ops.batched_nms` call covers every frame.
 Two backends:
 
-- ONNX Runtime on the CPU, for an `.onnx` export (`perception.detector.export_onnx`),
-  with its own session whose threads do not spin after a call (spinning threads of the
-  session ultralytics makes steal the cores from the lane model that runs next);
+- an `.onnx` export (`perception.detector.export_onnx`) on the CPU, on OpenVINO or ONNX
+  Runtime (`runtime`, perception/onnx_cpu.py: "auto" takes OpenVINO, about 1.5x faster
+  here), in its own session (the threads of the session ultralytics makes spin after a
+  call and steal the cores from the lane model that runs next);
 - the fused PyTorch model of a `.pt` file, in fp16 on CUDA, through a pinned host
   buffer (the batched GPU path: bench/README.md).
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from perception.detector import model_imgsz, network_input, torch_device
 from perception.offline import ultralytics_offline
+from perception.onnx_cpu import OnnxRunner
 
 NMS_IOU = 0.7
 """ultralytics' default NMS IoU for `predict`."""
@@ -40,7 +42,7 @@ class RawDetector:
 
     def __init__(self, weights: Path | str, device: str, height: int, width: int,
                  conf: float = 0.25, iou: float = NMS_IOU, max_det: int = MAX_DET,
-                 imgsz: int | None = None) -> None:
+                 imgsz: int | None = None, runtime: str = "auto") -> None:
         import torch
 
         self.torch = torch
@@ -53,15 +55,13 @@ class RawDetector:
         if self.weights.suffix == ".onnx":
             if self.device != "cpu":
                 raise ValueError("the ONNX detector runs on the CPU; use the .pt on a GPU")
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(self.weights), opts,
-                                                providers=["CPUExecutionProvider"])
-            shape = self.session.get_inputs()[0].shape
+            self.session = OnnxRunner(self.weights, runtime)
+            shape = self.session.input_shape
+            if len(shape) != 4 or None in shape[2:]:
+                raise ValueError(f"{self.weights}: expected a fixed (B, 3, H, W) input, "
+                                 f"got {shape}")
             self.input_hw = (int(shape[2]), int(shape[3]))
-            self.batch_dim = shape[0] if isinstance(shape[0], int) else None
+            self.batch_dim = shape[0]
         else:
             ultralytics_offline()
             from ultralytics import YOLO
@@ -94,9 +94,8 @@ class RawDetector:
         if self.session is not None:
             x = np.ascontiguousarray(self._resized(frames).transpose(0, 3, 1, 2),
                                      np.float32) / 255.0
-            name = self.session.get_inputs()[0].name
             step = self.batch_dim or len(frames)  # a fixed-batch export runs frame by frame
-            pred = np.concatenate([self.session.run(None, {name: x[i: i + step]})[0]
+            pred = np.concatenate([self.session(x[i: i + step])
                                    for i in range(0, len(x), step)])
             # the confidence filter in numpy (few anchors pass; small torch ops on the CPU
             # cost more than the network's tail), the NMS on what is left

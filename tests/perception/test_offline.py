@@ -1,4 +1,5 @@
-"""ultralytics trains and predicts with the network made unreachable, and tries nothing."""
+"""ultralytics trains and predicts, and the Perceiver exports and runs its models on both
+CPU runtimes, with the network made unreachable, and nothing tries to connect."""
 
 from __future__ import annotations
 
@@ -34,7 +35,18 @@ GUARD = textwrap.dedent("""
     preds = YOLO(result["weights"]).predict(sys.argv[3], imgsz=96, device="cpu", verbose=False)
     preds += YOLO(str(onnx), task="detect").predict(sys.argv[3], imgsz=(64, 96), device="cpu",
                                                     verbose=False)
-    print(json.dumps({"attempts": attempts, "predictions": len(preds),
+    import numpy as np
+    from perception.perceiver import Perceiver
+    from sim.types import CameraSpec
+    runtimes = []
+    for runtime in ("openvino", "onnxruntime"):  # the trained export, both CPU runtimes
+        p = Perceiver(weights=onnx, device="cpu", camera=CameraSpec(width=96, height=64),
+                      lanes=False, cpu_runtime=runtime)
+        p([np.zeros((64, 96, 3), np.uint8)])
+        runtimes.append(p.raw.session.runtime_used)
+    shipped = Perceiver(device="cpu")  # exports the shipped models into the empty cache
+    preds += [shipped([np.zeros((192, 320, 3), np.uint8)])]
+    print(json.dumps({"attempts": attempts, "predictions": len(preds), "runtimes": runtimes,
                       "weights": result["weights"]}))
 """)
 
@@ -56,5 +68,6 @@ def test_training_and_inference_never_touch_the_network(tmp_path: Path) -> None:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["attempts"] == [], f"tried to connect: {report['attempts']}"
     assert report["predictions"] > 0 and Path(report["weights"]).is_file()
+    assert report["runtimes"] == ["openvino", "onnxruntime"]
     fonts = tmp_path / "cache" / "ultralytics" / "Ultralytics"
     assert (fonts / "Arial.ttf").is_file(), "the font comes from matplotlib, not the network"

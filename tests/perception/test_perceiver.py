@@ -288,3 +288,27 @@ def test_default_perceiver_on_cpu_runs_the_raw_onnx_path() -> None:
     assert p.raw is not None and p.raw.session is not None and p.model is None
     out = p([f for f, _ in _frames(2)])
     assert all(o.detections.boxes_xyxy.dtype == np.float32 for o in out)
+
+
+def test_openvino_and_onnxruntime_perceivers_agree() -> None:
+    pytest.importorskip("openvino")
+    images = [f for f, _ in _frames(3)]
+    ov = Perceiver(device="cpu", cpu_runtime="openvino")
+    ort = Perceiver(device="cpu", cpu_runtime="onnxruntime")
+    auto = Perceiver(device="cpu")
+    assert ov.raw.session.runtime_used == ov.lane_onnx._run.runner.runtime_used == "openvino"
+    assert ort.raw.session.runtime_used == ort.refiner.session.runner.runtime_used \
+        == "onnxruntime"
+    # auto: OpenVINO for the detector and lanes, ONNX Runtime for the refiner's few patches
+    assert auto.raw.session.runtime_used == "openvino"
+    assert auto.refiner.session.runner.runtime_used == "onnxruntime"
+    boxes = 0
+    for a, b in zip(ov(images), ort(images), strict=True):
+        assert np.array_equal(a.detections.classes, b.detections.classes)
+        assert np.allclose(a.detections.boxes_xyxy, b.detections.boxes_xyxy, atol=1e-3)
+        assert np.allclose(a.detections.scores, b.detections.scores, atol=1e-4)
+        assert np.allclose(a.lanes.xs, b.lanes.xs, atol=1e-2)
+        boxes += len(a.detections.classes)
+    assert boxes > 0
+    with pytest.raises(ValueError, match="cpu_runtime='gpu'; allowed"):
+        Perceiver(device="cpu", cpu_runtime="gpu")

@@ -13,6 +13,7 @@ import torch
 
 import sim  # noqa: F401
 from perception.metrics import box_iou
+from perception.onnx_cpu import openvino_available
 from perception.refine import (
     IGNORE,
     MAX_SIDE,
@@ -180,6 +181,12 @@ def test_weights_round_trip_and_bad_files(tmp_path: Path) -> None:
     assert np.allclose(loaded.session(xs), expected, atol=1e-4)
     k1, p1 = loaded.edges(xs)
     assert np.allclose(p1, torch_only.edges(xs)[1], atol=1e-4)
+    if openvino_available():  # the export reads in OpenVINO too (logsumexp written out)
+        ov = load_refiner(path, cpu_runtime="openvino")
+        assert ov.session.runner.runtime_used == "openvino"
+        assert np.allclose(ov.session(xs), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="cpu_runtime='cuda'; allowed"):
+        load_refiner(path, cpu_runtime="cuda")
     stamp = made[0].stat().st_mtime_ns
     load_refiner(path)
     assert made[0].stat().st_mtime_ns == stamp
