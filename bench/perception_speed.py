@@ -36,7 +36,7 @@ import sim
 from perception.detector import DEFAULT_WEIGHTS, cached_onnx
 from perception.lanes import DEFAULT_LANE_WEIGHTS, load_lane_model
 from perception.metrics import box_iou
-from perception.onnx_cpu import CPU_RUNTIMES
+from perception.onnx_cpu import RUNTIMES, openvino_available
 from perception.perceiver import Perceiver
 from sim.autopilot import Autopilot
 
@@ -110,7 +110,7 @@ class RefinerOnly:
     """The box refiner alone, on the shipped detector's boxes (conf 0.25) of the frames,
     found once beforehand."""
 
-    def __init__(self, device: str, images: list[np.ndarray]) -> None:
+    def __init__(self, device: str, images: list[np.ndarray], runtime: str = "auto") -> None:
         from perception.detector import resolve_device, torch_device
         from perception.refine import load_refiner
 
@@ -118,7 +118,7 @@ class RefinerOnly:
         det = Perceiver(device=device, lanes=False, refine=False)
         self.boxes = {id(f): p.detections.rows()
                       for f, p in zip(images, det(images), strict=True)}
-        self.refiner = load_refiner(device=torch_device(device))
+        self.refiner = load_refiner(device=torch_device(device), cpu_runtime=runtime)
         n = sum(len(b) for b in self.boxes.values())
         print(f"refiner: {n / len(images):.1f} boxes a frame at conf 0.25")
 
@@ -187,28 +187,50 @@ def main() -> None:
         fig["target_frames_per_s_gpu"] = 5000
         print(json.dumps(fig))
         return
+    backends = _backends(args, images)
+    for name, model in backends.items():
+        for batch in (1, 8, 64):
+            r = measure(model, images, batch, args.seconds)
+            fig[f"{name}_batch_{batch}"] = {**r, "device": args.device}
+            print(f"[{name}] batch {batch}: {r['ms_per_frame']} ms/frame, "
+                  f"{r['frames_per_s']} frames/s")
+    fig["perceiver_runtimes"] = backends["both_perceiver"].runtimes
+    print(f"Perceiver() runs: {fig['perceiver_runtimes']}")
+    both = fig["both_perceiver_batch_1"]["ms_per_frame"]  # type: ignore[index]
+    fig["target_ms_both_models"] = 20.0
+    fig["both_ms_batch_1"] = both
+    print(f"detector + lanes (Perceiver) at batch 1: {both} ms/frame (target <= 20 ms on "
+          "2 CPU cores)")
+    print(json.dumps(fig))
+
+
+def _backends(args: argparse.Namespace, images: list[np.ndarray]) -> dict[str, Any]:
+    """Everything timed, by name: detectors, refiner, lanes, Perceivers."""
     backends: dict[str, Any] = {}
+    runtimes = [r for r in RUNTIMES if r != "openvino" or openvino_available()]
     for pt in [DEFAULT_WEIGHTS] + [Path(x) for x in args.detectors.split(",") if x]:
         label = "" if pt == DEFAULT_WEIGHTS else f"{pt.parents[2].name}_"
         torch_det = Perceiver(weights=pt, device=args.device, lanes=False, refine=False)
         backends[f"detector_{label}pytorch_{torch_det.imgsz}"] = torch_det
         if args.device == "cpu":
             onnx = cached_onnx(pt, 192, 320)
-            for runtime in CPU_RUNTIMES[1:]:
+            for runtime in runtimes:
                 det = Perceiver(weights=onnx, device="cpu", lanes=False, refine=False,
                                 cpu_runtime=runtime)
                 h, w = det.imgsz  # type: ignore[misc]
                 backends[f"detector_{label}{runtime}_{w}x{h}"] = det
             if label:
                 backends[f"both_{label}perceiver"] = Perceiver(weights=onnx, device="cpu")
-    backends["refiner"] = RefinerOnly(args.device, images)
+    backends["refiner"] = RefinerOnly(args.device, images)  # "auto": ONNX Runtime on the CPU
+    if args.device == "cpu" and openvino_available():
+        backends["refiner_openvino"] = RefinerOnly("cpu", images, "openvino")
     lane_files = {"shipped": DEFAULT_LANE_WEIGHTS, "cnn_run": RUNS / "cnn" / "best.pt",
                   "vit_run": RUNS / "vit" / "best.pt"}
     for name, path in lane_files.items():
         if path.is_file():
             backends[f"lanes_{name}"] = LaneOnly(path, args.device)
             if args.device == "cpu":
-                for runtime in CPU_RUNTIMES[1:]:
+                for runtime in runtimes:
                     backends[f"lanes_{name}_{runtime}"] = LaneOnnxOnly(path, runtime)
     if args.device == "cpu":
         backends["both_perceiver_torch_lanes"] = Perceiver(device="cpu", lane_backend="torch")
@@ -218,18 +240,11 @@ def main() -> None:
     backends["both_perceiver_no_refine"] = Perceiver(device=args.device, refine=False)
     if args.device == "cpu":
         backends["both_perceiver_int8"] = Perceiver(device="cpu", int8=True)
-    for name, model in backends.items():
-        for batch in (1, 8, 64):
-            r = measure(model, images, batch, args.seconds)
-            fig[f"{name}_batch_{batch}"] = {**r, "device": args.device}
-            print(f"[{name}] batch {batch}: {r['ms_per_frame']} ms/frame, "
-                  f"{r['frames_per_s']} frames/s")
-    both = fig["both_perceiver_batch_1"]["ms_per_frame"]  # type: ignore[index]
-    fig["target_ms_both_models"] = 20.0
-    fig["both_ms_batch_1"] = both
-    print(f"detector + lanes (Perceiver) at batch 1: {both} ms/frame (target <= 20 ms on "
-          "2 CPU cores)")
-    print(json.dumps(fig))
+        if openvino_available():
+            bf16 = Perceiver(device="cpu", bf16=True)
+            print(f"Perceiver(bf16=True): the detector runs in {bf16.raw.session.precision}")
+            backends["both_perceiver_bf16"] = bf16
+    return backends
 
 
 def _agreement(pipe: BatchedPipeline, perceiver: Perceiver, images: list[np.ndarray]

@@ -43,6 +43,7 @@ class OnnxLanes:
         self._run = CpuSession("lanes", weights, lambda out: export_lane_onnx(weights, out),
                                runtime)
         self.path = self._run.path
+        self.runtime_used = self._run.runtime_used
 
     def __call__(self, frames: np.ndarray) -> Any:
         return self._run(np.ascontiguousarray(frames, np.uint8))

@@ -1,4 +1,4 @@
-"""Keep ultralytics off the network: it must find everything it needs locally.
+"""Keep ultralytics and OpenVINO off the network: they must find everything locally.
 
 Call `ultralytics_offline()` before the first `import ultralytics` (the detector module
 does). It sets, and documents:
@@ -12,12 +12,21 @@ does). It sets, and documents:
   `Arial.Unicode.ttf`) as copies of DejaVuSans shipped inside matplotlib, placed where
   ultralytics looks first, so it never tries to download them (it does even with
   `plots=False`, from its dataset check).
+
+Call `openvino_offline()` before the first `import openvino` (perception/onnx_cpu.py
+does). `import openvino` loads its model converter, which sends a usage event to Google
+Analytics from a forked child process unless the user opted out, and writes
+`~/intel/openvino_ga_cid`. `openvino_offline()` marks the `openvino_telemetry` package as
+absent in `sys.modules`, so the converter takes its own no-op telemetry stub: nothing is
+sent and nothing is written (tests/perception/test_offline.py checks it, child processes
+included).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
@@ -49,3 +58,8 @@ def ultralytics_offline() -> Path:
     if settings.get("sync", True):
         settings.update({"sync": False})
     return user_dir
+
+
+def openvino_offline() -> None:
+    """Before the first `import openvino`: no telemetry (see the module docstring)."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[assignment]

@@ -10,18 +10,22 @@ Two runtimes read the same `.onnx` file (`CPU_RUNTIMES`):
 
 - OpenVINO, when it is installed (it is a dependency), in float32 (`INFERENCE_PRECISION_HINT
   f32`: on CPUs with bf16 or AMX units it would otherwise run in bf16 and move boxes by
-  up to 2 px) with the latency hint. On the 2-core CI machine it runs the 480x288
-  detector in about 10 ms against 14.5 ms for ONNX Runtime, with the same outputs
-  (1e-4 px; bench/README.md).
+  up to 2 px), with the latency hint, its threads not pinned to cores, and its
+  telemetry off (`perception.offline.openvino_offline`). On the 2-core CI machine it
+  runs the 480x288 detector in 11.5-11.8 ms a frame against 16.3-17.0 ms for ONNX
+  Runtime, with the same outputs (1e-4 px; bench/README.md).
 - ONNX Runtime, with threads that do not spin after a call (spinning threads slow down
   what runs next on the same cores: the detector, the planner).
 
-"auto" takes OpenVINO, and ONNX Runtime for a graph OpenVINO cannot read or compile.
+"auto" takes OpenVINO, and ONNX Runtime (with a warning) for a graph OpenVINO cannot
+compile. The box refiner is the exception: its "auto" is ONNX Runtime, faster on its few
+patches a frame (perception.refine.load_refiner).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -29,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from perception.offline import cache_dir
+from perception.offline import cache_dir, openvino_offline
 
 
 def export_module(model: Any, example: Any, out: Path | str, input_name: str,
@@ -62,53 +66,96 @@ def cache_path(kind: str, weights: Path | str) -> Path:
     return cache_dir() / f"{kind}_onnx" / f"{kind}-{digest}.onnx"
 
 
-CPU_RUNTIMES = ("auto", "openvino", "onnxruntime")
+RUNTIMES = ("openvino", "onnxruntime")
+"""The CPU runtimes, fastest first."""
+CPU_RUNTIMES = ("auto", *RUNTIMES)
+
+
+class UnreadableModel(ValueError):
+    """An `.onnx` file that does not parse (cut short, damaged, not ONNX)."""
 
 
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("openvino") is not None
 
 
-def check_runtime(runtime: str) -> str:
-    """`runtime` if it is one of CPU_RUNTIMES and can run here; one clear error if not."""
+def check_runtime(runtime: str, here: bool = True) -> str:
+    """`runtime` if it is one of CPU_RUNTIMES and (`here`) can run on this machine; one
+    clear error if not."""
     if runtime not in CPU_RUNTIMES:
         raise ValueError(f"cpu_runtime={runtime!r}; allowed: {', '.join(CPU_RUNTIMES)}")
-    if runtime == "openvino" and not openvino_available():
+    if here and runtime == "openvino" and not openvino_available():
         raise ValueError("cpu_runtime='openvino' but OpenVINO is not installed "
                          "(pip install openvino); 'auto' falls back to ONNX Runtime")
     return runtime
 
 
+def check_onnx(path: Path) -> None:
+    """`UnreadableModel` unless `path` parses as an ONNX model (checked before a runtime
+    sees it: OpenVINO tries each of its frontends on a damaged file and prints their
+    complaints)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UnreadableModel(f"{path}: not a readable ONNX model ({exc})") from exc
+
+
 class OnnxRunner:
     """`runner(x) -> first output` for an `.onnx` file on the CPU, on `runtime` (see the
     module docstring). `runtime_used` says which one runs it; `input_shape` is the
-    input's shape, None for a dynamic axis."""
+    input's shape, None for a dynamic axis. One caller at a time: an OpenVINO request is
+    not thread-safe.
 
-    def __init__(self, path: Path | str, runtime: str = "auto") -> None:
+    `bf16`: OpenVINO in bfloat16 where the CPU has bf16 units (AMX, AVX512-BF16; else it
+    stays float32: `precision` says which): the detector about 2x faster on the CI
+    machine, its boxes off by up to 2 px, which the refiner takes back (docs/models.md).
+    Only OpenVINO runs it.
+
+    Errors: `UnreadableModel` for a file that does not parse; ValueError when the
+    runtime asked for cannot run a readable model ("auto" warns and takes ONNX Runtime
+    when OpenVINO cannot, unless `bf16`)."""
+
+    def __init__(self, path: Path | str, runtime: str = "auto", bf16: bool = False) -> None:
         self.path = Path(path)
         check_runtime(runtime)
+        if bf16 and (runtime == "onnxruntime" or not openvino_available()):
+            raise ValueError("bf16 runs on OpenVINO only: cpu_runtime='auto' or 'openvino', "
+                             "with OpenVINO installed (pip install openvino)")
+        check_onnx(self.path)
         self._request: Any = None
+        self.precision = "f32"
         if runtime != "onnxruntime" and openvino_available():
             try:
-                self._openvino()
-            except Exception:
-                if runtime == "openvino":
-                    raise
-                self._request = None  # a graph OpenVINO cannot take: ONNX Runtime
+                self._openvino(bf16)
+            except Exception as exc:
+                if runtime == "openvino" or bf16:
+                    raise ValueError(f"{self.path}: OpenVINO cannot run it ({exc})") from exc
+                warnings.warn(f"{self.path.name} runs on ONNX Runtime: OpenVINO cannot run "
+                              f"it ({str(exc).strip().splitlines()[-1]})", stacklevel=2)
+                self._request = None
         if self._request is None:
-            self._onnxruntime()
+            try:
+                self._onnxruntime()
+            except Exception as exc:
+                raise ValueError(f"{self.path}: ONNX Runtime cannot run it ({exc})") from exc
 
-    def _openvino(self) -> None:
+    def _openvino(self, bf16: bool) -> None:
+        openvino_offline()
         import openvino as ov
 
         core = ov.Core()
         model = core.read_model(str(self.path))
-        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
+        # float32 unless asked: left to itself OpenVINO runs bf16 on CPUs with AMX or
+        # AVX512-BF16 units (boxes move by up to 2 px). No pinning: threads float like
+        # ONNX Runtime's, so several processes with a Perceiver each do not crowd onto
+        # the same cores.
+        compiled = core.compile_model(model, "CPU", {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+            "ENABLE_CPU_PINNING": False})
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._request = compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else None for d in shape]
@@ -132,22 +179,29 @@ class OnnxRunner:
         return self._session.run(None, {self._name: x})[0]
 
 
+def open_cached(path: Path, runtime: str, export: Callable[[Path], Path]) -> OnnxRunner:
+    """An `OnnxRunner` for a cached export at `path`, made by `export(path)` when missing,
+    and again, once, when the file does not parse (cut short by a crash, damaged). A
+    readable file that the runtime cannot run is an error, not a reason to export again."""
+    check_runtime(runtime)
+    if not path.is_file():
+        export(path)
+    try:
+        return OnnxRunner(path, runtime)
+    except UnreadableModel:
+        path.unlink(missing_ok=True)
+        export(path)
+        return OnnxRunner(path, runtime)
+
+
 class CpuSession:
-    """The cached export of `weights` on the CPU (`OnnxRunner`): made by `export(out)`
-    when missing, and again, once, when the cached file cannot be loaded."""
+    """The cached export of `weights` on the CPU (`open_cached`)."""
 
     def __init__(self, kind: str, weights: Path | str,
                  export: Callable[[Path], Path], runtime: str = "auto") -> None:
-        check_runtime(runtime)
         self.path = cache_path(kind, weights)
-        if not self.path.is_file():
-            export(self.path)
-        try:
-            self.runner = OnnxRunner(self.path, runtime)
-        except Exception:  # a cache file cut short or damaged: make it again, once
-            self.path.unlink(missing_ok=True)
-            export(self.path)
-            self.runner = OnnxRunner(self.path, runtime)
+        self.runner = open_cached(self.path, runtime, export)
+        self.runtime_used = self.runner.runtime_used
 
     def __call__(self, x: Any) -> Any:
         return self.runner(x)

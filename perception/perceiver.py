@@ -43,7 +43,7 @@ from perception.lanes import (
     load_lane_model,
 )
 from perception.offline import ultralytics_offline
-from perception.onnx_cpu import check_runtime
+from perception.onnx_cpu import UnreadableModel, check_runtime
 from perception.raw_detector import RawDetector
 from perception.refine import Refiner, load_refiner
 from sim.types import ABSENT, CameraSpec
@@ -109,7 +109,7 @@ class Perceiver:
     CUDA).
 
     Without `weights`, the shipped detector: on the CPU its ONNX export for this camera
-    (made locally the first time, a few seconds, and cached; on OpenVINO about 3.5x
+    (made locally the first time, a few seconds, and cached; on OpenVINO about 2.3x
     faster than PyTorch here), else the PyTorch weights. The
     detector runs at the input size it was trained at (`imgsz`, from the weights, unless
     given): frames are scaled to it and boxes scaled back. A `.onnx` file runs at its
@@ -118,7 +118,11 @@ class Perceiver:
     "auto" (the ONNX export on the CPU, PyTorch elsewhere), "torch" or "onnx".
     `cpu_runtime`: what runs the ONNX exports on the CPU, "auto" (OpenVINO where it is
     installed, in float32; ONNX Runtime for the refiner's few patches), "openvino" or
-    "onnxruntime" (perception/onnx_cpu.py; both give the same boxes). `int8`: on
+    "onnxruntime" (perception/onnx_cpu.py; both give the same boxes). `bf16`: on the
+    CPU, the detector on OpenVINO in bfloat16, on CPUs with bf16 units (AMX,
+    AVX512-BF16; elsewhere it stays float32): the whole Perceiver 1.5x as fast here,
+    the same mAP50-95 behind the refiner within 0.001 (docs/models.md); not the default
+    because its boxes depend on the CPU. `int8`: on
     the CPU, the shipped detector's static int8 quantization (`perception.detector.
     quantize_onnx`; made once, about 10 s): about 3 ms a frame faster, 0.006 lower
     mAP50-95 on the validation split (docs/models.md). `refine`: small boxes go through
@@ -133,14 +137,16 @@ class Perceiver:
                  imgsz: int | None = None, lane_weights: Path | str | None = None,
                  lanes: bool = True, lane_backend: str = "auto", int8: bool = False,
                  refine: bool = True, refiner_weights: Path | str | None = None,
-                 cpu_runtime: str = "auto") -> None:
-        check_runtime(cpu_runtime)
-        self.cpu_runtime = cpu_runtime
+                 cpu_runtime: str = "auto", bf16: bool = False) -> None:
         if lane_backend not in LANE_BACKENDS:
             raise ValueError(f"lane_backend={lane_backend!r}; allowed: "
                              f"{', '.join(LANE_BACKENDS)}")
         self.camera = camera or CameraSpec()
         self.device = resolve_device(device)
+        self.cpu_runtime = check_runtime(cpu_runtime, here=self.device == "cpu")
+        if bf16 and (self.device != "cpu" or int8):
+            raise ValueError("bf16 is the detector on OpenVINO on the CPU (float32 weights; "
+                             "not with int8); on CUDA the detector already runs in fp16")
         if int8 and (weights is not None or self.device != "cpu"):
             raise ValueError("int8 is the shipped detector's quantized export on the CPU; "
                              "for other weights pass weights=cached_onnx(w, h, w, int8=True)")
@@ -169,9 +175,9 @@ class Perceiver:
         if self.weights.suffix == ".onnx":
             try:
                 self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                       self.camera.width, conf,
-                                       runtime=cpu_runtime)
-            except Exception:
+                                       self.camera.width, conf, runtime=cpu_runtime,
+                                       bf16=bf16)
+            except UnreadableModel:
                 if not cached:
                     raise
                 # a cached export cut short or damaged: make it again, once
@@ -179,7 +185,8 @@ class Perceiver:
                 self.weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
                                            self.camera.width, int8)
                 self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                       self.camera.width, conf, runtime=cpu_runtime)
+                                       self.camera.width, conf, runtime=cpu_runtime,
+                                       bf16=bf16)
             self.imgsz = self.raw.input_hw
         else:
             size = imgsz or trained_imgsz(self.weights)
@@ -191,6 +198,9 @@ class Perceiver:
                                        self.camera.width, conf, imgsz=size)
                 self.imgsz = self.raw.input_hw
             else:
+                if bf16:
+                    raise ValueError(f"bf16 needs the detector as an ONNX export; {self.weights} "
+                                     "would run through ultralytics' predict")
                 ultralytics_offline()
                 from ultralytics import YOLO
 
@@ -228,6 +238,18 @@ class Perceiver:
                         raise
                     warnings.warn(f"lanes stay on PyTorch: ONNX export failed ({exc})",
                                   stacklevel=2)
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """What runs each model: "openvino", "onnxruntime", "torch" (PyTorch) or
+        "ultralytics" (its predict), by model."""
+        out = {"detector": self.raw.runtime if self.raw is not None else "ultralytics"}
+        if self.refiner is not None:
+            out["refiner"] = self.refiner.runtime
+        if self.lane_model is not None:
+            out["lanes"] = (self.lane_onnx.runtime_used if self.lane_onnx is not None
+                            else "torch")
+        return out
 
     def _check(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         want = (self.camera.height, self.camera.width, 3)

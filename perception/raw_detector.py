@@ -42,7 +42,8 @@ class RawDetector:
 
     def __init__(self, weights: Path | str, device: str, height: int, width: int,
                  conf: float = 0.25, iou: float = NMS_IOU, max_det: int = MAX_DET,
-                 imgsz: int | None = None, runtime: str = "auto") -> None:
+                 imgsz: int | None = None, runtime: str = "auto", bf16: bool = False
+                 ) -> None:
         import torch
 
         self.torch = torch
@@ -52,10 +53,13 @@ class RawDetector:
         self.session: Any = None
         self.model: Any = None
         self.pinned: Any = None
+        if bf16 and self.weights.suffix != ".onnx":
+            raise ValueError("bf16 is for an ONNX export on the CPU (OpenVINO); on CUDA the "
+                             "PyTorch model runs in fp16")
         if self.weights.suffix == ".onnx":
             if self.device != "cpu":
                 raise ValueError("the ONNX detector runs on the CPU; use the .pt on a GPU")
-            self.session = OnnxRunner(self.weights, runtime)
+            self.session = OnnxRunner(self.weights, runtime, bf16)
             shape = self.session.input_shape
             if len(shape) != 4 or None in shape[2:]:
                 raise ValueError(f"{self.weights}: expected a fixed (B, 3, H, W) input, "
@@ -79,6 +83,11 @@ class RawDetector:
                 "must scale to that by one factor, both sides multiples of 32")
         self.scale = in_w / width
         """Network input over frame size (1.5 for a detector trained at 480 on 320x192)."""
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network: "openvino", "onnxruntime" or "torch"."""
+        return self.session.runtime_used if self.session is not None else "torch"
 
     def _resized(self, frames: list[np.ndarray]) -> np.ndarray:
         """The frames at the network's input size (bilinear, as ultralytics' letterbox)."""

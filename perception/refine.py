@@ -154,13 +154,21 @@ class Refiner:
     arrays (x0, y0, x1, y1, score, class) -> the same with small boxes redrawn on pixel
     edges, the others rounded to whole pixels, small boxes' scores times the refiner's
     confidence^iou_weight, by falling score. `session`: run the network there instead
-    (ONNX Runtime on the CPU: patches float32 (N, 5, P, P) -> logits (N, 4, P))."""
+    (its ONNX export on a CPU runtime, perception/onnx_cpu.py: patches float32
+    (N, 5, P, P) -> logits (N, 4, P))."""
 
     def __init__(self, model: Any, spec: RefinerSpec, device: str = "cpu",
                  batch: int = 512, session: Callable[[np.ndarray], np.ndarray] | None = None
                  ) -> None:
         self.model, self.spec, self.device, self.batch = model.eval(), spec, device, batch
         self.session = session
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network: "openvino", "onnxruntime" or "torch"."""
+        if self.session is None:
+            return "torch"
+        return str(getattr(self.session, "runtime_used", "custom"))
 
     def edges(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patches (N, 5, P, P) -> best class (N, 4) and its probability (N, 4)."""
@@ -251,11 +259,11 @@ def load_refiner(path: Path | str | None = None, device: str = "cpu",
                  cpu_runtime: str = "auto") -> Refiner:
     """A refiner from its weights (default: the shipped ones); one clear error for a
     missing or damaged file. `cpu_runtime` (perception/onnx_cpu.py): "auto" is ONNX
-    Runtime here, which runs the few patches of a frame faster than OpenVINO (0.8 against
-    1.1 ms for 6 patches on the 2-core CI machine)."""
+    Runtime here, which runs the few patches of a frame faster than OpenVINO (1.3 against
+    1.5 ms a frame at 5.2 patches a frame on the 2-core CI machine, bench/README.md)."""
     from perception.onnx_cpu import check_runtime
 
-    check_runtime(cpu_runtime)
+    check_runtime(cpu_runtime, here=False)  # checked where it is used
     import torch
 
     if backend not in REFINER_BACKENDS:

@@ -296,12 +296,11 @@ def test_openvino_and_onnxruntime_perceivers_agree() -> None:
     ov = Perceiver(device="cpu", cpu_runtime="openvino")
     ort = Perceiver(device="cpu", cpu_runtime="onnxruntime")
     auto = Perceiver(device="cpu")
-    assert ov.raw.session.runtime_used == ov.lane_onnx._run.runner.runtime_used == "openvino"
-    assert ort.raw.session.runtime_used == ort.refiner.session.runner.runtime_used \
-        == "onnxruntime"
+    assert ov.runtimes == {"detector": "openvino", "refiner": "openvino", "lanes": "openvino"}
+    assert set(ort.runtimes.values()) == {"onnxruntime"}
     # auto: OpenVINO for the detector and lanes, ONNX Runtime for the refiner's few patches
-    assert auto.raw.session.runtime_used == "openvino"
-    assert auto.refiner.session.runner.runtime_used == "onnxruntime"
+    assert auto.runtimes == {"detector": "openvino", "refiner": "onnxruntime",
+                             "lanes": "openvino"}
     boxes = 0
     for a, b in zip(ov(images), ort(images), strict=True):
         assert np.array_equal(a.detections.classes, b.detections.classes)
@@ -312,3 +311,24 @@ def test_openvino_and_onnxruntime_perceivers_agree() -> None:
     assert boxes > 0
     with pytest.raises(ValueError, match="cpu_runtime='gpu'; allowed"):
         Perceiver(device="cpu", cpu_runtime="gpu")
+
+
+def test_bf16_perceiver_finds_what_the_float_one_finds() -> None:
+    pytest.importorskip("openvino")
+    from perception.detector import DEFAULT_WEIGHTS
+
+    images = [f for f, _ in _frames(4)]
+    f32 = Perceiver(device="cpu", lanes=False)(images)
+    fast = Perceiver(device="cpu", lanes=False, bf16=True)
+    assert fast.raw.session.precision in ("bf16", "f32")
+    found = total = 0
+    for a, b in zip(f32, fast(images), strict=True):
+        total += len(a.detections.classes)
+        if len(a.detections.classes) and len(b.detections.classes):
+            iou = box_iou(a.detections.boxes_xyxy, b.detections.boxes_xyxy)
+            found += int((iou.max(axis=1) >= 0.7).sum())
+    assert total >= 4 and found >= 0.8 * total
+    with pytest.raises(ValueError, match="not with int8"):
+        Perceiver(device="cpu", bf16=True, int8=True)
+    with pytest.raises(ValueError, match="bf16 needs the detector as an ONNX export"):
+        Perceiver(weights=DEFAULT_WEIGHTS, device="cpu", lanes=False, bf16=True)
