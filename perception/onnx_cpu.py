@@ -104,9 +104,9 @@ def check_onnx(path: Path) -> None:
 
 class OnnxRunner:
     """`runner(x) -> first output` for an `.onnx` file on the CPU, on `runtime` (see the
-    module docstring). `runtime_used` says which one runs it; `input_shape` is the
-    input's shape, None for a dynamic axis. One caller at a time: an OpenVINO request is
-    not thread-safe.
+    module docstring). `runtime_used` says which one runs it; `input_shape` and
+    `output_shape` are the first input's and output's shapes, None for a dynamic axis.
+    One caller at a time: an OpenVINO request is not thread-safe.
 
     `bf16`: OpenVINO in bfloat16 where the CPU has bf16 units (AMX, AVX512-BF16; else it
     stays float32: `precision` says which): the detector about 2x faster on the CI
@@ -157,8 +157,9 @@ class OnnxRunner:
             "ENABLE_CPU_PINNING": False})
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._request = compiled.create_infer_request()
-        shape = model.inputs[0].get_partial_shape()
-        self.input_shape = [d.get_length() if d.is_static else None for d in shape]
+        self.input_shape, self.output_shape = (
+            [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            for port in (model.inputs[0], model.outputs[0]))
         self.runtime_used = "openvino"
 
     def _onnxruntime(self) -> None:
@@ -168,9 +169,10 @@ class OnnxRunner:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(self.path), opts,
                                              providers=["CPUExecutionProvider"])
-        inp = self._session.get_inputs()[0]
+        inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]
         self._name = inp.name
-        self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
+        self.input_shape, self.output_shape = (
+            [d if isinstance(d, int) else None for d in port.shape] for port in (inp, out))
         self.runtime_used = "onnxruntime"
 
     def __call__(self, x: Any) -> Any:

@@ -44,7 +44,7 @@ from perception.lanes import (
 )
 from perception.offline import ultralytics_offline
 from perception.onnx_cpu import UnreadableModel, check_runtime
-from perception.raw_detector import RawDetector
+from perception.raw_detector import NotYoloHead, RawDetector
 from perception.refine import Refiner, load_refiner
 from sim.types import ABSENT, CameraSpec
 
@@ -150,6 +150,16 @@ class Perceiver:
         if int8 and (weights is not None or self.device != "cpu"):
             raise ValueError("int8 is the shipped detector's quantized export on the CPU; "
                              "for other weights pass weights=cached_onnx(w, h, w, int8=True)")
+        self.conf = conf
+        self._init_detector(weights, imgsz, int8, bf16)
+        self.refiner: Refiner | None = (
+            load_refiner(refiner_weights, torch_device(self.device), cpu_runtime=cpu_runtime)
+            if refine else None)
+        self._init_lanes(lanes, lane_weights, lane_backend)
+
+    def _init_detector(self, weights: Path | str | None, imgsz: int | None, int8: bool,
+                       bf16: bool) -> None:
+        """The detector: `raw` (our batched path) or `model` (ultralytics' predict)."""
         cached = False
         if weights is None:
             weights = DEFAULT_WEIGHTS
@@ -166,7 +176,6 @@ class Perceiver:
             raise FileNotFoundError(
                 f"detector weights {self.weights} not found; train them with "
                 "`drivestack train-perception` or pass weights=")
-        self.conf = conf
         self.raw: RawDetector | None = None
         self.model: Any = None
         self.imgsz: int | tuple[int, int]
@@ -175,7 +184,7 @@ class Perceiver:
         if self.weights.suffix == ".onnx":
             try:
                 self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                       self.camera.width, conf, runtime=cpu_runtime,
+                                       self.camera.width, self.conf, runtime=self.cpu_runtime,
                                        bf16=bf16)
             except UnreadableModel:
                 if not cached:
@@ -185,7 +194,7 @@ class Perceiver:
                 self.weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
                                            self.camera.width, int8)
                 self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                       self.camera.width, conf, runtime=cpu_runtime,
+                                       self.camera.width, self.conf, runtime=self.cpu_runtime,
                                        bf16=bf16)
             self.imgsz = self.raw.input_hw
         else:
@@ -194,10 +203,13 @@ class Perceiver:
             # a frame that scales to sides of multiples of 32 needs no letterbox padding:
             # our own batched path (fp16 PyTorch on CUDA); else ultralytics' predict
             if self.device not in ("cpu", "mps") and in_h % 32 == 0 and in_w % 32 == 0:
-                self.raw = RawDetector(self.weights, self.device, self.camera.height,
-                                       self.camera.width, conf, imgsz=size)
-                self.imgsz = self.raw.input_hw
-            else:
+                try:
+                    self.raw = RawDetector(self.weights, self.device, self.camera.height,
+                                           self.camera.width, self.conf, imgsz=size)
+                    self.imgsz = self.raw.input_hw
+                except NotYoloHead:  # RT-DETR: ultralytics' predict, below
+                    self.raw = None
+            if self.raw is None:
                 if bf16:
                     raise ValueError(f"bf16 needs the detector as an ONNX export; {self.weights} "
                                      "would run through ultralytics' predict")
@@ -206,10 +218,6 @@ class Perceiver:
 
                 self.model = YOLO(str(self.weights))
                 self.imgsz = size
-        self.refiner: Refiner | None = (
-            load_refiner(refiner_weights, torch_device(self.device), cpu_runtime=cpu_runtime)
-            if refine else None)
-        self._init_lanes(lanes, lane_weights, lane_backend)
 
     def _init_lanes(self, lanes: bool, lane_weights: Path | str | None, lane_backend: str
                     ) -> None:

@@ -36,6 +36,16 @@ MAX_DET = 300
 """ultralytics' default cap on boxes per frame."""
 
 
+class NotYoloHead(ValueError):
+    """Weights whose network is not a YOLO detect head (RT-DETR): ultralytics' predict
+    runs them."""
+
+
+def yolo_anchors(height: int, width: int) -> int:
+    """Anchor points of a YOLO detect head (strides 8, 16, 32) at a height x width input."""
+    return sum(-(-height // s) * -(-width // s) for s in (8, 16, 32))
+
+
 class RawDetector:
     """`detector(frames)` -> per frame an (n, 6) float32 array: x0, y0, x1, y1, score,
     class id, by falling score."""
@@ -66,11 +76,20 @@ class RawDetector:
                                  f"got {shape}")
             self.input_hw = (int(shape[2]), int(shape[3]))
             self.batch_dim = shape[0]
+            out = self.session.output_shape
+            if len(out) != 3 or out[2] != yolo_anchors(*self.input_hw):
+                raise NotYoloHead(f"{self.weights}: output {out} is not a YOLO detect head's "
+                                  f"(B, 4 + classes, {yolo_anchors(*self.input_hw)}); an "
+                                  "RT-DETR export? Pass its .pt (ultralytics' predict)")
         else:
             ultralytics_offline()
             from ultralytics import YOLO
+            from ultralytics.nn.tasks import RTDETRDetectionModel
 
             yolo = YOLO(str(self.weights))
+            if isinstance(yolo.model, RTDETRDetectionModel):
+                raise NotYoloHead(f"{self.weights} is an RT-DETR model; its output is not a "
+                                  "YOLO detect head's: it runs through ultralytics' predict")
             self.input_hw = network_input(height, width, imgsz or model_imgsz(yolo))
             net: Any = yolo.model
             model = net.fuse().to(self.device).eval()
