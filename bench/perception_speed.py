@@ -167,6 +167,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--detectors", default="",
                    help="comma-separated .pt detectors to measure beside the shipped one")
+    p.add_argument("--rtdetr", action="store_true",
+                   help="also time RT-DETR-l (built untrained from its yaml: speed does not "
+                        "depend on the weights) through ultralytics' predict")
     p.add_argument("--batched-only", action="store_true",
                    help="only the batched pipeline, at batch 1..1024 (the GPU figure)")
     args = p.parse_args()
@@ -221,6 +224,8 @@ def _backends(args: argparse.Namespace, images: list[np.ndarray]) -> dict[str, A
                 backends[f"detector_{label}{runtime}_{w}x{h}"] = det
             if label:
                 backends[f"both_{label}perceiver"] = Perceiver(weights=onnx, device="cpu")
+    if args.rtdetr:
+        backends["detector_rtdetr_l_pytorch_480"] = _rtdetr(args.device)
     backends["refiner"] = RefinerOnly(args.device, images)  # "auto": ONNX Runtime on the CPU
     if args.device == "cpu" and openvino_available():
         backends["refiner_openvino"] = RefinerOnly("cpu", images, "openvino")
@@ -245,6 +250,23 @@ def _backends(args: argparse.Namespace, images: list[np.ndarray]) -> dict[str, A
             print(f"Perceiver(bf16=True): the detector runs in {bf16.raw.session.precision}")
             backends["both_perceiver_bf16"] = bf16
     return backends
+
+
+def _rtdetr(device: str) -> Perceiver:
+    """RT-DETR-l from its yaml (untrained; the 80 classes of the yaml, which change only
+    its last layers), saved as a checkpoint and run by the Perceiver at input 480, as the
+    shipped YOLO11n."""
+    import tempfile
+
+    from perception.offline import ultralytics_offline
+
+    ultralytics_offline()
+    from ultralytics import RTDETR
+
+    model = RTDETR("rtdetr-l.yaml")
+    path = Path(tempfile.mkdtemp()) / "rtdetr-l.pt"
+    model.save(str(path))
+    return Perceiver(weights=path, device=device, lanes=False, refine=False, imgsz=480)
 
 
 def _agreement(pipe: BatchedPipeline, perceiver: Perceiver, images: list[np.ndarray]
