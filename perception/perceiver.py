@@ -124,8 +124,9 @@ class Perceiver:
     the same mAP50-95 behind the refiner within 0.001 (docs/models.md); not the default
     because its boxes depend on the CPU. `int8`: on
     the CPU, the shipped detector's static int8 quantization (`perception.detector.
-    quantize_onnx`; made once, about 10 s): about 3 ms a frame faster, 0.006 lower
-    mAP50-95 on the validation split (docs/models.md). `refine`: small boxes go through
+    quantize_onnx`; made once, about 10 s): on OpenVINO about 1 ms a frame faster
+    than the float export, 0.006 lower mAP50-95 on the validation split without the
+    refiner, none with it (docs/models.md). `refine`: small boxes go through
     the box refiner (perception/refine.py; `refiner_weights`, default the shipped ones),
     which puts their edges on the frame's pixels and makes their scores IoU-aware (the
     detector's confidence times the refiner's, so a box kept at `conf` may report less);

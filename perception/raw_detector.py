@@ -8,7 +8,7 @@ as one tensor and one class-aware `torchvision.ops.batched_nms` call covers ever
 Two backends:
 
 - an `.onnx` export (`perception.detector.export_onnx`) on the CPU, on OpenVINO or ONNX
-  Runtime (`runtime`, perception/onnx_cpu.py: "auto" takes OpenVINO, about 1.5x faster
+  Runtime (`runtime`, perception/onnx_cpu.py: "auto" takes OpenVINO, about 1.4x faster
   here), in its own session (the threads of the session ultralytics makes spin after a
   call and steal the cores from the lane model that runs next);
 - the fused PyTorch model of a `.pt` file, in fp16 on CUDA, through a pinned host

@@ -40,6 +40,17 @@ def _frames(n: int) -> list[tuple[np.ndarray, object]]:
     return out
 
 
+def _found(reference: list, other: list) -> tuple[int, int]:
+    """(boxes of `reference` that `other` finds at IoU >= 0.7, boxes of `reference`)."""
+    found = total = 0
+    for a, b in zip(reference, other, strict=True):
+        total += len(a.detections.classes)
+        if len(a.detections.classes) and len(b.detections.classes):
+            iou = box_iou(a.detections.boxes_xyxy, b.detections.boxes_xyxy)
+            found += int((iou.max(axis=1) >= 0.7).sum())
+    return found, total
+
+
 def test_shipped_weights_detect_cars_in_a_clear_day_frame(perceiver: Perceiver) -> None:
     frames = _frames(3)
     results = perceiver([f for f, _ in frames])
@@ -265,19 +276,13 @@ def test_cached_detector_export_is_made_once_and_again_when_broken(
 def test_int8_detector_finds_what_the_float_one_finds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from perception.detector import DEFAULT_WEIGHTS
-    from perception.metrics import box_iou
 
     monkeypatch.setenv("DRIVESTACK_CACHE", str(tmp_path))
     images = [f for f, _ in _frames(4)]
     full = Perceiver(device="cpu", lanes=False)(images)
     q = Perceiver(device="cpu", lanes=False, int8=True)
     assert q.weights.name.endswith("-int8.onnx") and q.weights.stat().st_size < 5_000_000
-    found = total = 0
-    for a, b in zip(full, q(images), strict=True):
-        total += len(a.detections.classes)
-        if len(a.detections.classes) and len(b.detections.classes):
-            iou = box_iou(a.detections.boxes_xyxy, b.detections.boxes_xyxy)
-            found += int((iou.max(axis=1) >= 0.7).sum())
+    found, total = _found(full, q(images))
     assert total >= 4 and found >= 0.8 * total
     with pytest.raises(ValueError, match="int8"):
         Perceiver(weights=DEFAULT_WEIGHTS, device="cpu", int8=True)
@@ -321,12 +326,7 @@ def test_bf16_perceiver_finds_what_the_float_one_finds() -> None:
     f32 = Perceiver(device="cpu", lanes=False)(images)
     fast = Perceiver(device="cpu", lanes=False, bf16=True)
     assert fast.raw.session.precision in ("bf16", "f32")
-    found = total = 0
-    for a, b in zip(f32, fast(images), strict=True):
-        total += len(a.detections.classes)
-        if len(a.detections.classes) and len(b.detections.classes):
-            iou = box_iou(a.detections.boxes_xyxy, b.detections.boxes_xyxy)
-            found += int((iou.max(axis=1) >= 0.7).sum())
+    found, total = _found(f32, fast(images))
     assert total >= 4 and found >= 0.8 * total
     with pytest.raises(ValueError, match="not with int8"):
         Perceiver(device="cpu", bf16=True, int8=True)
