@@ -109,7 +109,7 @@ class Perceiver:
     CUDA).
 
     Without `weights`, the shipped detector: on the CPU its ONNX export for this camera
-    (made locally the first time, a few seconds, and cached; on OpenVINO about 2.3x
+    (made locally the first time, a few seconds, and cached; on OpenVINO about 2.5x
     faster than PyTorch here), else the PyTorch weights. The
     detector runs at the input size it was trained at (`imgsz`, from the weights, unless
     given): frames are scaled to it and boxes scaled back. A `.onnx` file runs at its
@@ -209,7 +209,7 @@ class Perceiver:
                                            self.camera.width, self.conf, imgsz=size)
                     self.imgsz = self.raw.input_hw
                 except NotYoloHead:  # RT-DETR: ultralytics' predict, below
-                    self.raw = None
+                    pass
             if self.raw is None:
                 if bf16:
                     raise ValueError(f"bf16 needs the detector as an ONNX export; {self.weights} "
