@@ -6,7 +6,6 @@ so `drivestack run | tail -n 1` can be piped into other tools.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,18 +23,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from launch.cli_common import Force, cli_errors, echo_json, fail
 from launch.config import (
     DEFAULT_DATASET_LAUNCH,
     DEFAULT_RUN_LAUNCH,
     DEFAULT_TRAIN_PERCEPTION_LAUNCH,
     DEFAULT_TRAIN_PLANNER_LAUNCH,
     DatasetConfig,
-    LaunchConfigError,
     RunConfig,
     TrainPerceptionConfig,
     TrainPlannerConfig,
     load_launch,
 )
+from sim.outputs import OutputFolder
 
 app = typer.Typer(
     name="drivestack",
@@ -52,13 +52,8 @@ def main() -> None:
     """drivestack: a closed-loop driving stack in miniature."""
 
 
-def _fail(console: Console, exc: Exception) -> typer.Exit:
-    console.print(f"error: {exc}", style="bold red", markup=False, highlight=False,
-                  soft_wrap=True)
-    return typer.Exit(code=2)
-
-
 @app.command()
+@cli_errors
 def run(
     launch_file: Annotated[Path, typer.Argument(
         help="Launch file (YAML); default: the packaged launch/run.yaml.",
@@ -67,39 +62,33 @@ def run(
         "--episodes", "-n", min=1, help="Override `episodes`.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override `seed`.")] = None,
     out: Annotated[Path | None, typer.Option(help="Override `out` (output folder).")] = None,
+    force: Force = False,
 ) -> None:
     """Run simulation episodes with a driver; write metrics.csv/json and mp4s.
 
+    `out` must be new, empty or an earlier `drivestack run` output (whose files it
+    replaces). metrics.json says `"complete": false` until every episode is done.
+
     Exit codes: 0 every episode ran;
     1 an episode raised (recorded with end=error; the others still run);
-    2 a bad launch file or option.
+    2 a bad launch file, option, output folder, weights or policy file.
     """
     console = Console(stderr=True)
-    try:
-        config = load_launch(launch_file, RunConfig,
-                             overrides={"episodes": episodes, "seed": seed, "out": out})
-    except LaunchConfigError as exc:
-        raise _fail(console, exc) from None
-    try:
-        config.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _fail(console, ValueError(f"out: cannot create the output folder {config.out}: "
-                                        f"{exc.strerror or exc}")) from None
+    config = load_launch(launch_file, RunConfig,
+                         overrides={"episodes": episodes, "seed": seed, "out": out})
     console.print(f"drivestack run: {config.episodes} x {config.env_id} "
                   f"(seed {config.seed}, driver {config.driver}) -> {config.out}",
                   markup=False, highlight=False, soft_wrap=True)
-    try:
-        document = _run_with_progress(config, launch_file, console)
-    except (FileNotFoundError, ValueError) as exc:  # missing weights or policy file
-        raise _fail(console, exc) from None
+    document = _run_with_progress(config, launch_file, console, force)
     console.print(summary_table(document))
     failed = _report_files_and_errors(document, config.out, console)
-    typer.echo(json.dumps(document, separators=(",", ":")))
+    echo_json(document)
     if failed:
         raise typer.Exit(code=1)
 
 
 @app.command()
+@cli_errors
 def dataset(
     launch_file: Annotated[Path | None, typer.Argument(
         help="Launch file (YAML); default: the packaged launch/dataset.yaml.",
@@ -113,37 +102,40 @@ def dataset(
     workers: Annotated[int, typer.Option(
         min=1, help="Processes rendering episodes; the dataset is the same for any number.")
     ] = 1,
+    force: Force = False,
 ) -> None:
     """Render a perception dataset: YOLO images/labels + data.yaml, COCO JSON, lane lines.
 
-    Exit codes: 0 written; 2 a bad launch file or option.
+    `out` must be new, empty or an earlier drivestack dataset (which it replaces); the
+    dataset appears there only when complete. Temporary folders of killed runs beside `out`
+    are removed.
+
+    Exit codes: 0 written; 2 a bad launch file, option or output folder.
     """
     from perception.datasets import DatasetPlan, generate
 
     console = Console(stderr=True)
     if launch_file is not None and config is not None:
-        raise _fail(console, ValueError("give the launch file once (argument or --config)"))
+        raise fail(console, ValueError("give the launch file once (argument or --config)"))
     path = launch_file or config or DEFAULT_DATASET_LAUNCH
-    try:
-        cfg = load_launch(path, DatasetConfig,
-                          overrides={"out": out, "frames": frames, "seed": seed})
-    except LaunchConfigError as exc:
-        raise _fail(console, exc) from None
+    cfg = load_launch(path, DatasetConfig, overrides={"out": out, "frames": frames,
+                                                      "seed": seed})
     plan = DatasetPlan(**cfg.model_dump(exclude={"out", "camera"}), camera=cfg.camera.spec())
     console.print(f"drivestack dataset: {cfg.frames} frames (seed {cfg.seed}) -> {cfg.out}",
                   markup=False, highlight=False)
     with Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("frames", total=cfg.frames)
-        try:
-            summary = generate(plan, cfg.out, on_frame=lambda n: progress.advance(task, n),
-                               workers=workers)
-        except OSError as exc:
-            raise _fail(console, ValueError(f"out: cannot write {cfg.out}: {exc}")) from None
-    typer.echo(json.dumps({"out": str(cfg.out), **summary}, separators=(",", ":")))
+        summary = generate(plan, cfg.out, on_frame=lambda n: progress.advance(task, n),
+                           workers=workers, force=force)
+    for leftover in summary["cleaned"]:
+        console.print(f"removed {leftover}, left by a killed `drivestack dataset`",
+                      markup=False, highlight=False, soft_wrap=True)
+    echo_json({"out": str(cfg.out), **summary})
 
 
 @app.command("train-perception")
+@cli_errors
 def train_perception(
     launch_file: Annotated[Path | None, typer.Argument(
         help="Launch file (YAML); default: the packaged launch/train_perception.yaml.",
@@ -159,34 +151,40 @@ def train_perception(
     device: Annotated[str | None, typer.Option(help="Override `device`.")] = None,
     resume: Annotated[bool, typer.Option(
         help="Lanes: continue the run in out/lanes/BACKBONE from its last.pt.")] = False,
+    force: Force = False,
 ) -> None:
     """Train the object detector, its box refiner and the lane model from scratch,
     offline, on a `drivestack dataset` folder. The last stdout line is a JSON summary.
 
-    Exit codes: 0 trained; 2 a bad launch file, option or missing dataset.
+    `out` must be new, empty or an earlier `drivestack train-perception` output; each model
+    writes its own sub-folder (detector/, refiner/, lanes/), which a rerun writes over.
+
+    Exit codes: 0 trained; 2 a bad launch file, option, output folder or missing dataset.
     """
     console = Console(stderr=True)
-    try:
-        cfg = load_launch(launch_file or DEFAULT_TRAIN_PERCEPTION_LAUNCH, TrainPerceptionConfig,
-                          overrides={"data": data, "out": out, "detector.epochs": epochs,
-                                     "refiner.epochs": epochs, "lanes.epochs": epochs,
-                                     "lanes.backbone": backbone,
-                                     "models": None if model is None else [model],
-                                     "device": device})
-    except LaunchConfigError as exc:
-        raise _fail(console, exc) from None
+    cfg = load_launch(launch_file or DEFAULT_TRAIN_PERCEPTION_LAUNCH, TrainPerceptionConfig,
+                      overrides={"data": data, "out": out, "detector.epochs": epochs,
+                                 "refiner.epochs": epochs, "lanes.epochs": epochs,
+                                 "lanes.backbone": backbone,
+                                 "models": None if model is None else [model],
+                                 "device": device})
+    if not (cfg.data / "data.yaml").is_file():
+        raise ValueError(f"data: {cfg.data / 'data.yaml'} not found; make a dataset with "
+                         "`drivestack dataset`")
+    folder = OutputFolder.claim(cfg.out, "train-perception", force=force)
     summary: dict[str, Any] = {}
-    try:
-        if "detector" in cfg.models:
-            summary["detector"] = _train_detector(cfg)
-        if "refiner" in cfg.models:
-            trained = summary.get("detector", {}).get("weights")
-            summary["refiner"] = _train_refiner(cfg, console, trained)
-        if "lanes" in cfg.models:
-            summary["lanes"] = _train_lanes(cfg, console, resume)
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail(console, ValueError(f"data: {exc}")) from None
-    typer.echo(json.dumps(summary, separators=(",", ":")))
+    if "detector" in cfg.models:
+        folder.own("detector")
+        summary["detector"] = _train_detector(cfg)
+    if "refiner" in cfg.models:
+        folder.own("refiner")
+        trained = summary.get("detector", {}).get("weights")
+        summary["refiner"] = _train_refiner(cfg, console, trained)
+    if "lanes" in cfg.models:
+        folder.own("lanes")
+        summary["lanes"] = _train_lanes(cfg, console, resume)
+    folder.finish(models=list(summary))
+    echo_json(summary)
 
 
 def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
@@ -262,6 +260,7 @@ def _train_lanes(cfg: TrainPerceptionConfig, console: Console, resume: bool
 
 
 @app.command("eval-perception")
+@cli_errors
 def eval_perception(
     data: Annotated[Path, typer.Option(help="Dataset folder (from `drivestack dataset`).")],
     weights: Annotated[Path | None, typer.Option(
@@ -294,35 +293,40 @@ def eval_perception(
 
     console = Console(stderr=True)
     if split not in SPLITS:
-        raise _fail(console, ValueError(f"split {split!r}; allowed: {', '.join(SPLITS)}"))
+        raise ValueError(f"split {split!r}; allowed: {', '.join(SPLITS)}")
     if not (data / "annotations" / f"{split}.json").is_file():
-        raise _fail(console, ValueError(
-            f"data: {data} has no annotations/{split}.json; run `drivestack dataset`"))
+        raise ValueError(f"data: {data} has no annotations/{split}.json; run `drivestack "
+                         "dataset`")
     from perception.refine import load_refiner
 
     if refiner is not None and not refine:
-        raise _fail(console, ValueError("--refiner: given with --no-refine; drop one"))
+        raise ValueError("--refiner: given with --no-refine; drop one")
     dev = resolve_device(device)
+    figures = None if plots is None else OutputFolder.claim(plots, "eval-perception",
+                                                            key="--plots")
+    if figures is not None:
+        figures.remove_stale()
     try:
         box_refiner = load_refiner(refiner, torch_device(dev)) if refine else None
         preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev,
                               refiner=box_refiner)
         lanes = evaluate_lane_weights(lane_weights, data, split, torch_device(dev))
     except FileNotFoundError as exc:
-        raise _fail(console, ValueError(f"weights: {exc}")) from None
-    except ValueError as exc:
-        raise _fail(console, exc) from None
+        raise ValueError(f"weights: {exc}") from None
     report = evaluate_detections(preds, data, split)
     report["lanes"] = lanes
     report["summary"] = _perception_summary(report)
     console.print(_detection_table(report, f"detection on {data} ({split})"))
     console.print(_lane_table(lanes, f"lanes on {data} ({split})"))
-    if plots is not None:
+    if figures is not None:
         from perception.plots import plot_perception_report
 
-        for path in plot_perception_report(report, plots):
+        for name in ("detection.png", "lanes.png"):
+            figures.own(name)
+        for path in plot_perception_report(report, figures.path):
             console.print(f"wrote {path}", highlight=False)
-    typer.echo(json.dumps(report, separators=(",", ":")))
+        figures.finish()
+    echo_json(report)
 
 
 def _perception_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -370,6 +374,7 @@ def _lane_table(lanes: dict[str, Any], title: str) -> Table:
 
 
 @app.command("train-planner")
+@cli_errors
 def train_planner_cmd(
     launch_file: Annotated[Path | None, typer.Argument(
         help="Launch file (YAML); default: the packaged launch/train_planner.yaml.",
@@ -383,6 +388,7 @@ def train_planner_cmd(
     resume: Annotated[Path | None, typer.Option(
         help="Continue from this checkpoint zip up to `total_timesteps`.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    force: Force = False,
 ) -> None:
     """Train the RL planner with stable-baselines3 (PPO by default) on vectorized envs,
     with evaluation (best model kept), checkpoints and TensorBoard logs in `out`.
@@ -393,26 +399,32 @@ def train_planner_cmd(
     from planning.train import PlannerTraining, train_planner
 
     console = Console(stderr=True)
-    try:
-        cfg = load_launch(launch_file or DEFAULT_TRAIN_PLANNER_LAUNCH, TrainPlannerConfig,
-                          overrides={"out": out, "total_timesteps": timesteps,
-                                     "source": source, "seed": seed})
-    except LaunchConfigError as exc:
-        raise _fail(console, exc) from None
+    cfg = load_launch(launch_file or DEFAULT_TRAIN_PLANNER_LAUNCH, TrainPlannerConfig,
+                      overrides={"out": out, "total_timesteps": timesteps,
+                                 "source": source, "seed": seed})
     fields = cfg.model_dump(exclude={"scenario", "shield"})
     job = PlannerTraining(**{**fields, "families": tuple(cfg.families),
                              "net_arch": tuple(cfg.net_arch)},
                           env_kwargs={**({"scenario": cfg.scenario} if cfg.scenario else {}),
                                       **({"shield": True} if cfg.shield else {})})
-    try:
-        summary = train_planner(job, resume=resume, progress_bar=progress)
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail(console, exc) from None
+    if resume is not None and not resume.is_file():
+        raise ValueError(f"--resume: checkpoint {resume} not found")
+    folder = OutputFolder.claim(cfg.out, "train-planner", force=force)
+    for entry in PLANNER_RUN_ENTRIES:
+        folder.own(entry)
+    summary = train_planner(job, resume=resume, progress_bar=progress)
+    folder.finish(timesteps=summary.get("timesteps"))
     console.print(f"trained {summary['trained_now']} steps in {summary['wall_s']} s "
                   f"({summary['agent_steps_per_s']} decisions/s); best eval reward "
                   f"{summary['best_mean_reward']:.2f}; model {summary['final']}",
                   highlight=False)
-    typer.echo(json.dumps(summary, separators=(",", ":")))
+    echo_json(summary)
+
+
+PLANNER_RUN_ENTRIES = ("summary.json", "final.zip", ".final.tmp.zip", "best_model.zip",
+                       "imitation.zip", ".imitation.tmp.zip", ".summary.json.tmp",
+                       "checkpoints", "eval", "tb")
+"""What `train-planner` writes into its run folder (planning/train.py, SB3's callbacks)."""
 
 
 def _register_eval() -> None:
@@ -424,8 +436,8 @@ def _register_eval() -> None:
 _register_eval()
 
 
-def _run_with_progress(config: RunConfig, launch_file: Path, console: Console
-                       ) -> dict[str, Any]:
+def _run_with_progress(config: RunConfig, launch_file: Path, console: Console,
+                       force: bool = False) -> dict[str, Any]:
     """`run_job` under a rich progress bar counting steps over all episodes."""
     from launch.runner import run_job  # imageio and the driver load only when a job runs
 
@@ -444,7 +456,8 @@ def _run_with_progress(config: RunConfig, launch_file: Path, console: Console
         def step(n: int) -> None:
             progress.update(task, completed=done_steps + n)
 
-        document = run_job(config, launch_file, on_episode_start=start, on_step=step)
+        document = run_job(config, launch_file, force=force, on_episode_start=start,
+                           on_step=step)
         progress.update(task, completed=progress.tasks[0].total)
     return document
 

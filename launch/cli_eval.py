@@ -8,7 +8,6 @@ headline aggregates on the nominal set for one planner, or per planner under "pl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,14 +18,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from launch.config import LaunchConfigError, load_launch
+from launch.cli_common import Force, cli_errors, echo_json
+from launch.config import load_launch
 from launch.eval_suite import DEFAULT_EVAL_LAUNCH, EvalConfig, SuiteConfig
-
-
-def _fail(console: Console, message: str) -> typer.Exit:
-    console.print(f"error: {message}", style="bold red", markup=False, highlight=False,
-                  soft_wrap=True)
-    return typer.Exit(code=2)
+from sim.outputs import OutputFolder
 
 
 def load_eval_config(launch_file: Path, suite: Path | None, overrides: dict[str, Any]
@@ -39,6 +34,7 @@ def load_eval_config(launch_file: Path, suite: Path | None, overrides: dict[str,
     return cfg
 
 
+@cli_errors
 def eval_command(
     launch_file: Annotated[Path, typer.Argument(
         help="Launch file (YAML); default: the packaged launch/eval.yaml.",
@@ -57,36 +53,36 @@ def eval_command(
     policy: Annotated[Path | None, typer.Option(
         help="Policy zip of the RL planner (of the privileged one with --planner "
              "privileged).")] = None,
+    force: Force = False,
 ) -> None:
     """Drive planners over a fixed scenario suite: success rate, route completion,
     collisions and off-road per 100 km, speed, jerk and a CARLA-style driving score,
     perception in the loop beside the privileged scene.
 
-    Exit codes: 0 evaluated; 1 an episode raised (recorded, the others still ran);
-    2 a bad launch or suite file, option or policy file.
-    """
-    from planning.policy import PolicyLoadError
+    `out` must be new, empty or an earlier `drivestack eval` output (whose files it
+    replaces). Errors follow the CLI's contract (launch.cli.cli_errors).
 
+    Exit codes: 0 evaluated; 1 an episode raised (recorded, the others still ran);
+    2 a bad launch or suite file, option, output folder or policy file.
+    """
     console = Console(stderr=True)
     overrides = {"planner": planner, "seed": seed, "episodes": episodes, "out": out}
+    cfg = load_eval_config(launch_file, suite, overrides)
+    if policy is not None:  # the policy of the planner asked for
+        key = "privileged_policy" if cfg.planner == "privileged" else "policy"
+        cfg = cfg.model_copy(update={key: policy})
+    from planning.eval_report import KIND, write_report
+
+    folder = OutputFolder.claim(cfg.out, KIND, force=force)
     try:
-        cfg = load_eval_config(launch_file, suite, overrides)
-        if policy is not None:  # the policy of the planner asked for
-            key = "privileged_policy" if cfg.planner == "privileged" else "policy"
-            cfg = cfg.model_copy(update={key: policy})
         planners, notes = _prepare(cfg)
-        cfg.out.mkdir(parents=True, exist_ok=True)
-    except (LaunchConfigError, PolicyLoadError) as exc:
-        raise _fail(console, str(exc)) from None
     except FileNotFoundError as exc:  # perception weights
-        raise _fail(console, f"perception: {exc}") from None
-    except OSError as exc:  # an unreadable launch file or an output folder not made
-        raise _fail(console, f"{exc.filename or 'out'}: {exc.strerror or exc}") from None
+        raise ValueError(f"perception: {exc}") from None
+    folder.remove_stale()  # the previous evaluation's files
     document = _run(cfg, planners, notes, console)
-    from planning.eval_report import write_report
     from planning.evaluate import headline
 
-    files = write_report(document, cfg.out)
+    files = write_report(document, folder)
     console.print(results_table(document))
     for line in document["notes"]:
         console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
@@ -96,7 +92,7 @@ def eval_command(
     for e in errors:
         console.print(f"{e['planner']} {e['family']} seed {e['seed']} failed: {e['error']}",
                       style="bold red", markup=False, highlight=False, soft_wrap=True)
-    typer.echo(json.dumps(headline(document), separators=(",", ":")))
+    echo_json(headline(document))
     if errors:
         raise typer.Exit(code=1)
 

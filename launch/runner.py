@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -27,6 +26,7 @@ import sim  # noqa: F401 - registers the drivestack/ env ids
 from launch.config import RunConfig
 from launch.overlays import video_frame
 from sim.autopilot import Autopilot
+from sim.outputs import OutputFolder, atomic_write_text, json_text
 
 X264_PARAMS = ["-preset", "veryfast"]
 """Extra ffmpeg output options: about 2x faster to encode than the default preset."""
@@ -263,28 +263,14 @@ def _frame(env: gym.Env, info: dict[str, Any], overlays: bool, perceiver: Any = 
 # -- output files ------------------------------------------------------------------------
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and `os.replace`,
-    so readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
-def mp4_writer(path: Path, fps: int) -> Iterator[Callable[[np.ndarray], None]]:
+def mp4_writer(path: Path, fps: int, tmp: Path | None = None
+               ) -> Iterator[Callable[[np.ndarray], None]]:
     """A function that appends RGB frames to an H.264 mp4 at `path`; the file appears
-    (atomically) only when the block exits without an error."""
+    (atomically, from `tmp`) only when the block exits without an error and a frame was
+    written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    tmp = tmp or path.with_name(f".{path.stem}.partial{path.suffix}")
     writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                 pixelformat="yuv420p", macro_block_size=1,
                                 ffmpeg_log_level="error", output_params=X264_PARAMS)
@@ -320,10 +306,14 @@ def summarize(episodes: list[EpisodeMetrics]) -> dict[str, Any]:
     }
 
 
-def metrics_document(config: RunConfig, launch: Path, episodes: list[EpisodeMetrics]
-                     ) -> dict[str, Any]:
-    """What metrics.json holds: the launch file, the resolved config, summary, episodes."""
+def metrics_document(config: RunConfig, launch: Path, episodes: list[EpisodeMetrics],
+                     complete: bool = True) -> dict[str, Any]:
+    """What metrics.json holds: whether the run finished (`complete`; false while it runs
+    and in what a killed run leaves), the launch file, the resolved config, summary and
+    episodes."""
     return {
+        "complete": complete,
+        "episodes_planned": config.episodes,
         "launch": str(launch),
         "config": config.model_dump(mode="json"),
         "summary": summarize(episodes),
@@ -331,16 +321,17 @@ def metrics_document(config: RunConfig, launch: Path, episodes: list[EpisodeMetr
     }
 
 
-def write_metrics(out: Path, document: dict[str, Any]) -> None:
-    """metrics.json (the document) and metrics.csv (one row per episode), atomically."""
-    atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")
+def write_metrics(folder: OutputFolder, document: dict[str, Any]) -> None:
+    """metrics.json (the document, strict JSON) and metrics.csv (one row per episode),
+    atomically."""
+    atomic_write_text(folder.own("metrics.json"), json_text(document, indent=2) + "\n")
     buf = io.StringIO()
     names = [f.name for f in fields(EpisodeMetrics)]
     writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for row in document["episodes"]:
         writer.writerow({k: "" if row[k] is None else row[k] for k in names})
-    atomic_write_text(out / "metrics.csv", buf.getvalue())
+    atomic_write_text(folder.own("metrics.csv"), buf.getvalue())
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -350,15 +341,21 @@ def run_job(
     config: RunConfig,
     launch: Path,
     *,
+    force: bool = False,
     on_episode_start: Callable[[int, int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_episode_end: Callable[[EpisodeMetrics], None] | None = None,
 ) -> dict[str, Any]:
     """Run every episode of `config`, writing metrics after each one and the mp4s into
     `config.out`; returns the metrics document. `on_episode_start(episode, steps_cap)`,
-    `on_step(step)` and `on_episode_end(metrics)` report progress."""
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
+    `on_step(step)` and `on_episode_end(metrics)` report progress.
+
+    `config.out` must be new, empty or an earlier `drivestack run` output, whose files are
+    removed first (`force`: a folder drivestack did not write, whose files stay untouched;
+    sim.outputs). metrics.json says `"complete": false` until the last episode is done.
+    """
+    folder = OutputFolder.claim(config.out, KIND, force=force)
+    folder.remove_stale()  # the previous run's files: none of them belongs to this run
     env = make_env(config)
     perceiver = None
     needs_perception = config.driver in ("rule", "rl", "rl-shield")
@@ -371,22 +368,41 @@ def run_job(
     video_perceiver = perceiver if config.perception else None
     done: list[EpisodeMetrics] = []
     try:
+        write_metrics(folder, metrics_document(config, launch, done, complete=False))
         for i in range(config.episodes):
             if on_episode_start is not None:
                 on_episode_start(i, cap)
-            record = config.video.enabled and i < config.video.episodes
-            name = f"episode_{i:03d}.mp4" if record else None
-            video = mp4_writer(out / name, config.video.fps) if name else nullcontext(None)
-            with video as add_frame:
-                metrics = run_episode(env, driver, episode=i, seed=config.seed + i,
-                                      max_steps=config.max_steps, on_frame=add_frame,
-                                      on_step=on_step, overlays=config.overlays,
-                                      perceiver=video_perceiver if name else None)
-            metrics.video = name
+            metrics = _recorded_episode(config, env, driver, i, folder, on_step,
+                                        video_perceiver)
             done.append(metrics)
-            write_metrics(out, metrics_document(config, launch, done))
+            last = i == config.episodes - 1
+            write_metrics(folder, metrics_document(config, launch, done, complete=last))
             if on_episode_end is not None:
                 on_episode_end(metrics)
     finally:
         env.close()
+    folder.finish(episodes=len(done))
     return metrics_document(config, launch, done)
+
+
+KIND = "run"
+"""The job name in a run folder's marker (sim.outputs)."""
+
+
+def _recorded_episode(config: RunConfig, env: gym.Env, driver: Driver, i: int,
+                      folder: OutputFolder, on_step: Callable[[int], None] | None,
+                      perceiver: Any) -> EpisodeMetrics:
+    """Episode `i`, recorded as an mp4 when the launch file asks; `video` names the file
+    only when it was written."""
+    record = config.video.enabled and i < config.video.episodes
+    name = f"episode_{i:03d}.mp4" if record else None
+    video = (mp4_writer(folder.own(name), config.video.fps,
+                        tmp=folder.own(f".{name}.partial.mp4"))
+             if name else nullcontext(None))
+    with video as add_frame:
+        metrics = run_episode(env, driver, episode=i, seed=config.seed + i,
+                              max_steps=config.max_steps, on_frame=add_frame,
+                              on_step=on_step, overlays=config.overlays,
+                              perceiver=perceiver if name else None)
+    metrics.video = name if name and (folder.path / name).is_file() else None
+    return metrics

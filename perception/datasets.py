@@ -10,12 +10,15 @@ conditions and writes, split by episode seed (no episode in two splits):
     out/lanes/{split}.jsonl            one line per image: x at fixed rows per boundary
     out/meta.jsonl                     one line per image: split, family, conditions, seeds
 
-The whole folder is written under a temporary name and renamed at the end, so a crash
-leaves no half dataset behind. Objects follow one ignore rule (`keep_mask`), shared with
-evaluation: too small or mostly hidden objects are not labelled as objects. The YOLO
-files leave them out (ultralytics has no "ignore" label); the COCO files keep them as
-`"iscrowd": 1, "ignore": 1` regions, so that evaluation (ours and pycocotools) neither
-counts them as missed nor a detection of them as a false positive (KITTI's DontCare).
+The whole folder is written under a temporary name beside `out` and moved into place at
+the end, so a crash leaves no half dataset behind (the next run removes the temporary
+folder); a folder drivestack did not write is never emptied (sim/outputs.py).
+
+Objects follow one ignore rule (`keep_mask`), shared with evaluation: too small or mostly
+hidden objects are not labelled as objects. The YOLO files leave them out (ultralytics has
+no "ignore" label); the COCO files keep them as `"iscrowd": 1, "ignore": 1` regions, so
+that evaluation (ours and pycocotools) neither counts them as missed nor a detection of
+them as a false positive (KITTI's DontCare).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,6 +47,14 @@ import sim
 from sim.autopilot import Autopilot
 from sim.config import pick_weighted
 from sim.env import DrivingEnv
+from sim.outputs import (
+    MARKER,
+    OutputFolder,
+    OutputFolderError,
+    check_folder,
+    pid_alive,
+    read_marker,
+)
 from sim.types import ABSENT, CLASS_NAMES, CameraSpec, GroundTruth
 
 MIN_BOX_PX = 4.0
@@ -49,6 +62,8 @@ MIN_BOX_PX = 4.0
 MIN_VISIBLE = 0.25
 """Objects with a smaller visible fraction are ignored."""
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+KIND = "dataset"
+"""The job name in a dataset folder's marker (sim.outputs)."""
 
 
 def keep_mask(gt: GroundTruth) -> np.ndarray:
@@ -167,13 +182,20 @@ def frame_record(image: np.ndarray, gt: GroundTruth, meta: dict[str, Any],
 
 
 class _Writer:
-    """Collects frames into a temporary folder; `finish` writes the index files and
-    renames the folder into place."""
+    """Collects frames into a temporary folder beside `out` (marked as a partial drivestack
+    dataset); `finish` writes the index files and moves the dataset into place."""
 
-    def __init__(self, out: Path, plan: DatasetPlan) -> None:
-        self.out, self.plan = out, plan
+    ENTRIES = ("images", "labels", "annotations", "lanes", "meta.jsonl", "data.yaml",
+               "summary.json")
+    """What a dataset folder holds (beside the marker)."""
+
+    def __init__(self, out: Path, plan: DatasetPlan, force: bool = False) -> None:
+        self.out, self.plan, self.force = out, plan, force
+        check_folder(out, KIND, force=force)  # refuse before rendering, not after
         self.tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.folder = OutputFolder.claim(self.tmp, KIND)
+        for name in self.ENTRIES:
+            self.folder.own(name)
         for split in SPLITS:
             (self.tmp / "images" / split).mkdir(parents=True)
             (self.tmp / "labels" / split).mkdir(parents=True)
@@ -222,26 +244,83 @@ class _Writer:
                    "camera": dataclasses.asdict(self.plan.camera),
                    "ignore_rule": {"min_box_px": MIN_BOX_PX, "min_visible": MIN_VISIBLE}}
         (self.tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
+        self.folder.finish(frames=sum(self.counts.values()))
+        _install(self.tmp, self.out, self.force)
         return summary
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _install(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished dataset `tmp` to `out`, replacing the previous drivestack dataset
+    there (its own entries only; a folder it did not write is refused unless `force`, and
+    even then only drivestack's entries are replaced)."""
+    out, previous, foreign = check_folder(out, KIND, force=force)
+    if not out.exists() or not any(out.iterdir()):
+        if out.exists():
+            out.rmdir()  # empty: nothing to lose
+        os.replace(tmp, out)
+        return
+    if not foreign:  # only drivestack's files: swap whole folders
+        aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, aside)
+        os.replace(tmp, out)
+        shutil.rmtree(aside)
+        return
+    for entry in previous:  # beside files drivestack did not write: entry by entry
+        target = out / entry
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    clash = [name for name in _Writer.ENTRIES if (out / name).exists()]
+    if clash:
+        raise OutputFolderError(f"out: {out / clash[0]} exists and was not written by "
+                                "drivestack; it is left as it is: move it, or choose another "
+                                "output folder")
+    for name in (*_Writer.ENTRIES, MARKER):
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
+
+
+def clean_partials(out: Path | str) -> list[Path]:
+    """Remove the temporary folders that killed `generate` runs left beside `out` (only
+    those marked as partial drivestack datasets whose process is gone); returns them."""
+    out = Path(out).expanduser().absolute()
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for tmp in sorted(out.parent.glob(f".{out.name}.partial-*")):
+        marker = read_marker(tmp)
+        if marker is None or marker["kind"] != KIND or marker.get("complete"):
+            continue
+        if pid_alive(int(marker.get("pid", -1))):
+            continue
+        shutil.rmtree(tmp)
+        removed.append(tmp)
+    return removed
+
+
 def generate(plan: DatasetPlan, out: Path | str,
-             on_frame: Callable[[int], None] | None = None, workers: int = 1) -> dict[str, Any]:
-    """Render `plan.frames` frames into `out` (replaced if it exists); returns the summary.
+             on_frame: Callable[[int], None] | None = None, workers: int = 1,
+             force: bool = False) -> dict[str, Any]:
+    """Render `plan.frames` frames into `out`; returns the summary.
+
+    `out` must be missing, empty or a drivestack dataset (which is replaced); any other
+    folder raises `OutputFolderError` before anything renders, unless `force`, which writes
+    the dataset beside its files without removing or overwriting any of them. The summary's
+    `cleaned` lists the partial folders of killed runs removed beside `out`.
 
     With `workers` > 1, episodes render in that many processes and are written in episode
-    order, so the dataset is byte-identical to a one-process run of the same plan.
+    order, so the dataset is byte-identical to a one-process run of the same plan. Workers
+    end with their parent, even a killed one.
     """
     if workers < 1:
         raise ValueError(f"workers={workers}; must be >= 1")
-    out = Path(out)
-    writer = _Writer(out, plan)
+    out = Path(out).expanduser().absolute()
+    cleaned = clean_partials(out)
+    writer = _Writer(out, plan, force)
     try:
         done = 0
         with contextlib.closing(_episodes(plan, workers)) as episodes:  # stops the workers
@@ -253,10 +332,11 @@ def generate(plan: DatasetPlan, out: Path | str,
                         on_frame(1)
                 if done >= plan.frames:
                     break
-        return writer.finish()
+        summary = writer.finish()
     except BaseException:
         writer.abort()
         raise
+    return {**summary, "cleaned": [str(p) for p in cleaned]}
 
 
 def _episodes(plan: DatasetPlan, workers: int) -> Generator[list[FrameRecord], None, None]:
@@ -315,7 +395,21 @@ _WORKER: dict[str, _EpisodeRenderer] = {}
 
 
 def _init_worker(plan: DatasetPlan) -> None:
+    end_with_parent()
     _WORKER["renderer"] = _EpisodeRenderer(plan)
+
+
+def end_with_parent(period: float = 0.25) -> None:
+    """In a worker process: exit as soon as the parent is gone (a killed parent leaves its
+    pool's workers blocked on their queue otherwise). A daemon thread polls the parent id."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def _render_in_worker(k: int) -> list[FrameRecord]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Callable
 from dataclasses import fields
@@ -14,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from planning.evaluate import PLANNERS, EpisodeResult
+from sim.outputs import OutputFolder, atomic_write_text, json_text
+
+KIND = "eval"
+"""The job name in an eval folder's marker (sim.outputs)."""
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("success_rate", "success", "pct"),
@@ -107,16 +110,6 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _text(path: Path, text: str) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic(path, write)
-
-
 def plot(document: dict[str, Any], path: Path, set_name: str = "nominal") -> None:
     """summary.png: success rate, route completion and driving score per planner on
     `set_name` (all sets when absent), and collisions + off-road per 100 km."""
@@ -149,18 +142,24 @@ def plot(document: dict[str, Any], path: Path, set_name: str = "nominal") -> Non
     plt.close(fig)
 
 
-def write_report(document: dict[str, Any], out: Path) -> list[Path]:
-    """Write every file of the benchmark into `out`; returns their paths."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(document: dict[str, Any], out: Path | OutputFolder) -> list[Path]:
+    """Write every file of the benchmark into `out` (a folder already claimed for
+    `drivestack eval`, or a path that is claimed here: sim.outputs); returns their paths.
+    eval.json is strict JSON (NaN and infinities as null)."""
+    folder = out if isinstance(out, OutputFolder) else OutputFolder.claim(out, KIND)
     names = [f.name for f in fields(EpisodeResult)]
     summary_names = ["planner", "source", "set", "episodes", *(k for k, _, _ in COLUMNS),
                      "collisions_vehicle", "collisions_pedestrian", "collisions_static",
                      "off_road", "errors"]
-    files = {"eval.json": json.dumps(document, indent=2) + "\n",
+    files = {"eval.json": json_text(document, indent=2) + "\n",
              "episodes.csv": _csv(document["episodes"], names),
              "summary.csv": _csv(summary_rows(document), summary_names),
              "summary.md": markdown(document)}
+    paths = []
     for name, text in files.items():
-        _text(out / name, text)
-    plot(document, out / "summary.png")
-    return [out / n for n in (*files, "summary.png")]
+        paths.append(folder.own(name))
+        atomic_write_text(paths[-1], text)
+    paths.append(folder.own("summary.png"))
+    plot(document, paths[-1])
+    folder.finish()
+    return paths

@@ -56,7 +56,8 @@ def test_eval_writes_table_files_and_a_json_last_line(tmp_path: Path) -> None:
     assert last["planner"] == "rule-privileged" and last["set"] == "nominal"
     assert last["success_rate"] == 1.0 and 0.0 < last["route_completion"] < 0.2
     assert "drivestack eval" in output and "rule-privi" in output  # the table (stderr)
-    assert {p.name for p in out.iterdir()} == {"eval.json", "episodes.csv", "summary.csv",
+    assert {p.name for p in out.iterdir()} == {".drivestack.json", "eval.json", "episodes.csv",
+                                                "summary.csv",
                                                 "summary.md", "summary.png"}
 
 

@@ -64,7 +64,8 @@ def test_run_writes_metrics_and_a_video(write_launch, tmp_path: Path) -> None:
     assert frames.shape == (21, *video_frame_shape((96, 160), (480, 480)))  # reset + 20
     assert frames.mean() > 10
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["metrics.csv", "metrics.json", ep["video"]]), "no temp files are left"
+        [".drivestack.json", "metrics.csv", "metrics.json", ep["video"]]), "no temp files left"
+    assert doc["complete"] is True and doc["episodes_planned"] == 1
 
 
 def test_options_override_the_launch_file(write_launch, tmp_path: Path) -> None:

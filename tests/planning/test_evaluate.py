@@ -32,6 +32,7 @@ from planning.evaluate import (
 )
 from planning.sources import PrivilegedSource
 from sim.actions import FASTER
+from sim.outputs import MARKER, read_marker
 from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK
 
 TWO = Suite((SuiteSet("nominal", ("highway",), (("day", "clear"),), (1000, 1001)),),
@@ -134,8 +135,9 @@ def test_report_files_on_a_two_episode_suite(tmp_path: Path) -> None:
     assert ep0["steps"] == 60 and ep0["end"] == "max_steps" and ep0["success"]
     assert 25.0 < ep0["distance"] < 60 * 40.0 / 15 and ep0["mean_speed"] > 10.0
     files = write_report(doc, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in files), \
-        "no temp files left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [MARKER, *(p.name for p in files)]), "no temp files left"
+    assert read_marker(tmp_path)["complete"] is True
     with open(tmp_path / "episodes.csv", newline="") as f:
         assert [r["seed"] for r in csv.DictReader(f)] == ["1000", "1001"]
     with open(tmp_path / "summary.csv", newline="") as f:
