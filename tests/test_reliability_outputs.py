@@ -1,0 +1,370 @@
+"""Reliability: no data loss. Every command that writes a folder refuses one it did not
+write (and --force removes nothing of it), reruns leave no stale files, a killed writer
+leaves a visibly partial output and no processes, outputs never name a missing file, and
+the CLI's error contract (one `error:` line, exit 2; strict JSON last lines).
+docs/reliability.md lists the promises these tests hold."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from launch.cli import app
+from perception.datasets import DatasetPlan, clean_partials, generate
+from sim.outputs import MARKER, OutputFolder, OutputFolderError, json_text, read_marker
+from sim.types import CameraSpec
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = CameraSpec(width=96, height=64)
+TINY_RUN = """
+family: highway
+episodes: {episodes}
+seed: 0
+max_steps: {steps}
+camera: {{width: 96, height: 64}}
+video: {{enabled: {video}, fps: 15, episodes: 3}}
+"""
+TINY_DATASET = """
+frames: {frames}
+frames_per_episode: 2
+stride: 2
+warmup: 2
+camera: {{width: 96, height: 64}}
+"""
+
+
+def _user_folder(path: Path) -> dict[Path, bytes]:
+    """A folder with files drivestack did not write; returns their contents."""
+    (path / "sub").mkdir(parents=True)
+    files = {path / "notes.txt": b"mine", path / "sub" / "data.bin": b"\x00\x01",
+             path / "metrics.json": b"{\"mine\": true}"}
+    for p, data in files.items():
+        p.write_bytes(data)
+    return files
+
+
+def _intact(files: dict[Path, bytes]) -> bool:
+    return all(p.is_file() and p.read_bytes() == data for p, data in files.items())
+
+
+def _launch(tmp_path: Path, text: str, name: str = "launch.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def _commands(tmp_path: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that writes a folder, pointed at `out` (each refuses before work)."""
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True, exist_ok=True)
+    (data / "data.yaml").write_text("names: {0: car}\n")
+    (data / "annotations" / "test.json").write_text("{}")
+    return {
+        "run": ["run", str(_launch(tmp_path, TINY_RUN.format(episodes=1, steps=2,
+                                                             video="false"))),
+                "--out", str(out)],
+        "dataset": ["dataset", str(_launch(tmp_path, TINY_DATASET.format(frames=2), "d.yaml")),
+                    "--out", str(out)],
+        "eval": ["eval", "--planner", "rule-privileged", "--episodes", "1", "--out", str(out)],
+        "train-perception": ["train-perception", "--data", str(data), "--out", str(out),
+                             "--model", "lanes", "--device", "cpu"],
+        "train-planner": ["train-planner", "--out", str(out), "--timesteps", "8"],
+        "eval-perception": ["eval-perception", "--data", str(data), "--plots", str(out)],
+    }
+
+
+@pytest.mark.parametrize("command", ["run", "dataset", "eval", "train-perception",
+                                     "train-planner", "eval-perception"])
+def test_every_writing_command_refuses_a_folder_it_did_not_write(
+        tmp_path: Path, command: str) -> None:
+    out = tmp_path / "precious"
+    files = _user_folder(out)
+    result = runner.invoke(app, _commands(tmp_path, out)[command])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "is not empty" in result.output
+    assert "--force" in result.output and "Traceback" not in result.output
+    assert _intact(files) and not (out / MARKER).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt", "sub"]
+
+
+@pytest.mark.parametrize("command", ["run", "dataset", "eval", "train-perception",
+                                     "train-planner"])
+def test_every_writing_command_refuses_another_jobs_output(tmp_path: Path,
+                                                           command: str) -> None:
+    out = tmp_path / "other"
+    kind = "dataset" if command != "dataset" else "run"
+    folder = OutputFolder.claim(out, kind)
+    (folder.own("x.txt")).write_text("x")
+    folder.finish()
+    result = runner.invoke(app, _commands(tmp_path, out)[command])
+    assert result.exit_code == 2, result.output
+    assert f"holds the output of `drivestack {kind}`" in result.output
+    assert (out / "x.txt").read_text() == "x"
+
+
+def test_dataset_out_dot_and_dotdot_are_refused_and_nothing_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out ..` used to empty the parent folder (the current one included) and exit 0;
+    `--out .` was a traceback."""
+    cwd = tmp_path / "project"
+    files = _user_folder(cwd)
+    monkeypatch.chdir(cwd)
+    spec = _launch(tmp_path, TINY_DATASET.format(frames=2), "d.yaml")
+    for out in (".", ".."):
+        result = runner.invoke(app, ["dataset", str(spec), "--out", out])
+        assert result.exit_code == 2, result.output
+        assert "is not empty" in result.output and "Traceback" not in result.output
+        assert _intact(files) and spec.is_file()
+
+
+def test_dataset_force_writes_beside_foreign_files_and_replaces_only_its_own(
+        tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    files = _user_folder(out)
+    (out / "labels").mkdir()  # a name the dataset uses: never overwritten, even forced
+    with pytest.raises(OutputFolderError, match="labels"):
+        generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out, force=True)
+    (out / "labels").rmdir()
+    assert _intact(files) and not (out / "images").exists()
+    for frames in (4, 2):  # a forced rerun replaces the dataset's own entries only
+        generate(DatasetPlan(frames=frames, frames_per_episode=2, camera=SMALL), out,
+                 force=True)
+        assert _intact(files)
+        assert len(list((out / "images").rglob("*.jpg"))) == frames
+        assert read_marker(out)["complete"] is True
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".shared")]
+    assert leftovers == []
+
+
+def test_dataset_rerun_replaces_its_own_dataset_and_keeps_nothing_stale(tmp_path: Path
+                                                                      ) -> None:
+    out = tmp_path / "ds"
+    generate(DatasetPlan(frames=6, frames_per_episode=2, camera=SMALL), out)
+    generate(DatasetPlan(frames=2, frames_per_episode=2, seed=50, camera=SMALL), out)
+    assert len(list((out / "images").rglob("*.jpg"))) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    (out / "mine.txt").write_text("mine")  # now it holds a foreign file: refused
+    with pytest.raises(OutputFolderError, match="is not empty|not written"):
+        _install_check(out)
+    assert (out / "mine.txt").read_text() == "mine"
+
+
+def _install_check(out: Path) -> None:
+    from sim.outputs import check_folder
+
+    _, _, foreign = check_folder(out, "dataset")
+    if foreign:
+        raise OutputFolderError(f"{out} is not empty: not written by drivestack")
+
+
+def test_run_rerun_removes_its_old_videos_and_names_only_written_files(
+        tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=3, steps=2, video="true"))), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in out.glob("*.mp4")) == [f"episode_00{i}.mp4" for i in range(3)]
+    (out / "notes.txt").write_text("mine")  # the user's file in a run folder
+    second = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="false"), "b.yaml")), "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["complete"] is True and [e["video"] for e in doc["episodes"]] == [None]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "metrics.csv", "metrics.json",
+                                                     "notes.txt"]
+
+
+def test_run_names_no_video_it_did_not_write(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import launch.runner
+
+    def broken(*args: object, **kwargs: object) -> np.ndarray:
+        raise RuntimeError("no frame")
+
+    monkeypatch.setattr(launch.runner, "_frame", broken)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="true"))), "--out", str(out)])
+    assert result.exit_code == 1, result.output  # the episode failed, recorded
+    (ep,) = json.loads((out / "metrics.json").read_text())["episodes"]
+    assert ep["end"] == "error" and ep["video"] is None
+    assert not list(out.glob("*.mp4")) and "video:" not in result.output
+
+
+def test_claim_refuses_files_and_unsafe_marker_entries(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputFolderError, match="is a file"):
+        OutputFolder.claim(tmp_path / "f", "run")
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    # a marker that lists a path outside the folder is not drivestack's: refused, kept
+    (out / MARKER).write_text(json.dumps({"kind": "run", "entries": ["../victim.txt"]}))
+    with pytest.raises(OutputFolderError, match="no readable"):
+        OutputFolder.claim(out, "run")
+    folder = OutputFolder.claim(out, "run", force=True)
+    folder.remove_stale()
+    assert victim.read_text() == "mine"
+    with pytest.raises(ValueError, match="relative path"):
+        folder.own("../victim.txt")
+
+
+def test_strict_json_has_no_nan_or_infinity() -> None:
+    doc = {"a": math.nan, "b": [-math.inf, 1.5], "c": np.float32("nan"), "d": {"e": math.inf},
+           "f": np.float64(2.0), "g": None}
+    text = json_text(doc)
+
+    def refuse(name: str) -> None:
+        raise ValueError(name)
+
+    back = json.loads(text, parse_constant=refuse)  # NaN / Infinity would call refuse
+    assert back == {"a": None, "b": [None, 1.5], "c": None, "d": {"e": None}, "f": 2.0,
+                    "g": None}
+
+
+def test_cli_last_line_is_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import launch.runner
+
+    real = launch.runner.metrics_document
+
+    def with_nan(*args: object, **kwargs: object) -> dict:
+        doc = real(*args, **kwargs)  # type: ignore[arg-type]
+        doc["summary"]["min_ttc"] = -math.inf
+        return doc
+
+    monkeypatch.setattr(launch.runner, "metrics_document", with_nan)
+    result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="false"))), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert "Infinity" not in last and json.loads(last)["summary"]["min_ttc"] is None
+    saved = (tmp_path / "run" / "metrics.json").read_text()
+    assert "Infinity" not in saved and "NaN" not in saved
+
+
+def test_expected_failures_are_one_error_line_and_bugs_keep_their_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import launch.runner
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    spec = _launch(tmp_path, TINY_RUN.format(episodes=1, steps=2, video="false"))
+    result = runner.invoke(app, ["run", str(spec), "--out", str(blocker / "sub")])
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert "Traceback" not in result.output
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(launch.runner, "make_env", bug)
+    result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "run")])
+    assert isinstance(result.exception, ZeroDivisionError), result.output
+
+
+def test_long_error_messages_are_cut(tmp_path: Path) -> None:
+    from launch.cli_common import MAX_MESSAGE
+
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / ("x" * 200) / ("y" * 5000))])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "more characters)" in line and len(line) < MAX_MESSAGE + 100, len(line)
+
+
+# -- killed writers ---------------------------------------------------------------------
+
+
+def _drivestack(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "launch", *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of `pid` (from /proc)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = {int(x) for x in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _wait(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_killed_dataset_leaves_no_workers_and_a_partial_folder_the_next_run_removes(
+        tmp_path: Path) -> None:
+    spec = _launch(tmp_path, TINY_DATASET.format(frames=100_000))
+    out = tmp_path / "ds"
+    proc = _drivestack("dataset", str(spec), "--out", str(out), "--workers", "2",
+                       cwd=tmp_path)
+    try:
+        partial = lambda: [p for p in tmp_path.glob(".ds.partial-*")  # noqa: E731
+                           if any((p / "images" / "train").glob("*.jpg"))]
+        assert _wait(lambda: bool(partial()), 120), proc.stderr.read() if proc.stderr else ""
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, "the dataset renders in worker processes"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _wait(lambda: not any(_alive(w) for w in workers), 15), "workers end with parent"
+    assert not out.exists(), "no half dataset at out"
+    (left,) = partial()
+    assert read_marker(left)["complete"] is False, "visibly partial"
+    assert clean_partials(out) == [left] and not left.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_killed_run_leaves_metrics_that_say_incomplete(tmp_path: Path) -> None:
+    spec = _launch(tmp_path, TINY_RUN.format(episodes=1000, steps=3, video="false"))
+    out = tmp_path / "run"
+    proc = _drivestack("run", str(spec), "--out", str(out), cwd=tmp_path)
+
+    def episodes_done() -> int:
+        try:
+            return len(json.loads((out / "metrics.json").read_text())["episodes"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    try:
+        assert _wait(lambda: episodes_done() >= 2, 120)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["complete"] is False and doc["episodes_planned"] == 1000
+    assert read_marker(out)["complete"] is False
