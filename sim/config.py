@@ -7,11 +7,13 @@ from the world's own generator, so the same config and seed give the same world.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sim.types import check_number
 
 Family = Literal["highway", "rural", "urban"]
 TimeOfDay = Literal["day", "dusk", "night"]
@@ -21,7 +23,22 @@ FAMILIES: tuple[str, ...] = ("highway", "rural", "urban")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused in every float, also inside tuples and dicts
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_WEIGHT = 1e6
+"""Largest weight of a condition (weights are relative; their sum must stay finite)."""
+Weight = Annotated[float, Field(ge=0.0, le=MAX_WEIGHT)]
+"""A sampling weight: finite, >= 0 (and at most MAX_WEIGHT)."""
+_LaneCount = Annotated[int, Field(ge=1, le=5)]
+_LaneWidth = Annotated[float, Field(ge=2.5, le=4.5)]
+_SpeedLimit = Annotated[float, Field(gt=0.0, le=45.0)]
+_Vehicles = Annotated[int, Field(ge=0, le=200)]
+_Walkers = Annotated[int, Field(ge=0, le=200)]
+_Obstacles = Annotated[int, Field(ge=0, le=50)]
+_Noise = Annotated[float, Field(ge=0.0, le=64.0)]
+_Exposure = Annotated[float, Field(ge=0.1, le=4.0)]
 
 
 def _check_range(name: str, lo: float, hi: float) -> None:
@@ -33,32 +50,40 @@ class ScenarioConfig(_Strict):
     """Ranges from which each episode's scenario is drawn (all SI units)."""
 
     family: Family = "highway"
-    lanes: tuple[int, int] = Field((3, 4), description="lane count range, 1..5")
-    lane_width: tuple[float, float] = Field((3.3, 3.8), description="lane width range [m]")
+    lanes: tuple[_LaneCount, _LaneCount] = Field((3, 4), description="lane count range, 1..5")
+    lane_width: tuple[_LaneWidth, _LaneWidth] = Field(
+        (3.3, 3.8), description="lane width range [m], in [2.5, 4.5]")
     shoulder_width: float = Field(2.0, ge=0.0, le=5.0, description="paved shoulder [m]")
-    min_radius: float = Field(400.0, ge=150.0, description="tightest curve radius [m]")
+    min_radius: float = Field(400.0, ge=150.0, le=100_000.0,
+                              description="tightest curve radius [m]")
     road_length: float = Field(1500.0, ge=200.0, le=20000.0, description="route length [m]")
-    speed_limit: tuple[float, float] = Field((25.0, 33.0), description="speed limit range [m/s]")
-    vehicles: tuple[int, int] = Field((12, 20), description="cars and trucks around the ego")
+    speed_limit: tuple[_SpeedLimit, _SpeedLimit] = Field(
+        (25.0, 33.0), description="speed limit range [m/s], in (0, 45]")
+    vehicles: tuple[_Vehicles, _Vehicles] = Field(
+        (12, 20), description="cars and trucks around the ego, 0..200")
     truck_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    cyclists: tuple[int, int] = (0, 0)
-    pedestrians: tuple[int, int] = (0, 0)
+    cyclists: tuple[_Walkers, _Walkers] = Field((0, 0), description="0..200")
+    pedestrians: tuple[_Walkers, _Walkers] = Field((0, 0), description="0..200")
     crossing_fraction: float = Field(
         0.0, ge=0.0, le=1.0, description="share of pedestrians that cross the road"
     )
-    cone_groups: tuple[int, int] = Field((0, 1), description="lane closures marked by cones")
-    stalled: tuple[int, int] = Field((0, 1), description="stalled vehicles blocking a lane")
+    cone_groups: tuple[_Obstacles, _Obstacles] = Field(
+        (0, 1), description="lane closures marked by cones, 0..50")
+    stalled: tuple[_Obstacles, _Obstacles] = Field(
+        (0, 1), description="stalled vehicles blocking a lane, 0..50")
     clutter: Literal["sparse", "rural", "urban"] = "sparse"
-    time_of_day: dict[TimeOfDay, float] = Field(
+    time_of_day: dict[TimeOfDay, Weight] = Field(
         default_factory=lambda: {"day": 0.8, "dusk": 0.12, "night": 0.08},  # type: ignore[arg-type,dict-item]
         description="weights of each time of day",
     )
-    weather: dict[Weather, float] = Field(
+    weather: dict[Weather, Weight] = Field(
         default_factory=lambda: {"clear": 0.85, "fog": 0.08, "rain": 0.07},  # type: ignore[arg-type,dict-item]
         description="weights of each weather",
     )
-    sensor_noise: tuple[float, float] = Field((0.0, 4.0), description="pixel noise std [0-255]")
-    exposure: tuple[float, float] = Field((0.85, 1.15), description="image gain")
+    sensor_noise: tuple[_Noise, _Noise] = Field(
+        (0.0, 4.0), description="pixel noise std range [0-255 levels], in [0, 64]")
+    exposure: tuple[_Exposure, _Exposure] = Field(
+        (0.85, 1.15), description="image gain range, in [0.1, 4]")
     episode_seconds: float = Field(90.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
@@ -162,6 +187,53 @@ class Scenario:
     noise_std: float
     exposure: float
     episode_seconds: float
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError naming the first field that is not of its type and range
+        (the ranges of `ScenarioConfig`); a restored or hand-made scenario goes through
+        here (`World.set_state`), an unpickled one is checked by calling it."""
+        for name, allowed in (("family", FAMILIES), ("clutter", CLUTTERS),
+                              ("time_of_day", TIMES_OF_DAY), ("weather", WEATHERS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"{name}: {value!r:.60} is not allowed; allowed: "
+                                 f"{', '.join(allowed)}")
+        for name, (lo, hi, unit) in _SCENARIO_RANGES.items():
+            check_number(name, getattr(self, name), lo, hi, unit=unit,
+                         integer=name in _SCENARIO_INTS, open_lo=name in _SCENARIO_OPEN)
+
+
+CLUTTERS: tuple[str, ...] = ("sparse", "rural", "urban")
+TIMES_OF_DAY: tuple[str, ...] = ("day", "dusk", "night")
+WEATHERS: tuple[str, ...] = ("clear", "fog", "rain")
+_SCENARIO_RANGES: dict[str, tuple[float, float, str]] = {
+    "seed": (0, 2**63 - 1, ""),
+    "n_lanes": (1, 5, ""),
+    "lane_width": (2.5, 4.5, "m"),
+    "shoulder_width": (0.0, 5.0, "m"),
+    "min_radius": (150.0, 100_000.0, "m"),
+    "road_length": (200.0, 20_000.0, "m"),
+    "speed_limit": (0.0, 45.0, "m/s"),
+    "n_vehicles": (0, 200, ""),
+    "truck_fraction": (0.0, 1.0, ""),
+    "n_cyclists": (0, 200, ""),
+    "n_pedestrians": (0, 200, ""),
+    "crossing_fraction": (0.0, 1.0, ""),
+    "n_cone_groups": (0, 50, ""),
+    "n_stalled": (0, 50, ""),
+    "noise_std": (0.0, 64.0, "levels of 255"),
+    "exposure": (0.1, 4.0, ""),
+    "episode_seconds": (0.0, 3600.0, "s"),
+}
+"""Allowed range of each number of a `Scenario` (those of `ScenarioConfig`)."""
+_SCENARIO_INTS = {"seed", "n_lanes", "n_vehicles", "n_cyclists", "n_pedestrians",
+                  "n_cone_groups", "n_stalled"}
+_SCENARIO_OPEN = {"speed_limit", "episode_seconds"}
+assert set(_SCENARIO_RANGES) | {"family", "clutter", "time_of_day", "weather"} == {
+    f.name for f in fields(Scenario)}, "every field of Scenario has a range"
 
 
 def pick_weighted(rng: np.random.Generator, weights: dict[str, float]) -> str:

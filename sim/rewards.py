@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from sim.types import Events
+from sim.types import Events, check_number
 from sim.world.world import World
 
 TTC_WARNING = 2.0
 """Time to collision below which the `ttc` term fires [s]."""
+MAX_WEIGHT = 1e6
+"""Largest magnitude of a reward weight (terms are about [-1, 1.2])."""
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,22 @@ class RewardWeights:
     comfort: float = -0.05
     ttc: float = -0.3
 
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            check_number(f"reward_weights.{name}", getattr(self, name), -MAX_WEIGHT, MAX_WEIGHT)
+
     @classmethod
     def from_dict(cls, values: dict[str, float] | None) -> RewardWeights:
+        if values is not None and not isinstance(values, dict):
+            raise TypeError(f"reward_weights must be a dict of term -> weight or None, "
+                            f"got {type(values).__name__}")
         values = dict(values or {})
         allowed = set(cls.__dataclass_fields__)
-        bad = sorted(set(values) - allowed)
+        bad = sorted(map(str, set(values) - allowed))
         if bad:
             raise ValueError(f"unknown reward term(s) {bad}; allowed: {sorted(allowed)}")
+        for k, v in values.items():
+            check_number(f"reward_weights.{k}", v, -MAX_WEIGHT, MAX_WEIGHT)
         return cls(**{k: float(v) for k, v in values.items()})
 
 

@@ -26,6 +26,25 @@ ABSENT = -2.0
 """Lane x value where a boundary is absent at a row (TuSimple's convention)."""
 
 
+def check_number(name: str, value: Any, lo: float, hi: float, *, unit: str = "",
+                 integer: bool = False, open_lo: bool = False, open_hi: bool = False) -> None:
+    """Raise ValueError naming `name` and the allowed range unless `value` is a real,
+    finite number (an int when `integer`) in the range; bools are not numbers here."""
+    kinds: tuple[type, ...] = (int, np.integer) if integer else (int, float, np.integer,
+                                                                np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, bool | np.bool_)
+    if ok:
+        v = float(value)
+        ok = bool(np.isfinite(v)) and (lo < v if open_lo else lo <= v) and (
+            v < hi if open_hi else v <= hi)
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        span = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+        text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{name}: must be {kind} in {span}{' ' + unit if unit else ''}, "
+                         f"got {text}")
+
+
 @dataclass(frozen=True)
 class CameraSpec:
     """A pinhole camera mounted on the ego, looking forward."""
@@ -48,15 +67,19 @@ class CameraSpec:
     """Far drawing distance [m]."""
 
     def __post_init__(self) -> None:
-        if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
-            raise ValueError(f"width, height: {self.width}x{self.height} must be in 16..4096 px")
-        if not 10.0 <= self.fov_deg <= 150.0:
-            raise ValueError(f"fov_deg: {self.fov_deg} must be in [10, 150]")
-        if not -30.0 <= self.pitch_deg <= 45.0:
-            raise ValueError(f"pitch_deg: {self.pitch_deg} must be in [-30, 45]")
-        if self.mount_height <= 0.2:
-            raise ValueError(f"mount_height: {self.mount_height} must be > 0.2 m")
-        if not 0.05 <= self.near < self.far:
+        for name in ("width", "height"):
+            try:
+                check_number(name, getattr(self, name), 16, 4096, unit="px", integer=True)
+            except ValueError as exc:
+                raise ValueError(f"width, height: {self.width!r}x{self.height!r} must be "
+                                 f"integers in 16..4096 px ({exc})") from None
+        check_number("fov_deg", self.fov_deg, 10.0, 150.0, unit="deg")
+        check_number("pitch_deg", self.pitch_deg, -30.0, 45.0, unit="deg")
+        check_number("mount_height", self.mount_height, 0.2, 10.0, unit="m", open_lo=True)
+        check_number("mount_forward", self.mount_forward, -10.0, 10.0, unit="m")
+        check_number("near", self.near, 0.05, 10.0, unit="m")
+        check_number("far", self.far, 1.0, 2000.0, unit="m")
+        if not self.near < self.far:
             raise ValueError(f"near, far: {self.near}, {self.far} need 0.05 <= near < far")
 
     @property
@@ -104,6 +127,21 @@ class EgoState:
     """Body width [m]."""
     wheelbase: float = 2.8
     """Distance rear axle to front axle [m]."""
+
+    def check(self) -> None:
+        """Raise ValueError naming the first field that is not a finite number in its
+        range (wide ranges: they catch corruption, not unusual driving)."""
+        for name, (lo, hi, unit) in _EGO_RANGES.items():
+            check_number(f"ego.{name}", getattr(self, name), lo, hi, unit=unit,
+                         open_lo=name in ("length", "width", "wheelbase"))
+
+
+_EGO_RANGES: dict[str, tuple[float, float, str]] = {
+    "x": (-1e6, 1e6, "m"), "y": (-1e6, 1e6, "m"), "yaw": (-1e4, 1e4, "rad"),
+    "speed": (0.0, 100.0, "m/s"), "steer": (-1.0, 1.0, "rad"),
+    "accel": (-100.0, 100.0, "m/s^2"), "s": (-1e6, 1e6, "m"), "d": (-1e3, 1e3, "m"),
+    "length": (0.0, 30.0, "m"), "width": (0.0, 10.0, "m"), "wheelbase": (0.0, 30.0, "m"),
+}
 
 
 class _Record:

@@ -83,6 +83,29 @@ class ActorTable:
     def __len__(self) -> int:
         return int(self.s.shape[0])
 
+    def check(self) -> None:
+        """Raise TypeError or ValueError naming the first column that is not an array of
+        the table's length, dtype kind and range (NaN and infinities included)."""
+        n = None
+        for f in fields(self):
+            v = getattr(self, f.name)
+            name = f"actors.{f.name}"
+            if not isinstance(v, np.ndarray):
+                raise TypeError(f"{name}: must be a numpy array, got {type(v).__name__}")
+            n = v.shape[0] if n is None and v.ndim >= 1 else n
+            shape = (n, 3) if f.name == "color" else (n,)
+            if v.shape != shape:
+                raise ValueError(f"{name}: must have shape {shape} (one row per actor), "
+                                 f"got {v.shape}")
+            kinds, lo, hi = _COLUMNS[f.name]
+            if v.dtype.kind not in kinds:
+                raise ValueError(f"{name}: dtype {v.dtype} is not allowed (kind {kinds!r})")
+            if v.size and v.dtype.kind in "iuf":
+                bad = ~(np.isfinite(v) & (v >= lo) & (v <= hi))
+                if bad.any():
+                    raise ValueError(f"{name}: values must be finite and in [{lo:g}, {hi:g}], "
+                                     f"got {v[bad][0]!r} at row {int(np.flatnonzero(bad)[0])}")
+
     def copy(self) -> ActorTable:
         return ActorTable(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
 
@@ -110,6 +133,20 @@ class ActorTable:
             cross_state=zi.copy(), length=z + 1.0, width=z + 1.0, height=z + 1.0,
             color=np.zeros((n, 3), np.uint8),
         )
+
+
+_INT, _FLOAT = "iu", "fiu"
+_COLUMNS: dict[str, tuple[str, float, float]] = {
+    "track_id": (_INT, 0, 2**62), "cls": (_INT, 0, CONE), "shape": (_INT, 0, len(SHAPE_NAMES) - 1),
+    "active": ("b", 0, 1), "s": (_FLOAT, -1e6, 1e6), "d": (_FLOAT, -1e3, 1e3),
+    "speed": (_FLOAT, -100.0, 100.0), "v_lat": (_FLOAT, -50.0, 50.0),
+    "accel": (_FLOAT, -100.0, 100.0), "target_lane": (_INT, -1, 4),
+    "desired_speed": (_FLOAT, 0.0, 100.0), "headway": (_FLOAT, 0.0, 100.0),
+    "lc_timer": (_FLOAT, 0.0, 1e4), "cross_state": (_INT, 0, 2),
+    "length": (_FLOAT, 0.01, 50.0), "width": (_FLOAT, 0.01, 10.0),
+    "height": (_FLOAT, 0.01, 20.0), "color": ("u", 0, 255),
+}
+"""Allowed dtype kinds and range of each `ActorTable` column (what `check` holds)."""
 
 
 def step_bicycle(ego: EgoState, steer: Any, accel: Any, dt: float) -> None:

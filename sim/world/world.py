@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.config import Scenario
-from sim.types import CONE, CYCLIST, PEDESTRIAN, EgoState, Events
+from sim.types import CONE, CYCLIST, PEDESTRIAN, EgoState, Events, check_number
 from sim.world.actors import (
     ActorTable,
     box_corners,
@@ -44,6 +44,8 @@ RETRY_EVERY = 15
 """Steps between two attempts to place an actor that found no free slot."""
 BROAD_MARGIN = 0.5
 """Slack of the Frenet broad phase for curvature and lane-change yaw [m]."""
+MAX_DT = 0.5
+"""Longest simulation step [s]; the physics and IDM are integrated with explicit steps."""
 
 
 @dataclass
@@ -60,13 +62,41 @@ class WorldState:
     extra: dict[str, Any] = field(default_factory=dict)
     """Room for the env's own state (controller memory, reward memory)."""
 
+    def check(self) -> None:
+        """Raise TypeError or ValueError naming the first part of the state that is not
+        what `World.get_state` writes: types, array shapes, dtypes, finiteness, ranges, a
+        scenario that validates, a random generator state numpy accepts. `World.set_state`
+        calls it, so a damaged or hand-made state is one clear error, not NaN frames."""
+        for name, kind in (("scenario", Scenario), ("ego", EgoState), ("actors", ActorTable),
+                           ("rng_state", dict), ("extra", dict)):
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise TypeError(f"state.{name}: must be a {kind.__name__}, "
+                                f"got {type(value).__name__}")
+        try:
+            self.scenario.check()
+        except ValueError as exc:
+            raise ValueError(f"state.scenario.{exc}") from None
+        self.ego.check()
+        self.actors.check()
+        check_number("step", self.step, 0, 2**62, integer=True)
+        check_number("time", self.time, 0.0, 1e7, unit="s")
+        check_number("next_track_id", self.next_track_id, 1, 2**62, integer=True)
+        try:
+            np.random.PCG64().state = self.rng_state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"rng_state: not a state of numpy's PCG64 generator "
+                             f"({type(exc).__name__}: {str(exc)[:100]})") from None
+
 
 class World:
     """Road + actors + ego physics. Knows nothing about cameras or gymnasium."""
 
     def __init__(self, scenario: Scenario, dt: float = 1.0 / 15.0) -> None:
-        if dt <= 0:
-            raise ValueError(f"dt={dt} must be > 0")
+        check_number("dt", dt, 0.0, MAX_DT, unit="s", open_lo=True)
+        if not isinstance(scenario, Scenario):
+            raise TypeError(f"scenario: must be a sim.config.Scenario, "
+                            f"got {type(scenario).__name__}")
         self.dt = dt
         self._build(scenario)
         self.state = self._initial_state(scenario)
@@ -146,6 +176,7 @@ class World:
         """Restore a state from `get_state()` (rebuilds road and clutter if needed)."""
         if not isinstance(state, WorldState):
             raise TypeError(f"expected a WorldState, got {type(state).__name__}")
+        state.check()
         if state.scenario != self.scenario:
             self._build(state.scenario)
         self.state = copy.deepcopy(state)
