@@ -31,19 +31,61 @@ def action_space(action_type: str) -> spaces.Space:
     raise ValueError(f"action_type={action_type!r}; allowed: 'continuous', 'meta'")
 
 
-def continuous_to_controls(action: np.ndarray) -> tuple[float, float]:
-    """(steer, accel) in [-1, 1] -> (wheel angle [rad], acceleration [m/s^2])."""
-    if np.shape(action) != (2,):
-        raise ValueError(f"continuous action must have shape (2,) (steer, accel), "
-                         f"got shape {np.shape(action)}")
-    raw = np.asarray(action)
-    if raw.dtype.kind not in "biuf":
-        raise ValueError(f"continuous action must be numeric, got dtype {raw.dtype}")
+CONTINUOUS_SPACE = "Box(-1, 1, (2,)) = (steer, accel)"
+META_SPACE = f"Discrete(5) = {', '.join(f'{i} {n}' for i, n in enumerate(META_ACTIONS))}"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters, for error messages."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still shown
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def continuous_action(action: object, shape: tuple[int, ...] = (2,)) -> np.ndarray:
+    """`action` as a float64 array of `shape` (steer, accel on the last axis), or
+    ValueError naming the action space: wrong shape, not numbers (bools, strings,
+    objects, complex), NaN or inf."""
+    try:
+        raw = np.asarray(action)
+    except (ValueError, TypeError):  # ragged nested lists
+        raw = np.asarray(None)
+    if raw.shape != shape:
+        raise ValueError(f"continuous action must have shape {shape} (steer, accel) of "
+                         f"{CONTINUOUS_SPACE}, got shape {raw.shape}: {shown(action)}")
+    if raw.dtype.kind not in "iuf":
+        raise ValueError(f"continuous action must be numeric (of {CONTINUOUS_SPACE}), got "
+                         f"dtype {raw.dtype}: {shown(action)}")
     a = raw.astype(np.float64)
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
-    steer, acc = np.clip(a, -1.0, 1.0)
+        raise ValueError(f"continuous action contains NaN or inf (of {CONTINUOUS_SPACE}): "
+                         f"{shown(a.tolist())}")
+    return a
+
+
+def continuous_to_controls(action: np.ndarray) -> tuple[float, float]:
+    """(steer, accel) in [-1, 1] -> (wheel angle [rad], acceleration [m/s^2]); values
+    outside [-1, 1] are clipped."""
+    steer, acc = np.clip(continuous_action(action), -1.0, 1.0)
     return float(steer * MAX_STEER), float(acc * (MAX_ACCEL if acc > 0 else MAX_BRAKE))
+
+
+def meta_action(action: object) -> int:
+    """`action` as an int in 0..4, or ValueError naming the action space.
+
+    One integer: a Python or numpy int, a 0-d integer array, or a float holding a whole
+    number; not a bool, a string, None, a list or an array with an axis."""
+    value = action.item() if isinstance(action, np.ndarray) and action.shape == () else action
+    ok = isinstance(value, int | np.integer | float | np.floating) and not isinstance(
+        value, bool | np.bool_)
+    if ok and isinstance(value, float | np.floating):
+        ok = bool(np.isfinite(value)) and float(value).is_integer()
+    if not ok or not 0 <= int(value) < len(META_ACTIONS):  # type: ignore[call-overload]
+        raise ValueError(f"meta action must be one integer in 0..{len(META_ACTIONS) - 1} "
+                         f"of {META_SPACE}; got {shown(action)}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def pure_pursuit(ego: EgoState, road: Road, target_d: float, lookahead: float) -> float:

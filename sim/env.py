@@ -14,15 +14,22 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sim.actions import MetaController, SpeedController, action_space, continuous_to_controls
+from sim.actions import (
+    MetaController,
+    SpeedController,
+    action_space,
+    continuous_to_controls,
+    meta_action,
+    shown,
+)
 from sim.config import ScenarioConfig, family_config, sample_scenario
 from sim.observation import STATE_DIM, STATE_LIMIT, state_vector
 from sim.render.birdseye import birdseye
 from sim.render.labels import ground_truth
 from sim.render.raster import Renderer
 from sim.rewards import RewardWeights, reward_terms, total_reward
-from sim.types import CameraSpec, Frame, GroundTruth
-from sim.world.world import World, WorldState
+from sim.types import CameraSpec, Frame, GroundTruth, check_number
+from sim.world.world import MAX_DT, World, WorldState
 
 OBS_TYPES = ("camera", "state", "dict")
 
@@ -35,11 +42,35 @@ def scenario_config(scenario: ScenarioConfig | dict[str, Any] | None, family: st
         return family_config(family)
     if isinstance(scenario, dict):
         return ScenarioConfig.model_validate(scenario)
+    if not isinstance(scenario, ScenarioConfig):
+        raise TypeError(f"scenario must be a ScenarioConfig, a dict of its fields or None, "
+                        f"got {type(scenario).__name__}")
     return scenario
 
 
 def camera_spec(camera: CameraSpec | dict[str, Any] | None) -> CameraSpec:
-    return CameraSpec(**camera) if isinstance(camera, dict) else (camera or CameraSpec())
+    """The camera an env draws with: given, built from a dict of its fields, or the
+    default `CameraSpec`."""
+    if camera is None:
+        return CameraSpec()
+    if isinstance(camera, dict):
+        unknown = sorted(map(str, set(camera) - set(CameraSpec.__dataclass_fields__)))
+        if unknown:
+            raise ValueError(f"camera: unknown key(s) {unknown}; allowed: "
+                             f"{', '.join(CameraSpec.__dataclass_fields__)}")
+        return CameraSpec(**camera)
+    if not isinstance(camera, CameraSpec):
+        raise TypeError(f"camera must be a CameraSpec, a dict of its fields or None, "
+                        f"got {type(camera).__name__}")
+    return camera
+
+
+def env_settings(dt: Any, labels: Any) -> tuple[float, bool | None]:
+    """Checked `dt` [s] and `labels` of an env (DrivingEnv, BatchDrivingEnv)."""
+    check_number("dt", dt, 0.0, MAX_DT, unit="s", open_lo=True)
+    if labels is not None and not isinstance(labels, bool | np.bool_):
+        raise TypeError(f"labels must be True, False or None, got {shown(labels)}")
+    return float(dt), None if labels is None else bool(labels)
 
 
 def observation_space(spec: CameraSpec, obs_type: str) -> spaces.Space:
@@ -84,6 +115,7 @@ class DrivingEnv(gym.Env):
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}; allowed: None, 'rgb_array'")
+        dt, labels = env_settings(dt, labels)
         self.config: ScenarioConfig = scenario_config(scenario, family)
         """Scenario ranges of the next `reset` (may be replaced between episodes)."""
         self.camera_spec = camera_spec(camera)
@@ -108,9 +140,16 @@ class DrivingEnv(gym.Env):
     ) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = sorted(set(options) - {"scenario_seed"})
+        unknown = sorted(map(str, set(options) - {"scenario_seed", "state"}))
         if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; allowed: ['scenario_seed']")
+            raise ValueError(f"unknown reset option(s) {unknown}; allowed: "
+                             "['scenario_seed', 'state']")
+        if options.get("state") is not None:
+            if options.get("scenario_seed") is not None:
+                raise ValueError("reset options 'state' and 'scenario_seed' exclude each other")
+            self.set_state(options["state"])
+            world = self._require_world()
+            return self._observe(), self._info(world.events(), {})
         sc_seed = options.get("scenario_seed")
         if sc_seed is None:
             sc_seed = int(self.np_random.integers(0, 2**31 - 1))
@@ -163,10 +202,17 @@ class DrivingEnv(gym.Env):
 
     def set_state(self, state: WorldState) -> None:
         """Restore a snapshot from `get_state()`; the same actions then give the same
-        frames, labels and rewards."""
+        frames, labels and rewards. A fresh env needs no `reset()` first.
+
+        Through `gym.make`'s wrappers (whose order check wants a reset before a step),
+        restore with `env.reset(options={"state": state})`, which calls this.
+        Raises TypeError or ValueError naming what the state holds wrong (see
+        `WorldState.check`); the env is left as it was."""
         if not isinstance(state, WorldState):
             raise TypeError(f"set_state expects a WorldState, got {type(state).__name__}")
-        dt = state.extra.get("dt", self.dt)
+        state.check()
+        extra = _check_extra(state)
+        dt = extra.get("dt", self.dt)
         if abs(dt - self.dt) > 1e-12:
             raise ValueError(f"state was recorded with dt={dt}, this env steps dt={self.dt}: "
                              "replay would diverge; make the env with the same dt")
@@ -174,13 +220,13 @@ class DrivingEnv(gym.Env):
             self.world = World(state.scenario, self.dt)
         self.world.set_state(state)
         self._scenario_info = asdict(state.scenario)
-        self._controller = copy.deepcopy(state.extra.get("controller"))
+        self._controller = copy.deepcopy(extra.get("controller"))
         if self._controller is None:  # a bare World state: start tracking the current lane
             ego = self.world.state.ego
             self._controller = MetaController(
                 target_lane=int(self.world.road.lane_of(ego.d)), target_speed=ego.speed,
                 speed_pid=SpeedController())
-        self._prev_accel = float(state.extra.get("prev_accel", 0.0))
+        self._prev_accel = float(extra.get("prev_accel", 0.0))
         self.frame = None
 
     # -- internals ---------------------------------------------------------------------
@@ -193,11 +239,9 @@ class DrivingEnv(gym.Env):
         if self.action_type == "continuous":
             return continuous_to_controls(action)
         world = self._require_world()
-        a = np.asarray(action, dtype=np.float64)
-        if a.size != 1 or not np.isfinite(a).all() or float(a.item()) != int(a.item()):
-            raise ValueError(f"meta action must be one integer in 0..4, got {action!r}")
+        a = meta_action(action)
         assert self._controller is not None
-        self._controller.apply(int(a), world.road, world.scenario.speed_limit)
+        self._controller.apply(a, world.road, world.scenario.speed_limit)
         return self._controller.controls(world.state.ego, world.road, self.dt)
 
     def _render_frame(self) -> Frame:
@@ -236,3 +280,31 @@ class DrivingEnv(gym.Env):
             gt: GroundTruth = self.frame.ground_truth
             info["ground_truth"] = gt
         return info
+
+
+def _check_extra(state: WorldState) -> dict[str, Any]:
+    """The env's part of a state (`state.extra`), checked: a MetaController (or None)
+    aiming at a lane of the scenario's road, finite prev_accel and dt."""
+    extra = state.extra
+    unknown = sorted(map(str, set(extra) - {"controller", "prev_accel", "dt"}))
+    if unknown:
+        raise ValueError(f"state.extra: unknown key(s) {unknown}; allowed: controller, "
+                         "prev_accel, dt")
+    if "dt" in extra:
+        check_number("state.extra['dt']", extra["dt"], 0.0, MAX_DT, unit="s", open_lo=True)
+    if "prev_accel" in extra:
+        check_number("state.extra['prev_accel']", extra["prev_accel"], -100.0, 100.0,
+                     unit="m/s^2")
+    ctl = extra.get("controller")
+    if ctl is not None:
+        if not isinstance(ctl, MetaController) or not isinstance(ctl.speed_pid,
+                                                                 SpeedController):
+            raise TypeError(f"state.extra['controller'] must be a MetaController, "
+                            f"got {type(ctl).__name__}")
+        check_number("controller.target_lane", ctl.target_lane, 0,
+                     state.scenario.n_lanes - 1, integer=True)
+        check_number("controller.target_speed", ctl.target_speed, 0.0, 100.0, unit="m/s")
+        for name in ("kp", "ki", "integral"):
+            check_number(f"controller.speed_pid.{name}", getattr(ctl.speed_pid, name),
+                         -100.0, 100.0)
+    return extra

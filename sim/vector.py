@@ -25,9 +25,18 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from sim.actions import MetaController, SpeedController, action_space, continuous_to_controls
+from sim.actions import (
+    META_ACTIONS,
+    META_SPACE,
+    MetaController,
+    SpeedController,
+    action_space,
+    continuous_action,
+    continuous_to_controls,
+    shown,
+)
 from sim.config import ScenarioConfig, sample_scenario
-from sim.env import camera_spec, observation_space, scenario_config
+from sim.env import camera_spec, env_settings, observation_space, scenario_config
 from sim.observation import state_vector
 from sim.render.batch import BatchCamera
 from sim.rewards import RewardWeights, term_arrays, total_reward
@@ -68,6 +77,7 @@ class BatchDrivingEnv(VectorEnv):
             raise ValueError(f"autoreset_mode={autoreset_mode!r}; allowed: "
                              f"{', '.join(m.value for m in modes)}")
         self.metadata = {**self.metadata, "autoreset_mode": AutoresetMode(autoreset_mode)}
+        dt, labels = env_settings(dt, labels)
         self.config: ScenarioConfig = scenario_config(scenario, family)
         self.num_envs = num_envs
         self.camera_spec = camera_spec(camera)
@@ -209,17 +219,19 @@ class BatchDrivingEnv(VectorEnv):
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         """The step's actions as an array, or one clear error."""
-        a = np.asarray(actions)
         if self.action_type == "continuous":
-            if a.shape != (self.num_envs, 2):
-                raise ValueError(f"actions must have shape ({self.num_envs}, 2), got {a.shape}")
-            return a
-        f = a.astype(float) if a.dtype.kind in "biuf" else np.array([np.nan])
+            return continuous_action(actions, (self.num_envs, 2))
+        try:
+            a = np.asarray(actions)
+        except (ValueError, TypeError):  # ragged nested lists
+            a = np.asarray(None)
+        f = a.astype(float) if a.dtype.kind in "iuf" else np.array([np.nan])
         if a.shape != (self.num_envs,) or not np.isfinite(f).all() or (
-                f != f.round()).any() or (f < 0).any() or (f > 4).any():
-            raise ValueError(f"meta actions must be {self.num_envs} integers in 0..4, "
-                             f"got {actions!r}")
-        return a
+                f != f.round()).any() or (f < 0).any() or (f >= len(META_ACTIONS)).any():
+            raise ValueError(f"meta actions must be {self.num_envs} integers in 0..4 "
+                             f"(shape ({self.num_envs},)) of {META_SPACE}; got "
+                             f"{shown(actions)}")
+        return f.astype(np.int64)
 
     def _controls(self, i: int, actions: np.ndarray) -> tuple[float, float]:
         """Env i's (steer [rad], accel [m/s^2]) from its checked action."""
