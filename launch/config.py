@@ -8,17 +8,27 @@ message names the file, the dotted key path and what is allowed there.
 
 from __future__ import annotations
 
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 import sim
-from sim.config import FAMILIES, ScenarioConfig, family_config
+from sim.config import FAMILIES, ScenarioConfig, Weight, family_config
 from sim.types import CameraSpec
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,6 +47,16 @@ DEFAULT_TRAIN_PLANNER_LAUNCH = Path(__file__).with_name("train_planner.yaml")
 _FAMILY_TO_ENV_ID = {family: env_id for env_id, family in sim.ENV_IDS.items()}
 _CAMERA_DEFAULTS = CameraSpec()
 
+MAX_LAUNCH_BYTES = 256 << 10
+"""Largest launch file read [bytes]: a launch file is a page of settings, not data (the
+packaged ones are under 4 KiB; YAML's pure-Python parser takes about 3 s for this much)."""
+MAX_DEPTH = 32
+"""Deepest nesting of YAML collections in a launch file."""
+MAX_SHOWN = 100
+"""Characters of a bad value shown in an error message."""
+MAX_PROBLEMS = 10
+"""Problems listed in one error message (the rest are counted)."""
+
 
 class LaunchConfigError(ValueError):
     """A launch file that cannot be used; `str(err)` is a message for people."""
@@ -46,21 +66,69 @@ class LaunchConfigError(ValueError):
         self.problems = problems
         """(dotted key path, what is wrong and what is allowed); the key is "" when the
         problem is the file as a whole."""
-        lines = [f"{key}: {text}" if key else text for key, text in problems]
-        if len(lines) == 1:
-            message = f"launch file {str(path)!r}: {lines[0]}"
+        lines = [_clip(f"{key}: {text}" if key else text, 3 * MAX_SHOWN)
+                 for key, text in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(problems) - MAX_PROBLEMS} more")
+        name = _clip(repr(str(path)), 2 * MAX_SHOWN)
+        if len(problems) == 1:
+            message = f"launch file {name}: {lines[0]}"
         else:
-            message = f"launch file {str(path)!r} has {len(lines)} problems:\n" + "\n".join(
+            message = f"launch file {name} has {len(problems)} problems:\n" + "\n".join(
                 f"  - {line}" for line in lines)
         super().__init__(message)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused everywhere: a float in a launch file is a setting
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_CUDA_INDEX = re.compile(r"(?:cuda:)?(\d{1,3})")
+PERCEPTION_DEVICES = "auto | cpu | cuda | cuda:N | N (a CUDA index) | mps"
+PLANNER_DEVICES = "auto | cpu | cuda | cuda:N"
+
+
+def _device_text(value: Any, allowed: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1000:
+        return str(value)  # `device: 0` in YAML is an int
+    if not isinstance(value, str):
+        raise ValueError(f"{_short(value)} is not a device; allowed: {allowed}")
+    return value.strip().lower()
+
+
+def _perception_device(value: Any) -> str:
+    """auto, cpu, mps, or a CUDA index as ultralytics and `torch_device` name it ("0")."""
+    v = _device_text(value, PERCEPTION_DEVICES)
+    if v in ("auto", "cpu", "mps"):
+        return v
+    if v == "cuda":
+        return "0"
+    m = _CUDA_INDEX.fullmatch(v)
+    if m is None:
+        raise ValueError(f"{_short(value)} is not a device; allowed: {PERCEPTION_DEVICES}")
+    return str(int(m.group(1)))
+
+
+def _planner_device(value: Any) -> str:
+    """A device as stable-baselines3 reads it: auto, cpu, cuda or cuda:N."""
+    v = _device_text(value, PLANNER_DEVICES)
+    if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", v):
+        return v
+    raise ValueError(f"{_short(value)} is not a device; allowed: {PLANNER_DEVICES}")
+
+
+PerceptionDevice = Annotated[str, BeforeValidator(_perception_device)]
+"""Device of a perception job: checked and spelled as ultralytics wants it ("cuda:1" -> "1")."""
+PlannerDevice = Annotated[str, BeforeValidator(_planner_device)]
+"""Device of the planner's policy (stable-baselines3)."""
 
 
 class CameraConfig(_Strict):
     """Overrides of the forward camera (`sim.types.CameraSpec`; defaults are its own)."""
+
+    # CameraSpec checks every value, NaN and infinities included, and names the range
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=True)
 
     width: int = _CAMERA_DEFAULTS.width
     """Image width [px]."""
@@ -158,19 +226,74 @@ class RunConfig(_Strict):
 # -- loading ---------------------------------------------------------------------------
 
 
+class _LaunchLoader(yaml.SafeLoader):
+    """YAML's safe loader, stricter: no anchors or aliases (a few hundred bytes of them
+    expand to gigabytes), no duplicate keys, collections at most MAX_DEPTH deep."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in launch "
+                "files; write the values out", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"collections nested deeper than {MAX_DEPTH} levels",
+                    event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: the base class names it
+                    continue
+                if seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_short(key)} (first at line "
+                        f"{first[key] + 1})", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file (an empty file is an empty mapping)."""
+    """The top-level mapping of a YAML file (an empty file is an empty mapping).
+
+    The file is read with `_LaunchLoader`: at most MAX_LAUNCH_BYTES, no anchors or
+    aliases, no duplicate keys. Every problem is a `LaunchConfigError`."""
     p = Path(path)
-    if not p.exists():
-        raise LaunchConfigError(path, [("", "file not found")])
-    if not p.is_file():
-        raise LaunchConfigError(path, [("", "is not a file")])
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if not p.exists():
+            raise LaunchConfigError(path, [("", "file not found")])
+        if not p.is_file():
+            raise LaunchConfigError(path, [("", "is not a file")])
+        with p.open("rb") as f:
+            raw = f.read(MAX_LAUNCH_BYTES + 1)
+    except OSError as exc:
+        raise LaunchConfigError(path, [("", f"cannot be read: {exc}")]) from None
+    if len(raw) > MAX_LAUNCH_BYTES:
+        raise LaunchConfigError(path, [("", f"is larger than {MAX_LAUNCH_BYTES} bytes; "
+                                            "a launch file holds settings, not data")])
+    try:
+        data = yaml.load(raw.decode("utf-8"), Loader=_LaunchLoader)  # noqa: S506 - safe loader
     except yaml.YAMLError as exc:
         raise LaunchConfigError(path, [("", f"is not valid YAML: {_yaml_problem(exc)}")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise LaunchConfigError(path, [("", f"cannot be read: {exc}")]) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits
+        raise LaunchConfigError(path, [("", f"holds a value YAML cannot read: "
+                                            f"{_clip(str(exc), MAX_SHOWN)}")]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -221,10 +344,25 @@ def _from(key: str, overrides: Mapping[str, Any]) -> bool:
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
+    problem = _clip(str(getattr(exc, "problem", None) or exc), 2 * MAX_SHOWN)
     if mark is None:
-        return str(problem)
+        return problem
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with the cut marked."""
+    return text if len(text) <= limit else text[:limit - 25] + f"... ({len(text)} characters)"
+
+
+def _short(value: Any) -> str:
+    """repr(value) for an error message, at most about MAX_SHOWN characters: a bad value
+    may be a huge nested list, and showing it must not cost more than the mistake."""
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int of over 4300 digits
+        return f"an {type(value).__name__} too large to show"
+    return _clip(text, MAX_SHOWN)
 
 
 def _yaml_kind(data: object) -> str:
@@ -233,6 +371,12 @@ def _yaml_kind(data: object) -> str:
     if isinstance(data, str):
         return "string"
     return type(data).__name__
+
+
+_REPR = reprlib.Repr()
+for _name, _limit in (("maxlevel", 3), ("maxlist", 8), ("maxtuple", 8), ("maxdict", 8),
+                      ("maxset", 8), ("maxstring", 80), ("maxlong", 40), ("maxother", 80)):
+    setattr(_REPR, _name, _limit)
 
 
 # -- error messages ----------------------------------------------------------------------
@@ -244,7 +388,8 @@ def _dotted(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = _clip(str(part), MAX_SHOWN)
+            out += f".{part}" if out else part
     return out
 
 
@@ -269,6 +414,39 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _range_text(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """", allowed: 0 < x <= 45" from the bounds pydantic checks at `loc`, else ""."""
+    annotation: Any = model_cls
+    metadata: list[Any] = []
+    for part in loc:
+        model = _model_in(annotation)
+        if isinstance(part, str) and model is not None and part in model.model_fields:
+            info = model.model_fields[part]
+            annotation, metadata = info.annotation, list(info.metadata)
+            continue
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        origin = typing.get_origin(annotation)
+        if origin is tuple and isinstance(part, int) and args:
+            annotation = args[0] if len(args) == 2 and args[1] is Ellipsis else args[
+                min(part, len(args) - 1)]
+        elif origin is dict and len(args) == 2:
+            annotation = args[1]
+        elif origin is list and args:
+            annotation = args[0]
+        else:
+            return ""
+        metadata = []
+        if typing.get_origin(annotation) is Annotated:
+            annotation, *extra = typing.get_args(annotation)
+            for item in extra:
+                metadata += list(getattr(item, "metadata", [item]))
+    words = ((annotated_types.Gt, "gt", ">"), (annotated_types.Ge, "ge", ">="),
+             (annotated_types.Lt, "lt", "<"), (annotated_types.Le, "le", "<="))
+    bounds = [f"x {sign} {getattr(m, name)}" for m in metadata
+              for kind, name, sign in words if isinstance(m, kind)]
+    return f", allowed: {' and '.join(bounds)}" if bounds else ""
+
+
 def _describe(err: Mapping[str, Any], model_cls: type[BaseModel]) -> tuple[str, str]:
     """(dotted key, message) for one pydantic error."""
     loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
@@ -279,9 +457,10 @@ def _describe(err: Mapping[str, Any], model_cls: type[BaseModel]) -> tuple[str, 
     if loc and loc[-1] == "[key]":  # a bad key of a typed dict (e.g. weather weights)
         key, loc = loc[-2], loc[:-2]
         allowed = ctx.get("expected", "")
-        return _dotted(loc), f"unknown key {key!r}; allowed keys: {allowed}"
+        return _dotted(loc), f"unknown key {_short(key)}; allowed keys: {allowed}"
     if kind == "literal_error":
-        return _dotted(loc), f"{err['input']!r} is not allowed; allowed values: {ctx['expected']}"
+        return _dotted(loc), f"{_short(err['input'])} is not allowed; allowed values: " \
+                             f"{ctx['expected']}"
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         text = str(ctx["error"])
         model = _model_at(model_cls, loc)
@@ -291,7 +470,11 @@ def _describe(err: Mapping[str, Any], model_cls: type[BaseModel]) -> tuple[str, 
         return _dotted(loc), text
     if kind == "missing":
         return _dotted(loc), "required key is missing"
-    return _dotted(loc), f"{err['msg']} (got {err['input']!r})"
+    if kind == "finite_number":
+        allowed = _range_text(model_cls, loc)
+        return _dotted(loc), (f"must be a finite number{allowed} "
+                              f"(got {_short(err['input'])})")
+    return _dotted(loc), f"{err['msg']} (got {_short(err['input'])})"
 
 
 def _plan_default(name: str) -> Any:
@@ -311,10 +494,10 @@ class DatasetConfig(_Strict):
     warmup: int = Field(default=15, ge=0, description="steps before the first frame")
     seed: int = Field(default=0, ge=0, description="episode k is reset with seed + k")
     # the mix defaults are perception.datasets.DatasetPlan's (one place for them)
-    families: dict[Family, float] = Field(default_factory=lambda: _plan_default("families"))
-    time_of_day: dict[TimeOfDay, float] = Field(
+    families: dict[Family, Weight] = Field(default_factory=lambda: _plan_default("families"))
+    time_of_day: dict[TimeOfDay, Weight] = Field(
         default_factory=lambda: _plan_default("time_of_day"))
-    weather: dict[Weather, float] = Field(default_factory=lambda: _plan_default("weather"))
+    weather: dict[Weather, Weight] = Field(default_factory=lambda: _plan_default("weather"))
     camera: CameraConfig = CameraConfig()
     image_format: Literal["jpg", "png"] = "jpg"
 
@@ -323,7 +506,8 @@ class DatasetConfig(_Strict):
         for name in ("families", "time_of_day", "weather"):
             w = getattr(self, name)
             if not w or min(w.values()) < 0 or sum(w.values()) <= 0:
-                raise ValueError(f"{name}: weights must be >= 0 with a positive sum")
+                raise ValueError(f"{name}: weights must be >= 0 with a positive sum, "
+                                 f"got {_short(w)}")
         return self
 
 
@@ -335,12 +519,12 @@ class DetectorConfig(_Strict):
     imgsz: int = Field(default=320, ge=32, description="training image size [px]")
     batch: int = Field(default=16, ge=1)
     workers: int = Field(default=2, ge=0)
-    hours: float | None = Field(default=None, gt=0, description=(
+    hours: float | None = Field(default=None, gt=0, le=10_000, description=(
         "wall-clock budget [h]; overrides epochs (the schedule fits the budget)"))
     cache: bool = Field(default=False, description="decode training images once into RAM")
     init: Path | None = Field(default=None, description=(
         "start from these detector weights (a fine-tune) instead of from scratch"))
-    lr0: float | None = Field(default=None, gt=0, description=(
+    lr0: float | None = Field(default=None, gt=0, le=1, description=(
         "initial learning rate (ultralytics lr0; default 0.01)"))
     fraction: float = Field(default=1.0, gt=0, le=1, description=(
         "share of the training split to use each epoch (ultralytics fraction)"))
@@ -355,7 +539,7 @@ class LaneConfig(_Strict):
         default="cnn", description="cnn (MobileNetV3-Small) | vit (small ViT)")
     epochs: int = Field(default=30, ge=1)
     batch: int = Field(default=32, ge=1)
-    lr: float = Field(default=1e-3, gt=0, description="peak learning rate (one-cycle)")
+    lr: float = Field(default=1e-3, gt=0, le=1, description="peak learning rate (one-cycle)")
     init: Path | None = Field(default=None, description=(
         "start from these lane weights (a fine-tune) instead of from scratch"))
 
@@ -368,9 +552,9 @@ class RefinerConfig(_Strict):
         "run, else the shipped one)"))
     epochs: int = Field(default=10, ge=1)
     batch: int = Field(default=256, ge=1)
-    lr: float = Field(default=3e-3, gt=0, description="peak learning rate (one-cycle)")
+    lr: float = Field(default=3e-3, gt=0, le=1, description="peak learning rate (one-cycle)")
     width: int = Field(default=16, ge=4, description="channels of its convolutions")
-    iou_weight: float = Field(default=0.5, ge=0, description=(
+    iou_weight: float = Field(default=0.5, ge=0, le=10, description=(
         "exponent of its edge confidence in the final score (0: scores unchanged)"))
     frames: int | None = Field(default=None, ge=1, description=(
         "training frames used (the first of the split; default all)"))
@@ -388,7 +572,7 @@ class TrainPerceptionConfig(_Strict):
     data: Path = Field(default=Path("data/perception"), description="dataset folder")
     out: Path = Field(default=Path("runs/perception"), description="training runs folder")
     seed: int = Field(default=0, ge=0)
-    device: str = Field(default="auto", description="auto | cpu | 0 (CUDA index) | mps")
+    device: PerceptionDevice = Field(default="auto", description=PERCEPTION_DEVICES)
     models: list[Literal["detector", "refiner", "lanes"]] = Field(
         default=["detector", "refiner", "lanes"], min_length=1,
         description="which models to train (in this order)")
@@ -411,14 +595,15 @@ class TrainPlannerConfig(_Strict):
     n_envs: int = Field(default=4, ge=1)
     decision_every: int = Field(default=3, ge=1, description="simulator steps a decision")
     seed: int = Field(default=0, ge=0)
-    learning_rate: float = Field(default=3e-4, gt=0)
+    learning_rate: float = Field(default=3e-4, gt=0, le=1)
     n_steps: int = Field(default=256, ge=2, description="PPO rollout length per env")
     batch_size: int = Field(default=256, ge=2)
     net_arch: list[int] = Field(default=[128, 128], min_length=1)
     eval_every: int = Field(default=20_000, ge=1)
     eval_episodes: int = Field(default=6, ge=1)
     checkpoint_every: int = Field(default=50_000, ge=1)
-    device: str = Field(default="cpu", description="cpu | cuda | auto (small MLPs: cpu)")
+    device: PlannerDevice = Field(default="cpu", description=(
+        f"{PLANNER_DEVICES} (small MLPs: cpu)"))
     subprocess: bool = Field(default=True, description="SubprocVecEnv (spawn) for n_envs > 1")
     imitation_steps: int = Field(
         default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
@@ -435,6 +620,10 @@ class TrainPlannerConfig(_Strict):
 
         try:
             family_config("highway", **self.scenario)
+        except ValidationError as exc:
+            key, text = _describe(exc.errors()[0], ScenarioConfig)
+            raise ValueError(f"scenario.{key}: {text}" if key else f"scenario: {text}"
+                             ) from None
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"scenario: {exc}") from None
+            raise ValueError(f"scenario: {_clip(str(exc), 4 * MAX_SHOWN)}") from None
         return self

@@ -14,7 +14,16 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from launch.config import CameraConfig, Family, TimeOfDay, Weather, _Strict
+from launch.config import (
+    PERCEPTION_DEVICES,
+    CameraConfig,
+    Family,
+    PerceptionDevice,
+    TimeOfDay,
+    Weather,
+    _short,
+    _Strict,
+)
 from planning.evaluate import PLANNERS, Suite, SuiteSet
 
 PlannerChoice = Literal["rl", "rl-shield", "rule", "privileged", "rule-privileged", "all"]
@@ -22,6 +31,8 @@ DEFAULT_EVAL_LAUNCH = Path(__file__).with_name("eval.yaml")
 """The packaged launch file of `drivestack eval`."""
 SMOKE_SUITE = Path(__file__).with_name("eval_smoke.yaml")
 """A two-episode suite for smoke tests (`--suite launch/eval_smoke.yaml`)."""
+MAX_SEED = 2**31 - 1
+"""Largest scenario seed and seed offset (a seed and its offset add up below 2**32)."""
 assert set(get_args(PlannerChoice)) == {*PLANNERS, "all"}, "PlannerChoice != PLANNERS"
 
 
@@ -41,9 +52,9 @@ class SetConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_seeds(self) -> SetConfig:
-        bad = [s for s in self.seeds if s < 0]
+        bad = [s for s in self.seeds if not 0 <= s <= MAX_SEED]
         if bad:
-            raise ValueError(f"seeds: must be >= 0, got {bad}")
+            raise ValueError(f"seeds: must be in 0..{MAX_SEED}, got {_short(bad)}")
         return self
 
     def suite_set(self, name: str) -> SuiteSet:
@@ -82,8 +93,10 @@ class EvalConfig(_Strict):
     privileged_policy: Path | None = Field(
         default=None,
         description="privileged RL policy zip; default: planning/weights/planner_privileged.zip")
-    device: str = Field(default="auto", description="perception device: auto | cpu | 0 | mps")
-    seed: int = Field(default=0, ge=0, description="offset added to every scenario seed")
+    device: PerceptionDevice = Field(
+        default="auto", description=f"perception device: {PERCEPTION_DEVICES}")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED,
+                      description="offset added to every scenario seed")
     episodes: int | None = Field(default=None, ge=1,
                                  description="run only the first N episodes of the suite")
     decision_every: int = Field(default=3, ge=1, description="env steps per decision")
