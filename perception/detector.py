@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from perception.offline import cache_dir, ultralytics_offline
+from perception.offline import cache_dir, require_safe_load, ultralytics_offline
+from perception.onnx_cpu import (
+    UnreadableModel,
+    check_finite,
+    check_onnx,
+    check_zip_checksums,
+    refused_global,
+)
+from sim.types import check_number
 
 Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "detector.pt"
@@ -25,17 +33,89 @@ lanes at 11-13 ms a frame on 2 CPU cores, where the default takes 19.5-23 ms
 _YAML = {"yolo11n": "yolo11n.yaml", "yolo11s": "yolo11s.yaml", "rtdetr-l": "rtdetr-l.yaml"}
 
 
+DEVICES = "auto | cpu | cuda | cuda:N | N | mps"
+"""The device names drivestack takes (N: a CUDA device index)."""
+
+
 def resolve_device(device: str) -> str:
-    """`auto` -> CUDA when available, else MPS, else CPU; anything else is passed on."""
-    if device != "auto":
-        return device
+    """`auto` -> CUDA when available, else MPS, else CPU; `cuda`, `cuda:N`, `N` -> the
+    CUDA index ("0", "N"); "cpu", "mps" as they are. A ValueError listing `DEVICES` for
+    any other name, or for a device this machine does not have."""
+    name = device.strip().lower() if isinstance(device, str) else device
+    if not isinstance(name, str) or not (
+            name in ("auto", "cpu", "mps", "cuda") or name.isdecimal()
+            or (name.startswith("cuda:") and name[5:].isdecimal())):
+        raise ValueError(f"device={device!r}; allowed: {DEVICES}")
+    if name == "cpu":
+        return name
     import torch
 
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("device='mps' but MPS is not available here; allowed: "
+                             f"{DEVICES}")
+        return name
+    if name != "auto":
+        index = int(name.removeprefix("cuda").lstrip(":") or 0)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            raise ValueError(f"device={device!r} but this machine has {count} CUDA "
+                             f"device(s); allowed: {DEVICES}")
+        return str(index)
     if torch.cuda.is_available():
         return "0"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def load_detector(weights: Path | str) -> Any:
+    """The ultralytics model (YOLO or RT-DETR) of a detector file, never unpickled: a `.pt`
+    is read in ultralytics' safe-load mode (`perception.offline.require_safe_load`: torch
+    `weights_only` against an allow-list of model classes), after its zip checksums, and
+    must be a detect model whose floating weights are all finite; an `.onnx` export must
+    parse with finite weights. `FileNotFoundError` for a missing file, `UnreadableModel`
+    naming the file for one that is damaged, not a detector, or would run code."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector weights {path} not found")
+    if path.suffix == ".pt":
+        require_safe_load()
+        check_zip_checksums(path, "detector weights")
+    elif path.suffix == ".onnx":
+        ultralytics_offline()
+        check_onnx(path)
+    else:
+        raise UnreadableModel(f"detector weights {path}: expected a .pt file or an .onnx "
+                              "export")
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(str(path), task="detect")
+    except Exception as exc:  # ultralytics' TypeError for a refused or damaged file, ...
+        import pickle
+
+        if isinstance(exc.__cause__, pickle.UnpicklingError):  # the allow-list said no
+            raise UnreadableModel(
+                f"detector weights {path} hold Python objects{refused_global(exc.__cause__)}"
+                " outside ultralytics' allow-list of model classes; loading them would run "
+                "code from the file: refused") from None
+        raise UnreadableModel(f"detector weights {path} are not a readable ultralytics "
+                              f"detector: {type(exc).__name__}: {_message(exc)}") from None
+    if path.suffix == ".pt":
+        net: Any = model.model
+        if model.task != "detect" or not hasattr(net, "state_dict"):
+            raise UnreadableModel(f"detector weights {path} are a {model.task} model, not "
+                                  "a detector")
+        check_finite(net.state_dict(), path, "detector weights")
+    return model
+
+
+def _message(exc: BaseException) -> str:
+    """An ultralytics error's first line, without its decoration and its advice to run
+    one of its own downloadable models."""
+    text = str(exc).replace("ERROR ❌️", "").strip()
+    return (text.splitlines() or [""])[0].split(" Use an official")[0][:300]
 
 
 def torch_device(device: str) -> str:
@@ -85,6 +165,21 @@ class DetectorTraining:
     """The last epochs train without mosaic (ultralytics `close_mosaic`); as many as
     `epochs` or more: no mosaic at all (a fine-tune on frames as the camera sees them)."""
 
+    def __post_init__(self) -> None:
+        if self.architecture not in _YAML:
+            raise ValueError(f"architecture={self.architecture!r}; allowed: "
+                             f"{', '.join(_YAML)}")
+        check_number("epochs", self.epochs, 1, 100_000, integer=True)
+        check_number("imgsz", self.imgsz, 32, 8192, integer=True, unit="px")
+        check_number("batch", self.batch, 1, 1 << 16, integer=True)
+        check_number("workers", self.workers, 0, 1024, integer=True)
+        check_number("close_mosaic", self.close_mosaic, 0, 100_000, integer=True)
+        check_number("fraction", self.fraction, 0.0, 1.0, open_lo=True)
+        if self.hours is not None:
+            check_number("hours", self.hours, 0.0, 10_000.0, open_lo=True, unit="h")
+        if self.lr0 is not None:
+            check_number("lr0", self.lr0, 0.0, 1.0, open_lo=True)
+
 
 def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
     """Train (from scratch, or from `init`) and return the final validation metrics and
@@ -93,14 +188,22 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
         raise FileNotFoundError(f"dataset file {cfg.data} not found; run `drivestack dataset`")
     if cfg.init is not None and not Path(cfg.init).is_file():
         raise FileNotFoundError(f"detector init weights {cfg.init} not found")
+    device = resolve_device(cfg.device)
     ultralytics_offline()
     from ultralytics import RTDETR, YOLO
 
-    device = resolve_device(cfg.device)
-    build = RTDETR if cfg.architecture.startswith("rtdetr") else YOLO
-    model = build(str(cfg.init) if cfg.init is not None else _YAML[cfg.architecture])
-    if cfg.init is not None and model.task != "detect":
-        raise ValueError(f"detector init weights {cfg.init} are a {model.task} model")
+    rtdetr = cfg.architecture.startswith("rtdetr")
+    if cfg.init is None:
+        model = (RTDETR if rtdetr else YOLO)(_YAML[cfg.architecture])
+    else:
+        model = load_detector(cfg.init)  # safe load, checked weights
+        from ultralytics.nn.tasks import RTDETRDetectionModel
+
+        if isinstance(model.model, RTDETRDetectionModel) != rtdetr:
+            raise ValueError(f"detector init weights {cfg.init} are not a "
+                             f"{cfg.architecture} model")
+        if rtdetr:  # RT-DETR's own trainer (loads the checked file again, safely)
+            model = RTDETR(str(cfg.init))
     model.train(
         data=str(cfg.data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch,
         seed=cfg.seed, deterministic=True, device=device, workers=cfg.workers,
@@ -134,12 +237,7 @@ def dataset_image_size(data_yaml: Path) -> tuple[int, int]:
 def trained_imgsz(weights: Path | str) -> int:
     """The input size [px] a `.pt` detector was trained at (ultralytics keeps it in the
     checkpoint); it is also the size it should run at."""
-    ultralytics_offline()
-    from ultralytics import YOLO
-
-    if not Path(weights).is_file():
-        raise FileNotFoundError(f"detector weights {weights} not found")
-    return model_imgsz(YOLO(str(weights)))
+    return model_imgsz(load_detector(weights))
 
 
 def model_imgsz(model: Any) -> int:
@@ -159,10 +257,7 @@ def export_onnx(weights: Path, height: int, width: int) -> Path:
     height x width scaled to the size the weights were trained at (1.5x for a detector
     trained at 480 on 320x192 frames; both sides must come out multiples of 32), next to
     the weights; returns the .onnx path."""
-    ultralytics_offline()
-    from ultralytics import YOLO
-
-    model = YOLO(str(weights))
+    model = load_detector(weights)
     in_h, in_w = network_input(height, width, model_imgsz(model))
     if in_h % 32 or in_w % 32:
         raise ValueError(f"input {in_h}x{in_w} ({height}x{width} at the weights' training "
@@ -186,6 +281,8 @@ def cached_onnx(weights: Path | str, height: int, width: int, int8: bool = False
     if path.is_file():
         return path
     src = cached_onnx(weights, height, width) if int8 else None
+    if src is None:
+        load_detector(weights)  # refused or damaged: one error that names this file
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent))
     try:

@@ -16,12 +16,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import model_imgsz, result_rows
+from perception.detector import load_detector, model_imgsz, result_rows
 from perception.geometry import ground_distance
 from perception.metrics import ImageBoxes, detection_map
-from perception.offline import ultralytics_offline
 from perception.refine import Refiner
-from sim.types import CLASS_NAMES, CameraSpec
+from sim.types import CLASS_NAMES, CameraSpec, check_number
 
 DISTANCE_BUCKETS = {"0-20m": (0.0, 20.0), "20-40m": (20.0, 40.0), "40m+": (40.0, np.inf)}
 SIZE_BUCKETS = {"0-6px": (0.0, 6.0), "6-10px": (6.0, 10.0), "10-20px": (10.0, 20.0),
@@ -62,12 +61,8 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
     """Predictions of the detector for every image of a split, by COCO image id, at
     `imgsz` (default: the size the weights were trained at), through `refiner` if
     given."""
-    ultralytics_offline()
-    from ultralytics import YOLO
-
-    if not Path(weights).is_file():
-        raise FileNotFoundError(f"weights file {weights} not found")
-    model = YOLO(str(weights))
+    check_number("conf", conf, 0.0, 1.0)
+    model = load_detector(weights)
     imgsz = imgsz or model_imgsz(model)
     images, _ = _load_split(data, split)
     out: dict[int, ImageBoxes] = {}

@@ -33,7 +33,7 @@ from perception.lanes import (
     slot_targets,
 )
 from perception.metrics import culane_f1, tusimple_lane_metrics
-from sim.types import ABSENT, CameraSpec
+from sim.types import ABSENT, CameraSpec, check_number
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,13 @@ class LaneTraining:
     """Start from these lane weights (same backbone and input size) instead of from
     scratch: a fine-tune, e.g. a short low-lr anneal of a run cut short."""
 
+    def __post_init__(self) -> None:
+        check_number("epochs", self.epochs, 1, 100_000, integer=True)
+        check_number("batch", self.batch, 1, 1 << 20, integer=True)
+        check_number("lr", self.lr, 0.0, 1.0, open_lo=True)
+        if self.limit is not None:
+            check_number("limit", self.limit, 1, 1 << 40, integer=True)
+
 
 def _augment(x: Any, target: Any, gen: Any, noise_gen: Any = None) -> tuple[Any, Any]:
     """Random mirror (the camera sits on the ego's axis, so a mirrored frame is a valid
@@ -165,15 +172,7 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
     out = Path(cfg.out)
     start, best_f1, history = 0, -1.0, []
     if cfg.resume and (out / "last.pt").is_file():
-        blob = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        if blob["epochs"] != cfg.epochs or blob["backbone"] != cfg.backbone:
-            raise ValueError(f"resume: {out / 'last.pt'} is a run of backbone="
-                             f"{blob['backbone']!r}, epochs={blob['epochs']}; pass the same")
-        model.load_state_dict(blob["state_dict"])
-        opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["scheduler"])
-        gen.set_state(blob["generator"])
-        start, best_f1, history = blob["epoch"], blob["best_f1"], blob["history"]
+        start, best_f1, history = _resume(out / "last.pt", cfg, model, opt, sched, gen)
     # on a GPU the whole (uint8) split lives there and is augmented there, in bf16 autocast
     on_cuda = str(cfg.device).startswith("cuda")
     images = torch.from_numpy(train.images).to(cfg.device)
@@ -214,6 +213,43 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
             on_epoch(row)
     return {"weights": str(out / "best.pt"), "best_val_f1": best_f1, "epochs": cfg.epochs,
             "train_images": len(images), "history": history}
+
+
+def _resume(path: Path, cfg: LaneTraining, model: Any, opt: Any, sched: Any, gen: Any
+            ) -> tuple[int, float, list[dict[str, Any]]]:
+    """Restore a run from its last.pt (read without unpickling; weights and optimizer state
+    finite, every key and shape the model's); returns (epochs done, best F1, history).
+    `UnreadableModel` naming the file for one that does not fit."""
+    import torch
+
+    from perception.onnx_cpu import UnreadableModel, brief, check_finite, load_checkpoint
+
+    blob = load_checkpoint(path, "resume checkpoint")
+    try:
+        if blob["epochs"] != cfg.epochs or blob["backbone"] != cfg.backbone:
+            raise ValueError(f"resume: {path} is a run of backbone={blob['backbone']!r}, "
+                             f"epochs={blob['epochs']}; pass the same")
+        check_finite(blob["state_dict"], path, "resume checkpoint")
+        check_finite({f"optimizer state {i} {k}": v
+                      for i, state in blob["optimizer"]["state"].items()
+                      for k, v in state.items() if isinstance(v, torch.Tensor)},
+                     path, "resume checkpoint")
+        model.load_state_dict(blob["state_dict"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        gen.set_state(blob["generator"])
+        start, best_f1 = int(blob["epoch"]), float(blob["best_f1"])
+        check_number("epoch", start, 0, cfg.epochs, integer=True)
+        history = [dict(row) for row in blob["history"]]
+    except UnreadableModel:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError,
+            IndexError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("resume:"):
+            raise
+        raise UnreadableModel(f"resume checkpoint {path} is not a lane training run's "
+                              f"last.pt: {type(exc).__name__}: {brief(exc)}") from None
+    return start, best_f1, history
 
 
 def _write_results(path: Path, history: list[dict[str, Any]]) -> None:

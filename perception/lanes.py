@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from perception.geometry import fit_boundary, to_ground
-from sim.types import ABSENT, CameraSpec
+from sim.types import ABSENT, CameraSpec, check_number
 
 Backbone = Literal["cnn", "vit"]
 BACKBONES: tuple[str, ...] = ("cnn", "vit")
@@ -60,6 +60,12 @@ class LaneModelSpec:
             raise ValueError(f"backbone={self.backbone!r}; allowed: {list(BACKBONES)}")
         if not self.rows:
             raise ValueError("rows: at least one anchor row is needed")
+        check_number("height", self.height, 32, 4096, integer=True, unit="px")
+        check_number("width", self.width, 32, 4096, integer=True, unit="px")
+        check_number("cells", self.cells, 2, 4096, integer=True)
+        check_number("hidden", self.hidden, 1, 65536, integer=True)
+        for r in self.rows:
+            check_number("rows", r, 0, self.height - 1, integer=True, unit="px")
         if self.height % 32 or self.width % 32:
             raise ValueError(f"input {self.height}x{self.width} must be multiples of 32")
 
@@ -218,24 +224,30 @@ def save_weights(model: Any, spec: LaneModelSpec, path: Path, extra: dict[str, A
 
 def load_lane_model(path: Path | str | None = None, device: str = "cpu"
                     ) -> tuple[Any, LaneModelSpec, dict[str, Any]]:
-    """(model in eval mode, spec, metadata) from a lanes .pt file (default: shipped)."""
-    import pickle
-
-    import torch
+    """(model in eval mode, spec, metadata) from a lanes .pt file (default: shipped), read
+    without unpickling (torch `weights_only`) after its zip checksums; its weights must be
+    the spec's model's, every key and shape, all finite. `FileNotFoundError`, or
+    `UnreadableModel` naming the file."""
+    from perception.onnx_cpu import UnreadableModel, brief, check_finite, load_checkpoint
 
     path = Path(path or DEFAULT_LANE_WEIGHTS)
     if not path.is_file():
         raise FileNotFoundError(f"lane weights {path} not found; train them with "
                                 "`drivestack train-perception` (lanes) or pass lane_weights=")
+    blob = load_checkpoint(path, "lane weights")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         spec_d = dict(blob["spec"])
         spec = LaneModelSpec(**{**spec_d, "rows": tuple(int(r) for r in spec_d["rows"])})
+        state = dict(blob["state_dict"])
+        check_finite(state, path, "lane weights")
         model = build_model(spec)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in blob["state_dict"].items()})
-    except (KeyError, TypeError, RuntimeError, ValueError, EOFError,
-            pickle.UnpicklingError) as exc:
-        raise ValueError(f"lane weights {path} are not a drivestack lane model: {exc}") from exc
+                               for k, v in state.items()})
+    except UnreadableModel:
+        raise
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as exc:
+        raise UnreadableModel(f"lane weights {path} are not a drivestack lane model: "
+                              f"{type(exc).__name__}: {brief(exc)}") from None
     meta = {k: v for k, v in blob.items() if k not in ("spec", "state_dict")}
     return model.to(device).eval(), spec, meta
+

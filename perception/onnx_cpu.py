@@ -72,7 +72,76 @@ CPU_RUNTIMES = ("auto", *RUNTIMES)
 
 
 class UnreadableModel(ValueError):
-    """An `.onnx` file that does not parse (cut short, damaged, not ONNX)."""
+    """A model file drivestack will not use: it does not parse (cut short, damaged, not the
+    format), fails its checksums, holds weights that are not finite or not the model's, or
+    would need unpickling (code) to load. `str(err)` names the file and the problem."""
+
+
+def check_zip_checksums(path: Path | str, what: str) -> None:
+    """`UnreadableModel` unless `path` is a zip (the format of `torch.save` and of SB3
+    policies) whose every entry matches the CRC-32 stored for it: a flipped bit anywhere
+    in the weights fails here, before anything reads them (`torch.load` does not check)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise UnreadableModel(f"{what} {path}: not a PyTorch zip checkpoint ({exc})") from None
+    if bad is not None:
+        raise UnreadableModel(f"{what} {path} is damaged: its entry {bad} fails its "
+                              "checksum")
+
+
+def load_checkpoint(path: Path | str, what: str) -> Any:
+    """What `torch.save` wrote to `path`, read without unpickling (torch `weights_only`:
+    tensors and plain data only) after its zip checksums (`check_zip_checksums`), on the
+    CPU. `UnreadableModel` naming the file, and the Python objects a crafted file asks
+    for, for anything else."""
+    import pickle
+
+    import torch
+
+    check_zip_checksums(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnreadableModel(
+            f"{what} {path} holds Python objects{refused_global(exc)} besides tensors and "
+            "plain data; loading them would run code from the file: refused") from None
+    except Exception as exc:
+        raise UnreadableModel(f"{what} {path}: not a readable PyTorch checkpoint "
+                              f"({type(exc).__name__}: {brief(exc)})") from None
+
+
+def refused_global(exc: BaseException) -> str:
+    """" (name)" of the Python object torch's `weights_only` unpickler refused, from its
+    message; "" if it names none."""
+    import re
+
+    found = re.search(r"GLOBAL (\S+)", str(exc))
+    return f" ({found.group(1)})" if found else ""
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, at most `limit` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_finite(tensors: Any, path: Path | str, what: str) -> None:
+    """`UnreadableModel` naming the first floating tensor of `tensors` (a name -> tensor
+    mapping, e.g. a state dict) with a NaN or an infinity, or a value that is not a
+    tensor."""
+    import torch
+
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise UnreadableModel(f"{what} {path}: {name} is a {type(value).__name__}, not a "
+                                  "tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UnreadableModel(f"{what} {path}: {name} holds NaN or infinite values "
+                                  "(a damaged file)")
 
 
 def openvino_available() -> bool:
@@ -91,15 +160,24 @@ def check_runtime(runtime: str, here: bool = True) -> str:
 
 
 def check_onnx(path: Path) -> None:
-    """`UnreadableModel` unless `path` parses as an ONNX model (checked before a runtime
-    sees it: OpenVINO tries each of its frontends on a damaged file and prints their
-    complaints)."""
+    """`UnreadableModel` unless `path` parses as an ONNX model whose floating weights
+    (initializers) are all finite (checked before a runtime sees it: OpenVINO tries each
+    of its frontends on a damaged file and prints their complaints)."""
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
 
     try:
-        onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise UnreadableModel(f"{path}: not a readable ONNX model ({exc})") from exc
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+              onnx.TensorProto.BFLOAT16}
+    for init in model.graph.initializer:
+        if init.data_type in floats and init.data_location != onnx.TensorProto.EXTERNAL:
+            if not np.isfinite(numpy_helper.to_array(init).astype(np.float32)).all():
+                raise UnreadableModel(f"{path}: weight {init.name} holds NaN or infinite "
+                                      "values (a damaged file)")
 
 
 class OnnxRunner:

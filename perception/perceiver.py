@@ -27,6 +27,7 @@ import numpy as np
 from perception.detector import (
     DEFAULT_WEIGHTS,
     cached_onnx,
+    load_detector,
     network_input,
     resolve_device,
     result_rows,
@@ -42,11 +43,11 @@ from perception.lanes import (
     lane_geometry,
     load_lane_model,
 )
-from perception.offline import ultralytics_offline
+from perception.offline import SafeLoadUnavailable
 from perception.onnx_cpu import UnreadableModel, check_runtime
 from perception.raw_detector import NotYoloHead, RawDetector
 from perception.refine import Refiner, load_refiner
-from sim.types import ABSENT, CameraSpec
+from sim.types import ABSENT, CameraSpec, check_number
 
 LANE_BACKENDS = ("auto", "torch", "onnx")
 """Lane model runtimes: auto is ONNX Runtime on the CPU (an export made once, locally;
@@ -139,6 +140,9 @@ class Perceiver:
                  lanes: bool = True, lane_backend: str = "auto", int8: bool = False,
                  refine: bool = True, refiner_weights: Path | str | None = None,
                  cpu_runtime: str = "auto", bf16: bool = False) -> None:
+        check_number("conf", conf, 0.0, 1.0)
+        if imgsz is not None:
+            check_number("imgsz", imgsz, 32, 8192, integer=True, unit="px")
         if lane_backend not in LANE_BACKENDS:
             raise ValueError(f"lane_backend={lane_backend!r}; allowed: "
                              f"{', '.join(LANE_BACKENDS)}")
@@ -169,6 +173,8 @@ class Perceiver:
                     weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
                                           self.camera.width, int8)
                     cached = True
+                except (UnreadableModel, SafeLoadUnavailable):
+                    raise
                 except ValueError:  # frames that scale to sides off multiples of 32
                     if int8:
                         raise
@@ -214,10 +220,7 @@ class Perceiver:
                 if bf16:
                     raise ValueError(f"bf16 needs the detector as an ONNX export; {self.weights} "
                                      "would run through ultralytics' predict")
-                ultralytics_offline()
-                from ultralytics import YOLO
-
-                self.model = YOLO(str(self.weights))
+                self.model = load_detector(self.weights)  # safe load, checked weights
                 self.imgsz = size
 
     def _init_lanes(self, lanes: bool, lane_weights: Path | str | None, lane_backend: str

@@ -26,9 +26,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.detector import model_imgsz, network_input, torch_device
-from perception.offline import ultralytics_offline
+from perception.detector import load_detector, model_imgsz, network_input, torch_device
 from perception.onnx_cpu import OnnxRunner
+from sim.types import check_number
 
 NMS_IOU = 0.7
 """ultralytics' default NMS IoU for `predict`."""
@@ -54,6 +54,11 @@ class RawDetector:
                  conf: float = 0.25, iou: float = NMS_IOU, max_det: int = MAX_DET,
                  imgsz: int | None = None, runtime: str = "auto", bf16: bool = False
                  ) -> None:
+        check_number("conf", conf, 0.0, 1.0)
+        check_number("iou", iou, 0.0, 1.0)
+        check_number("max_det", max_det, 1, 100_000, integer=True)
+        if imgsz is not None:
+            check_number("imgsz", imgsz, 32, 8192, integer=True, unit="px")
         import torch
 
         self.torch = torch
@@ -82,11 +87,9 @@ class RawDetector:
                                   f"(B, 4 + classes, {yolo_anchors(*self.input_hw)}); an "
                                   "RT-DETR export? Pass its .pt (ultralytics' predict)")
         else:
-            ultralytics_offline()
-            from ultralytics import YOLO
+            yolo = load_detector(self.weights)  # safe load, checked weights
             from ultralytics.nn.tasks import RTDETRDetectionModel
 
-            yolo = YOLO(str(self.weights))
             if isinstance(yolo.model, RTDETRDetectionModel):
                 raise NotYoloHead(f"{self.weights} is an RT-DETR model; its output is not a "
                                   "YOLO detect head's: it runs through ultralytics' predict")

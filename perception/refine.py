@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from perception.raw_detector import NMS_IOU
+from sim.types import check_number
 
 DEFAULT_REFINER_WEIGHTS = Path(__file__).parent / "weights" / "refiner.pt"
 PATCH = 32
@@ -54,6 +55,8 @@ IN_CHANNELS = 5
 """RGB, the detector's box (pixel coverage), inside the frame."""
 IGNORE = -100
 """Edge target of an edge outside the patch (no loss)."""
+MAX_IOU_WEIGHT = 10.0
+"""Largest `iou_weight` taken (0: the detector's score as it is)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class RefinerSpec:
     """Channels of the convolutions."""
     iou_weight: float = 0.5
     """Exponent of the refiner's edge confidence in the final score."""
+
+    def __post_init__(self) -> None:
+        check_number("width", self.width, 1, 1024, integer=True)
+        check_number("iou_weight", self.iou_weight, 0.0, MAX_IOU_WEIGHT)
 
 
 def build_refiner(spec: RefinerSpec) -> Any:
@@ -160,6 +167,7 @@ class Refiner:
     def __init__(self, model: Any, spec: RefinerSpec, device: str = "cpu",
                  batch: int = 512, session: Callable[[np.ndarray], np.ndarray] | None = None
                  ) -> None:
+        check_number("batch", batch, 1, 1 << 20, integer=True)
         self.model, self.spec, self.device, self.batch = model.eval(), spec, device, batch
         self.session = session
 
@@ -268,17 +276,26 @@ def load_refiner(path: Path | str | None = None, device: str = "cpu",
 
     if backend not in REFINER_BACKENDS:
         raise ValueError(f"backend={backend!r}; allowed: {', '.join(REFINER_BACKENDS)}")
+    from perception.onnx_cpu import UnreadableModel, brief, check_finite, load_checkpoint
+
     path = Path(path or DEFAULT_REFINER_WEIGHTS)
     if not path.is_file():
         raise FileNotFoundError(f"refiner weights {path} not found; train them with "
                                 "`drivestack train-perception --model refiner`")
+    if iou_weight is not None:
+        check_number("iou_weight", iou_weight, 0.0, MAX_IOU_WEIGHT)
+    ckpt = load_checkpoint(path, "refiner weights")  # never unpickled
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         spec = RefinerSpec(**ckpt["spec"])
+        state = dict(ckpt["state_dict"])
+        check_finite(state, path, "refiner weights")
         model = build_refiner(spec)
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
+    except UnreadableModel:
+        raise
     except Exception as exc:
-        raise ValueError(f"refiner weights {path} are not readable: {exc}") from exc
+        raise UnreadableModel(f"refiner weights {path} are not a drivestack refiner: "
+                              f"{type(exc).__name__}: {brief(exc)}") from None
     if iou_weight is not None:
         spec = RefinerSpec(spec.width, iou_weight)
     session = None
@@ -375,6 +392,9 @@ def fit_refiner(data: RefinerData, spec: RefinerSpec, epochs: int = 8, batch: in
     import torch
     import torch.nn.functional as F
 
+    check_number("epochs", epochs, 1, 100_000, integer=True)
+    check_number("batch", batch, 1, 1 << 20, integer=True)
+    check_number("lr", lr, 0.0, 1.0, open_lo=True)
     torch.manual_seed(seed)
     model = build_refiner(spec).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

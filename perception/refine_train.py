@@ -34,7 +34,7 @@ from perception.refine import (
     fit_refiner,
     save_refiner,
 )
-from sim.types import CameraSpec
+from sim.types import CameraSpec, check_number
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,17 @@ class RefinerTraining:
     """Copies of each labelled box moved by about a pixel, per frame."""
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_number("epochs", self.epochs, 1, 100_000, integer=True)
+        check_number("batch", self.batch, 1, 1 << 20, integer=True)
+        check_number("lr", self.lr, 0.0, 1.0, open_lo=True)
+        RefinerSpec(self.width, self.iou_weight)  # checks width and iou_weight
+        check_number("min_conf", self.min_conf, 0.0, 1.0)
+        check_number("jitter", self.jitter, 0, 1000, integer=True)
+        for name in ("frames", "val_frames"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), 1, 1 << 40, integer=True)
 
 
 def _camera(data: Path) -> CameraSpec:

@@ -52,7 +52,7 @@ def test_no_predictions_score_zero(data: Path) -> None:
 
 def test_missing_weights_is_one_clear_error(data: Path, tmp_path: Path) -> None:
     pytest.importorskip("ultralytics")
-    with pytest.raises(FileNotFoundError, match="weights file"):
+    with pytest.raises(FileNotFoundError, match="weights .*none.pt not found"):
         predict_split(tmp_path / "none.pt", data, "test")
 
 

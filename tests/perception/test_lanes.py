@@ -143,7 +143,7 @@ def test_weights_round_trip_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="lane weights .* not found"):
         load_lane_model(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a drivestack lane model"):
+    with pytest.raises(ValueError, match="junk.pt: not a PyTorch zip checkpoint"):
         load_lane_model(tmp_path / "junk.pt")
 
 

@@ -194,7 +194,7 @@ def test_weights_round_trip_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train-perception --model refiner"):
         load_refiner(tmp_path / "none.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not readable"):
+    with pytest.raises(ValueError, match="bad.pt: not a PyTorch zip checkpoint"):
         load_refiner(tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="nothing to learn"):
         build_data([np.zeros((32, 32, 3), np.uint8)], [np.zeros((0, 6), np.float32)],
