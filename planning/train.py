@@ -12,12 +12,18 @@ Run folder layout (`out`):
     checkpoints/          planner_<steps>_steps.zip every `checkpoint_every` steps
     eval/evaluations.npz  evaluation history
     tb/                   TensorBoard logs
-    summary.json          steps, wall time, steps/s, evaluation figures
+    summary.json          steps, wall time, steps/s, evaluation figures; `completed`
+                          (false while running or after a failure, with its `error`)
+
+`resume` builds the model from the launch file, as a fresh run does, and gives it the
+checkpoint's tensors and step count (`planning.policy.load_parameters`): a checkpoint zip
+is never unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from planning.policy import load_parameters
 from planning.wrappers import make_planner_env
+from sim.types import check_number
 
 Algo = Literal["ppo", "sac"]
 
@@ -63,6 +71,18 @@ class PlannerTraining:
     and cloned into the policy before RL (0: start from scratch). PPO only."""
     imitation_epochs: int = 10
 
+    def __post_init__(self) -> None:
+        if self.algo not in ("ppo", "sac"):
+            raise ValueError(f"algo={self.algo!r}; allowed: ppo, sac")
+        check_number("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
+        for name, lo in (("total_timesteps", 1), ("n_envs", 1), ("decision_every", 1),
+                         ("n_steps", 1), ("batch_size", 1), ("eval_every", 1),
+                         ("eval_episodes", 1), ("checkpoint_every", 1),
+                         ("imitation_steps", 0), ("imitation_epochs", 0)):
+            check_number(name, getattr(self, name), lo, 1 << 40, integer=True)
+        for width in self.net_arch:
+            check_number("net_arch", width, 1, 1 << 16, integer=True)
+
 
 def _env_fn(kwargs: dict[str, Any]) -> Callable[[], Any]:
     from functools import partial
@@ -91,23 +111,27 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, subprocess: bool) -> Any:
 
 
 def _model(cfg: PlannerTraining, env: Any, resume: Path | None) -> Any:
+    """A fresh model from `cfg`; with `resume`, given the checkpoint's tensors and step
+    count (`planning.policy.load_parameters`: the zip is never unpickled, and a
+    checkpoint of another algorithm or network is a `PolicyLoadError`)."""
     from stable_baselines3 import PPO, SAC
 
-    algo_cls = SAC if cfg.algo == "sac" else PPO
     tb = str(cfg.out / "tb")
-    if resume is not None:
-        if not Path(resume).is_file():
-            raise FileNotFoundError(f"resume: checkpoint {resume} not found")
-        return algo_cls.load(str(resume), env=env, device=cfg.device, tensorboard_log=tb)
+    if resume is not None and not Path(resume).is_file():
+        raise FileNotFoundError(f"resume: checkpoint {resume} not found")
     policy_kwargs = {"net_arch": list(cfg.net_arch)}
     if cfg.algo == "sac":
-        return SAC("MlpPolicy", env, learning_rate=cfg.learning_rate, seed=cfg.seed,
-                   batch_size=cfg.batch_size, policy_kwargs=policy_kwargs, device=cfg.device,
-                   tensorboard_log=tb, verbose=0)
-    return PPO("MlpPolicy", env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
-               batch_size=cfg.batch_size, n_epochs=10, gamma=0.97, ent_coef=0.01,
-               seed=cfg.seed, policy_kwargs=policy_kwargs, device=cfg.device,
-               tensorboard_log=tb, verbose=0)
+        model = SAC("MlpPolicy", env, learning_rate=cfg.learning_rate, seed=cfg.seed,
+                    batch_size=cfg.batch_size, policy_kwargs=policy_kwargs,
+                    device=cfg.device, tensorboard_log=tb, verbose=0)
+    else:
+        model = PPO("MlpPolicy", env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
+                    batch_size=cfg.batch_size, n_epochs=10, gamma=0.97, ent_coef=0.01,
+                    seed=cfg.seed, policy_kwargs=policy_kwargs, device=cfg.device,
+                    tensorboard_log=tb, verbose=0)
+    if resume is not None:
+        load_parameters(model, resume)
+    return model
 
 
 def collect_demonstrations(cfg: PlannerTraining, steps: int, seed: int
@@ -175,7 +199,9 @@ def clone_into(model: Any, obs: Any, actions: Any, epochs: int, seed: int,
 def train_planner(cfg: PlannerTraining, resume: Path | None = None,
                   progress_bar: bool = False) -> dict[str, Any]:
     """Train (or continue `resume`, a checkpoint zip, up to `total_timesteps`); returns
-    the run summary (also written to out/summary.json)."""
+    the run summary (also written to out/summary.json: `completed` false while the run
+    goes on and when it fails, with the error; `best` and `final` name only files this
+    run wrote)."""
     import warnings
 
     from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
@@ -184,6 +210,9 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
     warnings.filterwarnings("ignore", message="Training and eval env are not of the same")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    unfinished = {"completed": False, "final": None, "best": None, "config": config}
+    _write_summary(out, {**unfinished, "error": None})
     env = make_vec(cfg, cfg.seed, cfg.n_envs, cfg.subprocess)
     eval_env = make_vec(cfg, cfg.seed + 10_000, 1, subprocess=False)
     try:
@@ -199,14 +228,13 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
             _atomic_save(model, out / "imitation.zip")
             imitation = {"steps": len(actions), "accuracy": round(acc, 4),
                          "seconds": round(time.perf_counter() - t0, 1)}
-        callbacks = [
-            EvalCallback(eval_env, n_eval_episodes=cfg.eval_episodes,
-                         eval_freq=max(cfg.eval_every // cfg.n_envs, 1),
-                         best_model_save_path=str(out), log_path=str(out / "eval"),
-                         deterministic=True, verbose=0),
-            CheckpointCallback(save_freq=max(cfg.checkpoint_every // cfg.n_envs, 1),
-                               save_path=str(out / "checkpoints"), name_prefix="planner"),
-        ]
+        evaluation = EvalCallback(eval_env, n_eval_episodes=cfg.eval_episodes,
+                                  eval_freq=max(cfg.eval_every // cfg.n_envs, 1),
+                                  best_model_save_path=str(out), log_path=str(out / "eval"),
+                                  deterministic=True, verbose=0)
+        callbacks = [evaluation, CheckpointCallback(
+            save_freq=max(cfg.checkpoint_every // cfg.n_envs, 1),
+            save_path=str(out / "checkpoints"), name_prefix="planner")]
         start = time.perf_counter()
         remaining = max(cfg.total_timesteps - done_before, 0)
         model.learn(total_timesteps=remaining, callback=callbacks,
@@ -214,26 +242,39 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
                     tb_log_name=cfg.algo)
         wall = time.perf_counter() - start
         _atomic_save(model, out / "final.zip")
-        best: Any = callbacks[0]
         steps = int(model.num_timesteps) - done_before
+        # EvalCallback saves best_model.zip exactly when an evaluation beats the best so
+        # far, which starts at -inf: a file there from an earlier run is not this run's
+        wrote_best = evaluation.best_mean_reward > -math.inf
         summary = {
+            "completed": int(model.num_timesteps) >= cfg.total_timesteps,
             "final": str(out / "final.zip"),
-            "best": str(out / "best_model.zip") if (out / "best_model.zip").is_file() else None,
+            "best": str(out / "best_model.zip") if wrote_best else None,
+            "evaluations": len(evaluation.evaluations_timesteps),
             "timesteps": int(model.num_timesteps), "trained_now": steps,
             "wall_s": round(wall, 1), "agent_steps_per_s": round(steps / max(wall, 1e-9), 1),
             "sim_steps_per_s": round(steps * cfg.decision_every / max(wall, 1e-9), 1),
-            "best_mean_reward": float(best.best_mean_reward),
+            "best_mean_reward": float(evaluation.best_mean_reward),
             "imitation": imitation,
-            "config": {k: (str(v) if isinstance(v, Path) else v)
-                       for k, v in asdict(cfg).items()},
+            "config": config,
         }
+    except BaseException as exc:  # Ctrl-C too: the summary says the run did not complete
+        _write_summary(out, {**unfinished, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        raise
     finally:
         env.close()
         eval_env.close()
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
+    _write_summary(out, summary)
     return summary
+
+
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    """out/summary.json, written whole (strict JSON: a non-finite figure is null)."""
+    doc = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+           for k, v in summary.items()}
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    os.replace(tmp, out / "summary.json")
 
 
 def _atomic_save(model: Any, path: Path) -> None:
