@@ -117,6 +117,24 @@ def test_ultralytics_loads_in_its_safe_mode_even_when_imported_before(
     assert tasks.SAFE_LOAD and tasks._SafeLoad.SUPPORTED and safe_load_active()
 
 
+def test_shipped_detectors_load_with_weights_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every torch.load behind loading the shipped detectors is a weights_only one."""
+    from perception.detector import DEFAULT_WEIGHTS, FAST_WEIGHTS, load_detector
+
+    calls: list[object] = []
+    real = torch.load
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    for weights, size in ((DEFAULT_WEIGHTS, 480), (FAST_WEIGHTS, 320)):
+        model = load_detector(weights)
+        assert model.task == "detect" and model.overrides["imgsz"] == size
+    assert calls and all(flag is True for flag in calls), calls
+
+
 def _detector_loaders(path: Path, tmp_path: Path) -> dict[str, Any]:
     from perception.detector import (
         DetectorTraining,
