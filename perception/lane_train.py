@@ -170,7 +170,8 @@ def train_lanes(cfg: LaneTraining, on_epoch: Callable[[dict[str, Any]], None] | 
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * -(-len(train.images) // cfg.batch),
         pct_start=0.1)
     out = Path(cfg.out)
-    start, best_f1, history = 0, -1.0, []
+    start, best_f1 = 0, -1.0
+    history: list[dict[str, Any]] = []
     if cfg.resume and (out / "last.pt").is_file():
         start, best_f1, history = _resume(out / "last.pt", cfg, model, opt, sched, gen)
     # on a GPU the whole (uint8) split lives there and is augmented there, in bf16 autocast

@@ -120,6 +120,7 @@ def _model(cfg: PlannerTraining, env: Any, resume: Path | None) -> Any:
     if resume is not None and not Path(resume).is_file():
         raise FileNotFoundError(f"resume: checkpoint {resume} not found")
     policy_kwargs = {"net_arch": list(cfg.net_arch)}
+    model: Any
     if cfg.algo == "sac":
         model = SAC("MlpPolicy", env, learning_rate=cfg.learning_rate, seed=cfg.seed,
                     batch_size=cfg.batch_size, policy_kwargs=policy_kwargs,
