@@ -21,9 +21,9 @@ from launch.config import (
     PerceptionDevice,
     TimeOfDay,
     Weather,
-    _short,
     _Strict,
 )
+from launch.loader import short
 from planning.evaluate import PLANNERS, Suite, SuiteSet
 
 PlannerChoice = Literal["rl", "rl-shield", "rule", "privileged", "rule-privileged", "all"]
@@ -54,7 +54,7 @@ class SetConfig(_Strict):
     def _check_seeds(self) -> SetConfig:
         bad = [s for s in self.seeds if not 0 <= s <= MAX_SEED]
         if bad:
-            raise ValueError(f"seeds: must be in 0..{MAX_SEED}, got {_short(bad)}")
+            raise ValueError(f"seeds: must be in 0..{MAX_SEED}, got {short(bad)}")
         return self
 
     def suite_set(self, name: str) -> SuiteSet:

@@ -36,16 +36,15 @@ from pydantic import BaseModel
 
 import sim  # noqa: F401  (registers the drivestack/ ids)
 from launch.config import (
-    MAX_LAUNCH_BYTES,
     DatasetConfig,
     LaunchConfigError,
     RunConfig,
     TrainPerceptionConfig,
     TrainPlannerConfig,
-    _model_in,
     load_launch,
 )
 from launch.eval_suite import EvalConfig, SuiteConfig
+from launch.loader import MAX_LAUNCH_BYTES, model_in
 from sim.actions import meta_action
 from sim.config import ScenarioConfig, family_config, sample_scenario
 from sim.env import DrivingEnv
@@ -455,7 +454,7 @@ def _keys(model: type[BaseModel], prefix: str = "", depth: int = 0) -> list[str]
     out = []
     for name, info in model.model_fields.items():
         out.append(prefix + name)
-        nested = _model_in(info.annotation)
+        nested = model_in(info.annotation)
         if nested is not None and depth < 2:
             out += _keys(nested, f"{prefix}{name}.", depth + 1)
     return out
@@ -539,7 +538,7 @@ def _optional_floats(model: type[BaseModel], path: tuple[str, ...] = ()
                      ) -> Iterator[tuple[str, ...]]:
     """Paths of `float | None` fields whose default is None (no float in the dump)."""
     for name, info in model.model_fields.items():
-        nested = _model_in(info.annotation)
+        nested = model_in(info.annotation)
         if nested is not None:
             yield from _optional_floats(nested, (*path, name))
         elif info.default is None and float in typing.get_args(info.annotation):
