@@ -35,7 +35,7 @@ from launch.config import (
     TrainPlannerConfig,
     load_launch,
 )
-from sim.outputs import OutputFolder
+from sim.outputs import OutputFolder, not_a_file
 
 app = typer.Typer(
     name="drivestack",
@@ -171,7 +171,8 @@ def train_perception(
     if not (cfg.data / "data.yaml").is_file():
         raise ValueError(f"data: {cfg.data / 'data.yaml'} not found; make a dataset with "
                          "`drivestack dataset`")
-    folder = OutputFolder.claim(cfg.out, "train-perception", force=force)
+    folder = OutputFolder.claim(cfg.out, "train-perception", force=force,
+                                entries=cfg.models)  # each model trains in out/MODEL
     summary: dict[str, Any] = {}
     if "detector" in cfg.models:
         folder.own("detector")
@@ -269,7 +270,8 @@ def eval_perception(
     lane_weights: Annotated[Path | None, typer.Option(
         help="Lane model weights; default: the shipped perception/weights/lanes.pt.")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
-    device: Annotated[str, typer.Option(help="auto | cpu | 0 | mps")] = "auto",
+    device: Annotated[str, typer.Option(
+        help="auto | cpu | cuda | cuda:N | N (a CUDA index) | mps")] = "auto",
     imgsz: Annotated[int | None, typer.Option(
         min=32, help="Inference image size [px]; default: the weights' training size.")] = None,
     refine: Annotated[bool, typer.Option(
@@ -302,10 +304,8 @@ def eval_perception(
     if refiner is not None and not refine:
         raise ValueError("--refiner: given with --no-refine; drop one")
     dev = resolve_device(device)
-    figures = None if plots is None else OutputFolder.claim(plots, "eval-perception",
-                                                            key="--plots")
-    if figures is not None:
-        figures.remove_stale()
+    figures = None if plots is None else OutputFolder.claim(
+        plots, "eval-perception", key="--plots", entries=PLOTS)
     try:
         box_refiner = load_refiner(refiner, torch_device(dev)) if refine else None
         preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev,
@@ -321,12 +321,17 @@ def eval_perception(
     if figures is not None:
         from perception.plots import plot_perception_report
 
-        for name in ("detection.png", "lanes.png"):
+        figures.remove_stale()
+        for name in PLOTS:
             figures.own(name)
         for path in plot_perception_report(report, figures.path):
             console.print(f"wrote {path}", highlight=False)
         figures.finish()
     echo_json(report)
+
+
+PLOTS = ("detection.png", "lanes.png")
+"""The files `eval-perception --plots` writes (perception/plots.py)."""
 
 
 def _perception_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -408,23 +413,22 @@ def train_planner_cmd(
                           env_kwargs={**({"scenario": cfg.scenario} if cfg.scenario else {}),
                                       **({"shield": True} if cfg.shield else {})})
     if resume is not None and not resume.is_file():
-        raise ValueError(f"--resume: checkpoint {resume} not found")
-    folder = OutputFolder.claim(cfg.out, "train-planner", force=force)
-    for entry in PLANNER_RUN_ENTRIES:
+        raise ValueError(f"--resume: checkpoint {resume} {not_a_file(resume)}")
+    from planning.train import RUN_ENTRIES
+
+    folder = OutputFolder.claim(cfg.out, "train-planner", force=force, entries=RUN_ENTRIES)
+    for entry in RUN_ENTRIES:
         folder.own(entry)
     summary = train_planner(job, resume=resume, progress_bar=progress)
-    folder.finish(timesteps=summary.get("timesteps"))
+    folder.finish(timesteps=summary.get("timesteps"), completed=summary.get("completed"))
+    best = summary["best_mean_reward"]
     console.print(f"trained {summary['trained_now']} steps in {summary['wall_s']} s "
-                  f"({summary['agent_steps_per_s']} decisions/s); best eval reward "
-                  f"{summary['best_mean_reward']:.2f}; model {summary['final']}",
-                  highlight=False)
+                  f"({summary['agent_steps_per_s']} decisions/s); "
+                  + (f"best eval reward {best:.2f}" if summary["evaluations"] else
+                     "no evaluation ran (eval_every > the steps trained)")
+                  + f"; model {summary['final']}"
+                  + ("" if summary["completed"] else "; not completed"), highlight=False)
     echo_json(summary)
-
-
-PLANNER_RUN_ENTRIES = ("summary.json", "final.zip", ".final.tmp.zip", "best_model.zip",
-                       "imitation.zip", ".imitation.tmp.zip", ".summary.json.tmp",
-                       "checkpoints", "eval", "tb")
-"""What `train-planner` writes into its run folder (planning/train.py, SB3's callbacks)."""
 
 
 def _register_eval() -> None:

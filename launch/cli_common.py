@@ -4,7 +4,9 @@ the `--force` option of commands that write a folder."""
 from __future__ import annotations
 
 import functools
+import linecache
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,11 +17,35 @@ from sim.outputs import json_text
 MAX_MESSAGE = 4000
 """Longest error message printed [characters]; longer ones are cut with a note."""
 
-EXPECTED_ERRORS = (ValueError, OSError)
-"""What a command reports as `error: ...` with exit code 2: bad input (launch files,
-options, model and policy files, output folders: each raises a ValueError subclass) and
-the file system (a missing file, no space left, no permission). Anything else is a bug in
-drivestack and keeps its traceback."""
+PACKAGES = tuple(Path(__file__).resolve().parents[1] / name for name in (
+    "sim", "perception", "planning", "data_engine", "launch"))
+"""drivestack's own code: where a deliberate `raise` of a bad-input error stands."""
+
+
+def expected(exc: BaseException) -> bool:
+    """Whether `exc` is an expected failure, reported as `error: ...` with exit code 2:
+
+    - an `OSError` (a missing file, no space left, no permission);
+    - a `ValueError` or `TypeError` that drivestack raised on purpose: the innermost frame
+      of its traceback is a `raise` statement in drivestack's own code. Bad input raises
+      one there, with a message naming what is wrong (launch files, options, output
+      folders, model and policy files, devices: `LaunchConfigError`, `OutputFolderError`,
+      `UnreadableModel`, `PolicyLoadError` and the checks of every constructor).
+
+    The same exception types raised inside a library or by a built-in call (numpy's shape
+    errors, `int("abc")`) are bugs in drivestack and keep their traceback.
+    """
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, (ValueError, TypeError)) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    ours = any(path.is_relative_to(p) for p in PACKAGES)
+    line = linecache.getline(str(path), tb.tb_lineno).lstrip()
+    return ours and line.startswith("raise")
 
 
 def fail(console: Console, exc: Exception | str) -> typer.Exit:
@@ -32,7 +58,7 @@ def fail(console: Console, exc: Exception | str) -> typer.Exit:
 
 
 def cli_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """The error contract of every command: an expected failure (`EXPECTED_ERRORS`) is one
+    """The error contract of every command: an expected failure (`expected`) is one
     `error: ...` line on stderr and exit code 2; Ctrl-C is exit code 130; a bug keeps its
     traceback."""
 
@@ -40,11 +66,14 @@ def cli_errors(command: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             command(*args, **kwargs)
-        except EXPECTED_ERRORS as exc:
+        except (ValueError, TypeError, OSError) as exc:
+            if not expected(exc):
+                raise
             raise fail(Console(stderr=True), exc) from None
         except KeyboardInterrupt:
-            Console(stderr=True).print("interrupted: outputs written so far are marked "
-                                       "incomplete", markup=False, highlight=False)
+            Console(stderr=True).print("interrupted: an output folder written so far says "
+                                       "complete: false in its .drivestack.json",
+                                       markup=False, highlight=False)
             raise typer.Exit(code=130) from None
 
     return wrapper

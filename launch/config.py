@@ -32,6 +32,7 @@ from launch.loader import (  # noqa: F401 - LaunchConfigError, load_launch: re-e
     read_yaml_mapping,
     short,
 )
+from perception.detector import DEVICES, parse_device
 from sim.config import FAMILIES, ScenarioConfig, Weight, family_config
 from sim.types import CameraSpec
 
@@ -54,8 +55,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-_CUDA_INDEX = re.compile(r"(?:cuda:)?(\d{1,3})")
-PERCEPTION_DEVICES = "auto | cpu | cuda | cuda:N | N (a CUDA index) | mps"
+PERCEPTION_DEVICES = DEVICES
 PLANNER_DEVICES = "auto | cpu | cuda | cuda:N"
 
 
@@ -69,15 +69,10 @@ def _device_text(value: Any, allowed: str) -> str:
 
 def _perception_device(value: Any) -> str:
     """auto, cpu, mps, or a CUDA index as ultralytics and `torch_device` name it ("0")."""
-    v = _device_text(value, PERCEPTION_DEVICES)
-    if v in ("auto", "cpu", "mps"):
-        return v
-    if v == "cuda":
-        return "0"
-    m = _CUDA_INDEX.fullmatch(v)
-    if m is None:
-        raise ValueError(f"{short(value)} is not a device; allowed: {PERCEPTION_DEVICES}")
-    return str(int(m.group(1)))
+    try:
+        return parse_device(value)
+    except ValueError:
+        raise ValueError(f"{short(value)} is not a device; allowed: {DEVICES}") from None
 
 
 def _planner_device(value: Any) -> str:

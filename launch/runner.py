@@ -354,19 +354,23 @@ def run_job(
     removed first (`force`: a folder drivestack did not write, whose files stay untouched;
     sim.outputs). metrics.json says `"complete": false` until the last episode is done.
     """
-    folder = OutputFolder.claim(config.out, KIND, force=force)
-    folder.remove_stale()  # the previous run's files: none of them belongs to this run
+    folder = OutputFolder.claim(config.out, KIND, force=force, entries=run_entries(config))
     env = make_env(config)
-    perceiver = None
-    needs_perception = config.driver in ("rule", "rl", "rl-shield")
-    if needs_perception or (config.perception and config.video.enabled):
-        from perception.perceiver import Perceiver  # torch loads only when asked for
+    try:
+        perceiver = None
+        needs_perception = config.driver in ("rule", "rl", "rl-shield")
+        if needs_perception or (config.perception and config.video.enabled):
+            from perception.perceiver import Perceiver  # torch loads only when asked for
 
-        perceiver = Perceiver(camera=config.camera.spec())
-    driver = make_driver(config.driver, perceiver, config.policy)
+            perceiver = Perceiver(camera=config.camera.spec())
+        driver = make_driver(config.driver, perceiver, config.policy)
+    except BaseException:
+        env.close()
+        raise
     cap = steps_cap(config, env.unwrapped.dt)  # type: ignore[attr-defined]
     video_perceiver = perceiver if config.perception else None
     done: list[EpisodeMetrics] = []
+    folder.remove_stale()  # set up: the previous run's files make way for this one's
     try:
         write_metrics(folder, metrics_document(config, launch, done, complete=False))
         for i in range(config.episodes):
@@ -389,13 +393,25 @@ KIND = "run"
 """The job name in a run folder's marker (sim.outputs)."""
 
 
+def run_entries(config: RunConfig) -> list[str]:
+    """The files `drivestack run` writes into `config.out` (videos: with their temporary
+    names)."""
+    videos = [_video_name(i) for i in range(config.episodes)
+              if config.video.enabled and i < config.video.episodes]
+    return ["metrics.json", "metrics.csv", *videos, *(f".{v}.partial.mp4" for v in videos)]
+
+
+def _video_name(i: int) -> str:
+    return f"episode_{i:03d}.mp4"
+
+
 def _recorded_episode(config: RunConfig, env: gym.Env, driver: Driver, i: int,
                       folder: OutputFolder, on_step: Callable[[int], None] | None,
                       perceiver: Any) -> EpisodeMetrics:
     """Episode `i`, recorded as an mp4 when the launch file asks; `video` names the file
     only when it was written."""
     record = config.video.enabled and i < config.video.episodes
-    name = f"episode_{i:03d}.mp4" if record else None
+    name = _video_name(i) if record else None
     video = (mp4_writer(folder.own(name), config.video.fps,
                         tmp=folder.own(f".{name}.partial.mp4"))
              if name else nullcontext(None))

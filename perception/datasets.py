@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import itertools
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -50,7 +52,6 @@ from sim.env import DrivingEnv
 from sim.outputs import (
     MARKER,
     OutputFolder,
-    OutputFolderError,
     check_folder,
     pid_alive,
     read_marker,
@@ -64,6 +65,9 @@ MIN_VISIBLE = 0.25
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 KIND = "dataset"
 """The job name in a dataset folder's marker (sim.outputs)."""
+GENERATED = ("labels/*.cache",)
+"""Files a dataset's users write into it with drivestack: ultralytics' label caches,
+made when a detector trains on it (`drivestack train-perception`)."""
 
 
 def keep_mask(gt: GroundTruth) -> np.ndarray:
@@ -190,9 +194,12 @@ class _Writer:
     """What a dataset folder holds (beside the marker)."""
 
     def __init__(self, out: Path, plan: DatasetPlan, force: bool = False) -> None:
-        self.out, self.plan, self.force = out, plan, force
-        check_folder(out, KIND, force=force)  # refuse before rendering, not after
-        self.tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        self.plan, self.force = plan, force
+        # refused before rendering, not after (and checked again when moving into place)
+        self.out = check_folder(out, KIND, force=force, entries=self.ENTRIES,
+                                generated=GENERATED).folder
+        self.tmp = self.out.with_name(f".{self.out.name}.partial-{os.getpid()}-"
+                                      f"{secrets.token_hex(4)}")
         self.folder = OutputFolder.claim(self.tmp, KIND)
         for name in self.ENTRIES:
             self.folder.own(name)
@@ -253,49 +260,39 @@ class _Writer:
 
 
 def _install(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished dataset `tmp` to `out`, replacing the previous drivestack dataset
-    there (its own entries only; a folder it did not write is refused unless `force`, and
-    even then only drivestack's entries are replaced)."""
-    out, previous, foreign = check_folder(out, KIND, force=force)
-    if not out.exists() or not any(out.iterdir()):
-        if out.exists():
-            out.rmdir()  # empty: nothing to lose
+    """Move the finished dataset `tmp` into `out`, replacing the previous drivestack
+    dataset there. Checked first, then moved entry by entry (so `out` may be a symbolic
+    link, a mount point or the current folder): the previous dataset's entries go to a
+    hidden folder inside `out`, the new ones come in, and the hidden folder is removed."""
+    existing = check_folder(out, KIND, force=force, entries=_Writer.ENTRIES,
+                            generated=GENERATED)
+    out = existing.folder
+    if not out.exists():
         os.replace(tmp, out)
         return
-    if not foreign:  # only drivestack's files: swap whole folders
-        aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, aside)
-        os.replace(tmp, out)
-        shutil.rmtree(aside)
-        return
-    for entry in previous:  # beside files drivestack did not write: entry by entry
-        target = out / entry
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-    clash = [name for name in _Writer.ENTRIES if (out / name).exists()]
-    if clash:
-        raise OutputFolderError(f"out: {out / clash[0]} exists and was not written by "
-                                "drivestack; it is left as it is: move it, or choose another "
-                                "output folder")
+    aside = out / f".replaced-{os.getpid()}-{secrets.token_hex(4)}"
+    aside.mkdir()
+    for entry in sorted(existing.previous):
+        os.replace(out / entry, aside / entry)
     for name in (*_Writer.ENTRIES, MARKER):
-        os.replace(tmp / name, out / name)
+        shutil.move(tmp / name, out / name)  # a copy where out is on another device
     tmp.rmdir()
+    shutil.rmtree(aside)  # only the previous dataset's own entries
 
 
 def clean_partials(out: Path | str) -> list[Path]:
     """Remove the temporary folders that killed `generate` runs left beside `out` (only
     those marked as partial drivestack datasets whose process is gone); returns them."""
     out = Path(out).expanduser().absolute()
-    removed = []
+    if out.is_symlink() and out.is_dir():
+        out = out.resolve()
+    removed: list[Path] = []
     if not out.parent.is_dir():
         return removed
-    for tmp in sorted(out.parent.glob(f".{out.name}.partial-*")):
+    for tmp in sorted(out.parent.glob(f".{glob.escape(out.name)}.partial-*")):
         marker = read_marker(tmp)
-        if marker is None or marker["kind"] != KIND or marker.get("complete"):
-            continue
-        if pid_alive(int(marker.get("pid", -1))):
+        if (marker is None or marker["kind"] != KIND or marker.get("complete")
+                or pid_alive(marker["pid"]) or tmp.is_symlink()):
             continue
         shutil.rmtree(tmp)
         removed.append(tmp)

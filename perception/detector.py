@@ -19,6 +19,7 @@ from perception.onnx_cpu import (
     check_zip_checksums,
     refused_global,
 )
+from sim.outputs import not_a_file
 from sim.types import check_number
 
 Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
@@ -37,15 +38,33 @@ DEVICES = "auto | cpu | cuda | cuda:N | N | mps"
 """The device names drivestack takes (N: a CUDA device index)."""
 
 
+def parse_device(device: Any) -> str:
+    """A device name checked and spelled as ultralytics and `torch_device` read it:
+    "auto", "cpu", "mps" or a CUDA index ("cuda", "cuda:N", "N" or the number N -> "N").
+    A ValueError listing `DEVICES` for anything else. Needs no torch."""
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = str(device)  # `device: 0` in YAML
+    name = device.strip().lower() if isinstance(device, str) else None
+    if name in ("auto", "cpu", "mps"):
+        return name
+    index = None if name is None else name.removeprefix("cuda").removeprefix(":")
+    if name is None or not (name == "cuda" or (index.isdecimal() and len(index) <= 3
+                                               and index.isascii()
+                                               and name in (index, f"cuda:{index}"))):
+        raise ValueError(f"device={_shown(device)}; allowed: {DEVICES}")
+    return str(int(index or 0))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def resolve_device(device: str) -> str:
     """`auto` -> CUDA when available, else MPS, else CPU; `cuda`, `cuda:N`, `N` -> the
     CUDA index ("0", "N"); "cpu", "mps" as they are. A ValueError listing `DEVICES` for
     any other name, or for a device this machine does not have."""
-    name = device.strip().lower() if isinstance(device, str) else device
-    if not isinstance(name, str) or not (
-            name in ("auto", "cpu", "mps", "cuda") or name.isdecimal()
-            or (name.startswith("cuda:") and name[5:].isdecimal())):
-        raise ValueError(f"device={device!r}; allowed: {DEVICES}")
+    name = parse_device(device)
     if name == "cpu":
         return name
     import torch
@@ -56,7 +75,7 @@ def resolve_device(device: str) -> str:
                              f"{DEVICES}")
         return name
     if name != "auto":
-        index = int(name.removeprefix("cuda").lstrip(":") or 0)
+        index = int(name)
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if index >= count:
             raise ValueError(f"device={device!r} but this machine has {count} CUDA "
@@ -78,7 +97,7 @@ def load_detector(weights: Path | str) -> Any:
     naming the file for one that is damaged, not a detector, or would run code."""
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"detector weights {path} not found")
+        raise FileNotFoundError(f"detector weights {path} {not_a_file(path)}")
     if path.suffix == ".pt":
         require_safe_load()
         check_zip_checksums(path, "detector weights")
@@ -274,7 +293,7 @@ def cached_onnx(weights: Path | str, height: int, width: int, int8: bool = False
     int8 quantization (`quantize_onnx`, about 10 s to make)."""
     weights = Path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"detector weights {weights} not found")
+        raise FileNotFoundError(f"detector weights {weights} {not_a_file(weights)}")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     stem = f"detector-{digest}-{width}x{height}"
     path = cache_dir() / "detector_onnx" / (stem + ("-int8" if int8 else "") + ".onnx")

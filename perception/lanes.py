@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from perception.geometry import fit_boundary, to_ground
+from sim.outputs import not_a_file
 from sim.types import ABSENT, CameraSpec, check_number
 
 Backbone = Literal["cnn", "vit"]
@@ -232,7 +233,7 @@ def load_lane_model(path: Path | str | None = None, device: str = "cpu"
 
     path = Path(path or DEFAULT_LANE_WEIGHTS)
     if not path.is_file():
-        raise FileNotFoundError(f"lane weights {path} not found; train them with "
+        raise FileNotFoundError(f"lane weights {path} {not_a_file(path)}; train them with "
                                 "`drivestack train-perception` (lanes) or pass lane_weights=")
     blob = load_checkpoint(path, "lane weights")
     try:

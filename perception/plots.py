@@ -3,9 +3,10 @@ bucket, so the gap between nominal and rare conditions is visible at a glance.""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from sim.outputs import atomic_write
 
 
 def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], title: str) -> None:
@@ -25,9 +26,7 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], title: str
 
 
 def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path
 
 

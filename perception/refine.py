@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from perception.raw_detector import NMS_IOU
+from sim.outputs import not_a_file
 from sim.types import check_number
 
 DEFAULT_REFINER_WEIGHTS = Path(__file__).parent / "weights" / "refiner.pt"
@@ -280,7 +281,7 @@ def load_refiner(path: Path | str | None = None, device: str = "cpu",
 
     path = Path(path or DEFAULT_REFINER_WEIGHTS)
     if not path.is_file():
-        raise FileNotFoundError(f"refiner weights {path} not found; train them with "
+        raise FileNotFoundError(f"refiner weights {path} {not_a_file(path)}; train them with "
                                 "`drivestack train-perception --model refiner`")
     if iou_weight is not None:
         check_number("iou_weight", iou_weight, 0.0, MAX_IOU_WEIGHT)

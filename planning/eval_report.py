@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from planning.evaluate import PLANNERS, EpisodeResult
-from sim.outputs import OutputFolder, atomic_write_text, json_text
+from sim.outputs import OutputFolder, atomic_write, atomic_write_text, json_text
 
 KIND = "eval"
 """The job name in an eval folder's marker (sim.outputs)."""
+REPORT_FILES = ("eval.json", "episodes.csv", "summary.csv", "summary.md", "summary.png")
+"""What `write_report` writes."""
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("success_rate", "success", "pct"),
@@ -100,16 +100,6 @@ def _csv(rows: list[dict[str, Any]], names: list[str]) -> str:
     return buf.getvalue()
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def plot(document: dict[str, Any], path: Path, set_name: str = "nominal") -> None:
     """summary.png: success rate, route completion and driving score per planner on
     `set_name` (all sets when absent), and collisions + off-road per 100 km."""
@@ -138,7 +128,7 @@ def plot(document: dict[str, Any], path: Path, set_name: str = "nominal") -> Non
     for axis in (ax, bx):
         axis.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 

@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from perception.onnx_cpu import brief, refused_global
 from planning.features import CLIP, FEATURE_DIM, features
 from planning.scene import Scene
 from sim.actions import META_ACTIONS
+from sim.outputs import not_a_file
 
 MAX_ENTRY_BYTES = 256 << 20
 """Largest zip entry read [bytes] (the shipped policies' largest is 0.4 MB)."""
@@ -87,7 +89,7 @@ def read_policy_zip(path: str | Path) -> PolicyZip:
 
     p = Path(path)
     if not p.is_file():
-        raise PolicyLoadError(f"policy file {p} not found; train one with `drivestack "
+        raise PolicyLoadError(f"policy file {p} {not_a_file(p)}; train one with `drivestack "
                               "train-planner`, or give another (--policy, or `policy` / "
                               "`privileged_policy` in the eval launch file)")
     entry = "data"
@@ -122,25 +124,18 @@ def read_policy_zip(path: str | Path) -> PolicyZip:
     except PolicyLoadError:
         raise
     except pickle.UnpicklingError as exc:
-        asks = re.findall(r"GLOBAL (\S+)", str(exc))[:1]
         raise PolicyLoadError(
-            f"policy file {p}: its entry {entry} holds Python objects"
-            f"{f' ({asks[0]})' if asks else ''} besides tensors and plain data; loading "
-            "them would run code from the file: refused") from None
+            f"policy file {p}: its entry {entry} holds Python objects{refused_global(exc)} "
+            "besides tensors and plain data; loading them would run code from the file: "
+            "refused") from None
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, RuntimeError,
             EOFError, OSError, TypeError, ValueError, KeyError) as exc:
         raise PolicyLoadError(f"policy file {p} is not a readable SB3 PPO zip: "
-                              f"{type(exc).__name__}: {_brief(exc)}") from None
+                              f"{type(exc).__name__}: {brief(exc)}") from None
     _check_finite(p, "pytorch variables", variables)
     for name, state in params.items():
         _check_finite(p, name, state)
     return PolicyZip(p, data, pickled, params, variables)
-
-
-def _brief(exc: BaseException, limit: int = 300) -> str:
-    """An error's message on one line, at most `limit` characters."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_finite(path: Path, name: str, state: Any) -> None:
@@ -283,7 +278,7 @@ def load_parameters(model: Any, path: str | Path) -> int:
         model.set_parameters(z.params, exact_match=True, device=get_device(model.device))
     except (RuntimeError, ValueError, KeyError) as exc:
         raise PolicyLoadError(f"policy file {z.path} does not fit the model: "
-                              f"{type(exc).__name__}: {_brief(exc)}") from None
+                              f"{type(exc).__name__}: {brief(exc)}") from None
     with torch.no_grad():
         for name in variable_names:
             _attr(model, name).copy_(z.variables[name])
@@ -325,4 +320,4 @@ def _check_optimizer(path: Path, name: str, opt: Any, got: Any) -> None:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise PolicyLoadError(f"policy file {path}: {name} is not an optimizer's state: "
-                              f"{type(exc).__name__}: {_brief(exc)}") from None
+                              f"{type(exc).__name__}: {brief(exc)}") from None

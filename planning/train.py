@@ -22,9 +22,7 @@ is never unpickled.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,7 @@ from typing import Any, Literal
 
 from planning.policy import load_parameters
 from planning.wrappers import make_planner_env
+from sim.outputs import atomic_write, atomic_write_text, json_text, not_a_file
 from sim.types import check_number
 
 Algo = Literal["ppo", "sac"]
@@ -118,7 +117,7 @@ def _model(cfg: PlannerTraining, env: Any, resume: Path | None) -> Any:
 
     tb = str(cfg.out / "tb")
     if resume is not None and not Path(resume).is_file():
-        raise FileNotFoundError(f"resume: checkpoint {resume} not found")
+        raise FileNotFoundError(f"resume: checkpoint {resume} {not_a_file(Path(resume))}")
     policy_kwargs = {"net_arch": list(cfg.net_arch)}
     model: Any
     if cfg.algo == "sac":
@@ -271,14 +270,17 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
 
 def _write_summary(out: Path, summary: dict[str, Any]) -> None:
     """out/summary.json, written whole (strict JSON: a non-finite figure is null)."""
-    doc = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-           for k, v in summary.items()}
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(out / "summary.json", json_text(summary, indent=1))
 
 
 def _atomic_save(model: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.zip")
-    model.save(str(tmp))
-    os.replace(tmp, path)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            model.save(f)
+
+    atomic_write(path, save)
+
+
+RUN_ENTRIES = ("summary.json", "final.zip", "best_model.zip", "imitation.zip", "checkpoints",
+               "eval", "tb")
+"""What `train_planner` writes into its run folder (itself and SB3's callbacks)."""

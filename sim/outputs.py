@@ -6,28 +6,29 @@ It lives in `sim` (the bottom layer) because every job, from `dataset` in percep
 
 - **Never delete or overwrite what drivestack did not write.** A job writes only into a
   folder that is missing, empty, or marked as an output of the same job by drivestack: the
-  marker file `.drivestack.json` names the job (`kind`) and the entries (files or
-  sub-folders, relative to the folder) that drivestack wrote there. Any other folder is
-  refused with `OutputFolderError`; `force=True` writes beside its files, but still never
-  removes or overwrites an entry the marker does not list.
+  marker file `.drivestack.json` names the job (`kind`), the entries (top-level files or
+  sub-folders) drivestack wrote there and, for a finished job, every file inside its
+  sub-folders. Any other folder is refused with `OutputFolderError`; `force=True` writes
+  beside its files, but an entry the job would write that exists and is not drivestack's
+  stops the job before it writes anything. A marker that cannot be read, or one that
+  lists anything but plain names in the folder, is not drivestack's.
 - **An output says whether it is complete.** The marker holds `"complete": false` from the
   job's first write until its last (`finish`), so a killed job leaves a visibly partial
   folder; the job's own files (metrics.json, ...) say the same.
-- A rerun of the same job removes the entries of the previous run that it does not write
-  again (`remove_stale`), so old videos never sit beside new metrics.
-
-A sub-folder listed as an entry (e.g. `checkpoints`, made by a training library) counts as
-drivestack's whole; keep your own files outside drivestack's output folders.
+- A rerun of the same job may remove the entries of the previous run (`remove_stale`), so
+  old videos never sit beside new metrics; a file the user put inside one of drivestack's
+  sub-folders makes the folder refused instead. Removal never follows a symbolic link.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +42,38 @@ class OutputFolderError(ValueError):
     """An output folder drivestack must not write into; `str(err)` says why and what to do."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and `os.replace`, so a
+# -- atomic writes and strict JSON ------------------------------------------------------
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` for a temporary file beside `path`, then rename it to `path`, so a
     reader (or a crash) sees the old file or the new one, never half of one."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """`atomic_write_text` for bytes; the file gets mode 0644."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (synced to disk before the rename)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def finite_json(value: Any) -> Any:
@@ -84,89 +97,185 @@ def json_text(value: Any, indent: int | None = None) -> str:
                       allow_nan=False)
 
 
+# -- the marker -------------------------------------------------------------------------
+
+
+def plain_name(entry: Any) -> bool:
+    """Whether `entry` names something directly inside a folder: no separator, not `.`,
+    `..` or the marker."""
+    return (isinstance(entry, str) and entry not in ("", ".", "..", MARKER)
+            and "/" not in entry and "\\" not in entry and "\0" not in entry)
+
+
+def _relative_file(path: Any) -> bool:
+    parts = path.split("/") if isinstance(path, str) else []
+    return bool(parts) and plain_name(parts[0]) and all(
+        p not in ("", ".", "..") and "\\" not in p and "\0" not in p for p in parts)
+
+
 def read_marker(folder: Path) -> dict[str, Any] | None:
-    """The marker of `folder`, or None when it has none or an unreadable one."""
+    """The marker of `folder`, or None when it has none or one drivestack did not write
+    (unreadable, or listing anything but plain names)."""
     try:
         data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
         return None
-    entries = data.get("entries")
-    if not isinstance(entries, list) or not all(_safe_entry(e) for e in entries):
+    entries, files, pid = data.get("entries"), data.get("files", {}), data.get("pid")
+    if not isinstance(entries, list) or not all(plain_name(e) for e in entries):
+        return None
+    if not isinstance(files, dict) or not all(
+            k in entries and isinstance(v, list) and all(_relative_file(f) for f in v)
+            for k, v in files.items()):
+        return None
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2 ** 31):
         return None
     return data
 
 
-def _safe_entry(entry: Any) -> bool:
-    """A relative path inside the folder (no `..`, not absolute, not the marker)."""
-    if not isinstance(entry, str) or not entry or entry == MARKER:
-        return False
-    p = Path(entry)
-    return not p.is_absolute() and ".." not in p.parts
+def remove_entry(folder: Path, entry: str) -> None:
+    """Remove `folder/entry`, a plain name: a folder with its contents, a file, or a
+    symbolic link itself (never what it points to)."""
+    if not plain_name(entry):
+        raise ValueError(f"output entry {entry!r} must be a plain name inside the folder")
+    target = folder / entry
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)  # removes links inside as links
+    else:
+        target.unlink(missing_ok=True)
+
+
+def _files_in(folder: Path, entry: str) -> list[str]:
+    """The files (and links) under `folder/entry`, relative to `folder`, '/'-separated."""
+    top = folder / entry
+    if not top.is_dir() or top.is_symlink():
+        return []
+    found = []
+    for root, dirs, files in os.walk(top):
+        base = Path(root).relative_to(folder).as_posix()
+        found += [f"{base}/{name}" for name in files]
+        found += [f"{base}/{name}" for name in dirs if (Path(root) / name).is_symlink()]
+    return sorted(found)
+
+
+class Existing:
+    """What a folder holds before a job of `kind` writes into it (see `check_folder`)."""
+
+    def __init__(self, folder: Path, previous: set[str], foreign: list[str]) -> None:
+        self.folder = folder
+        """The folder, absolute (a symbolic link to a folder is followed)."""
+        self.previous = previous
+        """Entries the previous run of the same job wrote (drivestack's own)."""
+        self.foreign = foreign
+        """Top-level names drivestack did not write (only with force=True)."""
+
+    def clashes(self, entries: Iterable[str]) -> list[str]:
+        """Those of `entries` that exist and are not drivestack's."""
+        return [e for e in entries if e not in self.previous and (
+            (self.folder / e).exists() or (self.folder / e).is_symlink())]
+
+
+def check_folder(path: str | Path, kind: str, *, force: bool = False, key: str = "out",
+                 entries: Iterable[str] = (), generated: tuple[str, ...] = ()) -> Existing:
+    """What `path` holds, checked for a job of `kind` about to write `entries` there;
+    changes nothing. Raises `OutputFolderError` (naming `key`, the launch-file key or
+    option) for a file, a folder drivestack did not write (unless `force`), an output of
+    another job, a file the user put inside one of drivestack's sub-folders (files matching
+    a `generated` pattern, written there by the job's own tools, are drivestack's), or an
+    entry of `entries` that exists and is not drivestack's."""
+    folder = Path(path).expanduser().absolute()
+    if folder.is_symlink() and folder.is_dir():
+        folder = folder.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"{key}: {folder} is a file, not a folder")
+    if not folder.is_dir() or not any(True for _ in folder.iterdir()):
+        return Existing(folder, set(), [])
+    marker = read_marker(folder)
+    if marker is None and (folder / MARKER).exists():
+        raise OutputFolderError(
+            f"{key}: {folder / MARKER} was not written by drivestack (it cannot be read as "
+            "its marker); it is left as it is: choose another folder")
+    if marker is not None and marker["kind"] != kind:
+        raise OutputFolderError(
+            f"{key}: {folder} holds the output of `drivestack {marker['kind']}`; `drivestack "
+            f"{kind}` writes into a folder of its own: choose another")
+    if marker is None and not force:
+        raise OutputFolderError(
+            f"{key}: {folder} is not empty and is not an output of `drivestack {kind}` (it "
+            f"has no {MARKER}); choose a new or empty folder, or pass --force to write "
+            "beside its files (drivestack never removes or overwrites files it did not "
+            "write)")
+    previous = set() if marker is None else {
+        e for e in marker["entries"] if (folder / e).exists() or (folder / e).is_symlink()}
+    listed = {} if marker is None else marker.get("files", {})
+    for entry in sorted(previous & set(listed)):
+        known = set(listed[entry])
+        extra = [f for f in _files_in(folder, entry) if f not in known
+                 and not any(fnmatch.fnmatch(f, g) for g in generated)]
+        if extra:
+            raise OutputFolderError(
+                f"{key}: {folder / extra[0]} was not written by drivestack, inside its "
+                f"folder {entry}/ ({len(extra)} such files); it is left as it is: move "
+                "them out, or choose another folder")
+    existing = Existing(folder, previous, sorted(
+        p.name for p in folder.iterdir() if p.name not in previous | {MARKER}))
+    clash = existing.clashes(entries)
+    if clash:
+        raise OutputFolderError(
+            f"{key}: {folder / clash[0]} exists and was not written by drivestack; it is "
+            "left as it is: move it, or choose another folder")
+    return existing
 
 
 class OutputFolder:
     """A folder one job writes into (see the module docstring). Make it with `claim`."""
 
-    def __init__(self, path: Path, kind: str, previous: set[str], foreign: bool) -> None:
-        self.path = path
+    def __init__(self, existing: Existing, kind: str) -> None:
+        self.path = existing.folder
         self.kind = kind
-        self.previous = previous
-        """Entries the previous run of the same job wrote (drivestack's own)."""
-        self.foreign = foreign
-        """True when the folder also holds files drivestack did not write (force=True)."""
+        self.existing = existing
         self.entries: list[str] = []
         self.info: dict[str, Any] = {}
         self._write(complete=False)
 
     @classmethod
-    def claim(cls, path: str | Path, kind: str, *, force: bool = False,
-              key: str = "out") -> OutputFolder:
-        """Check that `kind` may write into `path` and mark it as a partial output of it.
-
-        Raises `OutputFolderError` (naming `key`, the launch-file key or option) for a file,
-        a folder drivestack did not write (unless `force`), or an output of another job.
-        """
-        folder, previous, foreign = check_folder(path, kind, force=force, key=key)
+    def claim(cls, path: str | Path, kind: str, *, force: bool = False, key: str = "out",
+              entries: Iterable[str] = ()) -> OutputFolder:
+        """Check that `kind` may write `entries` (and later others, each checked by `own`)
+        into `path` (`check_folder`), then mark it as a partial output of `kind`."""
+        existing = check_folder(path, kind, force=force, key=key, entries=entries)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            existing.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputFolderError(f"{key}: cannot create the folder {folder}: "
+            raise OutputFolderError(f"{key}: cannot create the folder {existing.folder}: "
                                     f"{exc.strerror or exc}") from None
-        return cls(folder, kind, previous, foreign)
+        return cls(existing, kind)
 
     def own(self, entry: str) -> Path:
-        """The path of `entry` (relative), recorded as drivestack's before it is written.
-        Raises `OutputFolderError` when a file that drivestack did not write is there."""
-        if not _safe_entry(entry):
-            raise ValueError(f"output entry {entry!r} must be a relative path inside the folder")
-        target = self.path / entry
+        """The path of `entry` (a plain name), recorded as drivestack's before it is
+        written. Raises `OutputFolderError` when something drivestack did not write is
+        there."""
+        if not plain_name(entry):
+            raise ValueError(f"output entry {entry!r} must be a plain name inside the folder")
         if entry not in self.entries:
-            ours = entry in self.previous or any(
-                Path(entry).parts[:len(Path(p).parts)] == Path(p).parts for p in self.previous)
-            if not ours and (target.exists() or target.is_symlink()):
+            if self.existing.clashes([entry]):
                 raise OutputFolderError(
-                    f"out: {target} exists and was not written by drivestack; it is left "
-                    "as it is: move it, or choose another output folder")
+                    f"out: {self.path / entry} exists and was not written by drivestack; it "
+                    "is left as it is: move it, or choose another output folder")
             self.entries.append(entry)
             self._write(complete=False)
-        return target
+        return self.path / entry
 
     def remove_stale(self) -> list[str]:
-        """Remove the previous run's entries that this run did not write again; returns
+        """Remove the previous run's entries that this run has not written again; returns
         them. Only entries the marker listed are touched."""
-        removed = []
-        for entry in sorted(self.previous - set(self.entries)):
-            target = self.path / entry
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-            removed.append(entry)
-        self.previous -= set(removed)
+        stale = sorted(self.existing.previous - set(self.entries))
+        for entry in stale:
+            remove_entry(self.path, entry)
+        self.existing.previous -= set(stale)
         self._write(complete=False)
-        return removed
+        return stale
 
     def finish(self, **info: Any) -> None:
         """Mark the output complete (with `info`, e.g. counts, in the marker)."""
@@ -174,54 +283,28 @@ class OutputFolder:
         self._write(complete=True)
 
     def _write(self, complete: bool) -> None:
-        entries = list(dict.fromkeys([*self.entries, *sorted(self.previous)]))
-        doc = {"format": FORMAT, "kind": self.kind, "complete": complete,
-               "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
-               "entries": entries, **({"info": self.info} if self.info else {})}
+        entries = list(dict.fromkeys([*self.entries, *sorted(self.existing.previous)]))
+        doc: dict[str, Any] = {
+            "format": FORMAT, "kind": self.kind, "complete": complete,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
+            "entries": entries}
+        if complete:  # every file in drivestack's sub-folders, to tell the user's apart
+            doc["files"] = {e: _files_in(self.path, e) for e in entries
+                            if (self.path / e).is_dir()}
+        if self.info:
+            doc["info"] = self.info
         atomic_write_text(self.path / MARKER, json_text(doc, indent=1) + "\n")
 
 
-def check_folder(path: str | Path, kind: str, *, force: bool = False, key: str = "out"
-                 ) -> tuple[Path, set[str], bool]:
-    """(absolute folder, entries its previous `kind` run wrote, whether it holds files
-    drivestack did not write) for a job of `kind` about to write into `path`; changes
-    nothing. Raises `OutputFolderError` as `OutputFolder.claim` does."""
-    folder = Path(path).expanduser().absolute()
-    if folder.exists() and not folder.is_dir():
-        raise OutputFolderError(f"{key}: {folder} is a file, not a folder")
-    if not folder.is_dir() or not _has_entries(folder):
-        return folder, set(), False
-    marker = read_marker(folder)
-    if marker is None:
-        if not force:
-            raise OutputFolderError(
-                f"{key}: {folder} is not empty and is not an output of `drivestack {kind}` "
-                f"(it has no readable {MARKER}); choose a new or empty folder, or pass "
-                "--force to write beside its files (drivestack never removes or overwrites "
-                "files it did not write)")
-        return folder, set(), True
-    if marker["kind"] != kind:
-        raise OutputFolderError(
-            f"{key}: {folder} holds the output of `drivestack {marker['kind']}`; `drivestack "
-            f"{kind}` writes into a folder of its own: choose another")
-    previous = {e for e in marker["entries"]
-                if (folder / e).exists() or (folder / e).is_symlink()}
-    return folder, previous, bool(foreign_entries(folder, previous))
-
-
-def _has_entries(folder: Path) -> bool:
-    return any(True for _ in folder.iterdir())
-
-
-def foreign_entries(folder: Path, entries: Iterable[str]) -> list[str]:
-    """Top-level names in `folder` that neither `entries` nor the marker account for."""
-    listed = {Path(e).parts[0] for e in entries} | {MARKER}
-    return sorted(p.name for p in folder.iterdir() if p.name not in listed)
+def not_a_file(path: Path) -> str:
+    """Why `path`, which is not a file, cannot be read: "is a folder, not a file" or
+    "not found" (for messages: f"weights {path} {not_a_file(path)}")."""
+    return "is a folder, not a file" if path.is_dir() else "not found"
 
 
 def pid_alive(pid: int) -> bool:
     """Whether a process `pid` runs on this machine."""
-    if pid <= 0:
+    if not 0 < pid < 2 ** 31:
         return False
     try:
         os.kill(pid, 0)

@@ -401,9 +401,9 @@ def test_a_damaged_or_mismatched_policy_is_one_clear_error(tmp_path: Path) -> No
 def _tiny_run(out: Path, **kw: Any) -> Any:
     from planning.train import PlannerTraining
 
-    kw = {"total_timesteps": 32, **kw}
+    kw = {"total_timesteps": 32, "eval_every": 10_000, **kw}
     return PlannerTraining(out=out, families=("highway",), n_envs=1,
-                           n_steps=32, batch_size=32, net_arch=(8,), eval_every=10_000,
+                           n_steps=32, batch_size=32, net_arch=(8,),
                            eval_episodes=1, checkpoint_every=10_000, subprocess=False,
                            env_kwargs={"scenario": {"episode_seconds": 2}}, **kw)
 
@@ -448,6 +448,9 @@ def test_train_planner_names_only_files_it_wrote(tmp_path: Path) -> None:
     assert again.num_timesteps == 64
     w0, w1 = (m.policy.state_dict()["action_net.weight"] for m in (first, again))
     assert w0.shape == w1.shape and not torch.equal(w0, w1)  # trained on from there
+    evaluated = train_planner(_tiny_run(tmp_path / "evaluated", eval_every=16))
+    assert evaluated["evaluations"] == 2 and evaluated["best"] is not None
+    assert load_policy(evaluated["best"]).num_timesteps in (16, 32)  # this run's own
 
 
 # ---------------------------------------------------------------- arguments

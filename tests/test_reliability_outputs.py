@@ -148,25 +148,67 @@ def test_dataset_force_writes_beside_foreign_files_and_replaces_only_its_own(
     assert leftovers == []
 
 
-def test_dataset_rerun_replaces_its_own_dataset_and_keeps_nothing_stale(tmp_path: Path
-                                                                      ) -> None:
+def test_dataset_rerun_replaces_its_own_dataset_and_keeps_the_users_files(
+        tmp_path: Path) -> None:
     out = tmp_path / "ds"
     generate(DatasetPlan(frames=6, frames_per_episode=2, camera=SMALL), out)
+    (out / "mine.txt").write_text("mine")  # beside the dataset: stays through reruns
+    (out / "labels" / "train.cache").write_bytes(b"ultralytics")  # training made it
     generate(DatasetPlan(frames=2, frames_per_episode=2, seed=50, camera=SMALL), out)
     assert len(list((out / "images").rglob("*.jpg"))) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
-    (out / "mine.txt").write_text("mine")  # now it holds a foreign file: refused
-    with pytest.raises(OutputFolderError, match="is not empty|not written"):
-        _install_check(out)
     assert (out / "mine.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [MARKER]
 
 
-def _install_check(out: Path) -> None:
-    from sim.outputs import check_folder
+def test_a_users_file_inside_a_dataset_folder_is_refused_and_kept(tmp_path: Path) -> None:
+    """Extra images dropped into images/train used to be deleted by the next run."""
+    out = tmp_path / "ds"
+    generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    extra = out / "images" / "train" / "extra" / "mine.jpg"
+    extra.parent.mkdir()
+    extra.write_bytes(b"mine")
+    for force in (False, True):
+        with pytest.raises(OutputFolderError, match="mine.jpg"):
+            generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out,
+                     force=force)
+    assert extra.read_bytes() == b"mine"
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()
+                  and p != extra) == before
 
-    _, _, foreign = check_folder(out, "dataset")
-    if foreign:
-        raise OutputFolderError(f"{out} is not empty: not written by drivestack")
+
+def test_force_refuses_a_clash_before_rendering_and_keeps_everything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import perception.datasets
+
+    out = tmp_path / "shared"
+    files = _user_folder(out)
+    (out / "images").mkdir()  # the user's, with a name the dataset uses
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rendered before refusing")
+
+    monkeypatch.setattr(perception.datasets, "_episodes", never)
+    with pytest.raises(OutputFolderError, match="images"):
+        generate(DatasetPlan(frames=2, camera=SMALL), out, force=True)
+    assert _intact(files) and (out / "images").is_dir() and not (out / MARKER).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["shared"]
+
+
+def test_dataset_into_a_symlink_or_the_current_empty_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "real"
+    generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), real)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    generate(DatasetPlan(frames=4, frames_per_episode=2, camera=SMALL), link)
+    assert link.is_symlink() and len(list((real / "images").rglob("*.jpg"))) == 4
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), ".")
+    assert Path.cwd() == here and (here / "data.yaml").is_file()
 
 
 def test_run_rerun_removes_its_old_videos_and_names_only_written_files(
@@ -203,23 +245,77 @@ def test_run_names_no_video_it_did_not_write(tmp_path: Path,
     assert not list(out.glob("*.mp4")) and "video:" not in result.output
 
 
-def test_claim_refuses_files_and_unsafe_marker_entries(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", ["../victim", "link/keep", ".", "", "/abs", "a/b",
+                                   MARKER, 3])
+def test_a_marker_drivestack_did_not_write_is_refused_even_forced(tmp_path: Path,
+                                                                  entry: object) -> None:
+    """A crafted marker listing a path through a symlink used to delete files outside the
+    folder; "." crashed. Such a marker is not drivestack's, and nothing is touched."""
+    victim = tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    (victim / "keep" / "f.txt").write_text("mine")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "link").symlink_to(victim)
+    (out / MARKER).write_text(json.dumps({"kind": "run", "pid": 1, "entries": [entry]}))
+    for force in (False, True):
+        with pytest.raises(OutputFolderError, match="was not written by drivestack"):
+            OutputFolder.claim(out, "run", force=force)
+    result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="false"))), "--out", str(out), "--force"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (victim / "keep" / "f.txt").read_text() == "mine"
+    assert json.loads((out / MARKER).read_text())["entries"] == [entry]
+
+
+def test_removal_never_follows_a_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f.txt").write_text("mine")
+    folder = OutputFolder.claim(tmp_path / "run", "run")
+    folder.own("videos").symlink_to(victim)  # say a run's entry became a link
+    inner = folder.own("sub")
+    inner.mkdir()
+    (inner / "link").symlink_to(victim)
+    folder.finish()
+    again = OutputFolder.claim(tmp_path / "run", "run")
+    assert sorted(again.remove_stale()) == ["sub", "videos"]
+    assert (victim / "f.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="plain name"):
+        again.own("../victim")
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputFolderError, match="is a file"):
         OutputFolder.claim(tmp_path / "f", "run")
+
+
+@pytest.mark.parametrize("pid", ["abc", None, 1e300, -5, 2 ** 40, True])
+def test_a_partial_folder_with_a_bad_pid_is_left_alone(tmp_path: Path, pid: object) -> None:
+    left = tmp_path / ".ds.partial-1-x"
+    left.mkdir()
+    (left / MARKER).write_text(json.dumps({"kind": "dataset", "pid": pid, "entries": []}))
+    assert clean_partials(tmp_path / "ds") == [] and left.is_dir()
+
+
+def test_force_with_a_clash_fails_before_writing_a_marker(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    files = _user_folder(out)  # holds metrics.json, a name `run` writes
+    result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="false"))), "--out", str(out), "--force"])
+    assert result.exit_code == 2 and "metrics.json" in result.output, result.output
+    assert _intact(files) and not (out / MARKER).exists()
+
+
+def test_a_rerun_that_fails_to_start_keeps_the_previous_results(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    out.mkdir()
-    victim = tmp_path / "victim.txt"
-    victim.write_text("mine")
-    # a marker that lists a path outside the folder is not drivestack's: refused, kept
-    (out / MARKER).write_text(json.dumps({"kind": "run", "entries": ["../victim.txt"]}))
-    with pytest.raises(OutputFolderError, match="no readable"):
-        OutputFolder.claim(out, "run")
-    folder = OutputFolder.claim(out, "run", force=True)
-    folder.remove_stale()
-    assert victim.read_text() == "mine"
-    with pytest.raises(ValueError, match="relative path"):
-        folder.own("../victim.txt")
+    good = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="true"))), "--out", str(out)])
+    assert good.exit_code == 0, good.output
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != MARKER}
+    bad = _launch(tmp_path, TINY_RUN.format(episodes=1, steps=2, video="false")
+                  + "driver: privileged\npolicy: /nonexistent/p.zip\n", "bad.yaml")
+    result = runner.invoke(app, ["run", str(bad), "--out", str(out)])
+    assert result.exit_code == 2 and "p.zip" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != MARKER} == before
 
 
 def test_strict_json_has_no_nan_or_infinity() -> None:
@@ -272,6 +368,18 @@ def test_expected_failures_are_one_error_line_and_bugs_keep_their_traceback(
     monkeypatch.setattr(launch.runner, "make_env", bug)
     result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "run")])
     assert isinstance(result.exception, ZeroDivisionError), result.output
+
+    def library_bug(*args: object, **kwargs: object) -> None:
+        np.zeros(3).reshape(2, 2)  # a ValueError raised inside numpy: a bug, not bad input
+
+    monkeypatch.setattr(launch.runner, "make_env", library_bug)
+    result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "run2")])
+    assert isinstance(result.exception, ValueError), result.output
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    (data / "annotations" / "test.json").write_text("{}")
+    result = runner.invoke(app, ["eval-perception", "--data", str(data), "--device", "gpu"])
+    assert result.exit_code == 2 and "error:" in result.output and "cuda:N" in result.output
 
 
 def test_long_error_messages_are_cut(tmp_path: Path) -> None:
