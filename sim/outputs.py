@@ -284,6 +284,9 @@ class OutputFolder:
 
     def _write(self, complete: bool) -> None:
         entries = list(dict.fromkeys([*self.entries, *sorted(self.existing.previous)]))
+        if complete:  # what the job wrote and still holds (not its temporary names)
+            entries = [e for e in entries
+                       if (self.path / e).exists() or (self.path / e).is_symlink()]
         doc: dict[str, Any] = {
             "format": FORMAT, "kind": self.kind, "complete": complete,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
