@@ -44,13 +44,12 @@ def parse_device(device: Any) -> str:
     A ValueError listing `DEVICES` for anything else. Needs no torch."""
     if isinstance(device, int) and not isinstance(device, bool):
         device = str(device)  # `device: 0` in YAML
-    name = device.strip().lower() if isinstance(device, str) else None
+    name = device.strip().lower() if isinstance(device, str) else ""
     if name in ("auto", "cpu", "mps"):
         return name
-    index = None if name is None else name.removeprefix("cuda").removeprefix(":")
-    if name is None or not (name == "cuda" or (index.isdecimal() and len(index) <= 3
-                                               and index.isascii()
-                                               and name in (index, f"cuda:{index}"))):
+    index = name.removeprefix("cuda").removeprefix(":")
+    if not (name == "cuda" or (index.isdecimal() and index.isascii() and len(index) <= 3
+                               and name in (index, f"cuda:{index}"))):
         raise ValueError(f"device={_shown(device)}; allowed: {DEVICES}")
     return str(int(index or 0))
 

@@ -82,10 +82,10 @@ def meta_action(action: object) -> int:
         value, bool | np.bool_)
     if ok and isinstance(value, float | np.floating):
         ok = bool(np.isfinite(value)) and float(value).is_integer()
-    if not ok or not 0 <= int(value) < len(META_ACTIONS):  # type: ignore[call-overload]
+    if not ok or not 0 <= int(value) < len(META_ACTIONS):  # type: ignore[call-overload,arg-type]
         raise ValueError(f"meta action must be one integer in 0..{len(META_ACTIONS) - 1} "
                          f"of {META_SPACE}; got {shown(action)}")
-    return int(value)  # type: ignore[call-overload]
+    return int(value)  # type: ignore[call-overload,arg-type]
 
 
 def pure_pursuit(ego: EgoState, road: Road, target_d: float, lookahead: float) -> float:

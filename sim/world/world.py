@@ -83,7 +83,7 @@ class WorldState:
         check_number("time", self.time, 0.0, 1e7, unit="s")
         check_number("next_track_id", self.next_track_id, 1, 2**62, integer=True)
         try:
-            np.random.PCG64().state = self.rng_state
+            np.random.PCG64().state = self.rng_state  # type: ignore[assignment]
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"rng_state: not a state of numpy's PCG64 generator "
                              f"({type(exc).__name__}: {str(exc)[:100]})") from None
