@@ -6,6 +6,7 @@ so `drivestack run | tail -n 1` can be piped into other tools.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +36,7 @@ from launch.config import (
     TrainPlannerConfig,
     load_launch,
 )
-from sim.outputs import OutputFolder, not_a_file
+from sim.outputs import Job, OutputFolder, not_a_file
 
 app = typer.Typer(
     name="drivestack",
@@ -134,6 +135,10 @@ def dataset(
     echo_json({"out": str(cfg.out), **summary})
 
 
+TRAIN_PERCEPTION = Job("train-perception", folders=("detector", "refiner", "lanes"))
+"""Each model of `drivestack train-perception` trains in out/MODEL (sim.outputs)."""
+
+
 @app.command("train-perception")
 @cli_errors
 def train_perception(
@@ -171,7 +176,7 @@ def train_perception(
     if not (cfg.data / "data.yaml").is_file():
         raise ValueError(f"data: {cfg.data / 'data.yaml'} not found; make a dataset with "
                          "`drivestack dataset`")
-    folder = OutputFolder.claim(cfg.out, "train-perception", force=force,
+    folder = OutputFolder.claim(cfg.out, TRAIN_PERCEPTION, force=force,
                                 entries=cfg.models)  # each model trains in out/MODEL
     summary: dict[str, Any] = {}
     if "detector" in cfg.models:
@@ -305,7 +310,7 @@ def eval_perception(
         raise ValueError("--refiner: given with --no-refine; drop one")
     dev = resolve_device(device)
     figures = None if plots is None else OutputFolder.claim(
-        plots, "eval-perception", key="--plots", entries=PLOTS)
+        plots, PLOTS_JOB, key="--plots", entries=PLOTS)
     try:
         box_refiner = load_refiner(refiner, torch_device(dev)) if refine else None
         preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev,
@@ -332,6 +337,7 @@ def eval_perception(
 
 PLOTS = ("detection.png", "lanes.png")
 """The files `eval-perception --plots` writes (perception/plots.py)."""
+PLOTS_JOB = Job("eval-perception", files=tuple(map(re.escape, PLOTS)), force_option="")
 
 
 def _perception_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -414,9 +420,9 @@ def train_planner_cmd(
                                       **({"shield": True} if cfg.shield else {})})
     if resume is not None and not resume.is_file():
         raise ValueError(f"--resume: checkpoint {resume} {not_a_file(resume)}")
-    from planning.train import RUN_ENTRIES
+    from planning.train import JOB, RUN_ENTRIES
 
-    folder = OutputFolder.claim(cfg.out, "train-planner", force=force, entries=RUN_ENTRIES)
+    folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=RUN_ENTRIES)
     for entry in RUN_ENTRIES:
         folder.own(entry)
     summary = train_planner(job, resume=resume, progress_bar=progress)

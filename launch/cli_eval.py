@@ -71,9 +71,9 @@ def eval_command(
     if policy is not None:  # the policy of the planner asked for
         key = "privileged_policy" if cfg.planner == "privileged" else "policy"
         cfg = cfg.model_copy(update={key: policy})
-    from planning.eval_report import KIND, REPORT_FILES, write_report
+    from planning.eval_report import JOB, REPORT_FILES, write_report
 
-    folder = OutputFolder.claim(cfg.out, KIND, force=force, entries=REPORT_FILES)
+    folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=REPORT_FILES)
     try:
         planners, notes = _prepare(cfg)
     except FileNotFoundError as exc:  # perception weights

@@ -26,7 +26,7 @@ import sim  # noqa: F401 - registers the drivestack/ env ids
 from launch.config import RunConfig
 from launch.overlays import video_frame
 from sim.autopilot import Autopilot
-from sim.outputs import OutputFolder, atomic_write_text, json_text
+from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
 X264_PARAMS = ["-preset", "veryfast"]
 """Extra ffmpeg output options: about 2x faster to encode than the default preset."""
@@ -354,7 +354,7 @@ def run_job(
     removed first (`force`: a folder drivestack did not write, whose files stay untouched;
     sim.outputs). metrics.json says `"complete": false` until the last episode is done.
     """
-    folder = OutputFolder.claim(config.out, KIND, force=force, entries=run_entries(config))
+    folder = OutputFolder.claim(config.out, JOB, force=force, entries=run_entries(config))
     env = make_env(config)
     try:
         perceiver = None
@@ -389,8 +389,9 @@ def run_job(
     return metrics_document(config, launch, done)
 
 
-KIND = "run"
-"""The job name in a run folder's marker (sim.outputs)."""
+JOB = Job("run", files=(r"metrics\.json", r"metrics\.csv", r"episode_\d{3,}\.mp4",
+                        r"\.episode_\d{3,}\.mp4\.partial-\d+\.mp4"))
+"""What `drivestack run` writes into its folder (sim.outputs)."""
 
 
 def run_entries(config: RunConfig) -> list[str]:
@@ -398,11 +399,16 @@ def run_entries(config: RunConfig) -> list[str]:
     names)."""
     videos = [_video_name(i) for i in range(config.episodes)
               if config.video.enabled and i < config.video.episodes]
-    return ["metrics.json", "metrics.csv", *videos, *(f".{v}.partial.mp4" for v in videos)]
+    return ["metrics.json", "metrics.csv", *videos, *map(_partial, videos)]
 
 
 def _video_name(i: int) -> str:
     return f"episode_{i:03d}.mp4"
+
+
+def _partial(video: str) -> str:
+    """The temporary name of `video` while it is written (this process's own)."""
+    return f".{video}.partial-{os.getpid()}.mp4"
 
 
 def _recorded_episode(config: RunConfig, env: gym.Env, driver: Driver, i: int,
@@ -413,7 +419,7 @@ def _recorded_episode(config: RunConfig, env: gym.Env, driver: Driver, i: int,
     record = config.video.enabled and i < config.video.episodes
     name = _video_name(i) if record else None
     video = (mp4_writer(folder.own(name), config.video.fps,
-                        tmp=folder.own(f".{name}.partial.mp4"))
+                        tmp=folder.own(_partial(name)))
              if name else nullcontext(None))
     with video as add_frame:
         metrics = run_episode(env, driver, episode=i, seed=config.seed + i,

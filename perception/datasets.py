@@ -51,6 +51,7 @@ from sim.config import pick_weighted
 from sim.env import DrivingEnv
 from sim.outputs import (
     MARKER,
+    Job,
     OutputFolder,
     check_folder,
     pid_alive,
@@ -63,8 +64,9 @@ MIN_BOX_PX = 4.0
 MIN_VISIBLE = 0.25
 """Objects with a smaller visible fraction are ignored."""
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-KIND = "dataset"
-"""The job name in a dataset folder's marker (sim.outputs)."""
+JOB = Job("dataset", files=(r"meta\.jsonl", r"data\.yaml", r"summary\.json"),
+          folders=("images", "labels", "annotations", "lanes"))
+"""What `drivestack dataset` writes into its folder (sim.outputs)."""
 GENERATED = ("labels/*.cache",)
 """Files a dataset's users write into it with drivestack: ultralytics' label caches,
 made when a detector trains on it (`drivestack train-perception`)."""
@@ -196,11 +198,11 @@ class _Writer:
     def __init__(self, out: Path, plan: DatasetPlan, force: bool = False) -> None:
         self.plan, self.force = plan, force
         # refused before rendering, not after (and checked again when moving into place)
-        self.out = check_folder(out, KIND, force=force, entries=self.ENTRIES,
+        self.out = check_folder(out, JOB, force=force, entries=self.ENTRIES,
                                 generated=GENERATED).folder
         self.tmp = self.out.with_name(f".{self.out.name}.partial-{os.getpid()}-"
                                       f"{secrets.token_hex(4)}")
-        self.folder = OutputFolder.claim(self.tmp, KIND)
+        self.folder = OutputFolder.claim(self.tmp, JOB)
         for name in self.ENTRIES:
             self.folder.own(name)
         for split in SPLITS:
@@ -264,7 +266,7 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
     dataset there. Checked first, then moved entry by entry (so `out` may be a symbolic
     link, a mount point or the current folder): the previous dataset's entries go to a
     hidden folder inside `out`, the new ones come in, and the hidden folder is removed."""
-    existing = check_folder(out, KIND, force=force, entries=_Writer.ENTRIES,
+    existing = check_folder(out, JOB, force=force, entries=_Writer.ENTRIES,
                             generated=GENERATED)
     out = existing.folder
     if not out.exists():
@@ -291,7 +293,7 @@ def clean_partials(out: Path | str) -> list[Path]:
         return removed
     for tmp in sorted(out.parent.glob(f".{glob.escape(out.name)}.partial-*")):
         marker = read_marker(tmp)
-        if (marker is None or marker["kind"] != KIND or marker.get("complete")
+        if (marker is None or marker["kind"] != JOB.kind or marker.get("complete")
                 or pid_alive(marker["pid"]) or tmp.is_symlink()):
             continue
         shutil.rmtree(tmp)

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from planning.evaluate import PLANNERS, EpisodeResult
-from sim.outputs import OutputFolder, atomic_write, atomic_write_text, json_text
+from sim.outputs import Job, OutputFolder, atomic_write, atomic_write_text, json_text
 
-KIND = "eval"
-"""The job name in an eval folder's marker (sim.outputs)."""
 REPORT_FILES = ("eval.json", "episodes.csv", "summary.csv", "summary.md", "summary.png")
 """What `write_report` writes."""
+JOB = Job("eval", files=tuple(map(re.escape, REPORT_FILES)))
+"""What `drivestack eval` writes into its folder (sim.outputs)."""
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("success_rate", "success", "pct"),
@@ -136,7 +137,7 @@ def write_report(document: dict[str, Any], out: Path | OutputFolder) -> list[Pat
     """Write every file of the benchmark into `out` (a folder already claimed for
     `drivestack eval`, or a path that is claimed here: sim.outputs); returns their paths.
     eval.json is strict JSON (NaN and infinities as null)."""
-    folder = out if isinstance(out, OutputFolder) else OutputFolder.claim(out, KIND)
+    folder = out if isinstance(out, OutputFolder) else OutputFolder.claim(out, JOB)
     names = [f.name for f in fields(EpisodeResult)]
     summary_names = ["planner", "source", "set", "episodes", *(k for k, _, _ in COLUMNS),
                      "collisions_vehicle", "collisions_pedestrian", "collisions_static",

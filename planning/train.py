@@ -23,6 +23,7 @@ is never unpickled.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 from planning.policy import load_parameters
 from planning.wrappers import make_planner_env
-from sim.outputs import atomic_write, atomic_write_text, json_text, not_a_file
+from sim.outputs import Job, atomic_write, atomic_write_text, json_text, not_a_file
 from sim.types import check_number
 
 Algo = Literal["ppo", "sac"]
@@ -281,6 +282,9 @@ def _atomic_save(model: Any, path: Path) -> None:
     atomic_write(path, save)
 
 
-RUN_ENTRIES = ("summary.json", "final.zip", "best_model.zip", "imitation.zip", "checkpoints",
-               "eval", "tb")
+RUN_FILES = ("summary.json", "final.zip", "best_model.zip", "imitation.zip")
+RUN_FOLDERS = ("checkpoints", "eval", "tb")
+RUN_ENTRIES = RUN_FILES + RUN_FOLDERS
 """What `train_planner` writes into its run folder (itself and SB3's callbacks)."""
+JOB = Job("train-planner", files=tuple(map(re.escape, RUN_FILES)), folders=RUN_FOLDERS)
+"""`drivestack train-planner` for sim.outputs."""

@@ -26,9 +26,11 @@ import fnmatch
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,27 @@ FORMAT = 1
 
 class OutputFolderError(ValueError):
     """An output folder drivestack must not write into; `str(err)` says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A drivestack job that writes a folder: its name and every entry it can write there.
+    A marker that lists anything else was not written by this job, and is not trusted."""
+
+    kind: str
+    """The command, e.g. "run" (the marker's `kind`)."""
+    files: tuple[str, ...] = ()
+    """Regular expressions of the file names it writes (whole names)."""
+    folders: tuple[str, ...] = ()
+    """Regular expressions of the sub-folder names it writes."""
+    force_option: str = "--force"
+    """How its command-line option to write beside foreign files is spelled ("" if none)."""
+
+    def writes(self, entry: str, folder: bool | None = None) -> bool:
+        """Whether the job writes `entry` (as a folder, when `folder` is given)."""
+        kinds = (self.files if folder is not True else ()) + (
+            self.folders if folder is not False else ())
+        return any(re.fullmatch(p, entry) for p in kinds)
 
 
 # -- atomic writes and strict JSON ------------------------------------------------------
@@ -176,13 +199,16 @@ class Existing:
             (self.folder / e).exists() or (self.folder / e).is_symlink())]
 
 
-def check_folder(path: str | Path, kind: str, *, force: bool = False, key: str = "out",
+def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = "out",
                  entries: Iterable[str] = (), generated: tuple[str, ...] = ()) -> Existing:
-    """What `path` holds, checked for a job of `kind` about to write `entries` there;
-    changes nothing. Raises `OutputFolderError` (naming `key`, the launch-file key or
-    option) for a file, a folder drivestack did not write (unless `force`), an output of
-    another job, a file the user put inside one of drivestack's sub-folders (files matching
-    a `generated` pattern, written there by the job's own tools, are drivestack's), or an
+    """What `path` holds, checked for `job` about to write `entries` there; changes nothing.
+
+    Raises `OutputFolderError` (naming `key`, the launch-file key or option) for a file; a
+    folder drivestack did not write (unless `force`); a marker drivestack did not write
+    (unreadable, or listing an entry `job` does not write; even with `force`); an output of
+    another job; the output of a job still running (its marker is partial and its process
+    alive); a file the user put inside one of drivestack's sub-folders (files matching a
+    `generated` pattern, written there by the job's own tools, are drivestack's); or an
     entry of `entries` that exists and is not drivestack's."""
     folder = Path(path).expanduser().absolute()
     if folder.is_symlink() and folder.is_dir():
@@ -191,21 +217,14 @@ def check_folder(path: str | Path, kind: str, *, force: bool = False, key: str =
         raise OutputFolderError(f"{key}: {folder} is a file, not a folder")
     if not folder.is_dir() or not any(True for _ in folder.iterdir()):
         return Existing(folder, set(), [])
-    marker = read_marker(folder)
-    if marker is None and (folder / MARKER).exists():
-        raise OutputFolderError(
-            f"{key}: {folder / MARKER} was not written by drivestack (it cannot be read as "
-            "its marker); it is left as it is: choose another folder")
-    if marker is not None and marker["kind"] != kind:
-        raise OutputFolderError(
-            f"{key}: {folder} holds the output of `drivestack {marker['kind']}`; `drivestack "
-            f"{kind}` writes into a folder of its own: choose another")
+    marker = _trusted_marker(folder, job, key)
     if marker is None and not force:
+        beside = (f", or pass {job.force_option} to write beside its files (drivestack "
+                  "never removes or overwrites files it did not write)"
+                  if job.force_option else "")
         raise OutputFolderError(
-            f"{key}: {folder} is not empty and is not an output of `drivestack {kind}` (it "
-            f"has no {MARKER}); choose a new or empty folder, or pass --force to write "
-            "beside its files (drivestack never removes or overwrites files it did not "
-            "write)")
+            f"{key}: {folder} is not empty and is not an output of `drivestack {job.kind}` "
+            f"(it has no {MARKER}); choose a new or empty folder{beside}")
     previous = set() if marker is None else {
         e for e in marker["entries"] if (folder / e).exists() or (folder / e).is_symlink()}
     listed = {} if marker is None else marker.get("files", {})
@@ -228,36 +247,66 @@ def check_folder(path: str | Path, kind: str, *, force: bool = False, key: str =
     return existing
 
 
+def _trusted_marker(folder: Path, job: Job, key: str) -> dict[str, Any] | None:
+    """The marker of `folder` when it is `job`'s and no run of it is writing there; None
+    when there is no marker. Raises `OutputFolderError` otherwise."""
+    if not ((folder / MARKER).exists() or (folder / MARKER).is_symlink()):
+        return None
+    marker = read_marker(folder)
+    if marker is None or (folder / MARKER).is_symlink():
+        raise OutputFolderError(
+            f"{key}: {folder / MARKER} was not written by drivestack (it cannot be read as "
+            "its marker); it is left as it is: choose another folder")
+    if marker["kind"] != job.kind:
+        raise OutputFolderError(
+            f"{key}: {folder} holds the output of `drivestack {marker['kind']}`; `drivestack "
+            f"{job.kind}` writes into a folder of its own: choose another")
+    for entry in marker["entries"]:
+        target = folder / entry
+        as_folder = None if not target.exists() else target.is_dir() and not target.is_symlink()
+        if not job.writes(entry, as_folder):
+            raise OutputFolderError(
+                f"{key}: {folder / MARKER} lists {entry!r}, which `drivestack {job.kind}` "
+                "does not write: it was not written by drivestack, and nothing in the folder "
+                "is touched; choose another folder")
+    if not marker.get("complete") and marker["pid"] != os.getpid() and pid_alive(marker["pid"]):
+        raise OutputFolderError(
+            f"{key}: {folder} is being written by a `drivestack {job.kind}` still running "
+            f"(process {marker['pid']}); wait for it to end, or choose another folder")
+    return marker
+
+
 class OutputFolder:
     """A folder one job writes into (see the module docstring). Make it with `claim`."""
 
-    def __init__(self, existing: Existing, kind: str) -> None:
+    def __init__(self, existing: Existing, job: Job) -> None:
         self.path = existing.folder
-        self.kind = kind
+        self.job = job
         self.existing = existing
         self.entries: list[str] = []
         self.info: dict[str, Any] = {}
         self._write(complete=False)
 
     @classmethod
-    def claim(cls, path: str | Path, kind: str, *, force: bool = False, key: str = "out",
+    def claim(cls, path: str | Path, job: Job, *, force: bool = False, key: str = "out",
               entries: Iterable[str] = ()) -> OutputFolder:
         """Check that `kind` may write `entries` (and later others, each checked by `own`)
-        into `path` (`check_folder`), then mark it as a partial output of `kind`."""
-        existing = check_folder(path, kind, force=force, key=key, entries=entries)
+        into `path` (`check_folder`), then mark it as a partial output of `job`."""
+        existing = check_folder(path, job, force=force, key=key, entries=entries)
         try:
             existing.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputFolderError(f"{key}: cannot create the folder {existing.folder}: "
                                     f"{exc.strerror or exc}") from None
-        return cls(existing, kind)
+        return cls(existing, job)
 
     def own(self, entry: str) -> Path:
         """The path of `entry` (a plain name), recorded as drivestack's before it is
         written. Raises `OutputFolderError` when something drivestack did not write is
         there."""
-        if not plain_name(entry):
-            raise ValueError(f"output entry {entry!r} must be a plain name inside the folder")
+        if not plain_name(entry) or not self.job.writes(entry):
+            raise ValueError(f"output entry {entry!r} must be a plain name that "
+                             f"`drivestack {self.job.kind}` writes (sim.outputs.Job)")
         if entry not in self.entries:
             if self.existing.clashes([entry]):
                 raise OutputFolderError(
@@ -288,7 +337,7 @@ class OutputFolder:
             entries = [e for e in entries
                        if (self.path / e).exists() or (self.path / e).is_symlink()]
         doc: dict[str, Any] = {
-            "format": FORMAT, "kind": self.kind, "complete": complete,
+            "format": FORMAT, "kind": self.job.kind, "complete": complete,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
             "entries": entries}
         if complete:  # every file in drivestack's sub-folders, to tell the user's apart
@@ -300,9 +349,12 @@ class OutputFolder:
 
 
 def not_a_file(path: Path) -> str:
-    """Why `path`, which is not a file, cannot be read: "is a folder, not a file" or
-    "not found" (for messages: f"weights {path} {not_a_file(path)}")."""
-    return "is a folder, not a file" if path.is_dir() else "not found"
+    """Why `path`, which is not a regular file, cannot be read: "is a folder, not a file",
+    "is not a regular file" (a device, a pipe) or "not found" (for messages:
+    f"weights {path} {not_a_file(path)}")."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file" if path.exists() else "not found"
 
 
 def pid_alive(pid: int) -> bool:

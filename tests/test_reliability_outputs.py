@@ -21,8 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from launch.cli import app
+from launch.runner import JOB as RUN
+from perception.datasets import JOB as DATASET
 from perception.datasets import DatasetPlan, clean_partials, generate
-from sim.outputs import MARKER, OutputFolder, OutputFolderError, json_text, read_marker
+from sim.outputs import MARKER, Job, OutputFolder, OutputFolderError, json_text, read_marker
 from sim.types import CameraSpec
 
 runner = CliRunner()
@@ -94,7 +96,8 @@ def test_every_writing_command_refuses_a_folder_it_did_not_write(
     result = runner.invoke(app, _commands(tmp_path, out)[command])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "is not empty" in result.output
-    assert "--force" in result.output and "Traceback" not in result.output
+    assert ("--force" in result.output) == (command != "eval-perception")  # has none
+    assert "Traceback" not in result.output
     assert _intact(files) and not (out / MARKER).exists()
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt", "sub"]
 
@@ -104,14 +107,15 @@ def test_every_writing_command_refuses_a_folder_it_did_not_write(
 def test_every_writing_command_refuses_another_jobs_output(tmp_path: Path,
                                                            command: str) -> None:
     out = tmp_path / "other"
-    kind = "dataset" if command != "dataset" else "run"
-    folder = OutputFolder.claim(out, kind)
-    (folder.own("x.txt")).write_text("x")
+    job, name = (DATASET, "data.yaml") if command != "dataset" else (RUN, "metrics.json")
+    kind = job.kind
+    folder = OutputFolder.claim(out, job)
+    (folder.own(name)).write_text("x")
     folder.finish()
     result = runner.invoke(app, _commands(tmp_path, out)[command])
     assert result.exit_code == 2, result.output
     assert f"holds the output of `drivestack {kind}`" in result.output
-    assert (out / "x.txt").read_text() == "x"
+    assert (out / name).read_text() == "x"
 
 
 def test_dataset_out_dot_and_dotdot_are_refused_and_nothing_is_removed(
@@ -260,7 +264,7 @@ def test_a_marker_drivestack_did_not_write_is_refused_even_forced(tmp_path: Path
     (out / MARKER).write_text(json.dumps({"kind": "run", "pid": 1, "entries": [entry]}))
     for force in (False, True):
         with pytest.raises(OutputFolderError, match="was not written by drivestack"):
-            OutputFolder.claim(out, "run", force=force)
+            OutputFolder.claim(out, RUN, force=force)
     result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
         episodes=1, steps=2, video="false"))), "--out", str(out), "--force"])
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -272,20 +276,58 @@ def test_removal_never_follows_a_symlink(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "f.txt").write_text("mine")
-    folder = OutputFolder.claim(tmp_path / "run", "run")
-    folder.own("videos").symlink_to(victim)  # say a run's entry became a link
+    job = Job("test", files=("videos",), folders=("sub",))
+    folder = OutputFolder.claim(tmp_path / "run", job)
+    folder.own("videos").symlink_to(victim)  # say a job's entry became a link
     inner = folder.own("sub")
     inner.mkdir()
     (inner / "link").symlink_to(victim)
     folder.finish()
-    again = OutputFolder.claim(tmp_path / "run", "run")
+    again = OutputFolder.claim(tmp_path / "run", job)
     assert sorted(again.remove_stale()) == ["sub", "videos"]
     assert (victim / "f.txt").read_text() == "mine"
-    with pytest.raises(ValueError, match="plain name"):
-        again.own("../victim")
+    for bad in ("../victim", "other.txt"):
+        with pytest.raises(ValueError, match="plain name"):
+            again.own(bad)
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputFolderError, match="is a file"):
-        OutputFolder.claim(tmp_path / "f", "run")
+        OutputFolder.claim(tmp_path / "f", job)
+
+
+@pytest.mark.parametrize("entries", [["data", "user.txt"], ["metrics.json", "data"],
+                                     ["images"]])
+def test_a_marker_listing_what_the_job_never_writes_is_not_trusted(
+        tmp_path: Path, entries: list[str]) -> None:
+    """A marker copied or crafted into a user's folder, claiming the user's files for
+    `run`: it used to make `run` delete them."""
+    out = tmp_path / "cm"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "x").write_text("precious")
+    (out / "user.txt").write_text("precious")
+    (out / "images").mkdir()
+    (out / MARKER).write_text(json.dumps({"format": 1, "kind": "run", "complete": True,
+                                          "pid": 999_999, "entries": entries}))
+    result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="false"))), "--out", str(out), "--force"])
+    assert result.exit_code == 2 and "does not write" in result.output, result.output
+    assert (out / "data" / "x").read_text() == "precious"
+    assert (out / "user.txt").read_text() == "precious"
+
+
+def test_a_folder_a_running_job_writes_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / MARKER).write_text(json.dumps({"format": 1, "kind": "run", "complete": False,
+                                              "pid": sleeper.pid,
+                                              "entries": ["metrics.json"]}))
+        with pytest.raises(OutputFolderError, match=f"still running .process {sleeper.pid}"):
+            OutputFolder.claim(out, RUN)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    OutputFolder.claim(out, RUN).remove_stale()  # its process gone: a killed run's folder
 
 
 @pytest.mark.parametrize("pid", ["abc", None, 1e300, -5, 2 ** 40, True])
