@@ -176,6 +176,14 @@ def train_perception(
     if not (cfg.data / "data.yaml").is_file():
         raise ValueError(f"data: {cfg.data / 'data.yaml'} not found; make a dataset with "
                          "`drivestack dataset`")
+    if resume:
+        last = cfg.out / "lanes" / cfg.lanes.backbone / "last.pt"
+        if "lanes" not in cfg.models:
+            raise ValueError("--resume continues a lane model run; add `lanes` to `models` "
+                             "(or --model lanes)")
+        if not last.is_file():
+            raise ValueError(f"--resume: {last} {not_a_file(last)}; nothing to continue "
+                             "(drop --resume to train from scratch)")
     folder = OutputFolder.claim(cfg.out, TRAIN_PERCEPTION, force=force,
                                 entries=cfg.models)  # each model trains in out/MODEL
     summary: dict[str, Any] = {}
@@ -278,7 +286,8 @@ def eval_perception(
     device: Annotated[str, typer.Option(
         help="auto | cpu | cuda | cuda:N | N (a CUDA index) | mps")] = "auto",
     imgsz: Annotated[int | None, typer.Option(
-        min=32, help="Inference image size [px]; default: the weights' training size.")] = None,
+        min=32, max=4096,
+        help="Inference image size [px]; default: the weights' training size.")] = None,
     refine: Annotated[bool, typer.Option(
         help="Pass the boxes through the box refiner (perception/refine.py).")] = True,
     refiner: Annotated[Path | None, typer.Option(

@@ -19,6 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -33,7 +35,7 @@ from launch.loader import (  # noqa: F401 - LaunchConfigError, load_launch: re-e
     short,
 )
 from perception.detector import DEVICES, parse_device
-from sim.config import FAMILIES, ScenarioConfig, Weight, family_config
+from sim.config import FAMILIES, ScenarioConfig, Weight, family_config, refuse_bools
 from sim.types import CameraSpec
 
 Family = Literal["highway", "rural", "urban"]
@@ -50,9 +52,22 @@ DEFAULT_TRAIN_PLANNER_LAUNCH = Path(__file__).with_name("train_planner.yaml")
 _FAMILY_TO_ENV_ID = {family: env_id for env_id, family in sim.ENV_IDS.items()}
 _CAMERA_DEFAULTS = CameraSpec()
 
+MAX_COUNT = 1 << 31
+"""Largest count (episodes, frames, steps) in a launch file."""
+MAX_STEPS = 100_000
+"""Largest number of simulator steps in one episode-sized setting (strides, warm-ups)."""
+
+
 class _Strict(BaseModel):
     # NaN and infinities are refused everywhere: a float in a launch file is a setting
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        """`episodes: true` is a mistake, not 1: a bool is refused where a number goes."""
+        field = cls.model_fields.get(info.field_name or "")
+        return value if field is None else refuse_bools(value, field.annotation)
 
 
 PERCEPTION_DEVICES = DEVICES
@@ -123,7 +138,8 @@ class VideoConfig(_Strict):
 
     enabled: bool = True
     fps: int = Field(default=15, ge=1, le=120, description="frames per second of the mp4")
-    episodes: int = Field(default=1, ge=0, description="record at most the first N episodes")
+    episodes: int = Field(default=1, ge=0, le=MAX_COUNT,
+                          description="record at most the first N episodes")
 
 
 class RunConfig(_Strict):
@@ -135,9 +151,10 @@ class RunConfig(_Strict):
     """
 
     family: Family = "highway"
-    episodes: int = Field(default=3, ge=1)
+    episodes: int = Field(default=3, ge=1, le=MAX_COUNT)
     seed: int = Field(default=0, ge=0, description="episode i is reset with seed + i")
-    max_steps: int | None = Field(default=None, ge=1, description="cap on steps per episode")
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_COUNT,
+                                   description="cap on steps per episode")
     scenario: ScenarioConfig = Field(default_factory=lambda: family_config("highway"))
     camera: CameraConfig = CameraConfig()  # frozen, so one shared default is safe
     out: Path = Field(default=Path("runs/run"), description="output folder, relative to the cwd")
@@ -180,6 +197,9 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"scenario.family {self.scenario.family!r} differs from family "
                 f"{self.family!r}; set the family once, with the top-level `family` key")
+        if self.policy is not None and self.driver == "autopilot":
+            raise ValueError("policy: the autopilot drives without a policy; set driver: rl, "
+                             "rl-shield or privileged, or drop `policy`")
         return self
 
     @property
@@ -199,10 +219,12 @@ class DatasetConfig(_Strict):
     conditions (weights need not sum to one; rare conditions stay rare by default)."""
 
     out: Path = Field(default=Path("data/perception"), description="dataset folder")
-    frames: int = Field(default=2000, ge=1)
-    frames_per_episode: int = Field(default=40, ge=1)
-    stride: int = Field(default=5, ge=1, description="steps between two recorded frames")
-    warmup: int = Field(default=15, ge=0, description="steps before the first frame")
+    frames: int = Field(default=2000, ge=1, le=MAX_COUNT)
+    frames_per_episode: int = Field(default=40, ge=1, le=MAX_STEPS)
+    stride: int = Field(default=5, ge=1, le=MAX_STEPS,
+                        description="steps between two recorded frames")
+    warmup: int = Field(default=15, ge=0, le=MAX_STEPS,
+                        description="steps before the first frame")
     seed: int = Field(default=0, ge=0, description="episode k is reset with seed + k")
     # the mix defaults are perception.datasets.DatasetPlan's (one place for them)
     families: dict[Family, Weight] = Field(default_factory=lambda: _plan_default("families"))
@@ -226,10 +248,10 @@ class DetectorConfig(_Strict):
     """The object detector part of `drivestack train-perception`."""
 
     architecture: Literal["yolo11n", "yolo11s", "rtdetr-l"] = "yolo11n"
-    epochs: int = Field(default=30, ge=1)
-    imgsz: int = Field(default=320, ge=32, description="training image size [px]")
-    batch: int = Field(default=16, ge=1)
-    workers: int = Field(default=2, ge=0)
+    epochs: int = Field(default=30, ge=1, le=100_000)
+    imgsz: int = Field(default=320, ge=32, le=8192, description="training image size [px]")
+    batch: int = Field(default=16, ge=1, le=1 << 16)
+    workers: int = Field(default=2, ge=0, le=1024)
     hours: float | None = Field(default=None, gt=0, le=10_000, description=(
         "wall-clock budget [h]; overrides epochs (the schedule fits the budget)"))
     cache: bool = Field(default=False, description="decode training images once into RAM")
@@ -239,7 +261,7 @@ class DetectorConfig(_Strict):
         "initial learning rate (ultralytics lr0; default 0.01)"))
     fraction: float = Field(default=1.0, gt=0, le=1, description=(
         "share of the training split to use each epoch (ultralytics fraction)"))
-    close_mosaic: int = Field(default=10, ge=0, description=(
+    close_mosaic: int = Field(default=10, ge=0, le=100_000, description=(
         "last epochs trained without mosaic (ultralytics close_mosaic; >= epochs: none)"))
 
 
@@ -248,8 +270,8 @@ class LaneConfig(_Strict):
 
     backbone: Literal["cnn", "vit"] = Field(
         default="cnn", description="cnn (MobileNetV3-Small) | vit (small ViT)")
-    epochs: int = Field(default=30, ge=1)
-    batch: int = Field(default=32, ge=1)
+    epochs: int = Field(default=30, ge=1, le=100_000)
+    batch: int = Field(default=32, ge=1, le=1 << 20)
     lr: float = Field(default=1e-3, gt=0, le=1, description="peak learning rate (one-cycle)")
     init: Path | None = Field(default=None, description=(
         "start from these lane weights (a fine-tune) instead of from scratch"))
@@ -261,10 +283,10 @@ class RefinerConfig(_Strict):
     detector: Path | None = Field(default=None, description=(
         "detector whose boxes it learns to refine (default: the one trained in the same "
         "run, else the shipped one)"))
-    epochs: int = Field(default=10, ge=1)
-    batch: int = Field(default=256, ge=1)
+    epochs: int = Field(default=10, ge=1, le=100_000)
+    batch: int = Field(default=256, ge=1, le=1 << 20)
     lr: float = Field(default=3e-3, gt=0, le=1, description="peak learning rate (one-cycle)")
-    width: int = Field(default=16, ge=4, description="channels of its convolutions")
+    width: int = Field(default=16, ge=4, le=1024, description="channels of its convolutions")
     iou_weight: float = Field(default=0.5, ge=0, le=10, description=(
         "exponent of its edge confidence in the final score (0: scores unchanged)"))
     frames: int | None = Field(default=None, ge=1, description=(
@@ -273,7 +295,7 @@ class RefinerConfig(_Strict):
         "validation frames scored at the end (default all)"))
     min_conf: float = Field(default=0.01, gt=0, lt=1, description=(
         "detector confidence of the boxes it learns from"))
-    jitter: int = Field(default=1, ge=0, description=(
+    jitter: int = Field(default=1, ge=0, le=1000, description=(
         "copies of each labelled box moved by about a pixel, per frame"))
 
 
@@ -302,23 +324,26 @@ class TrainPlannerConfig(_Strict):
     source: Literal["emulated", "privileged"] = Field(
         default="emulated", description="scene the policy sees while training")
     families: list[Family] = Field(default=["highway", "rural", "urban"], min_length=1)
-    total_timesteps: int = Field(default=200_000, ge=1, description="agent decisions")
-    n_envs: int = Field(default=4, ge=1)
-    decision_every: int = Field(default=3, ge=1, description="simulator steps a decision")
+    total_timesteps: int = Field(default=200_000, ge=1, le=1 << 40,
+                                 description="agent decisions")
+    n_envs: int = Field(default=4, ge=1, le=4096)
+    decision_every: int = Field(default=3, ge=1, le=100,
+                                description="simulator steps a decision (15 Hz)")
     seed: int = Field(default=0, ge=0)
     learning_rate: float = Field(default=3e-4, gt=0, le=1)
-    n_steps: int = Field(default=256, ge=2, description="PPO rollout length per env")
-    batch_size: int = Field(default=256, ge=2)
-    net_arch: list[int] = Field(default=[128, 128], min_length=1)
-    eval_every: int = Field(default=20_000, ge=1)
-    eval_episodes: int = Field(default=6, ge=1)
-    checkpoint_every: int = Field(default=50_000, ge=1)
+    n_steps: int = Field(default=256, ge=2, le=1 << 20, description="PPO rollout length per env")
+    batch_size: int = Field(default=256, ge=2, le=1 << 20)
+    net_arch: list[Annotated[int, Field(ge=1, le=1 << 16)]] = Field(
+        default=[128, 128], min_length=1, max_length=16)
+    eval_every: int = Field(default=20_000, ge=1, le=1 << 40)
+    eval_episodes: int = Field(default=6, ge=1, le=100_000)
+    checkpoint_every: int = Field(default=50_000, ge=1, le=1 << 40)
     device: PlannerDevice = Field(default="cpu", description=(
         f"{PLANNER_DEVICES} (small MLPs: cpu)"))
     subprocess: bool = Field(default=True, description="SubprocVecEnv (spawn) for n_envs > 1")
     imitation_steps: int = Field(
         default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
-    imitation_epochs: int = Field(default=10, ge=1)
+    imitation_epochs: int = Field(default=10, ge=1, le=100_000)
     shield: bool = Field(default=False, description=(
         "train behind the safety shield (planning.shield); drive the result as rl-shield"))
     scenario: dict[str, Any] = Field(

@@ -55,6 +55,10 @@ class SetConfig(_Strict):
         bad = [s for s in self.seeds if not 0 <= s <= MAX_SEED]
         if bad:
             raise ValueError(f"seeds: must be in 0..{MAX_SEED}, got {short(bad)}")
+        twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"seeds: {short(twice)} given more than once; each seed is one "
+                             "scenario, and a repeat would count the same episode twice")
         return self
 
     def suite_set(self, name: str) -> SuiteSet:

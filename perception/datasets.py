@@ -28,6 +28,7 @@ import dataclasses
 import glob
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import secrets
@@ -67,6 +68,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 JOB = Job("dataset", files=(r"meta\.jsonl", r"data\.yaml", r"summary\.json"),
           folders=("images", "labels", "annotations", "lanes"))
 """What `drivestack dataset` writes into its folder (sim.outputs)."""
+SIM_HZ = 15
+"""Steps a simulated second (the envs' default dt of 1/15 s, which datasets use)."""
+MAX_EMPTY_EPISODES = 50
+"""Episodes in a row without a recorded frame after which `generate` gives up (a warm-up
+longer than the episodes would otherwise render forever)."""
 GENERATED = ("labels/*.cache",)
 """Files a dataset's users write into it with drivestack: ultralytics' label caches,
 made when a detector trains on it (`drivestack train-perception`)."""
@@ -113,6 +119,12 @@ class DatasetPlan:
         unknown = sorted(set(self.families) - set(sim.config.FAMILIES))
         if unknown:
             raise ValueError(f"families {unknown}; allowed: {list(sim.config.FAMILIES)}")
+        longest = max((sim.family_config(f).episode_seconds * SIM_HZ
+                       for f, w in self.families.items() if w > 0), default=math.inf)
+        if self.warmup >= longest:
+            raise ValueError(f"warmup: {self.warmup} steps; an episode of these families "
+                             f"lasts at most {int(longest)} steps ({SIM_HZ} Hz), so no frame "
+                             "would ever be recorded")
 
 
 def yolo_lines(gt: GroundTruth, keep: np.ndarray, width: int, height: int) -> list[str]:
@@ -311,19 +323,26 @@ def generate(plan: DatasetPlan, out: Path | str,
     the dataset beside its files without removing or overwriting any of them. The summary's
     `cleaned` lists the partial folders of killed runs removed beside `out`.
 
-    With `workers` > 1, episodes render in that many processes and are written in episode
-    order, so the dataset is byte-identical to a one-process run of the same plan. Workers
-    end with their parent, even a killed one.
+    With `workers` > 1, episodes render in that many processes (at most the machine's
+    cores) and are written in episode order, so the dataset is byte-identical to a
+    one-process run of the same plan. Workers end with their parent, even a killed one.
     """
     if workers < 1:
         raise ValueError(f"workers={workers}; must be >= 1")
+    workers = min(workers, os.cpu_count() or 1)  # more only start interpreters
     out = Path(out).expanduser().absolute()
     cleaned = clean_partials(out)
     writer = _Writer(out, plan, force)
     try:
-        done = 0
+        done = empty = 0
         with contextlib.closing(_episodes(plan, workers)) as episodes:  # stops the workers
             for records in episodes:
+                empty = 0 if records else empty + 1
+                if empty >= MAX_EMPTY_EPISODES:
+                    raise ValueError(
+                        f"warmup: {MAX_EMPTY_EPISODES} episodes in a row ended before their "
+                        f"first recorded frame (warmup {plan.warmup} steps, stride "
+                        f"{plan.stride}); lower warmup or stride")
                 for rec in records[:plan.frames - done]:
                     writer.add(rec)
                     done += 1

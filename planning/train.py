@@ -110,6 +110,16 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, subprocess: bool) -> Any:
     return vec
 
 
+def check_device(device: str) -> str:
+    """`device` (auto | cpu | cuda | cuda:N), refused with a ValueError when it names a
+    CUDA device this machine does not have (SB3 would quietly train on the CPU)."""
+    if device.startswith("cuda"):
+        from perception.detector import resolve_device
+
+        resolve_device(device)  # raises naming the devices there are
+    return device
+
+
 def _model(cfg: PlannerTraining, env: Any, resume: Path | None) -> Any:
     """A fresh model from `cfg`; with `resume`, given the checkpoint's tensors and step
     count (`planning.policy.load_parameters`: the zip is never unpickled, and a
@@ -209,6 +219,7 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
 
     # the eval env is a DummyVecEnv of the same envs; SB3 warns about the vec class only
     warnings.filterwarnings("ignore", message="Training and eval env are not of the same")
+    check_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

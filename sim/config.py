@@ -7,11 +7,19 @@ from the world's own generator, so the same config and seed give the same world.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, fields
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sim.types import check_number
 
@@ -22,9 +30,31 @@ Weather = Literal["clear", "fog", "rain"]
 FAMILIES: tuple[str, ...] = ("highway", "rural", "urban")
 
 
+def takes_number(annotation: Any) -> bool:
+    """Whether a pydantic field's annotation holds ints or floats (in any nesting)."""
+    if annotation in (int, float):
+        return True
+    return any(takes_number(a) for a in typing.get_args(annotation))
+
+
+def refuse_bools(value: Any, annotation: Any) -> Any:
+    """`value`, unless it is a bool (or a list or tuple holding one) where `annotation`
+    takes numbers: YAML's `true` is a mistake there, not 1 (pydantic would read it as 1)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, bool) for v in items) and takes_number(annotation):
+        raise ValueError(f"{value!r} holds a boolean; a number goes here")
+    return value
+
+
 class _Strict(BaseModel):
     # NaN and infinities are refused in every float, also inside tuples and dicts
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return value if field is None else refuse_bools(value, field.annotation)
 
 
 MAX_WEIGHT = 1e6
