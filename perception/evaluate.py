@@ -19,6 +19,7 @@ import numpy as np
 from perception.detector import load_detector, model_imgsz, result_rows
 from perception.geometry import ground_distance
 from perception.metrics import ImageBoxes, detection_map
+from perception.raw_detector import check_imgsz, check_trained_imgsz
 from perception.refine import Refiner
 from sim.types import CLASS_NAMES, CameraSpec, check_number
 
@@ -60,10 +61,12 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
                   ) -> dict[int, ImageBoxes]:
     """Predictions of the detector for every image of a split, by COCO image id, at
     `imgsz` (default: the size the weights were trained at), through `refiner` if
-    given."""
+    given. `imgsz`: an integer multiple of 32 in 32..4096 px (`check_imgsz`)."""
     check_number("conf", conf, 0.0, 1.0)
+    if imgsz is not None:
+        check_imgsz(imgsz)
     model = load_detector(weights)
-    imgsz = imgsz or model_imgsz(model)
+    imgsz = imgsz or check_trained_imgsz(model_imgsz(model), weights)
     images, _ = _load_split(data, split)
     out: dict[int, ImageBoxes] = {}
     for chunk in range(0, len(images), 32):

@@ -55,22 +55,66 @@ class LaneSplit:
     """The camera the frames were rendered with (summary.json; default if absent)."""
 
 
+def _json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON-lines file; ValueError naming
+    the file and the line for one that is not JSON."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except ValueError as exc:  # JSONDecodeError
+            raise ValueError(f"{path} line {n}: not a JSON line ({exc})") from None
+    return out
+
+
+def _number(path: Path, n: int, record: dict[str, Any], key: str) -> float:
+    value = record.get(key)
+    if (not isinstance(value, int | float) or isinstance(value, bool)
+            or not np.isfinite(value)):
+        raise ValueError(f"{path} line {n}: {key} must be a finite number, got {value!r}"[:300])
+    return float(value)
+
+
 def load_split(data: Path, split: str, limit: int | None = None) -> LaneSplit:
-    """Read a split's lane JSON lines and images."""
+    """Read a split's lane JSON lines and images; ValueError naming the file and the line
+    of a record that is not a lane label as `drivestack dataset` writes it, and of an
+    image of another size than the first."""
     path = Path(data) / "lanes" / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `drivestack dataset`")
     meta_by_image = {}
     meta_file = Path(data) / "meta.jsonl"
     if meta_file.is_file():
-        for line in meta_file.read_text().splitlines():
-            m = json.loads(line)
+        for n, m in _json_lines(meta_file):
+            if not isinstance(m, dict) or not isinstance(m.get("image"), str):
+                raise ValueError(f"{meta_file} line {n}: expected a JSON object with an "
+                                 "image path (image)")
             meta_by_image[m["image"]] = {k: m.get(k) for k in ("family", "time_of_day",
                                                                 "weather")}
-    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    records = records[:limit] if limit is not None else records
-    if not records:
+    lines = _json_lines(path)
+    lines = lines[:limit] if limit is not None else lines
+    if not lines:
         raise FileNotFoundError(f"{path} has no images")
+    rows0: Any = None
+    targets, offsets, headings = [], [], []
+    for n, r in lines:
+        try:
+            if not isinstance(r, dict) or not isinstance(r.get("image"), str) or not r["image"]:
+                raise ValueError("expected a JSON object with an image path (image)")
+            targets.append(slot_targets(r))
+        except ValueError as exc:
+            raise ValueError(f"{path} line {n}: {exc}") from None
+        if rows0 is None:
+            rows0 = list(r["h_samples"])
+        elif list(r["h_samples"]) != rows0:
+            raise ValueError(f"{path} line {n}: h_samples {r['h_samples']} differ from the "
+                             f"first record's {rows0}"[:300])
+        offsets.append(_number(path, n, r, "ego_lane_offset"))
+        headings.append(_number(path, n, r, "ego_heading_error"))
+    records = [r for _, r in lines]
+
     def read(r: dict[str, Any]) -> np.ndarray:
         im = cv2.imread(str(Path(data) / r["image"]), cv2.IMREAD_COLOR)
         if im is None:
@@ -79,15 +123,38 @@ def load_split(data: Path, split: str, limit: int | None = None) -> LaneSplit:
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # cv2 releases the GIL
         images = list(pool.map(read, records))
+    for (n, r), im in zip(lines, images, strict=True):
+        if im.shape != images[0].shape:
+            raise ValueError(f"{path} line {n}: image {r['image']} is {im.shape[1]}x"
+                             f"{im.shape[0]}, the first {images[0].shape[1]}x"
+                             f"{images[0].shape[0]}: a split's images have one size")
     summary = Path(data) / "summary.json"
-    cam = json.loads(summary.read_text()).get("camera") if summary.is_file() else None
+    cam = _summary_camera(summary)
     return LaneSplit(
-        camera=CameraSpec(**cam) if cam else CameraSpec(),
-        images=np.stack(images), targets=np.stack([slot_targets(r) for r in records]),
-        rows=np.asarray(records[0]["h_samples"], np.int64),
-        offsets=np.array([r["ego_lane_offset"] for r in records], np.float64),
-        headings=np.array([r["ego_heading_error"] for r in records], np.float64),
+        camera=cam, images=np.stack(images), targets=np.stack(targets),
+        rows=np.asarray(rows0, np.int64), offsets=np.array(offsets, np.float64),
+        headings=np.array(headings, np.float64),
         meta=[meta_by_image.get(r["image"], {}) for r in records])
+
+
+def _summary_camera(summary: Path) -> CameraSpec:
+    """The camera of a dataset's summary.json (the default without one)."""
+    if not summary.is_file():
+        return CameraSpec()
+    try:
+        doc = json.loads(summary.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{summary}: not JSON ({exc})") from None
+    cam = doc.get("camera") if isinstance(doc, dict) else None
+    if not cam:
+        return CameraSpec()
+    if not isinstance(cam, dict) or set(cam) - set(CameraSpec.__dataclass_fields__):
+        raise ValueError(f"{summary}: camera must be an object of CameraSpec's fields "
+                         f"({', '.join(CameraSpec.__dataclass_fields__)}), got {cam!r}"[:400])
+    try:
+        return CameraSpec(**cam)
+    except ValueError as exc:
+        raise ValueError(f"{summary}: camera: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -230,11 +297,15 @@ def _resume(path: Path, cfg: LaneTraining, model: Any, opt: Any, sched: Any, gen
         if blob["epochs"] != cfg.epochs or blob["backbone"] != cfg.backbone:
             raise ValueError(f"resume: {path} is a run of backbone={blob['backbone']!r}, "
                              f"epochs={blob['epochs']}; pass the same")
-        check_finite(blob["state_dict"], path, "resume checkpoint")
-        check_finite({f"optimizer state {i} {k}": v
-                      for i, state in blob["optimizer"]["state"].items()
-                      for k, v in state.items() if isinstance(v, torch.Tensor)},
-                     path, "resume checkpoint")
+        # the model's dtype kinds (floating weights, integer BatchNorm counters; never
+        # complex), all finite; the optimizer's state floating (AdamW's moments and step)
+        check_finite(blob["state_dict"], path, "resume checkpoint",
+                     want=model.state_dict())
+        moments = {f"optimizer state {i} {k}": v
+                   for i, state in blob["optimizer"]["state"].items()
+                   for k, v in state.items() if isinstance(v, torch.Tensor)}
+        check_finite(moments, path, "resume checkpoint",
+                     want=dict.fromkeys(moments, torch.float32))
         model.load_state_dict(blob["state_dict"])
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])

@@ -75,9 +75,64 @@ class LaneModelSpec:
         return self.width / self.cells
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float | np.integer | np.floating)
+            and not isinstance(v, bool | np.bool_) and bool(np.isfinite(v)))
+
+
+def check_lane_record(record: Any) -> None:
+    """ValueError saying what is wrong unless `record` is a lane label as `drivestack
+    dataset` writes it: `h_samples` a list of row indices, `lanes` one list of finite x
+    [px] (ABSENT where missing) per boundary with one x per row, `boundary_ids` one
+    integer per boundary, `ego_boundaries` two indices into them."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a lane record must be a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("h_samples", "lanes", "boundary_ids", "ego_boundaries")
+               if k not in record]
+    if missing:
+        raise ValueError(f"lane record without {', '.join(missing)}")
+    rows, ids, ego = (_as_list(record[k]) for k in ("h_samples", "boundary_ids",
+                                                    "ego_boundaries"))
+    lanes = _as_list(record["lanes"])
+    lanes = [_as_list(lane) for lane in lanes] if isinstance(lanes, list) else lanes
+    if not isinstance(rows, list) or not rows or not all(_is_int(r) and r >= 0 for r in rows):
+        raise ValueError(f"h_samples must be a list of row indices [px], got {_cut(rows)}")
+    if not isinstance(lanes, list) or not all(
+            isinstance(lane, list) and len(lane) == len(rows)
+            and all(_is_number(x) for x in lane) for lane in lanes):
+        raise ValueError(f"lanes must be a list of boundaries, each a list of "
+                         f"{len(rows)} finite x [px] (one per h_samples row, {ABSENT} where "
+                         f"missing), got {_cut(lanes)}")
+    if not isinstance(ids, list) or len(ids) != len(lanes) or not all(_is_int(i) for i in ids):
+        raise ValueError(f"boundary_ids must be a list of {len(lanes)} integers (one per "
+                         f"lane), got {_cut(ids)}")
+    if (not isinstance(ego, list) or len(ego) != 2
+            or not all(_is_int(i) and 0 <= i < len(ids) for i in ego)):
+        raise ValueError(f"ego_boundaries must be two indices into the {len(ids)} "
+                         f"boundary_ids, got {_cut(ego)}")
+
+
+def _as_list(value: Any) -> Any:
+    """A list, tuple or array as a list (anything else as it is)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _cut(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def slot_targets(record: dict[str, Any]) -> np.ndarray:
     """(4, R) x of each slot at the record's rows, ABSENT where missing (one lane JSON line
-    of a `drivestack dataset`)."""
+    of a `drivestack dataset`); ValueError saying what is wrong with a record that is not
+    one (`check_lane_record`)."""
+    check_lane_record(record)
     lanes = np.asarray(record["lanes"], np.float32).reshape(-1, len(record["h_samples"]))
     ids = [int(i) for i in record["boundary_ids"]]
     right, left = (ids[i] for i in record["ego_boundaries"])
@@ -239,9 +294,11 @@ def load_lane_model(path: Path | str | None = None, device: str = "cpu"
     try:
         spec_d = dict(blob["spec"])
         spec = LaneModelSpec(**{**spec_d, "rows": tuple(int(r) for r in spec_d["rows"])})
-        state = dict(blob["state_dict"])
-        check_finite(state, path, "lane weights")
+        state = blob["state_dict"]
         model = build_model(spec)
+        # every weight of the model's dtype kind (floating, or integer as BatchNorm's
+        # counters; never complex), finite
+        check_finite(state, path, "lane weights", want=model.state_dict())
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in state.items()})
     except UnreadableModel:

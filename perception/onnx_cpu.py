@@ -29,7 +29,7 @@ import importlib.util
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +100,9 @@ def load_checkpoint(path: Path | str, what: str) -> Any:
     for, for anything else."""
     import pickle
 
-    import torch
-
     check_zip_checksums(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return quiet_load(path)
     except pickle.UnpicklingError as exc:
         raise UnreadableModel(
             f"{what} {path} holds Python objects{refused_global(exc)} besides tensors and "
@@ -112,6 +110,17 @@ def load_checkpoint(path: Path | str, what: str) -> Any:
     except Exception as exc:
         raise UnreadableModel(f"{what} {path}: not a readable PyTorch checkpoint "
                               f"({type(exc).__name__}: {brief(exc)})") from None
+
+
+def quiet_load(source: Any) -> Any:
+    """`torch.load(source, weights_only=True)` on the CPU, without torch's warnings (its
+    note on a pickle protocol other than its own comes before the refusal of a crafted
+    file; drivestack's error says what matters)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location="cpu", weights_only=True)
 
 
 def refused_global(exc: BaseException) -> str:
@@ -129,19 +138,63 @@ def brief(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_finite(tensors: Any, path: Path | str, what: str) -> None:
-    """`UnreadableModel` naming the first floating tensor of `tensors` (a name -> tensor
-    mapping, e.g. a state dict) with a NaN or an infinity, or a value that is not a
-    tensor."""
+def dtype_kind(dtype: Any) -> str:
+    """The kind of a torch dtype: "floating", "integer", "bool", "complex" or "other"
+    (quantized, ...)."""
     import torch
 
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating"
+    if dtype == torch.bool:
+        return "bool"
+    if dtype in {getattr(torch, name, torch.int64) for name in (
+            "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64")}:
+        return "integer"
+    return "other"
+
+
+def check_tensor(name: str, value: Any, path: Path | str, what: str, want: Any = None,
+                 error: type[ValueError] = UnreadableModel) -> None:
+    """`error` naming `what`, `path` and `name` unless `value` is a tensor of real numbers
+    (never complex), of the dtype kind of `want` (the model's own tensor or dtype, when
+    given: floating where the model's is floating, integer where it is integer, as
+    BatchNorm's `num_batches_tracked`), and finite when floating."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        kind_of = type(value).__name__
+        article = "an" if kind_of[:1] in "aeiou" else "a"
+        raise error(f"{what} {path}: {name} is {article} {kind_of}, not a tensor")
+    kind = dtype_kind(value.dtype)
+    if want is not None:
+        want_dtype = want.dtype if isinstance(want, torch.Tensor) else want
+        if kind != dtype_kind(want_dtype):
+            raise error(f"{what} {path}: {name} holds {value.dtype} values; the model's are "
+                        f"{want_dtype} ({dtype_kind(want_dtype)}): not this model's weights")
+    if kind in ("complex", "other"):
+        raise error(f"{what} {path}: {name} holds {value.dtype} values, not real numbers: "
+                    "not this model's weights")
+    if kind == "floating" and not bool(torch.isfinite(value).all()):
+        raise error(f"{what} {path}: {name} holds NaN or infinite values (a damaged file)")
+
+
+def check_finite(tensors: Any, path: Path | str, what: str, want: Any = None,
+                 error: type[ValueError] = UnreadableModel) -> None:
+    """`error` (default `UnreadableModel`) naming the first entry of `tensors` (a name ->
+    tensor mapping, e.g. a state dict) that is not a tensor, holds complex numbers, holds
+    a NaN or an infinity, or (with `want`, the fresh model's state dict or a name -> dtype
+    mapping) is not of the dtype kind of the model's entry of that name (`check_tensor`).
+    Entries `want` lacks are left to the caller's key check."""
+    if not isinstance(tensors, Mapping):
+        raise error(f"{what} {path}: its weights are a {type(tensors).__name__}, not a "
+                    "state dict")
     for name, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
-            raise UnreadableModel(f"{what} {path}: {name} is a {type(value).__name__}, not a "
-                                  "tensor")
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise UnreadableModel(f"{what} {path}: {name} holds NaN or infinite values "
-                                  "(a damaged file)")
+        if not isinstance(name, str):
+            raise error(f"{what} {path}: it holds a key {name!r}, not a name")
+        check_tensor(name, value, path, what, None if want is None else want.get(name),
+                     error)
 
 
 def openvino_available() -> bool:

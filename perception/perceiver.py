@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,12 @@ from perception.lanes import (
 )
 from perception.offline import SafeLoadUnavailable
 from perception.onnx_cpu import UnreadableModel, check_runtime
-from perception.raw_detector import NotYoloHead, RawDetector
+from perception.raw_detector import (
+    NotYoloHead,
+    RawDetector,
+    check_imgsz,
+    check_trained_imgsz,
+)
 from perception.refine import Refiner, load_refiner
 from sim.types import ABSENT, CameraSpec, check_number
 
@@ -113,8 +118,12 @@ class Perceiver:
     (made locally the first time, a few seconds, and cached; on OpenVINO about 2.5x
     faster than PyTorch here), else the PyTorch weights. The
     detector runs at the input size it was trained at (`imgsz`, from the weights, unless
-    given): frames are scaled to it and boxes scaled back. A `.onnx` file runs at its
-    fixed export size, which must be the camera's scaled by one factor. Without
+    given; a multiple of 32 in 32..4096): frames are scaled to it and boxes scaled back.
+    A `.onnx` file (and the shipped detector's cached export on the CPU) runs at its
+    fixed export size, which must be the camera's scaled by one factor; an `imgsz` other
+    than that size is refused (pass the `.pt` weights to run at another size). `camera`:
+    a `CameraSpec` or a mapping of its fields; the flags (`lanes`, `refine`, `int8`,
+    `bf16`) must be bools. Without
     `lane_weights`, the shipped lane model; `lanes=False` skips lanes. `lane_backend`:
     "auto" (the ONNX export on the CPU, PyTorch elsewhere), "torch" or "onnx".
     `cpu_runtime`: what runs the ONNX exports on the CPU, "auto" (OpenVINO where it is
@@ -135,18 +144,23 @@ class Perceiver:
     refining makes of two loose boxes of one object."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
-                 camera: CameraSpec | None = None, conf: float = 0.25,
+                 camera: CameraSpec | Mapping[str, Any] | None = None, conf: float = 0.25,
                  imgsz: int | None = None, lane_weights: Path | str | None = None,
                  lanes: bool = True, lane_backend: str = "auto", int8: bool = False,
                  refine: bool = True, refiner_weights: Path | str | None = None,
                  cpu_runtime: str = "auto", bf16: bool = False) -> None:
+        from sim.env import camera_spec
+
         check_number("conf", conf, 0.0, 1.0)
         if imgsz is not None:
-            check_number("imgsz", imgsz, 32, 8192, integer=True, unit="px")
+            check_imgsz(imgsz)
+        lanes, int8, refine, bf16 = (_flag(name, value) for name, value in (
+            ("lanes", lanes), ("int8", int8), ("refine", refine), ("bf16", bf16)))
         if lane_backend not in LANE_BACKENDS:
             raise ValueError(f"lane_backend={lane_backend!r}; allowed: "
                              f"{', '.join(LANE_BACKENDS)}")
-        self.camera = camera or CameraSpec()
+        # a CameraSpec, a mapping of its fields (checked as CameraSpec checks them) or None
+        self.camera = camera_spec(dict(camera) if isinstance(camera, Mapping) else camera)
         self.device = resolve_device(device)
         self.cpu_runtime = check_runtime(cpu_runtime, here=self.device == "cpu")
         if bf16 and (self.device != "cpu" or int8):
@@ -204,8 +218,16 @@ class Perceiver:
                                        self.camera.width, self.conf, runtime=self.cpu_runtime,
                                        bf16=bf16)
             self.imgsz = self.raw.input_hw
+            if imgsz is not None and imgsz != max(self.raw.input_hw):
+                runs = f"{self.raw.input_hw[1]}x{self.raw.input_hw[0]}"
+                raise ValueError(
+                    f"imgsz={imgsz}: the detector runs as the ONNX export {self.weights.name}, "
+                    f"whose input is fixed at {runs} (imgsz {max(self.raw.input_hw)}); leave "
+                    "imgsz out, or pass weights= a .pt file (e.g. the shipped "
+                    f"{DEFAULT_WEIGHTS.name}) to run at another size through ultralytics' "
+                    "predict")
         else:
-            size = imgsz or trained_imgsz(self.weights)
+            size = imgsz or check_trained_imgsz(trained_imgsz(self.weights), self.weights)
             in_h, in_w = network_input(self.camera.height, self.camera.width, size)
             # a frame that scales to sides of multiples of 32 needs no letterbox padding:
             # our own batched path (fp16 PyTorch on CUDA); else ultralytics' predict
@@ -263,22 +285,40 @@ class Perceiver:
                             else "torch")
         return out
 
-    def _check(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _check(self, frames: Any) -> list[np.ndarray]:
+        """The frames of a batch, each checked: uint8 RGB of the camera's shape."""
         want = (self.camera.height, self.camera.width, 3)
+        expected = (f"a list of uint8 RGB images of shape {want} (the camera spec) or a "
+                    f"uint8 array of shape (B, {want[0]}, {want[1]}, 3)")
+        if isinstance(frames, np.ndarray):
+            if frames.ndim == 3:
+                raise ValueError(f"frames: pass a batch: {expected}; got one array of shape "
+                                 f"{frames.shape} (wrap a single frame as [frame])")
+            if frames.ndim != 4:
+                raise ValueError(f"frames: expected {expected}; got an array of shape "
+                                 f"{frames.shape}")
+        elif (frames is None or isinstance(frames, str | bytes | Mapping)
+              or not isinstance(frames, Iterable)):
+            raise TypeError(f"frames: expected {expected}; got {_shown(frames)}")
         out = []
         for i, f in enumerate(frames):
-            a = np.asarray(f)
-            if a.dtype != np.uint8 or a.shape != want:
+            try:
+                a: np.ndarray | None = np.asarray(f)
+            except Exception:  # noqa: BLE001 - numpy's error for a ragged list
+                a = None
+            if a is None or a.dtype != np.uint8 or a.shape != want:
+                got = (f"{a.dtype} array of shape {a.shape}" if a is not None
+                       else _shown(f))
                 raise ValueError(f"frame {i}: expected uint8 RGB of shape {want} (the camera "
-                                 f"spec), got {a.dtype} {a.shape}")
+                                 f"spec), got {got}")
             out.append(a)
         return out
 
     def __call__(self, frames: Sequence[np.ndarray] | np.ndarray) -> list[Perception]:
-        """Perceive a batch: a list of frames or a (B, H, W, 3) array."""
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
-            raise ValueError("pass a batch: a list of frames or a (B, H, W, 3) array")
-        batch = self._check(list(frames))
+        """Perceive a batch: a list of uint8 RGB frames (H, W, 3) of the camera's shape, or
+        a (B, H, W, 3) uint8 array. TypeError for anything that is not a batch,
+        ValueError naming the expected shape for a frame of another shape or dtype."""
+        batch = self._check(frames)
         if not batch:
             return []
         t0 = time.perf_counter()
@@ -330,3 +370,21 @@ class Perceiver:
             out.append(LaneEstimate(rows=rows, xs=x_img, scores=sc, ego_offset=offset,
                                     heading_error=heading))
         return out
+
+
+def _flag(name: str, value: Any) -> bool:
+    """`value` (a bool or a numpy bool) as a bool; TypeError naming `name` otherwise (a
+    string like "no" is truthy, not False)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {_shown(value)}")
+    return bool(value)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """What was given, for an error message: its type and its repr, cut to `limit`."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+        text = "?"
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(value).__name__} {text}"

@@ -34,6 +34,30 @@ NMS_IOU = 0.7
 """ultralytics' default NMS IoU for `predict`."""
 MAX_DET = 300
 """ultralytics' default cap on boxes per frame."""
+MIN_IMGSZ, MAX_IMGSZ = 32, 4096
+"""The input sizes [px] a detector runs at: a multiple of its largest stride (32), at
+most 4096 (a 4096x4096 float input is 200 MB a frame; the shipped detectors run at 320
+and 480)."""
+
+
+def check_imgsz(imgsz: object) -> int:
+    """`imgsz` if it is an integer multiple of 32 in MIN_IMGSZ..MAX_IMGSZ px; one
+    ValueError naming `imgsz` and the range otherwise (an input of 100000 px exhausts
+    memory before anything else complains)."""
+    check_number("imgsz", imgsz, MIN_IMGSZ, MAX_IMGSZ, integer=True, unit="px")
+    size = int(imgsz)  # type: ignore[call-overload]
+    if size % 32:
+        raise ValueError(f"imgsz: must be a multiple of 32 (the detector's largest stride) "
+                         f"in [{MIN_IMGSZ}, {MAX_IMGSZ}] px, got {size}")
+    return size
+
+
+def check_trained_imgsz(size: int, weights: Path | str) -> int:
+    """`size`, the training size a detector file keeps (its default input size), if it is
+    in MIN_IMGSZ..MAX_IMGSZ px; ValueError naming the file otherwise."""
+    check_number(f"imgsz (the training size kept in {weights})", size, MIN_IMGSZ, MAX_IMGSZ,
+                 integer=True, unit="px")
+    return size
 
 
 class NotYoloHead(ValueError):
@@ -58,7 +82,7 @@ class RawDetector:
         check_number("iou", iou, 0.0, 1.0)
         check_number("max_det", max_det, 1, 100_000, integer=True)
         if imgsz is not None:
-            check_number("imgsz", imgsz, 32, 8192, integer=True, unit="px")
+            check_imgsz(imgsz)
         import torch
 
         self.torch = torch
@@ -93,7 +117,8 @@ class RawDetector:
             if isinstance(yolo.model, RTDETRDetectionModel):
                 raise NotYoloHead(f"{self.weights} is an RT-DETR model; its output is not a "
                                   "YOLO detect head's: it runs through ultralytics' predict")
-            self.input_hw = network_input(height, width, imgsz or model_imgsz(yolo))
+            self.input_hw = network_input(
+                height, width, imgsz or check_trained_imgsz(model_imgsz(yolo), self.weights))
             net: Any = yolo.model
             model = net.fuse().to(self.device).eval()
             self.half = self.device.startswith("cuda")

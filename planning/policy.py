@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from perception.onnx_cpu import brief, refused_global
+from perception.onnx_cpu import brief, check_finite, check_tensor, quiet_load, refused_global
 from planning.features import CLIP, FEATURE_DIM, features
 from planning.scene import Scene
 from sim.actions import META_ACTIONS
@@ -83,10 +83,8 @@ class PolicyZip:
 def read_policy_zip(path: str | Path) -> PolicyZip:
     """The tensors and plain fields of an SB3 zip (`PolicyZip`), checked: every entry
     matches its CRC-32, no entry is over `MAX_ENTRY_BYTES`, the `.pth` entries load with
-    torch `weights_only` and their floating tensors are finite. `PolicyLoadError` naming
-    the file and the problem otherwise."""
-    import torch
-
+    torch `weights_only` and their tensors hold real numbers, finite where floating.
+    `PolicyLoadError` naming the file and the problem otherwise."""
     p = Path(path)
     if not p.is_file():
         raise PolicyLoadError(f"policy file {p} {not_a_file(p)}; train one with `drivestack "
@@ -115,8 +113,7 @@ def read_policy_zip(path: str | Path) -> PolicyZip:
             variables: dict[str, Any] = {}
             for name in sorted(n for n in infos if n.endswith(".pth")):
                 entry = name
-                blob = torch.load(io.BytesIO(archive.read(name)), map_location="cpu",
-                                  weights_only=True)
+                blob = quiet_load(io.BytesIO(archive.read(name)))  # no torch warnings
                 if name in ("pytorch_variables.pth", "tensors.pth"):
                     variables = dict(blob)
                 else:
@@ -140,20 +137,30 @@ def read_policy_zip(path: str | Path) -> PolicyZip:
 
 def _check_finite(path: Path, name: str, state: Any) -> None:
     """`PolicyLoadError` unless every tensor in `state` (nested dicts and lists, as in an
-    optimizer's state) is finite."""
+    optimizer's state) holds real numbers (never complex), finite where floating
+    (`perception.onnx_cpu.check_tensor`); `check_state` and `_check_optimizer` check their
+    dtype kinds against the model's."""
     import torch
 
     stack: list[tuple[str, Any]] = [(name, state)]
     while stack:
         key, value = stack.pop()
         if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise PolicyLoadError(f"policy file {path}: {key} holds NaN or infinite "
-                                      "values (a damaged file)")
+            check_tensor(key, value, path, "policy file", error=PolicyLoadError)
         elif isinstance(value, dict):
             stack += [(f"{key}.{k}", v) for k, v in value.items()]
         elif isinstance(value, (list, tuple)):
             stack += [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _module_state(path: Path, name: str, state: Any) -> dict[str, Any]:
+    """`state` if it is a module's state dict: names -> tensors (`check_finite`);
+    `PolicyLoadError` naming the file and the entry otherwise."""
+    if not isinstance(state, dict):
+        raise PolicyLoadError(f"policy file {path}: {name} is not a state dict")
+    check_finite({(f"{name}.{k}" if isinstance(k, str) else k): v for k, v in state.items()},
+                 path, "policy file", error=PolicyLoadError)
+    return state
 
 
 def _layers(state: dict[str, Any], prefix: str) -> list[tuple[int, int]]:
@@ -187,20 +194,21 @@ def net_arch(state: dict[str, Any], path: Path) -> list[int] | dict[str, list[in
 
 
 def check_state(path: Path, name: str, want: dict[str, Any], got: Any) -> None:
-    """`PolicyLoadError` unless state dict `got` has exactly the keys and shapes of
-    `want` (a fresh model's)."""
-    if not isinstance(got, dict):
-        raise PolicyLoadError(f"policy file {path}: {name} is not a state dict")
+    """`PolicyLoadError` unless state dict `got` has exactly the keys, shapes and dtype
+    kinds of `want` (a fresh model's: floating where it is floating, integer where it is
+    integer), its values tensors, finite."""
+    _module_state(path, name, got)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
         raise PolicyLoadError(
             f"policy file {path}: {name} does not fit the model (another algorithm or "
             f"network?): missing {missing[:4] or 'none'}, unexpected {extra[:4] or 'none'}")
+    check_finite({f"{name}.{k}": got[k] for k in want}, path, "policy file",
+                 want={f"{name}.{k}": v for k, v in want.items()}, error=PolicyLoadError)
     for k, v in want.items():
-        if tuple(getattr(got[k], "shape", ())) != tuple(v.shape):
+        if tuple(got[k].shape) != tuple(v.shape):
             raise PolicyLoadError(f"policy file {path}: {name} {k} has shape "
-                                  f"{tuple(getattr(got[k], 'shape', ()))}, the model "
-                                  f"{tuple(v.shape)}")
+                                  f"{tuple(got[k].shape)}, the model {tuple(v.shape)}")
 
 
 def load_policy(path: str | Path, device: str = "cpu") -> Any:
@@ -214,6 +222,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> Any:
     state = z.params.get("policy")
     if not isinstance(state, dict):
         raise PolicyLoadError(f"policy file {z.path}: its policy.pth is not a state dict")
+    _module_state(z.path, "policy", state)  # tensors (their shapes give the layers)
     arch = net_arch(state, z.path)
     saved = z.data.get("policy_kwargs", {})
     if ("policy_kwargs" in z.pickled or not isinstance(saved, dict)
@@ -272,8 +281,11 @@ def load_parameters(model: Any, path: str | Path) -> int:
     for name in variable_names:
         have, got = _attr(model, name), z.variables.get(name)
         if not isinstance(got, torch.Tensor) or got.shape != have.shape:
-            raise PolicyLoadError(f"policy file {z.path}: variable {name} is {got!r}; the "
-                                  f"model's has shape {tuple(have.shape)}")
+            raise PolicyLoadError(f"policy file {z.path}: variable {name} is "
+                                  f"{_shown(got)}; the model's has shape "
+                                  f"{tuple(have.shape)}")
+        check_tensor(f"variable {name}", got, z.path, "policy file", want=have,
+                     error=PolicyLoadError)
     try:
         model.set_parameters(z.params, exact_match=True, device=get_device(model.device))
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -290,6 +302,11 @@ def load_parameters(model: Any, path: str | Path) -> int:
     return steps
 
 
+def _shown(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _attr(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -298,7 +315,10 @@ def _attr(obj: Any, dotted: str) -> Any:
 
 def _check_optimizer(path: Path, name: str, opt: Any, got: Any) -> None:
     """`PolicyLoadError` unless `got` is a state dict of `opt`'s shape: its groups hold as
-    many parameters, and each parameter's state tensors have the parameter's shape."""
+    many parameters, and each parameter's state tensors are floating, finite and of the
+    parameter's shape."""
+    import torch
+
     want = opt.state_dict()
     try:
         groups = [list(g["params"]) for g in got["param_groups"]]
@@ -312,6 +332,9 @@ def _check_optimizer(path: Path, name: str, opt: Any, got: Any) -> None:
         for pid, state in got["state"].items():
             shape = tuple(params[ids.index(pid)].shape)
             for k, v in state.items():
+                if isinstance(v, torch.Tensor):  # Adam's moments and step: floating
+                    check_tensor(f"{name} state {k} of parameter {pid}", v, path,
+                                 "policy file", want=torch.float32, error=PolicyLoadError)
                 if getattr(v, "ndim", 0) and tuple(v.shape) != shape:
                     raise PolicyLoadError(f"policy file {path}: {name} state {k} of "
                                           f"parameter {pid} has shape {tuple(v.shape)}, the "

@@ -515,3 +515,284 @@ def test_float_arguments_must_be_finite(value: float) -> None:
     for name, make in cases.items():
         with pytest.raises(ValueError, match=f"{name.strip()}: must be a finite number in"):
             make()
+
+
+# ---------------------------------------------------------------- dtypes, values, warnings
+
+
+def _as(dtype: torch.dtype, nan: bool = False) -> Any:
+    """A state-dict change: every floating tensor cast to `dtype` (a NaN first when
+    `nan`)."""
+    def change(state: dict) -> None:
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                if nan:
+                    v = v.clone()
+                    v.view(-1)[0] = float("nan")
+                state[k] = v.to(dtype)
+    return change
+
+
+def test_policy_weights_of_another_dtype_or_not_tensors_are_one_clear_error(
+        tmp_path: Path) -> None:
+    """QA: int64 weights loaded as a meaningless policy (`eval` exited 0), complex64 ones
+    with a NaN loaded and failed later, a list or an int was an AttributeError."""
+    from planning.policy import fresh_ppo, load_parameters, load_policy, net_arch, read_policy_zip
+
+    def values(make: Any) -> Any:
+        def change(state: dict) -> None:
+            for k in state:
+                state[k] = make(state[k])
+        return change
+
+    cases = {
+        "int64.zip": (_as(torch.int64), r"policy\.\S+ holds torch.int64 values; the model's "
+                                         r"are torch.float32 \(floating\)"),
+        "c64.zip": (_as(torch.complex64, nan=True), r"policy\.\S+ holds torch.complex64 "
+                                                     "values, not real numbers"),
+        "list.zip": (values(lambda v: v.tolist()), r"policy\.\S+ is a list, not a tensor"),
+        "int.zip": (values(lambda v: 3), r"policy\.\S+ is an int, not a tensor"),
+    }
+    arch = net_arch(read_policy_zip(POLICY).params["policy"], POLICY)
+    for name, (change, message) in cases.items():
+        path = _policy_with(tmp_path, name, change)
+        with pytest.raises(PolicyLoadError, match=f"policy file .*{name}: {message}"):
+            load_policy(path)
+        with pytest.raises(PolicyLoadError, match=f"policy file .*{name}: {message}"):
+            load_parameters(fresh_ppo(arch), path)
+    # the optimizer's moments: floating, as the parameters
+    state = torch.load(io.BytesIO(zipfile.ZipFile(POLICY).read("policy.optimizer.pth")),
+                       weights_only=True)
+    moments = next(iter(state["state"].values()))
+    moments["exp_avg"] = moments["exp_avg"].to(torch.int32)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = _zip_with(POLICY, tmp_path / "opt.zip", {"policy.optimizer.pth": buf.getvalue()})
+    with pytest.raises(PolicyLoadError, match=r"opt.zip: policy.optimizer state exp_avg of "
+                                              r"parameter \d+ holds torch.int32 values"):
+        load_parameters(fresh_ppo(arch), path)
+
+
+def test_lane_and_refiner_weights_of_another_dtype_are_one_clear_error(
+        tiny_lanes: Path, tmp_path: Path) -> None:
+    """QA: a lanes.pt with complex-NaN or int32 weights loaded (eval-perception exited 0
+    with lane F1 0.000), a complex one as training `init` loaded with a ComplexWarning.
+    BatchNorm's integer counters stay integers."""
+    from perception.lane_train import LaneTraining, train_lanes
+    from perception.lanes import LaneModelSpec, build_model, load_lane_model, save_weights
+    from perception.refine import RefinerSpec, build_refiner, load_refiner, save_refiner
+
+    spec = LaneModelSpec(height=64, width=96, rows=(20, 40, 60), cells=8, hidden=8)
+    save_weights(build_model(spec), spec, tmp_path / "good.pt", {})
+    load_lane_model(tmp_path / "good.pt")  # fp16 weights, int64 counters: fine
+    blob = torch.load(tmp_path / "good.pt", weights_only=True)
+    cases = {"int32.pt": (_as(torch.int32), r"holds torch.int32 values; the model's are "
+                                            r"torch.float32 \(floating\)"),
+             "complex.pt": (_as(torch.complex64, nan=True), "holds torch.complex64 values"),
+             "counter.pt": (lambda s: s.update({k: v.float() for k, v in s.items()
+                                                if k.endswith("num_batches_tracked")}),
+                            r"num_batches_tracked holds torch.float32 values; the model's "
+                            r"are torch.int64 \(integer\)")}
+    for name, (change, message) in cases.items():
+        state = dict(blob["state_dict"])
+        change(state)
+        torch.save({**blob, "state_dict": state}, tmp_path / name)
+        with pytest.raises(UnreadableModel, match=f"lane weights .*{name}: .*{message}"):
+            load_lane_model(tmp_path / name)
+    with pytest.raises(UnreadableModel, match="complex.pt: .*complex64"):
+        train_lanes(LaneTraining(data=tiny_lanes, out=tmp_path / "i", epochs=1, batch=4,
+                                 init=tmp_path / "complex.pt"))
+    save_refiner(build_refiner(RefinerSpec(width=4)), RefinerSpec(width=4),
+                 tmp_path / "ref.pt", {})
+    ref = torch.load(tmp_path / "ref.pt", weights_only=True)
+    _as(torch.int64)(ref["state_dict"])
+    torch.save(ref, tmp_path / "ref_int.pt")
+    with pytest.raises(UnreadableModel, match="refiner weights .*ref_int.pt: .*torch.int64"):
+        load_refiner(tmp_path / "ref_int.pt", backend="torch")
+
+
+def test_a_lane_resume_checkpoint_of_another_dtype_is_one_clear_error(
+        tiny_lanes: Path, tmp_path: Path) -> None:
+    from perception.lane_train import LaneTraining, train_lanes
+
+    run = tmp_path / "run"
+    train_lanes(LaneTraining(data=tiny_lanes, out=run, epochs=1, batch=4, limit=4))
+    good = torch.load(run / "last.pt", weights_only=True)
+    for change in (lambda b: _as(torch.complex64)(b["state_dict"]),
+                   lambda b: _as(torch.int64)(next(iter(b["optimizer"]["state"].values())))):
+        blob = torch.load(run / "last.pt", weights_only=True)
+        change(blob)
+        torch.save(blob, run / "last.pt")
+        with pytest.raises(UnreadableModel, match=r"resume checkpoint .*last.pt: .* holds "
+                                                  r"torch.(complex64|int64) values"):
+            train_lanes(LaneTraining(data=tiny_lanes, out=run, epochs=1, batch=4, limit=4,
+                                     resume=True))
+        torch.save(good, run / "last.pt")
+
+
+def _protocol4_pth(marker: Path) -> bytes:
+    """A torch zip whose data.pkl is a protocol-4 pickle of the payload (torch warns about
+    the protocol before refusing it)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": Payload(marker)}, protocol=4))
+        z.writestr("archive/version", "3\n")
+    return buf.getvalue()
+
+
+def test_a_refused_crafted_file_is_one_message_without_torch_warnings(
+        marker: Path, tmp_path: Path) -> None:
+    """QA: torch printed "Detected pickle protocol 4" before drivestack's error line."""
+    import warnings
+
+    from perception.lanes import load_lane_model
+    from planning.policy import load_policy
+
+    evil = _zip_with(POLICY, tmp_path / "evil4.zip", {"policy.pth": _protocol4_pth(marker)})
+    (tmp_path / "evil4.pt").write_bytes(_protocol4_pth(marker))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(PolicyLoadError, match="evil4.zip: .*refused"):
+            load_policy(evil)
+        with pytest.raises(UnreadableModel, match="evil4.pt holds Python objects.*refused"):
+            load_lane_model(tmp_path / "evil4.pt")
+    assert not [str(w.message) for w in caught]
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def _lane_dataset(src: Path, dst: Path, line: int, record: Any) -> Path:
+    """A copy of dataset `src` with line `line` (1-based) of lanes/train.jsonl replaced by
+    `record` (JSON text as it is)."""
+    shutil.copytree(src, dst)
+    path = dst / "lanes" / "train.jsonl"
+    lines = path.read_text().splitlines()
+    lines[line - 1] = record if isinstance(record, str) else json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+    return dst
+
+
+def test_a_damaged_lane_dataset_names_the_file_and_line(tiny_lanes: Path,
+                                                        tmp_path: Path) -> None:
+    """QA: {"image": 5} was a TypeError in load_split, a ragged lanes row a numpy
+    ValueError in slot_targets."""
+    from perception.lane_train import LaneTraining, load_split, train_lanes
+    from perception.lanes import slot_targets
+
+    first = json.loads((tiny_lanes / "lanes" / "train.jsonl").read_text().splitlines()[0])
+    ragged = {**first, "lanes": [first["lanes"][0][:-1], *first["lanes"][1:]]}
+    cases = [({"image": 5}, "expected a JSON object with an image path"),
+             (ragged, "lanes must be a list of boundaries, each a list of"),
+             ({**first, "ego_boundaries": [0, 99]}, "ego_boundaries must be two indices"),
+             ({**first, "h_samples": "x"}, "h_samples must be a list of row indices"),
+             ({**first, "ego_lane_offset": None}, "ego_lane_offset must be a finite number"),
+             ({k: v for k, v in first.items() if k != "boundary_ids"},
+              "lane record without boundary_ids"),
+             ("{not json", "not a JSON line"),
+             ("[1, 2]", "expected a JSON object")]
+    for i, (record, message) in enumerate(cases):
+        data = _lane_dataset(tiny_lanes, tmp_path / f"d{i}", 2, record)
+        with pytest.raises(ValueError, match=f"lanes/train.jsonl line 2: {message}"):
+            load_split(data, "train")
+    with pytest.raises(ValueError, match="train.jsonl line 2: lanes must be"):
+        train_lanes(LaneTraining(data=tmp_path / "d1", out=tmp_path / "run", epochs=1,
+                                 batch=4))
+    with pytest.raises(ValueError, match="lanes must be a list of boundaries"):
+        slot_targets(ragged)
+
+
+# ---------------------------------------------------------------- Perceiver arguments
+
+
+@pytest.fixture(scope="module")
+def plain_perceiver() -> Any:
+    """The PyTorch detector through ultralytics' predict: no export, no lanes."""
+    from perception.perceiver import Perceiver
+
+    return Perceiver(weights=DETECTOR, device="cpu", lanes=False, refine=False)
+
+
+def test_perceiver_camera_is_a_camera_spec_or_a_mapping_of_its_fields() -> None:
+    """QA: camera={"width": 96, "height": 64} or camera="cam" was an AttributeError."""
+    from types import MappingProxyType
+
+    from perception.perceiver import Perceiver
+    from sim.types import CameraSpec
+
+    for camera in ({"width": 96, "height": 64}, MappingProxyType({"width": 96, "height": 64})):
+        p = Perceiver(weights=DETECTOR, device="cpu", lanes=False, refine=np.False_,
+                      camera=camera)
+        assert p.camera == CameraSpec(width=96, height=64)
+        assert len(p([np.zeros((64, 96, 3), np.uint8)])) == 1
+    for camera, error, message in (
+            ("cam", TypeError, "camera must be a CameraSpec, a dict of its fields or None, "
+                               "got str"),
+            (5, TypeError, "camera must be a CameraSpec"),
+            ({"width": 96, "lens": 1}, ValueError, r"camera: unknown key\(s\) \['lens'\]"),
+            ({"width": -1}, ValueError, "width, height")):
+        with pytest.raises(error, match=message):
+            Perceiver(weights=DETECTOR, device="cpu", lanes=False, refine=False, camera=camera)
+
+
+def test_perceiver_frames_that_are_not_a_batch_of_images_are_one_clear_error(
+        plain_perceiver: Any) -> None:
+    """QA: Perceiver()(None) was "'NoneType' object is not iterable"."""
+    shape = r"uint8 RGB .*of shape \(192, 320, 3\)"
+    for frames in (None, 5, "frames", b"x", {"a": 1}):
+        with pytest.raises(TypeError, match=f"frames: expected a list of {shape}.* got "
+                                            f"{type(frames).__name__}"):
+            plain_perceiver(frames)
+    nan = np.full((192, 320, 3), np.nan, np.float32)
+    for frames in ([nan], [np.zeros((192, 320, 3), np.int64)], [np.zeros((192, 320, 4),
+                   np.uint8)], [None], [[[1, 2], [3]]], ["img"],
+                   np.zeros((2, 192, 320)), np.zeros(5, np.uint8),
+                   np.zeros((1, 2, 192, 320, 3), np.uint8)):
+        with pytest.raises(ValueError, match=r"expected .*uint8 .*\(192, 320, 3\)|"
+                                             r"\(B, 192, 320, 3\)"):
+            plain_perceiver(frames)
+    assert plain_perceiver([]) == []
+    assert len(plain_perceiver(np.zeros((2, 192, 320, 3), np.uint8))) == 2
+
+
+def test_perceiver_flags_must_be_bools() -> None:
+    """QA: lanes="no" and refine="no" (truthy strings) were taken as True."""
+    from perception.perceiver import Perceiver
+
+    for name in ("lanes", "refine", "int8", "bf16"):
+        for value in ("no", 0, None, 1.0):
+            with pytest.raises(TypeError, match=f"{name} must be True or False, got "
+                                                f"{type(value).__name__}"):
+                Perceiver(weights=DETECTOR, device="cpu", **{name: value})
+
+
+def test_perceiver_imgsz_is_the_size_that_runs_or_refused() -> None:
+    """QA: Perceiver(imgsz=64|640|8192, device="cpu") ran the cached ONNX export at its own
+    size and said nothing."""
+    from perception.detector import DEFAULT_WEIGHTS, trained_imgsz
+    from perception.perceiver import Perceiver
+
+    size = trained_imgsz(DEFAULT_WEIGHTS)
+    for imgsz in (64, 640):
+        with pytest.raises(ValueError, match=f"imgsz={imgsz}: the detector runs as the ONNX "
+                                             r"export .*fixed at 480x288.*weights= a \.pt"):
+            Perceiver(imgsz=imgsz, device="cpu", lanes=False, refine=False)
+    assert Perceiver(imgsz=size, device="cpu", lanes=False, refine=False).imgsz == (288, 480)
+    honored = Perceiver(weights=DETECTOR, imgsz=320, device="cpu", lanes=False, refine=False)
+    assert honored.imgsz == 320  # the .pt on the CPU: ultralytics' predict at that size
+
+
+@pytest.mark.parametrize("imgsz", [100_000, 8192, 16, 100, 0, -32, 320.0, True])
+def test_imgsz_is_bounded_before_anything_runs(imgsz: Any, tmp_path: Path) -> None:
+    """QA: `eval-perception --imgsz 100000` exhausted 24 GB of memory."""
+    from perception.evaluate import predict_split
+    from perception.perceiver import Perceiver
+    from perception.raw_detector import RawDetector
+
+    message = r"imgsz: must be an? (integer|multiple of 32).* in \[32, 4096\] px"
+    for make in (lambda: predict_split(DETECTOR, tmp_path, "val", imgsz=imgsz),
+                 lambda: RawDetector(DETECTOR, "cpu", 192, 320, imgsz=imgsz),
+                 lambda: Perceiver(weights=DETECTOR, device="cpu", imgsz=imgsz)):
+        with pytest.raises(ValueError, match=message):
+            make()
