@@ -207,7 +207,7 @@ class DrivingEnv(gym.Env):
         Through `gym.make`'s wrappers (whose order check wants a reset before a step),
         restore with `env.reset(options={"state": state})`, which calls this.
         Raises TypeError or ValueError naming what the state holds wrong (see
-        `WorldState.check`); the env is left as it was."""
+        `WorldState.check` and `WorldState.check_on`); the env is left as it was."""
         if not isinstance(state, WorldState):
             raise TypeError(f"set_state expects a WorldState, got {type(state).__name__}")
         state.check()
@@ -216,9 +216,9 @@ class DrivingEnv(gym.Env):
         if abs(dt - self.dt) > 1e-12:
             raise ValueError(f"state was recorded with dt={dt}, this env steps dt={self.dt}: "
                              "replay would diverge; make the env with the same dt")
-        if self.world is None:
-            self.world = World(state.scenario, self.dt)
-        self.world.set_state(state)
+        world = self.world if self.world is not None else World(state.scenario, self.dt)
+        world.set_state(state)  # checks the state on its road; refuses without a change
+        self.world = world
         self._scenario_info = asdict(state.scenario)
         self._controller = copy.deepcopy(extra.get("controller"))
         if self._controller is None:  # a bare World state: start tracking the current lane

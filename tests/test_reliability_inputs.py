@@ -51,6 +51,7 @@ from sim.env import DrivingEnv
 from sim.rewards import RewardWeights
 from sim.types import CameraSpec
 from sim.vector import BatchDrivingEnv
+from sim.world.batch import BatchWorld
 from sim.world.world import World
 
 MAX_MESSAGE = 4096
@@ -433,6 +434,110 @@ def test_a_bare_world_state_still_restores() -> None:
     env.set_state(bare)
     obs, *_ = env.step(1)
     assert np.isfinite(obs).all()
+
+
+def _column_with(column: str, row: Callable[[Any], int],
+                 value: Callable[[Any], Any]) -> Callable[[Any], np.ndarray]:
+    """The state's own column with one row set to value(state)."""
+    def make(state: Any) -> np.ndarray:
+        v = getattr(state.actors, column).copy()
+        v[row(state)] = value(state)
+        return v
+    return make
+
+
+def _cone_shape_on_a_car(state: Any) -> np.ndarray:
+    shape = state.actors.shape.copy()
+    shape[int(np.flatnonzero(state.actors.cls == 0)[0])] = 8  # "cone" on a car
+    return shape
+
+
+# (where, value, the field named, the value named): states that pass every type and range
+# check but do not fit their own scenario or road; each used to be accepted
+_INCONSISTENT = [
+    pytest.param("actors.target_lane", _column_with("target_lane", lambda s: 0,
+                                                    lambda s: s.scenario.n_lanes),
+                 "actors.target_lane", "got 4", id="target_lane-past-the-road"),  # IndexError
+    pytest.param("actors.track_id", _column_with("track_id", lambda s: 1,
+                                                 lambda s: s.actors.track_id[0]),
+                 "actors.track_id", "1 is held by rows [0, 1]", id="duplicate-track_id"),
+    pytest.param("actors.track_id", _column_with("track_id", lambda s: 2, lambda s: 0),
+                 "actors.track_id", "0 at active row 2", id="active-track_id-0"),
+    pytest.param("next_track_id", lambda s: int(s.actors.track_id.max()), "next_track_id",
+                 "got 12", id="next_track_id-at-an-id"),
+    pytest.param("next_track_id", lambda s: 3, "next_track_id", "got 3",
+                 id="next_track_id-below-ids"),
+    pytest.param("ego.s", 1e5, "ego.s", "got 100000.0", id="ego-past-the-road"),
+    pytest.param("ego.d", -40.0, "ego.d", "got -40.0", id="ego-beside-the-road"),
+    pytest.param("ego.x", lambda s: s.ego.x + 20.0, "ego", "ego.s=", id="ego-pose-vs-s-d"),
+    pytest.param("actors.s", _column_with("s", lambda s: 3, lambda s: 1e5), "actors.s",
+                 "100000.0 at active row 3", id="actor-past-the-road"),
+    pytest.param("actors.s", _column_with("s", lambda s: 3, lambda s: s.ego.s - 500.0),
+                 "actors.s", "at active row 3", id="actor-far-behind-the-ego"),
+    pytest.param("actors.d", _column_with("d", lambda s: 3, lambda s: 60.0), "actors.d",
+                 "60.0 at active row 3", id="actor-beside-the-road"),
+    pytest.param("scenario.n_vehicles", 0, "actors", "n_vehicles=0", id="n_vehicles-0"),
+    pytest.param("scenario.n_pedestrians", lambda s: s.scenario.n_pedestrians + 1, "actors",
+                 "n_pedestrians=", id="one-pedestrian-too-many"),
+    pytest.param("scenario.n_stalled", lambda s: s.scenario.n_stalled + 1, "actors",
+                 "n_stalled=", id="one-stalled-too-many"),
+    pytest.param("actors.desired_speed", _column_with("desired_speed", lambda s: 0,
+                                                      lambda s: 0.0),
+                 "actors", "11 rows of moving cars and trucks", id="a-car-parked-by-hand"),
+    pytest.param("actors.shape", _cone_shape_on_a_car, "actors.shape", "8 (cone)",
+                 id="cone-body-on-a-car"),
+    pytest.param("time", 99.0, "time", "99.0", id="time-vs-step"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "field", "named"), _INCONSISTENT)
+def test_set_state_refuses_a_state_that_does_not_fit_its_scenario(
+        where: str, value: Any, field: str, named: str) -> None:
+    """QA of issue 13 (T3, S9): each of these was accepted; the first one then raised
+    IndexError in traffic.py at the next step, the others gave a silently wrong episode
+    (an ego 100 km down a 1.5 km road ends at once with route_completion 1.0)."""
+    state = _state_after(5)
+    if callable(value):
+        value = value(state)
+    bad = _damage(state, where, value)
+    env = DrivingEnv(obs_type="state", action_type="meta", camera=SMALL)
+    env.reset(seed=1)  # another scenario: a refused state must not rebuild the road
+    before, road = env.get_state(), env.world.road if env.world else None
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")) as err:
+        env.set_state(bad)
+    assert named in str(err.value), str(err.value)
+    after = env.get_state()
+    assert after.scenario == before.scenario and after.ego == before.ego
+    assert after.actors.s.tobytes() == before.actors.s.tobytes()
+    assert env.world is not None and env.world.road is road
+    fresh = DrivingEnv(obs_type="state", action_type="meta", camera=SMALL)
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        fresh.set_state(bad)
+    assert fresh.world is None  # a fresh env stays fresh
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        World(state.scenario).set_state(bad)
+    env.set_state(state)  # the undamaged state restores
+
+
+def test_states_the_world_makes_fit_their_road() -> None:
+    """The road checks refuse no state the sim makes: actors that dense traffic and many
+    obstacles put past the end of a short road at the start, a batch's worlds."""
+    base = sample_scenario(family_config("rural"), 2)
+    crowded = replace(base, road_length=200.0, n_lanes=1, n_vehicles=60, n_cone_groups=12,
+                      n_stalled=6)
+    world, other = World(crowded), World(base)
+    assert world.get_state().actors.s.max() > world.road.s_max  # placed past the end
+    for _ in range(20):
+        other.set_state(world.get_state())
+        world.step(0.0, 0.5)
+    batch = BatchWorld([base, crowded, sample_scenario(family_config("highway"), 5)])
+    for _ in range(30):
+        batch.step(np.zeros(3), np.full(3, 0.5))
+    for b in range(len(batch)):
+        other.set_state(batch.world_state(b))
+    env = DrivingEnv(obs_type="state", action_type="meta", camera=SMALL)
+    env.set_state(batch.world_state(2))
+    assert np.isfinite(env.step(1)[0]).all()
 
 
 # -- properties: launch files -----------------------------------------------------------

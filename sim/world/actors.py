@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK, EgoState
+from sim.types import CAR, CLASS_NAMES, CONE, CYCLIST, PEDESTRIAN, TRUCK, EgoState
 
 # Body variants per class; each has a (length, width, height) [m] and an IDM profile.
 BODY_SHAPES: dict[int, tuple[str, ...]] = {
@@ -31,6 +31,8 @@ SHAPE_SIZE: dict[str, tuple[float, float, float]] = {
 SHAPE_NAMES: tuple[str, ...] = tuple(SHAPE_SIZE)
 """Global shape id -> name (the renderer builds each shape from parts)."""
 
+MAX_LANES = 5
+"""Most lanes a road has (`Scenario.n_lanes`)."""
 MAX_STEER = 0.55
 """Largest front-wheel angle [rad]."""
 MAX_ACCEL = 3.0
@@ -83,9 +85,11 @@ class ActorTable:
     def __len__(self) -> int:
         return int(self.s.shape[0])
 
-    def check(self) -> None:
+    def check(self, n_lanes: int = MAX_LANES) -> None:
         """Raise TypeError or ValueError naming the first column that is not an array of
-        the table's length, dtype kind and range (NaN and infinities included)."""
+        the table's length, dtype kind and range (NaN and infinities included), a lane
+        index (`target_lane`) that is not -1 or a lane of a road of `n_lanes` lanes, or a
+        body `shape` that is not one of its class's."""
         n = None
         for f in fields(self):
             v = getattr(self, f.name)
@@ -98,13 +102,25 @@ class ActorTable:
                 raise ValueError(f"{name}: must have shape {shape} (one row per actor), "
                                  f"got {v.shape}")
             kinds, lo, hi = _COLUMNS[f.name]
+            if f.name == "target_lane":  # indexes the road's lanes (traffic.py): follow it
+                hi = min(hi, n_lanes - 1)
             if v.dtype.kind not in kinds:
                 raise ValueError(f"{name}: dtype {v.dtype} is not allowed (kind {kinds!r})")
             if v.size and v.dtype.kind in "iuf":
                 bad = ~(np.isfinite(v) & (v >= lo) & (v <= hi))
                 if bad.any():
-                    raise ValueError(f"{name}: values must be finite and in [{lo:g}, {hi:g}], "
-                                     f"got {v[bad][0]!r} at row {int(np.flatnonzero(bad)[0])}")
+                    where = " (-1: none, else a lane of the scenario's road)" \
+                        if f.name == "target_lane" else ""
+                    raise ValueError(f"{name}: values must be finite and in [{lo:g}, {hi:g}]"
+                                     f"{where}, got {v[bad][0].item()!r} at row "
+                                     f"{int(np.flatnonzero(bad)[0])}")
+        bad = ~_BODY_OF[self.cls, self.shape]
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            cls, body = int(self.cls[i]), int(self.shape[i])
+            raise ValueError(f"actors.shape: {body} ({SHAPE_NAMES[body]}) at row {i} is not a "
+                             f"body of its class actors.cls={cls} ({CLASS_NAMES[cls]}); "
+                             f"allowed: {', '.join(BODY_SHAPES[cls])}")
 
     def copy(self) -> ActorTable:
         return ActorTable(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
@@ -135,12 +151,17 @@ class ActorTable:
         )
 
 
+_BODY_OF = np.zeros((CONE + 1, len(SHAPE_NAMES)), bool)
+"""_BODY_OF[cls, shape]: whether shape is a body of class cls."""
+for _cls, _names in BODY_SHAPES.items():
+    _BODY_OF[_cls, [SHAPE_NAMES.index(_n) for _n in _names]] = True
+
 _INT, _FLOAT = "iu", "fiu"
 _COLUMNS: dict[str, tuple[str, float, float]] = {
     "track_id": (_INT, 0, 2**62), "cls": (_INT, 0, CONE), "shape": (_INT, 0, len(SHAPE_NAMES) - 1),
     "active": ("b", 0, 1), "s": (_FLOAT, -1e6, 1e6), "d": (_FLOAT, -1e3, 1e3),
     "speed": (_FLOAT, -100.0, 100.0), "v_lat": (_FLOAT, -50.0, 50.0),
-    "accel": (_FLOAT, -100.0, 100.0), "target_lane": (_INT, -1, 4),
+    "accel": (_FLOAT, -100.0, 100.0), "target_lane": (_INT, -1, MAX_LANES - 1),
     "desired_speed": (_FLOAT, 0.0, 100.0), "headway": (_FLOAT, 0.0, 100.0),
     "lc_timer": (_FLOAT, 0.0, 1e4), "cross_state": (_INT, 0, 2),
     "length": (_FLOAT, 0.01, 50.0), "width": (_FLOAT, 0.01, 10.0),

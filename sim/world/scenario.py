@@ -24,6 +24,9 @@ CLOTHES = np.array(
      [60, 60, 60], [230, 120, 30], [90, 40, 120]], np.uint8,
 )
 
+CONE_SPACING = 4.0
+"""Spacing of the cones of a taper along s [m]."""
+
 CLUTTER_KINDS: tuple[str, ...] = ("tree", "pole", "building", "sign", "bush")
 
 
@@ -217,7 +220,7 @@ def place_static(
             else:
                 frac = min(1.0, k / max(1, len(rows) - 3))
                 actors.d[i] = outer + inward * (0.3 + frac * (road.lane_width - 0.6))
-            actors.s[i] = s0 + 4.0 * k
+            actors.s[i] = s0 + CONE_SPACING * k
         actors.speed[i] = actors.desired_speed[i] = actors.v_lat[i] = 0.0
         actors.target_lane[i] = -1
         actors.track_id[i], actors.active[i] = tid, True

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sim.config import Scenario
-from sim.types import CONE, CYCLIST, PEDESTRIAN, EgoState, Events, check_number
+from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK, EgoState, Events, check_number
 from sim.world.actors import (
     ActorTable,
     box_corners,
@@ -24,6 +24,7 @@ from sim.world.actors import (
 )
 from sim.world.road import Road, make_road
 from sim.world.scenario import (
+    CONE_SPACING,
     Clutter,
     make_clutter,
     place_cyclist,
@@ -46,6 +47,49 @@ BROAD_MARGIN = 0.5
 """Slack of the Frenet broad phase for curvature and lane-change yaw [m]."""
 MAX_DT = 0.5
 """Longest simulation step [s]; the physics and IDM are integrated with explicit steps."""
+STATIC_GAP = 45.0
+"""Smallest spacing of two static obstacles (cone tapers, stalled vehicles) [m]."""
+EGO_MARGIN = 10.0
+"""How far beyond the road's ends and its paved edges a state's ego may be [m]: the step
+that ends an episode off the road overshoots the edge."""
+ACTOR_MARGIN = 3.0
+"""How far beyond the paved edges an active actor may be [m] (pedestrians walk up to
+2 m beyond them)."""
+POSE_TOLERANCE = 1.0
+"""Largest disagreement between the ego's world pose and its Frenet s, d in a state [m]."""
+
+
+def spawn_end(sc: Scenario) -> float:
+    """Vehicles start in [-70 m, this] around the ego: room for ~45 m per vehicle and
+    lane, so dense traffic fits."""
+    return max(260.0, 45.0 * sc.n_vehicles / sc.n_lanes)
+
+
+def _static_span(sc: Scenario) -> tuple[float, float]:
+    """Where static obstacles are drawn along s [m] (then spread STATIC_GAP apart)."""
+    return 90.0, max(120.0, min(600.0, sc.road_length - 50))
+
+
+def placement_end(sc: Scenario) -> float:
+    """The farthest s at which the world places an actor when it starts [m]. Dense
+    traffic and many obstacles on a short road reach past the road's end."""
+    n_static = sc.n_cone_groups + sc.n_stalled
+    static_end = (_static_span(sc)[1] + STATIC_GAP * max(n_static - 1, 0)
+                  + CONE_SPACING * (CONES_PER_GROUP - 1))
+    return max(spawn_end(sc), static_end, 250.0)
+
+
+def expected_rows(sc: Scenario) -> dict[str, tuple[int, str]]:
+    """Rows of each kind a world of scenario sc holds in its actor table, for ever
+    (rows are reused, never added), with the scenario fields that set the count."""
+    return {
+        "moving cars and trucks": (sc.n_vehicles, f"scenario.n_vehicles={sc.n_vehicles}"),
+        "stalled cars and trucks": (sc.n_stalled, f"scenario.n_stalled={sc.n_stalled}"),
+        "cyclists": (sc.n_cyclists, f"scenario.n_cyclists={sc.n_cyclists}"),
+        "pedestrians": (sc.n_pedestrians, f"scenario.n_pedestrians={sc.n_pedestrians}"),
+        "cones": (CONES_PER_GROUP * sc.n_cone_groups,
+                  f"{CONES_PER_GROUP} * scenario.n_cone_groups={sc.n_cone_groups}"),
+    }
 
 
 @dataclass
@@ -78,15 +122,101 @@ class WorldState:
         except ValueError as exc:
             raise ValueError(f"state.scenario.{exc}") from None
         self.ego.check()
-        self.actors.check()
+        self.actors.check(n_lanes=self.scenario.n_lanes)
         check_number("step", self.step, 0, 2**62, integer=True)
         check_number("time", self.time, 0.0, 1e7, unit="s")
         check_number("next_track_id", self.next_track_id, 1, 2**62, integer=True)
+        self._check_rows()
+        self._check_track_ids()
         try:
             np.random.PCG64().state = self.rng_state  # type: ignore[assignment]
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"rng_state: not a state of numpy's PCG64 generator "
                              f"({type(exc).__name__}: {str(exc)[:100]})") from None
+
+    def _check_rows(self) -> None:
+        """The actor table holds the rows the scenario asks for, kind by kind."""
+        a = self.actors
+        vehicle = (a.cls == CAR) | (a.cls == TRUCK)
+        have = {
+            "moving cars and trucks": (vehicle & (a.desired_speed > 0),
+                                       "actors.cls car or truck, actors.desired_speed > 0"),
+            "stalled cars and trucks": (vehicle & (a.desired_speed == 0),
+                                        "actors.cls car or truck, actors.desired_speed 0"),
+            "cyclists": (a.cls == CYCLIST, f"actors.cls {CYCLIST} (cyclist)"),
+            "pedestrians": (a.cls == PEDESTRIAN, f"actors.cls {PEDESTRIAN} (pedestrian)"),
+            "cones": (a.cls == CONE, f"actors.cls {CONE} (cone)"),
+        }
+        want = expected_rows(self.scenario)
+        total = sum(n for n, _ in want.values())
+        if len(a) != total:
+            raise ValueError(
+                f"actors: the table has {len(a)} rows, the scenario asks for {total} ("
+                + ", ".join(f"{k}: {why}" for k, (_, why) in want.items())
+                + "); a world keeps one row per actor of its scenario")
+        for kind, (n, why) in want.items():
+            rows, what = have[kind]
+            got = int(rows.sum())
+            if got != n:
+                raise ValueError(f"actors: {got} rows of {kind} ({what}), the scenario asks "
+                                 f"for {n} ({why}); rows keep their kind for the whole episode")
+
+    def _check_track_ids(self) -> None:
+        """Track ids are unique (0 only in rows never placed), below next_track_id."""
+        a = self.actors
+        unplaced = a.active & (a.track_id == 0)
+        if unplaced.any():
+            raise ValueError(f"actors.track_id: 0 at active row {int(np.flatnonzero(unplaced)[0])}"
+                             f"; an active actor has a track id in [1, next_track_id - 1]")
+        ids = a.track_id[a.track_id != 0]
+        if ids.size == 0:
+            return
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            tid = int(uniq[np.flatnonzero(counts > 1)[0]])
+            rows = np.flatnonzero(a.track_id == tid).tolist()
+            raise ValueError(f"actors.track_id: {tid} is held by rows {rows}; "
+                             "track ids must be unique")
+        if int(uniq[-1]) >= self.next_track_id:
+            raise ValueError(f"next_track_id: must be greater than every actors.track_id, "
+                             f"i.e. in [{int(uniq[-1]) + 1}, 2**62], got {self.next_track_id!r}"
+                             " (a respawned actor would reuse an id)")
+
+    def check_on(self, road: Road, dt: float) -> None:
+        """Raise ValueError naming the first part of a checked state (`check`) that does not
+        fit the road built from its scenario or the world's step `dt`: the ego off the
+        road (beyond EGO_MARGIN), its world pose and Frenet s, d disagreeing, an active
+        actor off the road or outside the window the world keeps around the ego, a time
+        that is not step * dt."""
+        sc, e, a = self.scenario, self.ego, self.actors
+        where = (f"m (the road of the state's scenario: s in [{road.s[0]:g}, {road.s_max:g}] m, "
+                 f"paved |d| <= {road.paved_half_width:.3g} m, plus {EGO_MARGIN:g} m)")
+        check_number("ego.s", e.s, road.s[0] - EGO_MARGIN, road.s_max + EGO_MARGIN, unit=where)
+        edge = road.paved_half_width + EGO_MARGIN
+        check_number("ego.d", e.d, -edge, edge, unit=where)
+        off = 0.5 * e.wheelbase
+        s, d = road.to_frenet(e.x + off * np.cos(e.yaw), e.y + off * np.sin(e.yaw), e.s)
+        if abs(float(s[0]) - e.s) > POSE_TOLERANCE or abs(float(d[0]) - e.d) > POSE_TOLERANCE:
+            raise ValueError(
+                f"ego: x={e.x:.6g}, y={e.y:.6g}, yaw={e.yaw:.6g} put the body centre at "
+                f"s={float(s[0]):.6g}, d={float(d[0]):.6g} m on the road, but ego.s={e.s:.6g}, "
+                f"ego.d={e.d:.6g}; they must agree within {POSE_TOLERANCE:g} m")
+        lo, hi = e.s - BEHIND, max(road.s_max, placement_end(sc))
+        edge = road.paved_half_width + ACTOR_MARGIN
+        for name, v, v_lo, v_hi, why in (
+            ("s", a.s, lo, hi, f"from {BEHIND:g} m behind ego.s to the end of the road or "
+                               "of the actors' first placement"),
+            ("d", a.d, -edge, edge, f"the paved road plus {ACTOR_MARGIN:g} m"),
+        ):
+            bad = a.active & ~((v >= v_lo - 1e-6) & (v <= v_hi))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"actors.{name}: {float(v[i])!r} at active row {i} is off the "
+                                 f"scenario's road: allowed [{v_lo:.6g}, {v_hi:.6g}] m ({why})")
+        want = self.step * dt
+        if abs(self.time - want) > 1e-6 * max(1.0, want):
+            raise ValueError(f"time: {self.time!r} s does not match step={self.step} at the "
+                             f"world's dt={dt:.6g} s (step * dt = {want:.6g} s)")
 
 
 class World:
@@ -103,21 +233,24 @@ class World:
 
     # -- construction --------------------------------------------------------------
     def _build(self, scenario: Scenario) -> None:
-        rng = np.random.default_rng([scenario.seed, 0xD0AD])
         self.scenario = scenario
-        self.road: Road = make_road(
+        self.road, self.clutter = self._make(scenario)
+
+    @staticmethod
+    def _make(scenario: Scenario) -> tuple[Road, Clutter]:
+        """The road and clutter of a scenario (drawn from its seed)."""
+        rng = np.random.default_rng([scenario.seed, 0xD0AD])
+        road = make_road(
             rng, n_lanes=scenario.n_lanes, lane_width=scenario.lane_width,
             shoulder_width=scenario.shoulder_width, min_radius=scenario.min_radius,
             route_length=scenario.road_length, family=scenario.family,
         )
-        self.clutter: Clutter = make_clutter(rng, self.road, scenario.clutter)
+        return road, make_clutter(rng, road, scenario.clutter)
 
     @property
     def _spawn_end(self) -> float:
-        """Vehicles start in [-70 m, this] around the ego: room for ~45 m per vehicle
-        and lane, so dense traffic fits."""
-        sc = self.scenario
-        return max(260.0, 45.0 * sc.n_vehicles / sc.n_lanes)
+        """Vehicles start in [-70 m, this] around the ego (see `spawn_end`)."""
+        return spawn_end(self.scenario)
 
     @property
     def ahead(self) -> float:
@@ -138,10 +271,9 @@ class World:
         actors = ActorTable.empty(n)
         state = WorldState(scenario=sc, ego=ego, actors=actors)
         row = 0
-        static_s = np.sort(rng.uniform(90.0, max(120.0, min(600.0, sc.road_length - 50)),
-                                       sc.n_cone_groups + sc.n_stalled))
+        static_s = np.sort(rng.uniform(*_static_span(sc), sc.n_cone_groups + sc.n_stalled))
         for k in range(1, static_s.size):  # a cone taper is ~30 m long: keep them apart
-            static_s[k] = max(static_s[k], static_s[k - 1] + 45.0)
+            static_s[k] = max(static_s[k], static_s[k - 1] + STATIC_GAP)
         kinds = rng.permutation([False] * sc.n_cone_groups + [True] * sc.n_stalled)
         for s0, stalled in zip(static_s, kinds, strict=True):
             k = 1 if stalled else CONES_PER_GROUP
@@ -173,12 +305,16 @@ class World:
         return copy.deepcopy(self.state)
 
     def set_state(self, state: WorldState) -> None:
-        """Restore a state from `get_state()` (rebuilds road and clutter if needed)."""
+        """Restore a state from `get_state()` (rebuilds road and clutter if needed).
+        Raises TypeError or ValueError naming what the state holds wrong (`WorldState.check`
+        and `check_on` the scenario's road); the world is left as it was."""
         if not isinstance(state, WorldState):
             raise TypeError(f"expected a WorldState, got {type(state).__name__}")
         state.check()
-        if state.scenario != self.scenario:
-            self._build(state.scenario)
+        same = state.scenario == self.scenario
+        road, clutter = (self.road, self.clutter) if same else self._make(state.scenario)
+        state.check_on(road, self.dt)
+        self.scenario, self.road, self.clutter = state.scenario, road, clutter
         self.state = copy.deepcopy(state)
 
     # -- stepping ------------------------------------------------------------------
