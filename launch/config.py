@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -35,7 +32,7 @@ from launch.loader import (  # noqa: F401 - LaunchConfigError, load_launch: re-e
     short,
 )
 from perception.detector import DEVICES, parse_device
-from sim.config import FAMILIES, ScenarioConfig, Weight, family_config, refuse_bools
+from sim.config import FAMILIES, ScenarioConfig, StrictModel, Weight, family_config
 from sim.types import CameraSpec
 
 Family = Literal["highway", "rural", "urban"]
@@ -58,16 +55,7 @@ MAX_STEPS = 100_000
 """Largest number of simulator steps in one episode-sized setting (strides, warm-ups)."""
 
 
-class _Strict(BaseModel):
-    # NaN and infinities are refused everywhere: a float in a launch file is a setting
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bools(cls, value: Any, info: ValidationInfo) -> Any:
-        """`episodes: true` is a mistake, not 1: a bool is refused where a number goes."""
-        field = cls.model_fields.get(info.field_name or "")
-        return value if field is None else refuse_bools(value, field.annotation)
+_Strict = StrictModel  # unknown keys, NaN/inf and booleans for numbers refused
 
 
 PERCEPTION_DEVICES = DEVICES

@@ -46,8 +46,11 @@ def refuse_bools(value: Any, annotation: Any) -> Any:
     return value
 
 
-class _Strict(BaseModel):
-    # NaN and infinities are refused in every float, also inside tuples and dicts
+class StrictModel(BaseModel):
+    """A frozen pydantic model for settings: unknown keys, NaN and infinities (also inside
+    tuples and dicts) and booleans where numbers go are refused. The base of
+    `ScenarioConfig` and of every launch-file model (launch/config.py)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
@@ -76,7 +79,7 @@ def _check_range(name: str, lo: float, hi: float) -> None:
         raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
 
 
-class ScenarioConfig(_Strict):
+class ScenarioConfig(StrictModel):
     """Ranges from which each episode's scenario is drawn (all SI units)."""
 
     family: Family = "highway"
