@@ -216,8 +216,8 @@ def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
                            workers=det.workers, hours=det.hours, cache=det.cache,
                            init=det.init, lr0=det.lr0, fraction=det.fraction,
                            close_mosaic=det.close_mosaic)
+    h, w = dataset_image_size(job.data)  # a damaged dataset fails now, not after training
     result = train_detector(job)
-    h, w = dataset_image_size(job.data)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))
     return result
 
@@ -429,8 +429,9 @@ def train_planner_cmd(
                                       **({"shield": True} if cfg.shield else {})})
     if resume is not None and not resume.is_file():
         raise ValueError(f"--resume: checkpoint {resume} {not_a_file(resume)}")
-    from planning.train import JOB, RUN_ENTRIES
+    from planning.train import JOB, RUN_ENTRIES, check_device
 
+    check_device(cfg.device)  # before anything is written
     folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=RUN_ENTRIES)
     for entry in RUN_ENTRIES:
         folder.own(entry)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -68,9 +69,13 @@ def eval_command(
     console = Console(stderr=True)
     overrides = {"planner": planner, "seed": seed, "episodes": episodes, "out": out}
     cfg = load_eval_config(launch_file, suite, overrides)
-    if policy is not None:  # the policy of the planner asked for
+    if policy is not None:  # the policy of the planner asked for, validated as in a file
         key = "privileged_policy" if cfg.planner == "privileged" else "policy"
-        cfg = cfg.model_copy(update={key: policy})
+        try:
+            cfg = EvalConfig.model_validate({**cfg.model_dump(), key: policy})
+        except ValidationError as exc:
+            raise ValueError(f"--policy: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+                             ) from None
     from planning.eval_report import JOB, REPORT_FILES, write_report
 
     folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=REPORT_FILES)

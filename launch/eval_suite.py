@@ -112,3 +112,14 @@ class EvalConfig(_Strict):
     def kinds(self) -> tuple[str, ...]:
         """The planner kinds to run (all of PLANNERS for "all")."""
         return PLANNERS if self.planner == "all" else (self.planner,)
+
+    @model_validator(mode="after")
+    def _policies_used(self) -> EvalConfig:
+        """A policy no planner of the run drives with is a mistake, not a no-op."""
+        if self.policy is not None and not {"rl", "rl-shield"} & set(self.kinds):
+            raise ValueError(f"policy: planner {self.planner!r} drives without an RL policy; "
+                             "it is for rl, rl-shield or all")
+        if self.privileged_policy is not None and "privileged" not in self.kinds:
+            raise ValueError(f"privileged_policy: planner {self.planner!r} does not use it; "
+                             "it is for privileged or all")
+        return self

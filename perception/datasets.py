@@ -31,6 +31,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -66,14 +67,14 @@ MIN_VISIBLE = 0.25
 """Objects with a smaller visible fraction are ignored."""
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 JOB = Job("dataset", files=(r"meta\.jsonl", r"data\.yaml", r"summary\.json"),
-          folders=("images", "labels", "annotations", "lanes"))
+          folders=("images", "labels", "annotations", "lanes"), partial_in_place=False)
 """What `drivestack dataset` writes into its folder (sim.outputs)."""
 SIM_HZ = 15
 """Steps a simulated second (the envs' default dt of 1/15 s, which datasets use)."""
 MAX_EMPTY_EPISODES = 50
 """Episodes in a row without a recorded frame after which `generate` gives up (a warm-up
 longer than the episodes would otherwise render forever)."""
-GENERATED = ("labels/*.cache",)
+GENERATED = (r"labels/[^/]+\.cache",)
 """Files a dataset's users write into it with drivestack: ultralytics' label caches,
 made when a detector trains on it (`drivestack train-perception`)."""
 
@@ -125,6 +126,63 @@ class DatasetPlan:
             raise ValueError(f"warmup: {self.warmup} steps; an episode of these families "
                              f"lasts at most {int(longest)} steps ({SIM_HZ} Hz), so no frame "
                              "would ever be recorded")
+
+
+def dataset_camera(data: Path) -> CameraSpec:
+    """The camera a dataset's frames were rendered with (its summary.json; the default
+    camera without one). A ValueError naming the file when it is damaged."""
+    summary = Path(data) / "summary.json"
+    if not summary.is_file():
+        return CameraSpec()
+    try:
+        doc = json.loads(summary.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{summary}: not JSON ({exc})") from None
+    cam = doc.get("camera") if isinstance(doc, dict) else None
+    if not cam:
+        return CameraSpec()
+    if not isinstance(cam, dict) or set(cam) - set(CameraSpec.__dataclass_fields__):
+        raise ValueError(f"{summary}: camera must be an object of CameraSpec's fields "
+                         f"({', '.join(CameraSpec.__dataclass_fields__)}), got {cam!r}"[:400])
+    try:
+        return CameraSpec(**cam)
+    except ValueError as exc:
+        raise ValueError(f"{summary}: camera: {exc}") from None
+
+
+def read_coco(path: Path) -> dict[str, Any]:
+    """A split's COCO file (`annotations/{split}.json`), checked record by record: a
+    ValueError naming the file and the first bad record (or FileNotFoundError)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a COCO JSON file ({str(exc)[:120]}); make the "
+                         "dataset again with `drivestack dataset`") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not \
+            isinstance(doc.get("annotations"), list):
+        raise ValueError(f"{path}: a COCO file holds an object with `images` and "
+                         "`annotations` lists")
+    for i, img in enumerate(doc["images"]):
+        if not (isinstance(img, dict) and isinstance(img.get("file_name"), str)
+                and all(_count(img.get(k)) for k in ("id", "width", "height"))):
+            raise ValueError(f"{path}: images[{i}] needs file_name, and id, width and height "
+                             f"as positive integers; got {str(img)[:120]}")
+    for i, ann in enumerate(doc["annotations"]):
+        box = ann.get("bbox") if isinstance(ann, dict) else None
+        if not (isinstance(ann, dict) and _count(ann.get("image_id"))
+                and isinstance(ann.get("category_id"), int)
+                and 1 <= ann["category_id"] <= len(CLASS_NAMES)
+                and isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for v in box) and min(box[2:]) >= 0):
+            raise ValueError(f"{path}: annotations[{i}] needs image_id, a category_id in "
+                             f"1..{len(CLASS_NAMES)} and a bbox of 4 finite numbers (x, y, "
+                             f"w >= 0, h >= 0); got {str(ann)[:120]}")
+    return doc
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def yolo_lines(gt: GroundTruth, keep: np.ndarray, width: int, height: int) -> list[str]:
@@ -258,8 +316,9 @@ class _Writer:
         (self.tmp / "meta.jsonl").write_text("".join(x + "\n" for x in self.meta))
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
         (self.tmp / "data.yaml").write_text(
-            "# drivestack perception dataset (YOLO format); path is this folder\n"
-            f"path: {self.out.resolve()}\ntrain: images/train\nval: images/val\n"
+            "# drivestack perception dataset (YOLO format); the paths are relative to this\n"
+            "# file's folder, so the dataset can be moved or copied\n"
+            "train: images/train\nval: images/val\n"
             f"test: images/test\nnames:\n{names}\n")
         summary = {"frames": self.counts, "boxes": self.boxes, "ignored": self.ignored,
                    "camera": dataclasses.asdict(self.plan.camera),
@@ -296,7 +355,8 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
 
 def clean_partials(out: Path | str) -> list[Path]:
     """Remove the temporary folders that killed `generate` runs left beside `out` (only
-    those marked as partial drivestack datasets whose process is gone); returns them."""
+    those marked as partial drivestack datasets whose process is gone) and inside it (the
+    previous dataset set aside while the new one moved in); returns them."""
     out = Path(out).expanduser().absolute()
     if out.is_symlink() and out.is_dir():
         out = out.resolve()
@@ -310,6 +370,13 @@ def clean_partials(out: Path | str) -> list[Path]:
             continue
         shutil.rmtree(tmp)
         removed.append(tmp)
+    if out.is_dir() and read_marker(out) is not None:  # a killed move into place
+        for aside in sorted(out.glob(".replaced-*")):
+            found = re.fullmatch(r"\.replaced-(\d+)-[0-9a-f]{8}", aside.name)
+            if found and aside.is_dir() and not aside.is_symlink() and not pid_alive(
+                    int(found.group(1))):
+                shutil.rmtree(aside)  # the previous dataset's own entries, set aside
+                removed.append(aside)
     return removed
 
 
@@ -329,7 +396,7 @@ def generate(plan: DatasetPlan, out: Path | str,
     """
     if workers < 1:
         raise ValueError(f"workers={workers}; must be >= 1")
-    workers = min(workers, os.cpu_count() or 1)  # more only start interpreters
+    workers = min(workers, _cores())  # more only start interpreters
     out = Path(out).expanduser().absolute()
     cleaned = clean_partials(out)
     writer = _Writer(out, plan, force)
@@ -355,6 +422,14 @@ def generate(plan: DatasetPlan, out: Path | str,
         writer.abort()
         raise
     return {**summary, "cleaned": [str(p) for p in cleaned]}
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _episodes(plan: DatasetPlan, workers: int) -> Generator[list[FrameRecord], None, None]:

@@ -244,9 +244,9 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
 
 def dataset_image_size(data_yaml: Path) -> tuple[int, int]:
     """(height, width) of a dataset's images, from its COCO training annotations."""
-    import json
+    from perception.datasets import read_coco
 
-    doc = json.loads((Path(data_yaml).parent / "annotations" / "train.json").read_text())
+    doc = read_coco(Path(data_yaml).parent / "annotations" / "train.json")
     if not doc["images"]:
         raise FileNotFoundError(f"no training images in the dataset of {data_yaml}")
     return int(doc["images"][0]["height"]), int(doc["images"][0]["width"])

@@ -8,7 +8,6 @@ or by its own smaller side."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from perception.geometry import ground_distance
 from perception.metrics import ImageBoxes, detection_map
 from perception.raw_detector import check_imgsz, check_trained_imgsz
 from perception.refine import Refiner
-from sim.types import CLASS_NAMES, CameraSpec, check_number
+from sim.types import CLASS_NAMES, check_number
 
 DISTANCE_BUCKETS = {"0-20m": (0.0, 20.0), "20-40m": (20.0, 40.0), "40m+": (40.0, np.inf)}
 SIZE_BUCKETS = {"0-6px": (0.0, 6.0), "6-10px": (6.0, 10.0), "10-20px": (10.0, 20.0),
@@ -33,7 +32,9 @@ VISIBILITY_BUCKETS = {"vis<0.5": (0.0, 0.5), "vis>=0.5": (0.5, 1.01)}
 
 
 def _load_split(data: Path, split: str) -> tuple[list[dict[str, Any]], dict[int, list[dict]]]:
-    doc = json.loads((data / "annotations" / f"{split}.json").read_text())
+    from perception.datasets import read_coco
+
+    doc = read_coco(data / "annotations" / f"{split}.json")
     anns: dict[int, list[dict]] = {}
     for a in doc["annotations"]:
         anns.setdefault(a["image_id"], []).append(a)
@@ -94,9 +95,9 @@ def evaluate_detections(preds: dict[int, ImageBoxes], data: Path, split: str,
     if only is not None:
         images = [im for im in images if im["id"] in only]
     n = len(CLASS_NAMES)
-    summary = data / "summary.json"
-    camera = (CameraSpec(**json.loads(summary.read_text())["camera"]) if summary.is_file()
-              else CameraSpec())
+    from perception.datasets import dataset_camera
+
+    camera = dataset_camera(data)
 
     def score(select_images: Callable[[dict], bool], keep: Callable[[dict], bool],
               outside: BoxRule | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from perception.datasets import dataset_camera
 from perception.evaluate import is_nominal
 from perception.lanes import (
     LANE_SLOTS,
@@ -128,33 +129,12 @@ def load_split(data: Path, split: str, limit: int | None = None) -> LaneSplit:
             raise ValueError(f"{path} line {n}: image {r['image']} is {im.shape[1]}x"
                              f"{im.shape[0]}, the first {images[0].shape[1]}x"
                              f"{images[0].shape[0]}: a split's images have one size")
-    summary = Path(data) / "summary.json"
-    cam = _summary_camera(summary)
+    cam = dataset_camera(Path(data))
     return LaneSplit(
         camera=cam, images=np.stack(images), targets=np.stack(targets),
         rows=np.asarray(rows0, np.int64), offsets=np.array(offsets, np.float64),
         headings=np.array(headings, np.float64),
         meta=[meta_by_image.get(r["image"], {}) for r in records])
-
-
-def _summary_camera(summary: Path) -> CameraSpec:
-    """The camera of a dataset's summary.json (the default without one)."""
-    if not summary.is_file():
-        return CameraSpec()
-    try:
-        doc = json.loads(summary.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{summary}: not JSON ({exc})") from None
-    cam = doc.get("camera") if isinstance(doc, dict) else None
-    if not cam:
-        return CameraSpec()
-    if not isinstance(cam, dict) or set(cam) - set(CameraSpec.__dataclass_fields__):
-        raise ValueError(f"{summary}: camera must be an object of CameraSpec's fields "
-                         f"({', '.join(CameraSpec.__dataclass_fields__)}), got {cam!r}"[:400])
-    try:
-        return CameraSpec(**cam)
-    except ValueError as exc:
-        raise ValueError(f"{summary}: camera: {exc}") from None
 
 
 @dataclass(frozen=True)

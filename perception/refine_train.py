@@ -75,9 +75,9 @@ class RefinerTraining:
 
 
 def _camera(data: Path) -> CameraSpec:
-    summary = Path(data) / "summary.json"
-    return (CameraSpec(**json.loads(summary.read_text())["camera"]) if summary.is_file()
-            else CameraSpec())
+    from perception.datasets import dataset_camera
+
+    return dataset_camera(Path(data))
 
 
 def _detector(cfg: RefinerTraining, camera: CameraSpec, device: str) -> Perceiver:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from perception.datasets import dataset_camera
 from perception.evaluate import is_ignored
 from perception.geometry import box_foot, to_ground
 from perception.lanes import NOMINAL_LANE_WIDTH
@@ -155,9 +156,7 @@ def measure_noise(perceiver: Any, data: Path, split: str = "val", limit: int | N
     perceiver was trained on train. `progress` shows a progress bar."""
     data = Path(data)
     records, anns = _load_split(data, split, limit)
-    summary = data / "summary.json"
-    cam = json.loads(summary.read_text()).get("camera") if summary.is_file() else None
-    camera = CameraSpec(**cam) if cam else CameraSpec()
+    camera = dataset_camera(data)
     tally = _Tally()
     for start in tqdm(range(0, len(records), 16), desc=split, disable=not progress):
         batch = records[start: start + 16]
@@ -437,10 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     from perception.perceiver import Perceiver
 
-    summary = Path(args.data) / "summary.json"
-    cam = json.loads(summary.read_text()).get("camera") if summary.is_file() else None
     perceiver = Perceiver(device="cpu", lane_weights=args.lane_weights,
-                          camera=CameraSpec(**cam) if cam else None)
+                          camera=dataset_camera(Path(args.data)))
     noise = measure_noise(perceiver, args.data, args.split, args.limit, progress=True)
     noise = replace(noise, measured_on=f"{noise.measured_on}; detector {perceiver.weights.name}"
                     f" + box refiner, lanes {args.lane_weights or 'perception/weights/lanes.pt'}")

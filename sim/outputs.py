@@ -22,12 +22,12 @@ It lives in `sim` (the bottom layer) because every job, from `dataset` in percep
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -57,6 +57,10 @@ class Job:
     """Regular expressions of the sub-folder names it writes."""
     force_option: str = "--force"
     """How its command-line option to write beside foreign files is spelled ("" if none)."""
+    partial_in_place: bool = True
+    """Whether its output folder holds a partial marker while it runs (False for a job
+    that writes elsewhere and moves the finished output in: its folder's marker is always
+    complete, and a partial one there is not its own)."""
 
     def writes(self, entry: str, folder: bool | None = None) -> bool:
         """Whether the job writes `entry` (as a folder, when `folder` is given)."""
@@ -136,14 +140,40 @@ def _relative_file(path: Any) -> bool:
         p not in ("", ".", "..") and "\\" not in p and "\0" not in p for p in parts)
 
 
-def read_marker(folder: Path) -> dict[str, Any] | None:
-    """The marker of `folder`, or None when it has none or one drivestack did not write
-    (unreadable, or listing anything but plain names)."""
+MAX_MARKER_BYTES = 64 << 20
+"""Largest marker read (a dataset of 24,000 frames lists about 2 MB of file names)."""
+
+
+def _read_small_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of `path` when it is a regular file (not a link, a pipe or a device) of at
+    most `limit` bytes; None otherwise. Never blocks on a pipe."""
     try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        return data if len(data) <= limit else None
+    finally:
+        os.close(fd)
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The marker of `folder`, or None when it has none or one drivestack did not write:
+    not a regular file of at most MAX_MARKER_BYTES, not JSON, listing anything but plain
+    names, or saying it is complete without listing the files of each of its folders."""
+    raw = _read_small_file(folder / MARKER, MAX_MARKER_BYTES)
+    try:
+        data = None if raw is None else json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+        return None
+    if not isinstance(data.get("complete", False), bool):
         return None
     entries, files, pid = data.get("entries"), data.get("files", {}), data.get("pid")
     if not isinstance(entries, list) or not all(plain_name(e) for e in entries):
@@ -153,6 +183,10 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
             for k, v in files.items()):
         return None
     if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2 ** 31):
+        return None
+    if data.get("complete") and any(
+            (folder / e).is_dir() and not (folder / e).is_symlink() and e not in files
+            for e in entries):  # drivestack lists every file of a finished job's folders
         return None
     return data
 
@@ -208,7 +242,8 @@ def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = 
     (unreadable, or listing an entry `job` does not write; even with `force`); an output of
     another job; the output of a job still running (its marker is partial and its process
     alive); a file the user put inside one of drivestack's sub-folders (files matching a
-    `generated` pattern, written there by the job's own tools, are drivestack's); or an
+    `generated` regular expression (a path relative to the folder), written there by the
+    job's own tools, are drivestack's); or an
     entry of `entries` that exists and is not drivestack's."""
     folder = Path(path).expanduser().absolute()
     if folder.is_symlink() and folder.is_dir():
@@ -231,7 +266,7 @@ def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = 
     for entry in sorted(previous & set(listed)):
         known = set(listed[entry])
         extra = [f for f in _files_in(folder, entry) if f not in known
-                 and not any(fnmatch.fnmatch(f, g) for g in generated)]
+                 and not any(re.fullmatch(g, f) for g in generated)]
         if extra:
             raise OutputFolderError(
                 f"{key}: {folder / extra[0]} was not written by drivestack, inside its "
@@ -269,6 +304,12 @@ def _trusted_marker(folder: Path, job: Job, key: str) -> dict[str, Any] | None:
                 f"{key}: {folder / MARKER} lists {entry!r}, which `drivestack {job.kind}` "
                 "does not write: it was not written by drivestack, and nothing in the folder "
                 "is touched; choose another folder")
+    if not marker.get("complete") and not job.partial_in_place:
+        raise OutputFolderError(
+            f"{key}: {folder / MARKER} says a `drivestack {job.kind}` is partial there, but "
+            f"`drivestack {job.kind}` moves only finished output into its folder: the marker "
+            "was not written by drivestack, and nothing in the folder is touched; choose "
+            "another folder")
     if not marker.get("complete") and marker["pid"] != os.getpid() and pid_alive(marker["pid"]):
         raise OutputFolderError(
             f"{key}: {folder} is being written by a `drivestack {job.kind}` still running "

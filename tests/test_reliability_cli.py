@@ -90,9 +90,40 @@ def test_a_cuda_device_this_machine_lacks_is_refused(tmp_path: Path) -> None:
     """`device: cuda:99` used to train on the CPU and report cuda:99."""
     import torch
 
-    from planning.train import check_device
-
-    assert check_device("cpu") == "cpu"
     missing = f"cuda:{torch.cuda.device_count() + 7}"
-    with pytest.raises(ValueError, match="CUDA device"):
-        check_device(missing)
+    spec = _file(tmp_path, f"device: '{missing}'\n")
+    result = runner.invoke(app, ["train-planner", str(spec), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "CUDA device" in result.output, result.output
+    assert not (tmp_path / "p").exists(), "refused before anything is written"
+
+
+def test_eval_refuses_a_policy_its_planner_does_not_use(tmp_path: Path) -> None:
+    """`eval --planner rule --policy p.zip` used to run and ignore the policy."""
+    result = runner.invoke(app, ["eval", "--planner", "rule", "--policy", "/none/p.zip",
+                                 "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "drives without an RL policy" in result.output
+
+
+@pytest.mark.parametrize("text", ['{"images": [', "[]", '{"images": [{"id": 1}], '
+                                  '"annotations": []}'])
+def test_a_damaged_coco_file_is_one_error_naming_it(tmp_path: Path, text: str) -> None:
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "test.json").write_text(text)
+    result = runner.invoke(app, ["eval-perception", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "test.json" in result.output, result.output
+
+
+def test_the_empty_episode_guard_stops_a_dataset(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    import perception.datasets
+    from perception.datasets import generate
+
+    def empty(*args: object) -> object:
+        yield from itertools.repeat([])  # every episode ends before its first frame
+
+    monkeypatch.setattr(perception.datasets, "_episodes", empty)
+    with pytest.raises(ValueError, match="episodes in a row ended before"):
+        generate(DatasetPlan(frames=2), tmp_path / "ds")
+    assert not (tmp_path / "ds").exists() and list(tmp_path.iterdir()) == []
