@@ -215,7 +215,7 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
     run wrote)."""
     import warnings
 
-    from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+    from stable_baselines3.common.callbacks import EvalCallback
 
     # the eval env is a DummyVecEnv of the same envs; SB3 warns about the vec class only
     warnings.filterwarnings("ignore", message="Training and eval env are not of the same")
@@ -242,11 +242,11 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
                          "seconds": round(time.perf_counter() - t0, 1)}
         evaluation = EvalCallback(eval_env, n_eval_episodes=cfg.eval_episodes,
                                   eval_freq=max(cfg.eval_every // cfg.n_envs, 1),
-                                  best_model_save_path=str(out), log_path=str(out / "eval"),
-                                  deterministic=True, verbose=0)
-        callbacks = [evaluation, CheckpointCallback(
-            save_freq=max(cfg.checkpoint_every // cfg.n_envs, 1),
-            save_path=str(out / "checkpoints"), name_prefix="planner")]
+                                  callback_on_new_best=_save_as(out / "best_model.zip"),
+                                  log_path=str(out / "eval"), deterministic=True, verbose=0)
+        every = max(cfg.checkpoint_every // cfg.n_envs, 1)
+        callbacks = [evaluation, _save_as(out / "checkpoints" / "planner_{steps}_steps.zip",
+                                         every=every)]
         start = time.perf_counter()
         remaining = max(cfg.total_timesteps - done_before, 0)
         model.learn(total_timesteps=remaining, callback=callbacks,
@@ -283,6 +283,22 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
 def _write_summary(out: Path, summary: dict[str, Any]) -> None:
     """out/summary.json, written whole (strict JSON: a non-finite figure is null)."""
     atomic_write_text(out / "summary.json", json_text(summary, indent=1))
+
+
+def _save_as(path: Path, every: int = 1) -> Any:
+    """An SB3 callback that saves the model atomically (`_atomic_save`) to `path` ("{steps}"
+    becomes the step count) every `every` calls: SB3's own EvalCallback and
+    CheckpointCallback write their zips in place. Given to EvalCallback as
+    `callback_on_new_best`, it saves each new best."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class SaveAs(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.n_calls % every == 0:
+                _atomic_save(self.model, Path(str(path).format(steps=self.num_timesteps)))
+            return True
+
+    return SaveAs()
 
 
 def _atomic_save(model: Any, path: Path) -> None:

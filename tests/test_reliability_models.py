@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import math
+import os
 import pickle
 import shutil
 import struct
@@ -401,10 +402,10 @@ def test_a_damaged_or_mismatched_policy_is_one_clear_error(tmp_path: Path) -> No
 def _tiny_run(out: Path, **kw: Any) -> Any:
     from planning.train import PlannerTraining
 
-    kw = {"total_timesteps": 32, "eval_every": 10_000, **kw}
+    kw = {"total_timesteps": 32, "eval_every": 10_000, "checkpoint_every": 10_000, **kw}
     return PlannerTraining(out=out, families=("highway",), n_envs=1,
                            n_steps=32, batch_size=32, net_arch=(8,),
-                           eval_episodes=1, checkpoint_every=10_000, subprocess=False,
+                           eval_episodes=1, subprocess=False,
                            env_kwargs={"scenario": {"episode_seconds": 2}}, **kw)
 
 
@@ -796,3 +797,23 @@ def test_imgsz_is_bounded_before_anything_runs(imgsz: Any, tmp_path: Path) -> No
                  lambda: Perceiver(weights=DETECTOR, device="cpu", imgsz=imgsz)):
         with pytest.raises(ValueError, match=message):
             make()
+
+
+def test_a_rerun_never_writes_through_a_hard_link(tmp_path: Path) -> None:
+    """SB3's callbacks wrote best_model.zip and checkpoints in place, so a hard link to
+    them (a cache, a `cp -al` snapshot) changed with the next run; now every zip is
+    written to a new file and renamed."""
+    from planning.train import train_planner
+
+    out = tmp_path / "run"
+    train_planner(_tiny_run(out, eval_every=16, checkpoint_every=16))
+    kept = {}
+    for name in ("best_model.zip", "final.zip", "checkpoints/planner_32_steps.zip"):
+        link = tmp_path / name.replace("/", "_")
+        os.link(out / name, link)
+        kept[link] = link.read_bytes()
+    train_planner(_tiny_run(out, eval_every=16, checkpoint_every=16, seed=7))
+    for link, data in kept.items():
+        assert link.read_bytes() == data, link.name
+    assert (out / "checkpoints" / "planner_32_steps.zip").read_bytes() != kept[
+        tmp_path / "checkpoints_planner_32_steps.zip"], "the run saved a new one"
