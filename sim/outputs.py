@@ -217,15 +217,13 @@ def _files_in(folder: Path, entry: str) -> list[str]:
 
 
 class Existing:
-    """What a folder holds before a job of `kind` writes into it (see `check_folder`)."""
+    """What a folder holds before a job writes into it (see `check_folder`)."""
 
-    def __init__(self, folder: Path, previous: set[str], foreign: list[str]) -> None:
+    def __init__(self, folder: Path, previous: set[str]) -> None:
         self.folder = folder
         """The folder, absolute (a symbolic link to a folder is followed)."""
         self.previous = previous
         """Entries the previous run of the same job wrote (drivestack's own)."""
-        self.foreign = foreign
-        """Top-level names drivestack did not write (only with force=True)."""
 
     def clashes(self, entries: Iterable[str]) -> list[str]:
         """Those of `entries` that exist and are not drivestack's."""
@@ -237,21 +235,21 @@ def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = 
                  entries: Iterable[str] = (), generated: tuple[str, ...] = ()) -> Existing:
     """What `path` holds, checked for `job` about to write `entries` there; changes nothing.
 
-    Raises `OutputFolderError` (naming `key`, the launch-file key or option) for a file; a
-    folder drivestack did not write (unless `force`); a marker drivestack did not write
-    (unreadable, or listing an entry `job` does not write; even with `force`); an output of
-    another job; the output of a job still running (its marker is partial and its process
-    alive); a file the user put inside one of drivestack's sub-folders (files matching a
-    `generated` regular expression (a path relative to the folder), written there by the
-    job's own tools, are drivestack's); or an
-    entry of `entries` that exists and is not drivestack's."""
+    Raises `OutputFolderError` (naming `key`, the launch-file key or option) for:
+    - a file; a folder drivestack did not write (unless `force`);
+    - a marker drivestack did not write (unreadable, or listing an entry `job` does not
+      write; even with `force`); an output of another job; one a live job is writing;
+    - a file the user put inside one of drivestack's sub-folders (paths matching a
+      `generated` regular expression, written there by the job's own tools, count as
+      drivestack's);
+    - an entry of `entries` that exists and is not drivestack's."""
     folder = Path(path).expanduser().absolute()
     if folder.is_symlink() and folder.is_dir():
         folder = folder.resolve()
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{key}: {folder} is a file, not a folder")
     if not folder.is_dir() or not any(True for _ in folder.iterdir()):
-        return Existing(folder, set(), [])
+        return Existing(folder, set())
     marker = _trusted_marker(folder, job, key)
     if marker is None and not force:
         beside = (f", or pass {job.force_option} to write beside its files (drivestack "
@@ -272,8 +270,7 @@ def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = 
                 f"{key}: {folder / extra[0]} was not written by drivestack, inside its "
                 f"folder {entry}/ ({len(extra)} such files); it is left as it is: move "
                 "them out, or choose another folder")
-    existing = Existing(folder, previous, sorted(
-        p.name for p in folder.iterdir() if p.name not in previous | {MARKER}))
+    existing = Existing(folder, previous)
     clash = existing.clashes(entries)
     if clash:
         raise OutputFolderError(
