@@ -135,7 +135,8 @@ def dataset(
     echo_json({"out": str(cfg.out), **summary})
 
 
-TRAIN_PERCEPTION = Job("train-perception", folders=("detector", "refiner", "lanes"))
+TRAIN_PERCEPTION = Job("train-perception", folders=("detector", "refiner", "lanes"),
+                       trust_unconfirmed=True)
 """Each model of `drivestack train-perception` trains in out/MODEL (sim.outputs)."""
 
 

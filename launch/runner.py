@@ -332,6 +332,7 @@ def write_metrics(folder: OutputFolder, document: dict[str, Any]) -> None:
     for row in document["episodes"]:
         writer.writerow({k: "" if row[k] is None else row[k] for k in names})
     atomic_write_text(folder.own("metrics.csv"), buf.getvalue())
+    folder.wrote()
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -427,4 +428,5 @@ def _recorded_episode(config: RunConfig, env: gym.Env, driver: Driver, i: int,
                               on_step=on_step, overlays=config.overlays,
                               perceiver=perceiver if name else None)
     metrics.video = name if name and (folder.path / name).is_file() else None
+    folder.wrote()
     return metrics

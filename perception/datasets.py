@@ -58,6 +58,7 @@ from sim.outputs import (
     check_folder,
     pid_alive,
     read_marker,
+    restamp,
 )
 from sim.types import ABSENT, CLASS_NAMES, CameraSpec, GroundTruth
 
@@ -74,7 +75,7 @@ SIM_HZ = 15
 MAX_EMPTY_EPISODES = 50
 """Episodes in a row without a recorded frame after which `generate` gives up (a warm-up
 longer than the episodes would otherwise render forever)."""
-GENERATED = (r"labels/[^/]+\.cache",)
+GENERATED = (r"labels/(train|val|test)\.cache",)
 """Files a dataset's users write into it with drivestack: ultralytics' label caches,
 made when a detector trains on it (`drivestack train-perception`)."""
 
@@ -342,6 +343,7 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
     out = existing.folder
     if not out.exists():
         os.replace(tmp, out)
+        restamp(out)
         return
     aside = out / f".replaced-{os.getpid()}-{secrets.token_hex(4)}"
     aside.mkdir()
@@ -350,6 +352,7 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
     for name in (*_Writer.ENTRIES, MARKER):
         shutil.move(tmp / name, out / name)  # a copy where out is on another device
     tmp.rmdir()
+    restamp(out)
     shutil.rmtree(aside)  # only the previous dataset's own entries
 
 
@@ -357,7 +360,7 @@ def clean_partials(out: Path | str) -> list[Path]:
     """Remove the temporary folders that killed `generate` runs left beside `out` (only
     those marked as partial drivestack datasets whose process is gone) and inside it (the
     previous dataset set aside while the new one moved in); returns them."""
-    out = Path(out).expanduser().absolute()
+    out = Path(os.path.abspath(Path(out).expanduser()))
     if out.is_symlink() and out.is_dir():
         out = out.resolve()
     removed: list[Path] = []
@@ -370,11 +373,13 @@ def clean_partials(out: Path | str) -> list[Path]:
             continue
         shutil.rmtree(tmp)
         removed.append(tmp)
-    if out.is_dir() and read_marker(out) is not None:  # a killed move into place
+    marker = read_marker(out) if out.is_dir() else None
+    if marker is not None and marker["kind"] == JOB.kind:  # a killed move into place
         for aside in sorted(out.glob(".replaced-*")):
             found = re.fullmatch(r"\.replaced-(\d+)-[0-9a-f]{8}", aside.name)
             if found and aside.is_dir() and not aside.is_symlink() and not pid_alive(
-                    int(found.group(1))):
+                    int(found.group(1))) and all(
+                    p.name in _Writer.ENTRIES for p in aside.iterdir()):
                 shutil.rmtree(aside)  # the previous dataset's own entries, set aside
                 removed.append(aside)
     return removed
@@ -397,10 +402,10 @@ def generate(plan: DatasetPlan, out: Path | str,
     if workers < 1:
         raise ValueError(f"workers={workers}; must be >= 1")
     workers = min(workers, _cores())  # more only start interpreters
-    out = Path(out).expanduser().absolute()
-    cleaned = clean_partials(out)
-    writer = _Writer(out, plan, force)
+    out = Path(os.path.abspath(Path(out).expanduser()))
+    writer = _Writer(out, plan, force)  # checks `out` first
     try:
+        cleaned = clean_partials(out)
         done = empty = 0
         with contextlib.closing(_episodes(plan, workers)) as episodes:  # stops the workers
             for records in episodes:

@@ -19,7 +19,7 @@ from perception.onnx_cpu import (
     check_zip_checksums,
     refused_global,
 )
-from sim.outputs import not_a_file
+from sim.outputs import atomic_write_text, not_a_file
 from sim.types import check_number
 
 Architecture = Literal["yolo11n", "yolo11s", "rtdetr-l"]
@@ -199,6 +199,36 @@ class DetectorTraining:
             check_number("lr0", self.lr0, 0.0, 1.0, open_lo=True)
 
 
+def training_data_yaml(data_yaml: Path, out: Path) -> Path:
+    """The dataset file ultralytics trains from, written by drivestack into `out` from the
+    dataset's fixed layout (its folder, images/{train,val,test}, `CLASS_NAMES`), never the
+    dataset's own `data.yaml`: ultralytics runs a `download:` entry of that file as code,
+    and writes its label caches wherever its paths point. Also turns off ultralytics'
+    pickled label caches (`*.cache`, `np.load(allow_pickle=True)`): it scans the labels
+    again instead, so a cache in a dataset from elsewhere never runs code."""
+    from sim.types import CLASS_NAMES
+
+    root = data_yaml.parent.resolve()
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
+    target = out / "dataset.yaml"
+    atomic_write_text(target, "# written by drivestack for ultralytics (not the dataset's "
+                      f"own data.yaml)\npath: {root}\ntrain: images/train\nval: images/val"
+                      f"\ntest: images/test\nnames:\n{names}\n")
+    _no_pickled_label_caches()
+    return target
+
+
+def _no_pickled_label_caches() -> None:
+    import ultralytics.data.dataset as dataset
+    import ultralytics.data.utils as utils
+
+    def refuse(path: Path) -> dict[str, Any]:
+        raise FileNotFoundError(f"{path}: drivestack never loads a pickled label cache")
+
+    dataset.load_dataset_cache_file = refuse  # type: ignore[assignment]
+    utils.load_dataset_cache_file = refuse  # type: ignore[assignment]
+
+
 def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
     """Train (from scratch, or from `init`) and return the final validation metrics and
     the weights path."""
@@ -222,8 +252,9 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
                              f"{cfg.architecture} model")
         if rtdetr:  # RT-DETR's own trainer (loads the checked file again, safely)
             model = RTDETR(str(cfg.init))
+    data = training_data_yaml(Path(cfg.data), Path(cfg.out))
     model.train(
-        data=str(cfg.data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch,
+        data=str(data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch,
         seed=cfg.seed, deterministic=True, device=device, workers=cfg.workers,
         pretrained=cfg.init is not None, plots=False, amp=device not in ("cpu", "mps"),
         project=str(Path(cfg.out).resolve().parent), name=Path(cfg.out).name,

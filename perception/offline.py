@@ -36,6 +36,10 @@ import sys
 from pathlib import Path
 
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
+INTEGRATIONS = ("sync", "clearml", "comet", "dvc", "mlflow", "neptune", "raytune",
+                "tensorboard", "wandb", "hub")
+"""ultralytics settings turned off: its hub sync and the experiment trackers it would log
+runs to (or upload them) whenever their package happens to be installed."""
 
 
 def cache_dir() -> Path:
@@ -54,7 +58,10 @@ class SafeLoadUnavailable(ValueError):
 def ultralytics_offline() -> Path:
     """Configure the environment for offline ultralytics, in its safe-load mode; returns its
     settings folder."""
-    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics")))
+    # always drivestack's own folder: it rewrites the settings there (a user's own
+    # YOLO_CONFIG_DIR is left alone)
+    config = cache_dir() / "ultralytics"
+    os.environ["YOLO_CONFIG_DIR"] = str(config)
     os.environ["YOLO_OFFLINE"] = "True"
     os.environ["YOLO_AUTOINSTALL"] = "False"
     os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"  # read once, when ultralytics is imported
@@ -71,8 +78,9 @@ def ultralytics_offline() -> Path:
             os.replace(tmp, target)
     from ultralytics import settings
 
-    if settings.get("sync", True):
-        settings.update({"sync": False})
+    off = {k: False for k in INTEGRATIONS if settings.get(k, False)}
+    if off:  # no hub sync, no experiment trackers that would log or upload runs
+        settings.update(off)
     _safe_load_on()
     return user_dir
 

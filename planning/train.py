@@ -313,5 +313,6 @@ RUN_FILES = ("summary.json", "final.zip", "best_model.zip", "imitation.zip")
 RUN_FOLDERS = ("checkpoints", "eval", "tb")
 RUN_ENTRIES = RUN_FILES + RUN_FOLDERS
 """What `train_planner` writes into its run folder (itself and SB3's callbacks)."""
-JOB = Job("train-planner", files=tuple(map(re.escape, RUN_FILES)), folders=RUN_FOLDERS)
+JOB = Job("train-planner", files=tuple(map(re.escape, RUN_FILES)), folders=RUN_FOLDERS,
+          trust_unconfirmed=True)
 """`drivestack train-planner` for sim.outputs."""

@@ -57,6 +57,10 @@ class Job:
     """Regular expressions of the sub-folder names it writes."""
     force_option: str = "--force"
     """How its command-line option to write beside foreign files is spelled ("" if none)."""
+    trust_unconfirmed: bool = False
+    """Whether an entry a killed run of it had claimed but not yet confirmed (no identity
+    in the marker) still counts as its own: True for the training jobs, whose libraries
+    write inside the entries as they go."""
     partial_in_place: bool = True
     """Whether its output folder holds a partial marker while it runs (False for a job
     that writes elsewhere and moves the finished output in: its folder's marker is always
@@ -162,6 +166,18 @@ def _read_small_file(path: Path, limit: int) -> bytes | None:
         os.close(fd)
 
 
+def identity(path: Path) -> list[int] | None:
+    """What tells a written entry from another one of the same name: device and inode,
+    and for a file its size and modification time [ns]; None when nothing is there."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        return [info.st_dev, info.st_ino]
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+
+
 def read_marker(folder: Path) -> dict[str, Any] | None:
     """The marker of `folder`, or None when it has none or one drivestack did not write:
     not a regular file of at most MAX_MARKER_BYTES, not JSON, listing anything but plain
@@ -183,6 +199,11 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
             for k, v in files.items()):
         return None
     if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2 ** 31):
+        return None
+    ids = data.get("ids", {})
+    if not isinstance(ids, dict) or not all(
+            k in entries and isinstance(v, list) and len(v) in (2, 4)
+            and all(isinstance(x, int) for x in v) for k, v in ids.items()):
         return None
     if data.get("complete") and any(
             (folder / e).is_dir() and not (folder / e).is_symlink() and e not in files
@@ -243,7 +264,7 @@ def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = 
       `generated` regular expression, written there by the job's own tools, count as
       drivestack's);
     - an entry of `entries` that exists and is not drivestack's."""
-    folder = Path(path).expanduser().absolute()
+    folder = Path(os.path.abspath(Path(path).expanduser()))  # "..", "." resolved by name
     if folder.is_symlink() and folder.is_dir():
         folder = folder.resolve()
     if folder.exists() and not folder.is_dir():
@@ -258,8 +279,7 @@ def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = 
         raise OutputFolderError(
             f"{key}: {folder} is not empty and is not an output of `drivestack {job.kind}` "
             f"(it has no {MARKER}); choose a new or empty folder{beside}")
-    previous = set() if marker is None else {
-        e for e in marker["entries"] if (folder / e).exists() or (folder / e).is_symlink()}
+    previous = set() if marker is None else _own_entries(folder, marker, job)
     listed = {} if marker is None else marker.get("files", {})
     for entry in sorted(previous & set(listed)):
         known = set(listed[entry])
@@ -277,6 +297,17 @@ def check_folder(path: str | Path, job: Job, *, force: bool = False, key: str = 
             f"{key}: {folder / clash[0]} exists and was not written by drivestack; it is "
             "left as it is: move it, or choose another folder")
     return existing
+
+
+def _own_entries(folder: Path, marker: dict[str, Any], job: Job) -> set[str]:
+    """The entries of `marker` that are still there as drivestack wrote them: their
+    identity is the one the marker recorded (an entry of the same name put there since, or
+    claimed by a marker copied from elsewhere, is not); for a job that trusts them, also
+    the unconfirmed entries of a killed run."""
+    ids = marker.get("ids", {})
+    unconfirmed_ok = job.trust_unconfirmed and not marker.get("complete")
+    return {e for e in marker["entries"] if (now := identity(folder / e)) is not None
+            and (ids.get(e) == now or (e not in ids and unconfirmed_ok))}
 
 
 def _trusted_marker(folder: Path, job: Job, key: str) -> dict[str, Any] | None:
@@ -364,6 +395,11 @@ class OutputFolder:
         self._write(complete=False)
         return stale
 
+    def wrote(self) -> None:
+        """Record what the job has written so far (the identity of each entry), so that a
+        killed run's files are still known as drivestack's by the next run."""
+        self._write(complete=False)
+
     def finish(self, **info: Any) -> None:
         """Mark the output complete (with `info`, e.g. counts, in the marker)."""
         self.info.update(info)
@@ -378,12 +414,23 @@ class OutputFolder:
             "format": FORMAT, "kind": self.job.kind, "complete": complete,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
             "entries": entries}
+        doc["ids"] = {e: i for e in entries if (i := identity(self.path / e)) is not None}
         if complete:  # every file in drivestack's sub-folders, to tell the user's apart
             doc["files"] = {e: _files_in(self.path, e) for e in entries
                             if (self.path / e).is_dir()}
         if self.info:
             doc["info"] = self.info
         atomic_write_text(self.path / MARKER, json_text(doc, indent=1) + "\n")
+
+
+def restamp(folder: Path) -> None:
+    """Record again the identity of each entry of `folder`'s marker (after drivestack moved
+    them there, possibly as a copy from another device)."""
+    marker = read_marker(folder)
+    if marker is not None:
+        marker["ids"] = {e: i for e in marker["entries"]
+                         if (i := identity(folder / e)) is not None}
+        atomic_write_text(folder / MARKER, json_text(marker, indent=1) + "\n")
 
 
 def not_a_file(path: Path) -> str:

@@ -817,3 +817,54 @@ def test_a_rerun_never_writes_through_a_hard_link(tmp_path: Path) -> None:
         assert link.read_bytes() == data, link.name
     assert (out / "checkpoints" / "planner_32_steps.zip").read_bytes() != kept[
         tmp_path / "checkpoints_planner_32_steps.zip"], "the run saved a new one"
+
+
+class _TouchWhenUnpickled:
+    """Unpickling this creates the file `path`: code running from data."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def test_training_runs_no_code_from_a_datasets_files(tmp_path: Path) -> None:
+    """ultralytics unpickles `labels/*.cache` and runs a data.yaml's `download:` entry as
+    code; a dataset from elsewhere could hold either. Detector training reads neither: it
+    writes its own dataset file and scans the labels again."""
+    import numpy as np
+
+    from perception.datasets import DatasetPlan, generate
+    from perception.detector import DetectorTraining, train_detector
+    from sim.types import CameraSpec
+
+    data = tmp_path / "ds"
+    generate(DatasetPlan(frames=8, frames_per_episode=2, stride=2, warmup=4,
+                         camera=CameraSpec(width=96, height=64)), data)
+    by_cache, by_yaml = tmp_path / "ran_from_cache", tmp_path / "ran_from_yaml"
+    for split in ("train", "val"):
+        with open(data / "labels" / f"{split}.cache", "wb") as f:
+            np.save(f, np.array(_TouchWhenUnpickled(by_cache), dtype=object),
+                    allow_pickle=True)
+    (data / "data.yaml").write_text(
+        f"path: {data}\ntrain: images/train\nval: images/val_missing\nnames: {{0: car}}\n"
+        f"download: \"import pathlib; pathlib.Path('{by_yaml}').touch()\"\n")
+    result = train_detector(DetectorTraining(data=data / "data.yaml", out=tmp_path / "det",
+                                             epochs=1, imgsz=96, batch=4, workers=0,
+                                             device="cpu"))
+    assert Path(result["weights"]).is_file()
+    assert not by_cache.exists() and not by_yaml.exists()
+
+
+def test_ultralytics_settings_stay_in_drivestacks_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's own YOLO_CONFIG_DIR used to get its settings rewritten and fonts added."""
+    from perception.offline import ultralytics_offline
+
+    mine = tmp_path / "my_yolo_config"
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(mine))
+    monkeypatch.setenv("DRIVESTACK_CACHE", str(tmp_path / "cache"))
+    ultralytics_offline()
+    assert not mine.exists()
+    assert Path(os.environ["YOLO_CONFIG_DIR"]) == tmp_path / "cache" / "ultralytics"

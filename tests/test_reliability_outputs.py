@@ -582,3 +582,58 @@ def test_a_killed_move_into_place_is_cleaned_by_the_next_run(tmp_path: Path) -> 
     summary = generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out)
     assert str(aside) in summary["cleaned"] and not aside.exists()
     assert mine.read_text() == "mine"
+
+
+def test_a_refused_dataset_run_cleans_nothing_in_another_jobs_folder(tmp_path: Path) -> None:
+    out = tmp_path / "r1"
+    folder = OutputFolder.claim(out, RUN)
+    folder.own("metrics.json").write_text("{}")
+    folder.finish()
+    notes = out / ".replaced-999999-deadbeef" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("precious")
+    with pytest.raises(OutputFolderError, match="holds the output of `drivestack run`"):
+        generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out)
+    assert notes.read_text() == "precious"
+
+
+def test_only_ultralytics_own_label_caches_count_as_drivestacks(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out)
+    (out / "labels" / "train.cache").write_bytes(b"ultralytics")  # training made it
+    mine = out / "labels" / "my_notes.cache"
+    mine.write_bytes(b"mine")
+    with pytest.raises(OutputFolderError, match="my_notes.cache"):
+        generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out)
+    assert mine.read_bytes() == b"mine"
+
+
+def test_a_marker_names_only_what_drivestack_wrote_there(tmp_path: Path) -> None:
+    """A marker claiming a user's files by name (copied, or crafted) used to make `run`
+    delete and overwrite them: each entry's identity (inode, size, time) must match."""
+    out = tmp_path / "u"
+    out.mkdir()
+    video, metrics = out / "episode_007.mp4", out / "metrics.json"
+    video.write_text("my holiday video")
+    metrics.write_text('{"my": "metrics"}')
+    (out / MARKER).write_text(json.dumps({"kind": "run", "complete": True, "pid": 1,
+                                          "entries": ["episode_007.mp4", "metrics.json"]}))
+    result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="false"))), "--out", str(out)])
+    assert result.exit_code == 2 and "metrics.json exists" in result.output, result.output
+    assert video.read_text() == "my holiday video"
+    assert metrics.read_text() == '{"my": "metrics"}'
+
+
+def test_a_name_a_killed_run_claimed_but_never_wrote_stays_the_users(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    folder = OutputFolder.claim(out, RUN)
+    folder.own("episode_000.mp4")  # claimed; then the run is killed before writing it
+    marker = json.loads((out / MARKER).read_text())
+    (out / MARKER).write_text(json.dumps({**marker, "pid": 999_999}))
+    recovered = out / "episode_000.mp4"
+    recovered.write_bytes(b"the user's own copy")
+    result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
+        episodes=1, steps=2, video="false"))), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert recovered.read_bytes() == b"the user's own copy"
