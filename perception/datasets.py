@@ -347,10 +347,18 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
         return
     aside = out / f".replaced-{os.getpid()}-{secrets.token_hex(4)}"
     aside.mkdir()
-    for entry in sorted(existing.previous):
-        os.replace(out / entry, aside / entry)
-    for name in (*_Writer.ENTRIES, MARKER):
-        shutil.move(tmp / name, out / name)  # a copy where out is on another device
+    moved: list[str] = []
+    try:
+        for entry in sorted(existing.previous):
+            os.replace(out / entry, aside / entry)
+            moved.append(entry)
+        for name in (*_Writer.ENTRIES, MARKER):
+            shutil.move(tmp / name, out / name)  # a copy where out is on another device
+    except BaseException:  # put the previous dataset back where the new one did not land
+        for entry in moved:
+            if not (out / entry).exists():
+                os.replace(aside / entry, out / entry)
+        raise
     tmp.rmdir()
     restamp(out)
     shutil.rmtree(aside)  # only the previous dataset's own entries
@@ -369,8 +377,11 @@ def clean_partials(out: Path | str) -> list[Path]:
     for tmp in sorted(out.parent.glob(f".{glob.escape(out.name)}.partial-*")):
         marker = read_marker(tmp)
         if (marker is None or marker["kind"] != JOB.kind or marker.get("complete")
-                or pid_alive(marker["pid"]) or tmp.is_symlink()):
-            continue
+                or pid_alive(marker["pid"]) or tmp.is_symlink()
+                or tmp.name != f".{out.name}.partial-{marker['pid']}-{tmp.name[-8:]}"
+                or not re.fullmatch(r"[0-9a-f]{8}", tmp.name[-8:])
+                or not all(p.name in (*_Writer.ENTRIES, MARKER) for p in tmp.iterdir())):
+            continue  # only what a `generate` of a dead process left: its name and entries
         shutil.rmtree(tmp)
         removed.append(tmp)
     marker = read_marker(out) if out.is_dir() else None

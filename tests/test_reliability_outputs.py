@@ -637,3 +637,36 @@ def test_a_name_a_killed_run_claimed_but_never_wrote_stays_the_users(tmp_path: P
         episodes=1, steps=2, video="false"))), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert recovered.read_bytes() == b"the user's own copy"
+
+
+def test_a_user_folder_dressed_as_a_partial_dataset_is_kept(tmp_path: Path) -> None:
+    """clean_partials removes only what a dead `generate` left: its own name pattern (pid
+    of the marker, 8 hex digits) and only a dataset's entries inside."""
+    marker = {"kind": "dataset", "complete": False, "pid": 999_999, "entries": []}
+    odd_name = tmp_path / ".ds.partial-mine"
+    extra_file = tmp_path / ".ds.partial-999999-0123abcd"
+    for folder in (odd_name, extra_file):
+        folder.mkdir()
+        (folder / MARKER).write_text(json.dumps(marker))
+    (extra_file / "notes.txt").write_text("mine")
+    assert clean_partials(tmp_path / "ds") == []
+    assert odd_name.is_dir() and (extra_file / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_move_into_place_puts_the_previous_dataset_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import perception.datasets
+
+    out = tmp_path / "ds"
+    generate(DatasetPlan(frames=2, frames_per_episode=2, camera=SMALL), out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(perception.datasets.shutil, "move", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        generate(DatasetPlan(frames=4, frames_per_episode=2, camera=SMALL), out)
+    after = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()
+                   and not p.parts[len(out.parts)].startswith(".replaced-"))
+    assert after == before
