@@ -38,6 +38,7 @@ import numpy as np
 
 from planning.evaluate import DEFAULT_POLICY, build_planner, make_env, make_perceiver
 from planning.policy import load_policy
+from planning.rollout import DECISION_EVERY
 from planning.train import PlannerTraining, make_vec
 from planning.wrappers import SOURCES
 from sim.actions import IDLE, META_ACTIONS
@@ -45,7 +46,6 @@ from sim.actions import IDLE, META_ACTIONS
 warnings.filterwarnings("ignore")
 TARGETS = {"privileged": 2000.0, "perception": 50.0, "closed_loop_hz": 30.0}
 """Issue 4: training simulator steps/s and closed-loop frames/s on 2 CPU cores."""
-DECISION_EVERY = 3
 CLOSED_LOOP_EVERY = (1, 3)
 """Frames per planner decision in the closed loop."""
 MAX_EPISODE_FRAMES = 1350

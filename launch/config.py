@@ -32,6 +32,7 @@ from launch.loader import (  # noqa: F401 - LaunchConfigError, load_launch: re-e
     short,
 )
 from perception.detector import DEVICES, parse_device
+from planning.rollout import DECISION_EVERY
 from sim.config import FAMILIES, ScenarioConfig, StrictModel, Weight, family_config
 from sim.types import CameraSpec
 
@@ -315,7 +316,7 @@ class TrainPlannerConfig(_Strict):
     total_timesteps: int = Field(default=200_000, ge=1, le=1 << 40,
                                  description="agent decisions")
     n_envs: int = Field(default=4, ge=1, le=4096)
-    decision_every: int = Field(default=3, ge=1, le=100,
+    decision_every: int = Field(default=DECISION_EVERY, ge=1, le=100,
                                 description="simulator steps a decision (15 Hz)")
     seed: int = Field(default=0, ge=0)
     learning_rate: float = Field(default=3e-4, gt=0, le=1)

@@ -25,6 +25,7 @@ from launch.config import (
 )
 from launch.loader import short
 from planning.evaluate import PLANNERS, Suite, SuiteSet
+from planning.rollout import DECISION_EVERY
 
 PlannerChoice = Literal["rl", "rl-shield", "rule", "privileged", "rule-privileged", "all"]
 DEFAULT_EVAL_LAUNCH = Path(__file__).with_name("eval.yaml")
@@ -77,7 +78,7 @@ class SuiteConfig(_Strict):
     nominal: SetConfig = SetConfig(seeds=list(range(1000, 1010)))
     adverse: SetConfig | None = None
 
-    def suite(self, decision_every: int = 3) -> Suite:
+    def suite(self, decision_every: int = DECISION_EVERY) -> Suite:
         """The planning-side `Suite` these settings describe."""
         sets = [self.nominal.suite_set("nominal")]
         if self.adverse is not None:
@@ -103,7 +104,7 @@ class EvalConfig(_Strict):
                       description="offset added to every scenario seed")
     episodes: int | None = Field(default=None, ge=1,
                                  description="run only the first N episodes of the suite")
-    decision_every: int = Field(default=3, ge=1, description="env steps per decision")
+    decision_every: int = Field(default=DECISION_EVERY, ge=1, description="env steps per decision")
     out: Path = Field(default=Path("runs/eval"), description="output folder")
     camera: CameraConfig = CameraConfig()
     suite: SuiteConfig = SuiteConfig()

@@ -11,12 +11,11 @@ import csv
 import io
 import math
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import imageio.v2 as imageio
@@ -25,105 +24,23 @@ import numpy as np
 import sim  # noqa: F401 - registers the drivestack/ env ids
 from launch.config import RunConfig
 from launch.overlays import video_frame
-from sim.autopilot import Autopilot
+from planning.listeners import EpisodeMetrics, RunStatistics
+from planning.rollout import Agent, AutopilotAgent, Listener, PlannerAgent, Step, rollout
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
 X264_PARAMS = ["-preset", "veryfast"]
 """Extra ffmpeg output options: about 2x faster to encode than the default preset."""
 
 
-@dataclass
-class EpisodeMetrics:
-    """What one episode did (SI units)."""
-
-    episode: int
-    seed: int
-    family: str
-    time_of_day: str
-    weather: str
-    n_lanes: int
-    steps: int
-    duration: float
-    """Simulated time [s]."""
-    wall_time: float
-    """Real time the episode took, recording included [s]."""
-    distance: float
-    """Arc length the ego advanced along the route [m]."""
-    route_completion: float
-    """Fraction of the route driven, 0..1."""
-    collision: bool
-    collisions: int
-    """Steps with an ego collision (episodes end at the first one)."""
-    off_road: bool
-    mean_speed: float
-    """[m/s]"""
-    min_ttc: float | None
-    """Smallest time to collision over the episode [s]; None if nothing was ever ahead."""
-    hard_brakes: int
-    """Steps that braked harder than 4 m/s^2."""
-    npc_collisions: int
-    """Sum over steps of overlapping non-ego pairs (the sim should keep this at 0)."""
-    end: str
-    """collision | off_road | route_complete | time_limit | max_steps | error"""
-    video: str | None = None
-    """File name of the episode's mp4 in the output folder, if recorded."""
-    error: str | None = None
-    """The exception that ended the episode (end == "error")."""
-
-
-class Driver(Protocol):
-    """Chooses the env action; later drivers (rule, rl) plug in here."""
-
-    def reset(self) -> None: ...
-
-    def act(self, observation: Any, env: gym.Env) -> np.ndarray: ...
-
-
-class AutopilotDriver:
-    """The sim's privileged autopilot (reads the world, not the camera)."""
-
-    def __init__(self) -> None:
-        self.autopilot = Autopilot()
-
-    def reset(self) -> None:
-        self.autopilot.reset()
-
-    def act(self, observation: Any, env: gym.Env) -> np.ndarray:
-        return self.autopilot.act(env.unwrapped.world)  # type: ignore[attr-defined]
-
-
-class PlannerDriver:
-    """A planner (rule-based or RL) on a scene source, deciding every `decision_every`
-    steps (the meta action once, IDLE in between, as in training)."""
-
-    def __init__(self, planner: Any, source: Any, decision_every: int = 3) -> None:
-        self.planner, self.source, self.every = planner, source, decision_every
-        self.steps = 0
-
-    def reset(self) -> None:
-        self.planner.reset()
-        self.source.reset()
-        self.steps = 0
-
-    def act(self, observation: Any, env: gym.Env) -> Any:
-        from sim.actions import IDLE
-
-        action = IDLE
-        if self.steps % self.every == 0:
-            action = self.planner.act(self.source(env.unwrapped))
-        self.steps += 1
-        return action
-
-
 PLANNER_DRIVERS = ("rule", "rl", "rl-shield", "privileged")
 """`drivestack run` drivers that are planning.evaluate planner kinds of the same name."""
 
 
-def make_driver(name: str, perceiver: Any = None, policy: Path | None = None) -> Driver:
-    """The driver called `name` in a launch file (planner drivers on perception need
-    `perceiver`)."""
+def make_driver(name: str, perceiver: Any = None, policy: Path | None = None) -> Agent:
+    """The driver (a planning.rollout agent) called `name` in a launch file (planner
+    drivers on perception need `perceiver`)."""
     if name == "autopilot":
-        return AutopilotDriver()
+        return AutopilotAgent()
     if name in PLANNER_DRIVERS:
         from planning.evaluate import build_planner
 
@@ -131,7 +48,7 @@ def make_driver(name: str, perceiver: Any = None, policy: Path | None = None) ->
         planner, source = build_planner(name, policy=None if mine else policy,
                                         privileged_policy=policy if mine else None,
                                         perceiver=perceiver)
-        return PlannerDriver(planner, source)
+        return PlannerAgent(planner, source)
     raise ValueError(f"unknown driver {name!r}; allowed: autopilot, "
                      f"{', '.join(PLANNER_DRIVERS)}")
 
@@ -154,9 +71,42 @@ def steps_cap(config: RunConfig, dt: float) -> int:
 # -- one episode -----------------------------------------------------------------------
 
 
+class VideoFrames(Listener):
+    """Hands one video frame per step (the reset included) to `add_frame`: the camera with
+    ground truth, perception (when the step has one) and the bird's-eye view."""
+
+    def __init__(self, env: gym.Env, add_frame: Callable[[np.ndarray], None],
+                 overlays: bool = True) -> None:
+        self.env, self.add_frame, self.overlays = env, add_frame, overlays
+
+    def on_step(self, step: Step) -> None:
+        human = self.env.render()
+        assert isinstance(human, np.ndarray) and step.frame is not None
+        predicted = lanes = None
+        if step.perception is not None:
+            seen = step.perception
+            predicted = (seen.detections.boxes_xyxy, seen.detections.classes)
+            if seen.lanes is not None:
+                lanes = (seen.lanes.rows, seen.lanes.xs)
+        self.add_frame(video_frame(step.frame, step.ground_truth, human,
+                                   overlays=self.overlays, predicted=predicted,
+                                   predicted_lanes=lanes))
+
+
+class StepCount(Listener):
+    """Calls `on_step(n)` with the env steps taken, after each one."""
+
+    def __init__(self, on_step: Callable[[int], None]) -> None:
+        self.report = on_step
+
+    def on_step(self, step: Step) -> None:
+        if step.index:
+            self.report(step.index)
+
+
 def run_episode(
     env: gym.Env,
-    driver: Driver,
+    driver: Agent,
     *,
     episode: int,
     seed: int,
@@ -165,99 +115,26 @@ def run_episode(
     on_step: Callable[[int], None] | None = None,
     overlays: bool = True,
     perceiver: Any = None,
+    listeners: Sequence[Listener] = (),
 ) -> EpisodeMetrics:
-    """Drive one episode reset with `seed`. `on_frame` (if given) receives one video
-    frame per step, reset included; `on_step` the step count after each step.
+    """Drive one episode reset with `seed` (planning.rollout with `RunStatistics`).
+    `on_frame` (if given) receives one video frame per step, reset included, with
+    `perceiver`'s output drawn on it; `on_step` the step count after each step.
 
     An exception inside the episode ends it with `end="error"` and the exception in
     `error`, so that one broken episode does not lose the others.
     """
-    start = time.perf_counter()
-    stats = _Stats()
-    info: dict[str, Any] = {}
-    terminated = truncated = False
-    error = None
-    try:
-        driver.reset()
-        obs, info = env.reset(seed=seed)
-        stats.start(env)
-        if on_frame is not None:
-            on_frame(_frame(env, info, overlays, perceiver))
-        while not (terminated or truncated) and (max_steps is None or stats.steps < max_steps):
-            obs, _, terminated, truncated, info = env.step(driver.act(obs, env))
-            stats.add(info)
-            if on_frame is not None:
-                on_frame(_frame(env, info, overlays, perceiver))
-            if on_step is not None:
-                on_step(stats.steps)
-    except Exception as exc:  # reported in the metrics and by the CLI
-        error = f"{type(exc).__name__}: {exc} (at step {stats.steps + 1})"
-    sc = info.get("scenario", {})
-    return EpisodeMetrics(
-        episode=episode, seed=seed, family=sc.get("family", ""),
-        time_of_day=sc.get("time_of_day", ""), weather=sc.get("weather", ""),
-        n_lanes=int(sc.get("n_lanes", 0)), steps=stats.steps,
-        duration=round(stats.steps * env.unwrapped.dt, 6),  # type: ignore[attr-defined]
-        wall_time=round(time.perf_counter() - start, 3),
-        distance=stats.distance(env), route_completion=float(info.get("route_completion", 0.0)),
-        collision=stats.collisions > 0, collisions=stats.collisions, off_road=stats.off_road,
-        mean_speed=stats.speed_sum / stats.steps if stats.steps else 0.0,
-        min_ttc=stats.min_ttc if math.isfinite(stats.min_ttc) else None,
-        hard_brakes=stats.hard_brakes, npc_collisions=stats.npc_collisions,
-        end="error" if error else _end_reason(info, terminated, truncated), error=error,
-    )
-
-
-class _Stats:
-    """Running sums over the steps of an episode."""
-
-    def __init__(self) -> None:
-        self.steps = self.collisions = self.hard_brakes = self.npc_collisions = 0
-        self.off_road = False
-        self.speed_sum = 0.0
-        self.min_ttc = math.inf
-        self.s0: float | None = None
-
-    def start(self, env: gym.Env) -> None:
-        self.s0 = float(env.unwrapped.world.state.ego.s)  # type: ignore[attr-defined]
-
-    def add(self, info: dict[str, Any]) -> None:
-        ev = info["events"]
-        self.steps += 1
-        self.collisions += bool(ev["collision"])
-        self.hard_brakes += bool(ev["hard_brake"])
-        self.npc_collisions += int(ev["npc_collisions"])
-        self.off_road = self.off_road or bool(ev["off_road"])
-        self.speed_sum += float(info["speed"])
-        self.min_ttc = min(self.min_ttc, float(ev["min_ttc"]))
-
-    def distance(self, env: gym.Env) -> float:
-        if self.s0 is None:
-            return 0.0
-        return float(env.unwrapped.world.state.ego.s) - self.s0  # type: ignore[attr-defined]
-
-
-def _end_reason(info: dict[str, Any], terminated: bool, truncated: bool) -> str:
-    if terminated:
-        return "collision" if info["events"]["collision"] else "off_road"
-    if truncated:
-        return "route_complete" if info["route_completion"] >= 1.0 - 1e-9 else "time_limit"
-    return "max_steps"
-
-
-def _frame(env: gym.Env, info: dict[str, Any], overlays: bool, perceiver: Any = None
-           ) -> np.ndarray:
-    human = env.render()
-    camera = env.unwrapped.frame.image  # type: ignore[attr-defined]
-    assert isinstance(human, np.ndarray)
-    predicted = lanes = None
-    if perceiver is not None:
-        seen = perceiver([camera])[0]
-        predicted = (seen.detections.boxes_xyxy, seen.detections.classes)
-        if seen.lanes is not None:
-            lanes = (seen.lanes.rows, seen.lanes.xs)
-    return video_frame(camera, info.get("ground_truth"), human, overlays=overlays,
-                       predicted=predicted, predicted_lanes=lanes)
+    stats = RunStatistics(episode, seed)
+    extra: list[Listener] = []
+    if on_frame is not None:
+        extra.append(VideoFrames(env, on_frame, overlays))
+    if on_step is not None:
+        extra.append(StepCount(on_step))
+    rollout(env, driver, seed=seed, max_steps=max_steps,
+            listeners=[stats, *extra, *listeners], perceiver=perceiver,
+            perceive_every_frame=perceiver is not None and on_frame is not None)
+    assert stats.metrics is not None
+    return stats.metrics
 
 
 # -- output files ------------------------------------------------------------------------
@@ -412,7 +289,7 @@ def _partial(video: str) -> str:
     return f".{video}.partial-{os.getpid()}.mp4"
 
 
-def _recorded_episode(config: RunConfig, env: gym.Env, driver: Driver, i: int,
+def _recorded_episode(config: RunConfig, env: gym.Env, driver: Agent, i: int,
                       folder: OutputFolder, on_step: Callable[[int], None] | None,
                       perceiver: Any) -> EpisodeMetrics:
     """Episode `i`, recorded as an mp4 when the launch file asks; `video` names the file

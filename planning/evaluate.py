@@ -3,9 +3,9 @@ metrics and aggregates in the CARLA Leaderboard style.
 
 - A `Suite` is one or more sets (e.g. "nominal": day/clear; "adverse": night, fog, rain)
   of families x conditions x seeds, with a cap on steps per episode.
-- `run_episode(planner, source, env, seed, max_steps)` drives one episode: the scene is
-  read and the planner asked once per decision (every `decision_every` steps; the meta
-  action is sent on the first step and IDLE on the others, as `DecisionEvery` does).
+- `run_episode(planner, source, env, seed, max_steps)` drives one episode through
+  `planning.rollout` (the planner asked every `DECISION_EVERY` steps) with the
+  `DrivingStatistics` listener.
 - `run_suite` drives every case of a suite with one planner; `summarize` aggregates.
 
 Driving score (CARLA Leaderboard): route completion x infraction penalty, the penalty
@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from planning.listeners import DrivingStatistics
 from planning.policy import PolicyPlanner, load_policy
+from planning.rollout import DECISION_EVERY, Listener, PlannerAgent, rollout
 from planning.rule_based import Planner, RulePlanner
 from planning.shield import SafetyShield
 from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
-from sim.actions import IDLE
 from sim.config import family_config
 from sim.env import DrivingEnv
 from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK, CameraSpec
@@ -97,7 +97,7 @@ class Suite:
 
     sets: tuple[SuiteSet, ...]
     max_steps: int
-    decision_every: int = 3
+    decision_every: int = DECISION_EVERY
     """Env steps per planner decision."""
 
     def cases(self, seed_offset: int = 0, limit: int | None = None) -> list[Case]:
@@ -234,82 +234,19 @@ def prepare_planners(kinds: Iterable[str], *, policy: Path | None = None,
     return {k: build_planner(k, perceiver=perceiver, model=models.get(k)) for k in kinds}, notes
 
 
-class _Tally:
-    """Running sums over the steps of an episode."""
-
-    def __init__(self, env: DrivingEnv) -> None:
-        assert env.world is not None
-        self.env, self.world = env, env.world
-        self.s0 = env.world.state.ego.s
-        self.prev_accel = env.world.state.ego.accel
-        self.steps = 0
-        self.speed = self.jerk = 0.0
-        self.hits = {"vehicle": 0, "pedestrian": 0, "static": 0}
-        self.off_road = 0
-
-    def add(self, info: dict[str, Any]) -> None:
-        ev, ego, a = info["events"], self.world.state.ego, self.world.state.actors
-        self.steps += 1
-        self.speed += float(info["speed"])
-        self.jerk += abs(ego.accel - self.prev_accel) / self.env.dt
-        self.prev_accel = ego.accel
-        if ev["collision"]:
-            for k, n in collision_types(ev["collided_track_ids"], a.track_id[a.active],
-                                        a.cls[a.active]).items():
-                self.hits[k] += n
-        self.off_road += bool(ev["off_road"])
-
-
 def run_episode(planner: Planner, source: SceneSource, env: DrivingEnv, seed: int,
-                max_steps: int, decision_every: int = 3, *, name: str = "",
-                case: Case | None = None) -> EpisodeResult:
+                max_steps: int, decision_every: int = DECISION_EVERY, *, name: str = "",
+                case: Case | None = None, listeners: Sequence[Listener] = ()
+                ) -> EpisodeResult:
     """Drive one episode of the env's current scenario config, reset with `seed`, for at
-    most `max_steps` steps. An exception ends the episode with end="error"."""
-    start = time.perf_counter()
-    planner.reset()
-    source.reset()
-    env.reset(seed=seed, options={"scenario_seed": seed})
-    tally = _Tally(env)
-    info: dict[str, Any] = {"route_completion": 0.0}
-    terminated = truncated = False
-    error = None
-    try:
-        while tally.steps < max_steps and not (terminated or truncated):
-            action = IDLE
-            if tally.steps % decision_every == 0:
-                action = planner.act(source(env))
-            _, _, terminated, truncated, info = env.step(action)
-            tally.add(info)
-    except Exception as exc:  # one broken episode must not lose the suite
-        error = f"{type(exc).__name__}: {exc} (at step {tally.steps + 1})"
-    return _result(tally, info, terminated, truncated, error, name, case, seed, start)
-
-
-def _result(t: _Tally, info: dict[str, Any], terminated: bool, truncated: bool,
-            error: str | None, name: str, case: Case | None, seed: int, start: float
-            ) -> EpisodeResult:
-    sc = t.world.scenario
-    rc = float(info.get("route_completion", 0.0))
-    infractions = {**t.hits, "off_road": t.off_road}
-    if error:
-        end = "error"
-    elif terminated:
-        end = "collision" if sum(t.hits.values()) else "off_road"
-    elif truncated:
-        end = "route_complete" if rc >= 1.0 - 1e-9 else "time_limit"
-    else:
-        end = "max_steps"
-    return EpisodeResult(
-        planner=name, set=case.set if case else "", family=sc.family,
-        time_of_day=sc.time_of_day, weather=sc.weather, seed=seed, steps=t.steps,
-        duration=round(t.steps * t.env.dt, 6), distance=float(t.world.state.ego.s - t.s0),
-        route_completion=rc, collisions_vehicle=t.hits["vehicle"],
-        collisions_pedestrian=t.hits["pedestrian"], collisions_static=t.hits["static"],
-        off_road=t.off_road, mean_speed=t.speed / t.steps if t.steps else 0.0,
-        jerk=t.jerk / t.steps if t.steps else 0.0,
-        success=end in ("route_complete", "time_limit", "max_steps"),
-        driving_score=driving_score(rc, infractions), end=end,
-        wall_time=round(time.perf_counter() - start, 3), error=error)
+    most `max_steps` steps (planning.rollout, with `DrivingStatistics` and `listeners`).
+    An exception ends the episode with end="error"."""
+    stats = DrivingStatistics(name, case, seed)
+    rollout(env, PlannerAgent(planner, source, decision_every), seed=seed,
+            scenario_seed=seed, max_steps=max_steps, listeners=[stats, *listeners],
+            catch_reset=False)
+    result: EpisodeResult = stats.result
+    return result
 
 
 def run_suite(planner: Planner, source: SceneSource, suite: Suite, *, name: str = "",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from planning.policy import load_parameters
+from planning.rollout import DECISION_EVERY
 from planning.wrappers import make_planner_env
 from sim.outputs import Job, atomic_write, atomic_write_text, json_text, not_a_file
 from sim.types import check_number
@@ -50,7 +51,7 @@ class PlannerTraining:
     total_timesteps: int = 200_000
     """Agent decisions (each is `decision_every` simulator steps)."""
     n_envs: int = 4
-    decision_every: int = 3
+    decision_every: int = DECISION_EVERY
     seed: int = 0
     learning_rate: float = 3e-4
     n_steps: int = 256

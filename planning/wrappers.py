@@ -23,6 +23,7 @@ from gymnasium import spaces
 import sim  # noqa: F401  (registers the drivestack/ env ids)
 from planning.features import CLIP, FEATURE_DIM, features
 from planning.noise import EmulatedSource, PerceptionNoise
+from planning.rollout import DECISION_EVERY
 from planning.scene import Scene
 from planning.shield import SafetyShield
 from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
@@ -162,7 +163,7 @@ class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 def make_planner_env(source: str = "emulated", family: str = "highway",
-                     decision_every: int = 3, seed: int | None = None,
+                     decision_every: int = DECISION_EVERY, seed: int | None = None,
                      noise_path: str | None = None, perceiver_device: str = "cpu",
                      scenario: dict[str, Any] | None = None,
                      action_type: str = "meta", shield: bool = False) -> gym.Env:

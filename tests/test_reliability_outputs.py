@@ -239,7 +239,7 @@ def test_run_names_no_video_it_did_not_write(tmp_path: Path,
     def broken(*args: object, **kwargs: object) -> np.ndarray:
         raise RuntimeError("no frame")
 
-    monkeypatch.setattr(launch.runner, "_frame", broken)
+    monkeypatch.setattr(launch.runner, "video_frame", broken)
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(_launch(tmp_path, TINY_RUN.format(
         episodes=1, steps=2, video="true"))), "--out", str(out)])

@@ -129,7 +129,9 @@ class _FailingDriver:
     def reset(self) -> None:
         self.calls = 0
 
-    def act(self, observation: object, env: object) -> np.ndarray:
+    decision_every, hold, perception = 1, None, None
+
+    def act(self, env: object) -> np.ndarray:
         self.calls += 1
         if self.calls == 3:
             raise RuntimeError("driver broke")
