@@ -41,15 +41,22 @@ class PolicyPlanner:
     def __init__(self, model: Any, shield: Any = None) -> None:
         self.model = model
         self.shield = shield
+        self.proposed: int | None = None
+        """The policy's own action at the last decision (before the shield)."""
+        self.overridden = False
+        """The shield replaced the policy's action at the last decision."""
 
     def reset(self) -> None:
+        self.proposed, self.overridden = None, False
         if self.shield is not None:
             self.shield.reset()
 
     def act(self, scene: Scene) -> int:
         action, _ = self.model.predict(features(scene), deterministic=True)
         proposed = int(np.asarray(action).item())
-        return proposed if self.shield is None else self.shield.filter(scene, proposed)
+        chosen = proposed if self.shield is None else self.shield.filter(scene, proposed)
+        self.proposed, self.overridden = proposed, chosen != proposed
+        return chosen
 
 
 class PolicyLoadError(ValueError):

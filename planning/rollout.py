@@ -61,6 +61,8 @@ class Step:
     perception: Any = None
     """The `Perception` computed on this frame (decision frames of a perception agent, or
     every frame with `perceive_every_frame`), else None."""
+    overridden: bool = False
+    """A safety shield replaced the planner's choice of this (decided) action."""
 
     @property
     def frame(self) -> np.ndarray | None:
@@ -161,6 +163,11 @@ class PlannerAgent:
     def perception(self) -> Any:
         return getattr(self.source, "last_perception", None)
 
+    @property
+    def overridden(self) -> bool:
+        """A safety shield replaced the policy's action at the last decision."""
+        return bool(getattr(self.planner, "overridden", False))
+
 
 class AutopilotAgent:
     """The sim's privileged autopilot (continuous actions, every step)."""
@@ -244,7 +251,6 @@ def rollout(
     """
     start = time.perf_counter()
     base: DrivingEnv = env.unwrapped
-    every = max(int(agent.decision_every), 1)
     info: dict[str, Any] = {"route_completion": 0.0}
     terminated = truncated = False
     error = None
@@ -265,26 +271,16 @@ def rollout(
             listener.on_reset(base, seed)
         while True:
             last = terminated or truncated or (max_steps is not None and t >= max_steps)
-            perception = None
-            decided = False
             try:
-                if not last:
-                    if t % every == 0:
-                        action = agent.act(base)
-                        decided = True
-                        perception = agent.perception
-                    elif agent.hold is not None:
-                        action = agent.hold
-                if perceive_every_frame and perception is None and perceiver is not None \
-                        and base.frame is not None:
-                    [perception] = perceiver([base.frame.image])
+                action, decided, perception, overridden = _decide(
+                    agent, base, t, action, last, perceiver if perceive_every_frame else None)
             except Exception:  # the moment still happened: listeners see it, no action
                 step = Step(t, base, obs, info, reward, terminated, truncated)
                 for listener in listeners:
                     listener.on_step(step)
                 raise
             step = Step(t, base, obs, info, reward, terminated, truncated,
-                        None if last else action, decided, perception)
+                        None if last else action, decided, perception, overridden)
             for listener in listeners:
                 listener.on_step(step)
             if last:
@@ -301,6 +297,27 @@ def rollout(
     for listener in listeners:
         listener.on_end(end)
     return end
+
+
+def _decide(agent: Agent, env: DrivingEnv, t: int, action: Any, last: bool,
+            perceiver: Callable[[list[np.ndarray]], list[Any]] | None
+            ) -> tuple[Any, bool, Any, bool]:
+    """The action chosen at step `t` (the agent's every `decision_every` steps, else its
+    `hold`, else the previous one), whether the agent decided it, the perception of the
+    frame (the agent's, else `perceiver`'s when given) and whether a shield overrode it."""
+    perception = None
+    decided = overridden = False
+    if not last:
+        if t % max(int(agent.decision_every), 1) == 0:
+            action = agent.act(env)
+            decided = True
+            perception = agent.perception
+            overridden = bool(getattr(agent, "overridden", False))
+        elif agent.hold is not None:
+            action = agent.hold
+    if perceiver is not None and perception is None and env.frame is not None:
+        [perception] = perceiver([env.frame.image])
+    return action, decided, perception, overridden
 
 
 @dataclass

@@ -148,8 +148,7 @@ class DrivingEnv(gym.Env):
             if options.get("scenario_seed") is not None:
                 raise ValueError("reset options 'state' and 'scenario_seed' exclude each other")
             self.set_state(options["state"])
-            world = self._require_world()
-            return self._observe(), self._info(world.events(), {})
+            return self.observe()
         sc_seed = options.get("scenario_seed")
         if sc_seed is None:
             sc_seed = int(self.np_random.integers(0, 2**31 - 1))
@@ -211,7 +210,7 @@ class DrivingEnv(gym.Env):
         if not isinstance(state, WorldState):
             raise TypeError(f"set_state expects a WorldState, got {type(state).__name__}")
         state.check()
-        extra = _check_extra(state)
+        extra = check_extra(state)
         dt = extra.get("dt", self.dt)
         if abs(dt - self.dt) > 1e-12:
             raise ValueError(f"state was recorded with dt={dt}, this env steps dt={self.dt}: "
@@ -228,6 +227,14 @@ class DrivingEnv(gym.Env):
                 speed_pid=SpeedController())
         self._prev_accel = float(extra.get("prev_accel", 0.0))
         self.frame = None
+
+    def observe(self) -> tuple[Any, dict[str, Any]]:
+        """The observation and info of the current moment, as `reset` and `step` return
+        them (the frame rendered anew, ground truth included when the env computes it):
+        what a restored state (`set_state`) looks like without stepping. The events are
+        those of the current world; the reward terms are empty."""
+        world = self._require_world()
+        return self._observe(), self._info(world.events(), {})
 
     # -- internals ---------------------------------------------------------------------
     def _require_world(self) -> World:
@@ -282,7 +289,7 @@ class DrivingEnv(gym.Env):
         return info
 
 
-def _check_extra(state: WorldState) -> dict[str, Any]:
+def check_extra(state: WorldState) -> dict[str, Any]:
     """The env's part of a state (`state.extra`), checked: a MetaController (or None)
     aiming at a lane of the scenario's road, finite prev_accel and dt."""
     extra = state.extra
