@@ -449,9 +449,12 @@ def train_planner_cmd(
 
 
 def _register_eval() -> None:
+    from launch.cli_data import mine_command, replay_command
     from launch.cli_eval import eval_command
 
     app.command("eval")(eval_command)
+    app.command("mine")(mine_command)
+    app.command("replay")(replay_command)
 
 
 _register_eval()

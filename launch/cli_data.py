@@ -1,0 +1,167 @@
+"""The data engine's commands: `drivestack mine` (drive a suite, save clips of failures
+into the snapshot store) and `drivestack replay ID` (re-simulate a snapshot byte for byte,
+then drive it again with other stacks). Registered in launch/cli.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import Field, model_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from data_engine.recorder import RecorderConfig
+from launch.cli_common import cli_errors, echo_json, fail
+from launch.config import PERCEPTION_DEVICES, CameraConfig, PerceptionDevice, _Strict, load_launch
+from launch.eval_suite import SetConfig
+
+DEFAULT_MINE_LAUNCH = Path(__file__).with_name("mine.yaml")
+MINE_SEEDS = (500_000, 1_000_000)
+"""Mining scenario seeds lie in this range, disjoint from every held-out seed (eval suites
+below 10,000; perception test sets at 900,000 and above)."""
+MinerDriver = Literal["rule", "rl", "rl-shield", "privileged", "rule-privileged"]
+Stack = Literal["rule", "rl", "rl-shield", "privileged", "rule-privileged"]
+
+
+class MineConfig(_Strict):
+    """Launch file of `drivestack mine`."""
+
+    store: Path = Field(default=Path("out/snapshots"), description="snapshot store folder")
+    driver: MinerDriver = Field(default="rule", description="planner kind that drives")
+    policy: Path | None = Field(default=None, description="policy zip of an RL driver")
+    device: PerceptionDevice = Field(default="auto",
+                                     description=f"perception device: {PERCEPTION_DEVICES}")
+    max_steps: int = Field(default=450, ge=1, le=100_000, description="steps per episode")
+    second_detector: bool = Field(default=True, description="run detector_fast beside the "
+                                                            "online detector (disagreement)")
+    camera: CameraConfig = CameraConfig()
+    scenarios: SetConfig = Field(default_factory=lambda: SetConfig(seeds=[500_000]))
+    recorder: RecorderConfig = Field(default_factory=RecorderConfig)
+
+    @model_validator(mode="after")
+    def _mining_seeds(self) -> MineConfig:
+        lo, hi = MINE_SEEDS
+        bad = [s for s in self.scenarios.seeds if not lo <= s < hi]
+        if bad:
+            raise ValueError(f"scenarios.seeds: mining seeds must lie in {lo}..{hi - 1}, "
+                             f"disjoint from the held-out evaluation seeds; got {bad[:5]}")
+        return self
+
+
+@cli_errors
+def mine_command(
+    launch_file: Annotated[Path, typer.Argument(
+        help="Launch file (YAML); default: the packaged launch/mine.yaml.",
+        show_default=False)] = DEFAULT_MINE_LAUNCH,
+    store: Annotated[Path | None, typer.Option(help="Override `store`.")] = None,
+    episodes: Annotated[int | None, typer.Option(
+        "--episodes", "-n", min=1, help="Mine only the first N episodes.")] = None,
+) -> None:
+    """Drive a scenario suite with perception on every frame; save a clip around every
+    trigger firing into the snapshot store (SQLite index + one folder per snapshot).
+
+    Exit codes: 0 mined; 1 an episode raised (recorded; the others still ran); 2 a bad
+    launch file, option or store.
+    """
+    console = Console(stderr=True)
+    cfg = load_launch(launch_file, MineConfig, overrides={"store": store})
+    from data_engine.mine import mine, model_hashes
+    from data_engine.store import SnapshotStore
+    from perception.detector import DEFAULT_WEIGHTS, FAST_WEIGHTS
+    from perception.lanes import DEFAULT_LANE_WEIGHTS
+    from planning.evaluate import Case, make_perceiver
+
+    cases = [Case("mine", fam, c.time_of_day, c.weather, seed)
+             for fam in cfg.scenarios.families for c in cfg.scenarios.conditions
+             for seed in cfg.scenarios.seeds][:episodes]
+    snapshots = SnapshotStore(cfg.store, create=True)
+    perceiver, note = make_perceiver(cfg.device, cfg.camera.spec())
+    second = None
+    if cfg.second_detector:
+        from perception.perceiver import Perceiver
+
+        second = Perceiver(weights=FAST_WEIGHTS, device=cfg.device, camera=cfg.camera.spec(),
+                           lanes=False)
+    models = model_hashes({"detector": DEFAULT_WEIGHTS, "lanes": DEFAULT_LANE_WEIGHTS,
+                           "second_detector": FAST_WEIGHTS if second else None})
+    if note:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"drivestack mine: {len(cases)} episodes with {cfg.driver} -> {cfg.store}",
+                  markup=False, highlight=False, soft_wrap=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("mine", total=len(cases))
+
+        def done(ep: Any) -> None:
+            progress.update(task, advance=1, description=f"{ep.case['family']} "
+                            f"{ep.case['time_of_day']}/{ep.case['weather']} "
+                            f"{len(ep.snapshots)} clip(s)")
+
+        summary = mine(snapshots, cases, driver=cfg.driver, perceiver=perceiver,
+                       second=second, policy=cfg.policy, recorder=cfg.recorder,
+                       max_steps=cfg.max_steps, camera=cfg.camera.spec(), models=models,
+                       on_episode=done)
+    doc = summary.as_dict()
+    errors = [e for e in summary.episodes if e.error]
+    for e in errors:
+        console.print(f"{e.case['family']} seed {e.case['seed']} failed: {e.error}",
+                      style="bold red", markup=False, soft_wrap=True)
+    echo_json({k: v for k, v in doc.items() if k != "per_episode"} | {"store": str(cfg.store),
+                                                                       "ids": summary.snapshots})
+    if errors:
+        raise typer.Exit(code=1)
+
+
+@cli_errors
+def replay_command(
+    snapshot_id: Annotated[str, typer.Argument(metavar="ID", help="Snapshot id.")],
+    store: Annotated[Path, typer.Option(help="Snapshot store folder.")] = Path("out/snapshots"),
+    stack: Annotated[list[str] | None, typer.Option(
+        help="Also drive from the clip's start with this stack (repeatable): rule | rl | "
+             "rl-shield | privileged | rule-privileged.")] = None,
+    device: Annotated[str, typer.Option(help="Perception device.")] = "auto",
+) -> None:
+    """Restore a snapshot's world and re-simulate its clip: every frame and its labels
+    must match the stored ones byte for byte (checked by SHA-256). With --stack, drive
+    from the clip's start with other stacks and say whether the failure happens again.
+
+    Exit codes: 0 the replay matched; 1 it did not; 2 a bad id, store or snapshot.
+    """
+    from data_engine.replay import closed_loop, replay_clip
+    from data_engine.store import SnapshotStore
+
+    console = Console(stderr=True)
+    allowed = ("rule", "rl", "rl-shield", "privileged", "rule-privileged")
+    stacks = list(dict.fromkeys(stack or []))
+    if bad := [s for s in stacks if s not in allowed]:
+        fail(f"--stack: {bad[0]!r} is not a stack; allowed: {', '.join(allowed)}")
+    snapshots = SnapshotStore(store)
+    snap = snapshots.get(snapshot_id)
+    check, _ = replay_clip(snap)
+    console.print(f"replay {snap.id}: {check.frames_equal}/{check.frames} frames and "
+                  f"{check.truth_equal}/{check.truth_checked} labels byte-equal"
+                  + ("" if check.stored_png_equal is None else
+                     f", {check.stored_png_equal}/{check.frames} stored PNGs equal"),
+                  markup=False, highlight=False)
+    doc: dict[str, Any] = {"id": snap.id, "ok": check.ok, "frames": check.frames,
+                           "frames_equal": check.frames_equal,
+                           "truth_equal": check.truth_equal,
+                           "stored_png_equal": check.stored_png_equal,
+                           "first_mismatch": check.first_mismatch, "error": check.error}
+    if stacks:
+        from planning.evaluate import prepare_planners
+
+        planners, _ = prepare_planners(stacks, device=device)
+        results = closed_loop(snap, planners)
+        doc["closed_loop"] = [{"stack": r.stack, "failed": r.failed, "end": r.end,
+                               "collision": r.collision, "off_road": r.off_road,
+                               "min_ttc": r.min_ttc, "error": r.error} for r in results]
+        for r in results:
+            console.print(f"  {r.stack}: {'FAILS' if r.failed else 'ok'} ({r.end}, "
+                          f"{r.steps} steps)", markup=False)
+    echo_json(doc)
+    if not check.ok:
+        raise typer.Exit(code=1)
