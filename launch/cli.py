@@ -455,6 +455,9 @@ def _register_eval() -> None:
     app.command("eval")(eval_command)
     app.command("mine")(mine_command)
     app.command("replay")(replay_command)
+    from launch.cli_snapshots import snapshots_app
+
+    app.add_typer(snapshots_app, name="snapshots")
 
 
 _register_eval()
