@@ -304,9 +304,10 @@ def eval_perception(
     Exit codes: 0 evaluated; 2 a bad option, a missing dataset or weights file.
     """
     from perception.datasets import SPLITS
-    from perception.detector import DEFAULT_WEIGHTS, resolve_device, torch_device
+    from perception.detector import resolve_device, torch_device
     from perception.evaluate import evaluate_detections, predict_split
     from perception.lane_train import evaluate_lane_weights
+    from perception.registry import current_detector
 
     console = Console(stderr=True)
     if split not in SPLITS:
@@ -323,7 +324,7 @@ def eval_perception(
         plots, PLOTS_JOB, key="--plots", entries=PLOTS)
     try:
         box_refiner = load_refiner(refiner, torch_device(dev)) if refine else None
-        preds = predict_split(weights or DEFAULT_WEIGHTS, data, split, imgsz=imgsz, device=dev,
+        preds = predict_split(weights or current_detector(), data, split, imgsz=imgsz, device=dev,
                               refiner=box_refiner)
         lanes = evaluate_lane_weights(lane_weights, data, split, torch_device(dev))
     except FileNotFoundError as exc:
@@ -455,9 +456,11 @@ def _register_eval() -> None:
     app.command("eval")(eval_command)
     app.command("mine")(mine_command)
     app.command("replay")(replay_command)
+    from launch.cli_models import models_app
     from launch.cli_snapshots import snapshots_app
 
     app.add_typer(snapshots_app, name="snapshots")
+    app.add_typer(models_app, name="models")
 
 
 _register_eval()

@@ -70,8 +70,9 @@ def mine_command(
     cfg = load_launch(launch_file, MineConfig, overrides={"store": store})
     from data_engine.mine import mine, model_hashes
     from data_engine.store import SnapshotStore
-    from perception.detector import DEFAULT_WEIGHTS, FAST_WEIGHTS
+    from perception.detector import FAST_WEIGHTS
     from perception.lanes import DEFAULT_LANE_WEIGHTS
+    from perception.registry import current_detector
     from planning.evaluate import Case, make_perceiver
 
     cases = [Case("mine", fam, c.time_of_day, c.weather, seed)
@@ -85,7 +86,7 @@ def mine_command(
 
         second = Perceiver(weights=FAST_WEIGHTS, device=cfg.device, camera=cfg.camera.spec(),
                            lanes=False)
-    models = model_hashes({"detector": DEFAULT_WEIGHTS, "lanes": DEFAULT_LANE_WEIGHTS,
+    models = model_hashes({"detector": current_detector(), "lanes": DEFAULT_LANE_WEIGHTS,
                            "second_detector": FAST_WEIGHTS if second else None})
     if note:
         console.print(f"note: {note}", markup=False)

@@ -180,12 +180,14 @@ class Perceiver:
                        bf16: bool) -> None:
         """The detector: `raw` (our batched path) or `model` (ultralytics' predict)."""
         cached = False
+        source = DEFAULT_WEIGHTS
         if weights is None:
-            weights = DEFAULT_WEIGHTS
+            from perception.registry import current_detector
+
+            weights = source = current_detector()  # the shipped one unless promoted
             if self.device == "cpu":
                 try:
-                    weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
-                                          self.camera.width, int8)
+                    weights = cached_onnx(source, self.camera.height, self.camera.width, int8)
                     cached = True
                 except (UnreadableModel, SafeLoadUnavailable):
                     raise
@@ -193,6 +195,8 @@ class Perceiver:
                     if int8:
                         raise
         self.weights = Path(weights)
+        self.source_weights = Path(source) if cached else self.weights
+        """The detector's .pt (or .onnx) file the runtime's model was made from."""
         if not self.weights.is_file():
             raise FileNotFoundError(
                 f"detector weights {self.weights} not found; train them with "
@@ -212,7 +216,7 @@ class Perceiver:
                     raise
                 # a cached export cut short or damaged: make it again, once
                 self.weights.unlink(missing_ok=True)
-                self.weights = cached_onnx(DEFAULT_WEIGHTS, self.camera.height,
+                self.weights = cached_onnx(source, self.camera.height,
                                            self.camera.width, int8)
                 self.raw = RawDetector(self.weights, self.device, self.camera.height,
                                        self.camera.width, self.conf, runtime=self.cpu_runtime,

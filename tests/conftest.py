@@ -28,6 +28,21 @@ FAMILY_IDS: dict[str, str] = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_model_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests see an empty model registry (the shipped detector current), never the
+    user's promoted models; a test that needs its own sets DRIVESTACK_REGISTRY."""
+    import os
+
+    old = os.environ.get("DRIVESTACK_REGISTRY")
+    os.environ["DRIVESTACK_REGISTRY"] = str(tmp_path_factory.mktemp("registry"))
+    yield
+    if old is None:
+        os.environ.pop("DRIVESTACK_REGISTRY", None)
+    else:
+        os.environ["DRIVESTACK_REGISTRY"] = old
+
+
 @pytest.fixture
 def make_env() -> Iterator[Callable[..., gym.Env]]:
     """Factory: `make_env(env_id_or_family, **kwargs)`; small camera unless given;
