@@ -450,12 +450,13 @@ def train_planner_cmd(
 
 
 def _register_eval() -> None:
-    from launch.cli_data import mine_command, replay_command
+    from launch.cli_data import mine_command, relabel_command, replay_command
     from launch.cli_eval import eval_command
 
     app.command("eval")(eval_command)
     app.command("mine")(mine_command)
     app.command("replay")(replay_command)
+    app.command("relabel")(relabel_command)
     from launch.cli_models import models_app
     from launch.cli_snapshots import snapshots_app
 

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from data_engine.recorder import RecorderConfig
-from launch.cli_common import cli_errors, echo_json, fail
+from launch.cli_common import Force, cli_errors, echo_json, fail
 from launch.config import PERCEPTION_DEVICES, CameraConfig, PerceptionDevice, _Strict, load_launch
 from launch.eval_suite import SetConfig
+from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
 DEFAULT_MINE_LAUNCH = Path(__file__).with_name("mine.yaml")
 MINE_SEEDS = (500_000, 1_000_000)
@@ -166,3 +167,67 @@ def replay_command(
     echo_json(doc)
     if not check.ok:
         raise typer.Exit(code=1)
+
+
+RELABEL_JOB = Job("relabel", files=(r"\d{8}T\d{6}-[0-9a-f]{8}\.(json|npz)", r"quality\.json"))
+"""What `drivestack relabel` writes into its folder (sim.outputs)."""
+
+
+@cli_errors
+def relabel_command(
+    snapshot_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[ID]...", help="Snapshot ids (default: every verified one).")] = None,
+    store: Annotated[Path, typer.Option(help="Snapshot store folder.")] = Path("out/snapshots"),
+    out: Annotated[Path, typer.Option(help="Output folder for the labels.")] = Path(
+        "out/relabel"),
+    quality: Annotated[bool, typer.Option(
+        help="After labeling, score the labels against the snapshots' ground truth "
+             "(report only) beside the online perception.")] = True,
+    force: Force = False,
+) -> None:
+    """Auto-label the frames of snapshots without reading their ground truth: an offboard
+    teacher (TTA, a second detector, the box refiner) and hindsight tracking over the
+    whole clip, forward and backward; unsure objects become ignore regions. Writes
+    <out>/<ID>.json + .npz per snapshot and quality.json.
+
+    Exit codes: 0 labelled; 2 a bad id, store, snapshot or output folder.
+    """
+    from data_engine.relabel import (
+        online_tallies,
+        quality_against_truth,
+        quality_of,
+        relabel_snapshot,
+    )
+    from data_engine.store import SnapshotStore
+
+    console = Console(stderr=True)
+    snapshots = SnapshotStore(store)
+    ids = list(dict.fromkeys(snapshot_ids or snapshots.good_ids()))
+    picked = [snapshots.get(i) for i in ids]  # a bad id or a corrupt snapshot: one error
+    names = [f"{i}.{ext}" for i in ids for ext in ("json", "npz")] + ["quality.json"]
+    folder = OutputFolder.claim(out, RELABEL_JOB, force=force, entries=names)
+    folder.remove_stale()
+    ours, online = [], []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("relabel", total=len(picked))
+        for snap in picked:
+            r = relabel_snapshot(snap)
+            folder.own(f"{snap.id}.json"), folder.own(f"{snap.id}.npz")
+            r.labels.save(folder.path / snap.id)
+            folder.wrote()
+            if quality:
+                ours += quality_against_truth(snap, r.labels)
+                online += online_tallies(snap)
+            progress.update(task, advance=1, description=snap.id)
+    doc: dict[str, Any] = {"snapshots": len(picked), "out": str(out)}
+    if quality and picked:
+        doc["auto"] = quality_of(ours)
+        doc["online"] = quality_of(online)
+        atomic_write_text(folder.own("quality.json"), json_text(doc, indent=1) + "\n")
+        a, o = doc["auto"]["overall"], doc["online"]["overall"]
+        console.print(f"auto labels: precision {a['precision']:.3f} recall {a['recall']:.3f} "
+                      f"ignored {a['ignored']:.3f}; online perception: precision "
+                      f"{o['precision']:.3f} recall {o['recall']:.3f}", markup=False)
+    folder.finish(snapshots=len(picked))
+    echo_json(doc)

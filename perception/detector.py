@@ -182,6 +182,9 @@ class DetectorTraining:
     close_mosaic: int = 10
     """The last epochs train without mosaic (ultralytics `close_mosaic`); as many as
     `epochs` or more: no mosaic at all (a fine-tune on frames as the camera sees them)."""
+    train_list: Path | None = None
+    """Train on the images this file lists (a data-engine dataset version's train.txt)
+    instead of `data`'s train split; validation stays on `data`'s val split."""
 
     def __post_init__(self) -> None:
         if self.architecture not in _YAML:
@@ -199,20 +202,22 @@ class DetectorTraining:
             check_number("lr0", self.lr0, 0.0, 1.0, open_lo=True)
 
 
-def training_data_yaml(data_yaml: Path, out: Path) -> Path:
+def training_data_yaml(data_yaml: Path, out: Path, train_list: Path | None = None) -> Path:
     """The dataset file ultralytics trains from, written by drivestack into `out` from the
     dataset's fixed layout (its folder, images/{train,val,test}, `CLASS_NAMES`), never the
     dataset's own `data.yaml`: ultralytics runs a `download:` entry of that file as code,
     and writes its label caches wherever its paths point. Also turns off ultralytics'
     pickled label caches (`*.cache`, `np.load(allow_pickle=True)`): it scans the labels
-    again instead, so a cache in a dataset from elsewhere never runs code."""
+    again instead, so a cache in a dataset from elsewhere never runs code. `train_list`:
+    the train images are those it lists (absolute paths)."""
     from sim.types import CLASS_NAMES
 
     root = data_yaml.parent.resolve()
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
     target = out / "dataset.yaml"
+    train = "images/train" if train_list is None else str(Path(train_list).resolve())
     atomic_write_text(target, "# written by drivestack for ultralytics (not the dataset's "
-                      f"own data.yaml)\npath: {root}\ntrain: images/train\nval: images/val"
+                      f"own data.yaml)\npath: {root}\ntrain: {train}\nval: images/val"
                       f"\ntest: images/test\nnames:\n{names}\n")
     _no_pickled_label_caches()
     return target
@@ -252,7 +257,9 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
                              f"{cfg.architecture} model")
         if rtdetr:  # RT-DETR's own trainer (loads the checked file again, safely)
             model = RTDETR(str(cfg.init))
-    data = training_data_yaml(Path(cfg.data), Path(cfg.out))
+    if cfg.train_list is not None and not Path(cfg.train_list).is_file():
+        raise FileNotFoundError(f"train list {cfg.train_list} not found")
+    data = training_data_yaml(Path(cfg.data), Path(cfg.out), cfg.train_list)
     model.train(
         data=str(data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch,
         seed=cfg.seed, deterministic=True, device=device, workers=cfg.workers,

@@ -1,0 +1,118 @@
+"""`drivestack relabel`: auto-labels for the frames of snapshots, from the frames alone.
+
+`snapshot_frames` reads a snapshot's frames (its PNGs, or re-rendered by replay when the
+snapshot stores only their hashes, every frame checked against its stored SHA-256) and
+nothing else; `relabel_snapshot` hands them to the offboard labeler
+(`data_engine.autolabel.relabel_clip`). The ground truth (`truth.npz`) is opened only
+afterwards, by `quality_against_truth`, for the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from data_engine.autolabel import ClipLabels, frame_tally, quality_of, relabel_clip
+from data_engine.clip import (
+    TRUTH,
+    ClipFormatError,
+    boxes_per_frame,
+    frame_name,
+    image_digest,
+    npz_arrays,
+    png_image,
+    read_clip,
+)
+
+
+@dataclass
+class Relabeled:
+    snapshot: str
+    labels: ClipLabels
+    condition: dict[str, str]
+    seed: int | None
+
+
+def snapshot_frames(snapshot: Any) -> list[np.ndarray]:
+    """The clip's frames of a (verified) snapshot: its PNGs, or a replay's frames when it
+    stores hashes; each must match its stored SHA-256 (ClipFormatError otherwise)."""
+    clip = read_clip(snapshot.read, snapshot.id)
+    digests = clip.image_digests
+    if clip.doc.get("frames_stored"):
+        frames = [png_image(snapshot.read(frame_name(k)), f"{snapshot.id}/{frame_name(k)}")
+                  for k in range(clip.n_frames)]
+    else:
+        from data_engine.replay import replay_clip
+
+        check, frames = replay_clip(snapshot, keep_frames=True)
+        if check.error:
+            raise ClipFormatError(f"{snapshot.id}: its replay failed ({check.error})")
+    bad = [k for k, (f, d) in enumerate(zip(frames, digests, strict=False))
+           if image_digest(f) != d]
+    if bad or len(frames) != len(digests):
+        raise ClipFormatError(f"{snapshot.id}: frame {bad[0] if bad else len(frames)} does "
+                              "not match its stored SHA-256")
+    return frames
+
+
+def relabel_snapshot(snapshot: Any, teacher: Any = None, lanes: bool = False,
+                     settings: Any = None) -> Relabeled:
+    """Auto-labels of one snapshot's frames (never its ground truth)."""
+    frames = snapshot_frames(snapshot)
+    clip = read_clip(snapshot.read, snapshot.id)
+    sc = clip.doc.get("scenario", {})
+    labels = relabel_clip(frames, teacher, lanes=lanes, settings=settings)
+    return Relabeled(snapshot.id, labels, {k: sc.get(k, "") for k in
+                                           ("family", "time_of_day", "weather")},
+                     clip.doc.get("scenario_seed"))
+
+
+def truth_of(snapshot: Any) -> list[Any]:
+    """The snapshot's ground truth per frame, as objects `autolabel.frame_tally` reads
+    (boxes_xyxy, class_ids, visible_fraction). For reports only."""
+    clip = read_clip(snapshot.read, snapshot.id)
+    per = boxes_per_frame(npz_arrays(snapshot.read(TRUTH), TRUTH), "", clip.n_frames,
+                          f"{snapshot.id}/{TRUTH}")
+    out = []
+    for b in per:
+        if b is None or b.visible is None:
+            raise ClipFormatError(f"{snapshot.id}/{TRUTH}: a frame without ground truth")
+        out.append(SimpleNamespace(boxes_xyxy=b.xyxy.astype(np.float32), class_ids=b.classes,
+                                   visible_fraction=b.visible))
+    return out
+
+
+def quality_against_truth(snapshot: Any, labels: ClipLabels) -> list[dict[str, Any]]:
+    """Frame tallies of `labels` against the snapshot's ground truth (see
+    `autolabel.frame_tally`; aggregate with `autolabel.quality_of`)."""
+    truth = truth_of(snapshot)
+    if len(truth) != len(labels):
+        raise ValueError(f"{snapshot.id}: {len(labels)} labelled frames, {len(truth)} truths")
+    return [frame_tally(labels.boxes[t], labels.classes[t], labels.scores[t],
+                        labels.ignore[t], truth[t]) for t in range(len(labels))]
+
+
+def online_tallies(snapshot: Any, conf: float = 0.25) -> list[dict[str, Any]]:
+    """The same tallies for the online perception stored in the snapshot (what the car
+    saw), at confidence `conf`: the baseline the labeler must beat."""
+    from data_engine.clip import PERCEPTION
+
+    clip = read_clip(snapshot.read, snapshot.id)
+    seen = boxes_per_frame(npz_arrays(snapshot.read(PERCEPTION), PERCEPTION), "",
+                           clip.n_frames, f"{snapshot.id}/{PERCEPTION}")
+    truth = truth_of(snapshot)
+    out = []
+    for s, g in zip(seen, truth, strict=True):
+        if s is None:
+            continue
+        scores = s.scores if s.scores is not None else np.ones(len(s), np.float32)
+        k = scores >= conf
+        out.append(frame_tally(s.xyxy[k], s.classes[k], scores[k], np.zeros((0, 4)), g))
+    return out
+
+
+__all__ = ["Relabeled", "online_tallies", "quality_against_truth", "quality_of",
+           "relabel_snapshot", "snapshot_frames", "truth_of"]
