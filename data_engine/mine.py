@@ -95,9 +95,11 @@ def mine(store: Any, cases: Sequence[Case], *, driver: str = "rule",
          perceiver: Any = None, second: Any = None, policy: Path | None = None,
          recorder: RecorderConfig | None = None, max_steps: int = 450,
          camera: CameraSpec | None = None, models: dict[str, str] | None = None,
-         on_episode: Callable[[MinedEpisode], None] | None = None) -> MineSummary:
+         on_episode: Callable[[MinedEpisode], None] | None = None,
+         control: tuple[Any, float] | None = None) -> MineSummary:
     """Drive every case with `driver` (a planner kind), perceiving every frame, and save
-    clips of failures into `store`."""
+    clips of failures into `store`. `control` (a store and a rate per step): in the same
+    episodes, also save clips of randomly chosen moments there (mining's control)."""
     planner, source = build_planner(driver, perceiver=perceiver,
                                     policy=None if driver == "privileged" else policy,
                                     privileged_policy=policy if driver == "privileged" else None)
@@ -111,8 +113,12 @@ def mine(store: Any, cases: Sequence[Case], *, driver: str = "rule",
                        "models": models, "model_version": model_version(models),
                        "case": asdict(case)}
             rec = Recorder(store, recorder or RecorderConfig(), context, second)
+            listeners: list[Any] = [rec]
+            if control is not None:
+                listeners.append(Recorder(control[0], recorder or RecorderConfig(), context,
+                                          random_rate=control[1]))
             end = rollout(env, PlannerAgent(planner, source), seed=case.seed,
-                          scenario_seed=case.seed, max_steps=max_steps, listeners=[rec],
+                          scenario_seed=case.seed, max_steps=max_steps, listeners=listeners,
                           perceiver=perceiver, perceive_every_frame=perceiver is not None)
             episode = MinedEpisode(asdict(case), end.steps, end.end, list(rec.saved),
                                    [_fired(f) for f in rec.fired], end.error)

@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from data_engine.clip import (
@@ -95,6 +96,10 @@ class Recorder(Listener):
     config: RecorderConfig = field(default_factory=RecorderConfig)
     context: dict[str, Any] = field(default_factory=dict)
     second: Any = None
+    random_rate: float | None = None
+    """Control mode: instead of the triggers, fire "random" at each step with this
+    probability (seeded by `context["seed"]`): clips of randomly chosen moments, the
+    data engine's control against mining."""
     saved: list[str] = field(default_factory=list)
     fired: list[Fired] = field(default_factory=list)
     """Every firing of the episodes seen (for the report), saved or not."""
@@ -109,6 +114,7 @@ class Recorder(Listener):
         self.open: _Open | None = None
         self.quiet_until = -1
         self.episode_saved = 0
+        self.rng = np.random.default_rng([int(self.context.get("seed") or 0), 7])
 
     def on_step(self, step: Step) -> None:
         second = None
@@ -123,7 +129,11 @@ class Recorder(Listener):
                        else None)
         self.buffer.append(entry)
         self.window.append(moment)
-        fired = evaluate(list(self.window), self.config.triggers)
+        if self.random_rate is None:
+            fired = evaluate(list(self.window), self.config.triggers)
+        else:
+            fired = [Fired("random", step.index, "control: a random moment", False)] \
+                if self.rng.random() < self.random_rate else []
         self.fired += fired
         if self.open is not None:
             self.open.entries.append(entry)
@@ -202,8 +212,6 @@ def snapshot_files(env: DrivingEnv, entries: list[_Entry], fired: list[Fired],
 
 
 def _floats(values: list[float | None]) -> Any:
-    import numpy as np
-
     return np.array([np.nan if v is None else v for v in values], np.float64)
 
 

@@ -231,3 +231,57 @@ def relabel_command(
                       f"{o['precision']:.3f} recall {o['recall']:.3f}", markup=False)
     folder.finish(snapshots=len(picked))
     echo_json(doc)
+
+
+DEFAULT_LOOP_LAUNCH = Path(__file__).with_name("loop.yaml")
+QUICK_LOOP_LAUNCH = Path(__file__).with_name("loop_quick.yaml")
+
+
+@cli_errors
+def loop_command(
+    launch_file: Annotated[Path | None, typer.Argument(
+        help="Launch file (YAML); default: the packaged launch/loop.yaml.",
+        show_default=False)] = None,
+    quick: Annotated[bool, typer.Option(
+        help="The packaged launch/loop_quick.yaml: a minute-long smoke run of every "
+             "stage.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Override `out`.")] = None,
+    force: Force = False,
+) -> None:
+    """One turn of the data engine: mine -> relabel -> version -> retrain -> evaluate ->
+    promote, with report.md. Resumable: a rerun on the same `out` starts at the first
+    unfinished stage.
+
+    Exit codes: 0 done (promoted or not: see the report); 2 a bad launch file, option or
+    output folder.
+    """
+    from data_engine.loop import STAGES, LoopConfig, run_loop
+
+    if quick and launch_file is not None:
+        fail("--quick is a launch file of its own; give one or the other")
+    path = QUICK_LOOP_LAUNCH if quick else launch_file or DEFAULT_LOOP_LAUNCH
+    cfg = load_launch(path, LoopConfig, overrides={"out": out})
+    console = Console(stderr=True)
+    console.print(f"drivestack loop: {path} -> {cfg.out}", markup=False, highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        stages = progress.add_task("stages", total=len(STAGES))
+        work = progress.add_task("", total=None)
+
+        def on_stage(stage: str, what: str) -> None:
+            if what != "start":
+                progress.update(stages, advance=1)
+            progress.update(stages, description=f"{stage}: {what}")
+            progress.update(work, completed=0, total=None, description=stage)
+
+        def on_work(stage: str, done: int, total: int) -> None:
+            progress.update(work, completed=done, total=total, description=stage)
+
+        doc = run_loop(cfg, force=force, on_stage=on_stage, progress=on_work)
+    st = doc["stages"]
+    promote = st.get("promote", {})
+    console.print(f"report: {cfg.out / 'report.md'}; promoted: {promote.get('promoted')}",
+                  markup=False, highlight=False)
+    echo_json({"out": str(cfg.out), "times": doc["times"],
+               "registered": promote.get("registered"), "promoted": promote.get("promoted"),
+               "reasons": promote.get("reasons")})

@@ -1,0 +1,447 @@
+"""`drivestack loop`: mine -> relabel -> version -> retrain -> evaluate -> promote, with a
+report, resumable after a kill (each stage's result is a file; a rerun starts at the first
+stage without one).
+
+Stages (the folder `out` holds everything):
+
+    base      ground-truth frames of the usual mix (the "old frames" a fine-tune keeps)
+    heldout   held-out perception sets (nominal, night, fog, rain; seeds >= 900,000)
+    mine      the deployed stack over hard scenarios, perception on every frame; a clip
+              around every trigger firing (snapshots/), and in the same episodes clips of
+              random moments (random/: the control)
+    relabel   auto-labels of every clip from its frames alone; their quality against the
+              ground truth beside the online perception (report only)
+    versions  dataset versions (manifests): mined frames with auto labels (the
+              candidate), random frames with auto labels (control: mining must beat
+              random), mined frames with ground-truth labels (the labeler's ceiling),
+              mined frames labelled by the online perceiver (naive self-training: the
+              floor); each mixed with as many base frames
+    train     a fine-tune of the current detector on each version
+    evaluate  mAP50-95 before and after on the held-out sets, a paired bootstrap on the
+              hard set, the closed-loop hard suite (paired by seed, rule-privileged beside)
+    promote   the candidate is registered; promoted only through the gate
+    report    report.md with PNG plots
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from data_engine.recorder import RecorderConfig
+from sim.config import StrictModel
+from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
+
+STAGES = ("base", "heldout", "mine", "relabel", "versions", "train", "evaluate", "promote",
+          "report")
+ARMS = ("mined_auto", "random_auto", "mined_truth", "mined_online")
+"""The candidate and its three controls."""
+JOB = Job("loop", files=(r"loop_state\.json", r"report\.md", r"[a-z_]+\.png",
+                         r"[a-z_]+\.json"),
+          folders=(r"base", r"heldout", r"snapshots", r"random", r"labels", r"versions",
+                   r"train"), trust_unconfirmed=True)
+ENTRIES = ["loop_state.json", "report.md", "base", "heldout", "snapshots", "random",
+           "labels", "versions", "train"]
+
+
+class MineSettings(StrictModel):
+    families: list[Literal["highway", "rural", "urban"]] = Field(
+        default=["highway", "urban"], min_length=1)
+    conditions: list[tuple[Literal["day", "dusk", "night"], Literal["clear", "fog", "rain"]]] \
+        = Field(default=[("night", "clear"), ("day", "fog")], min_length=1)
+    seeds: list[int] = Field(default=[500_000, 500_001, 500_002], min_length=1)
+    max_steps: int = Field(default=450, ge=10, le=100_000)
+    driver: Literal["rule", "rl", "rl-shield"] = "rule"
+    second_detector: bool = True
+    random_rate: float = Field(default=0.01, gt=0.0, le=1.0, description=(
+        "control clips per step (random moments)"))
+    recorder: RecorderConfig = Field(default_factory=RecorderConfig)
+
+
+class TrainSettings(StrictModel):
+    epochs: int = Field(default=1, ge=1, le=1000)
+    lr0: float = Field(default=0.001, gt=0.0, le=1.0)
+    batch: int = Field(default=16, ge=1, le=1024)
+    imgsz: int | None = Field(default=None, ge=32, le=4096,
+                              description="default: the current detector's training size")
+    hours: float | None = Field(default=None, gt=0.0, le=100.0)
+    workers: int = Field(default=2, ge=0, le=64)
+    frame_stride: int = Field(default=2, ge=1, le=100,
+                              description="every k-th frame of a clip goes into a version")
+    max_new_frames: int = Field(default=600, ge=1, le=1_000_000)
+    arms: list[Literal["mined_auto", "random_auto", "mined_truth", "mined_online"]] = Field(
+        default=list(ARMS), min_length=1)
+
+
+class EvalSettings(StrictModel):
+    nominal_frames: int = Field(default=300, ge=4, le=100_000)
+    hard_frames: int = Field(default=400, ge=4, le=100_000,
+                             description="frames per hard condition (night, fog, rain)")
+    bootstrap: int = Field(default=200, ge=10, le=100_000)
+    closed_loop_seeds: list[int] = Field(default=list(range(910_000, 910_012)), min_length=1)
+    closed_loop_families: list[Literal["highway", "rural", "urban"]] = Field(
+        default=["highway", "urban"], min_length=1)
+    closed_loop_conditions: list[tuple[Literal["day", "dusk", "night"],
+                                       Literal["clear", "fog", "rain"]]] = Field(
+        default=[("night", "clear")], min_length=1)
+    max_steps: int = Field(default=450, ge=10, le=100_000)
+
+
+class LoopConfig(StrictModel):
+    """Launch file of `drivestack loop`."""
+
+    out: Path = Field(default=Path("runs/loop"), description="output folder")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu"] = "cpu"
+    workers: int = Field(default=2, ge=1, le=64)
+    base_frames: int = Field(default=1200, ge=4, le=1_000_000,
+                             description="ground-truth frames of the usual mix")
+    mine: MineSettings = Field(default_factory=MineSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    evaluate: EvalSettings = Field(default_factory=EvalSettings)
+    gate: dict[str, float] = Field(default_factory=dict,
+                                   description="promotion gate overrides")
+    promote: bool = Field(default=True, description="promote when the gate passes")
+
+
+# -- the state file -----------------------------------------------------------------------
+
+
+class State:
+    """`loop_state.json`: each finished stage's result, written atomically."""
+
+    def __init__(self, folder: OutputFolder) -> None:
+        self.folder = folder
+        self.path = folder.path / "loop_state.json"
+        self.doc: dict[str, Any] = {"stages": {}, "times": {}}
+        if self.path.is_file():
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(doc, dict) and isinstance(doc.get("stages"), dict):
+                self.doc = doc
+
+    def done(self, stage: str) -> bool:
+        return stage in self.doc["stages"]
+
+    def result(self, stage: str) -> Any:
+        return self.doc["stages"][stage]
+
+    def save(self, stage: str, result: Any, seconds: float) -> None:
+        self.doc["stages"][stage] = result
+        self.doc["times"][stage] = round(seconds, 1)
+        atomic_write_text(self.folder.own("loop_state.json"), json_text(self.doc, indent=1))
+        self.folder.wrote()
+
+
+def run_loop(cfg: LoopConfig, *, force: bool = False,
+             on_stage: Callable[[str, str], None] | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the state document. `on_stage(stage, what)`
+    reports "start", "skip" or "done"; `progress(stage, done, total)` counts work."""
+    folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=ENTRIES)
+    state = State(folder)
+    ctx = _Context(cfg, folder, state, progress or (lambda *a: None))
+    for stage in STAGES:
+        if state.done(stage):
+            if on_stage:
+                on_stage(stage, "skip")
+            continue
+        if on_stage:
+            on_stage(stage, "start")
+        start = time.perf_counter()
+        result = getattr(ctx, f"stage_{stage}")()
+        state.save(stage, result, time.perf_counter() - start)
+        if on_stage:
+            on_stage(stage, "done")
+    folder.finish(stages=len(STAGES))
+    return state.doc
+
+
+class _Context:
+    def __init__(self, cfg: LoopConfig, folder: OutputFolder, state: State,
+                 progress: Callable[[str, int, int], None]) -> None:
+        self.cfg, self.folder, self.state, self.progress = cfg, folder, state, progress
+        self.out = folder.path
+
+    # -- data --------------------------------------------------------------------------
+    def stage_base(self) -> dict[str, Any]:
+        from perception.datasets import DatasetPlan, generate
+
+        plan = DatasetPlan(frames=self.cfg.base_frames, frames_per_episode=20,
+                           seed=self.cfg.seed * 10_000, image_format="png")
+        summary = generate(plan, self.folder.own("base"), workers=self.cfg.workers,
+                           force=False)
+        return {"frames": summary.get("frames", self.cfg.base_frames),
+                "seeds": [plan.seed, plan.seed + 10_000]}
+
+    def stage_heldout(self) -> dict[str, Any]:
+        from data_engine.evaluation import make_heldout_sets
+
+        e = self.cfg.evaluate
+        sets = make_heldout_sets(self.folder.own("heldout"), nominal_frames=e.nominal_frames,
+                                 hard_frames=e.hard_frames, workers=self.cfg.workers)
+        return {"sets": _plain(sets)}
+
+    def stage_mine(self) -> dict[str, Any]:
+        from data_engine.evaluation import assert_disjoint, heldout_seed_range
+        from data_engine.mine import mine, model_hashes
+        from data_engine.store import SnapshotStore
+        from perception.detector import FAST_WEIGHTS
+        from perception.perceiver import Perceiver
+        from perception.registry import current_detector
+        from planning.evaluate import Case
+
+        m = self.cfg.mine
+        lo, hi = heldout_seed_range()
+        assert_disjoint(m.seeds, range(lo, hi))
+        assert_disjoint(m.seeds, self.cfg.evaluate.closed_loop_seeds)
+        cases = [Case("mine", f, tod, w, s) for f in m.families for tod, w in m.conditions
+                 for s in m.seeds]
+        store = SnapshotStore(self.folder.own("snapshots"), create=True)
+        control = SnapshotStore(self.folder.own("random"), create=True)
+        perceiver = Perceiver(device=self.cfg.device)
+        second = Perceiver(weights=FAST_WEIGHTS, device=self.cfg.device, lanes=False) \
+            if m.second_detector else None
+        models = model_hashes({"detector": current_detector(),
+                               "second_detector": FAST_WEIGHTS if second else None})
+        done = [0]
+
+        def tick(_: Any) -> None:
+            done[0] += 1
+            self.progress("mine", done[0], len(cases))
+
+        summary = mine(store, cases, driver=m.driver, perceiver=perceiver, second=second,
+                       recorder=m.recorder, max_steps=m.max_steps, models=models,
+                       on_episode=tick, control=(control, m.random_rate))
+        doc = summary.as_dict()
+        doc["random_ids"] = control.good_ids()
+        doc["mined_ids"] = summary.snapshots
+        doc["replay"] = self._replays(store, summary.snapshots)
+        return doc
+
+    def _replays(self, store: Any, ids: list[str]) -> dict[str, Any]:
+        """Every mined clip re-simulated and compared byte for byte."""
+        from data_engine.replay import replay_clip
+
+        ok = 0
+        failed = []
+        for sid in ids:
+            check, _ = replay_clip(store.get(sid))
+            ok += check.ok
+            if not check.ok:
+                failed.append(sid)
+        return {"checked": len(ids), "byte_equal": ok, "failed": failed}
+
+    def stage_relabel(self) -> dict[str, Any]:
+        from data_engine.relabel import (
+            online_tallies,
+            quality_against_truth,
+            quality_of,
+            relabel_snapshot,
+        )
+        from data_engine.store import SnapshotStore
+
+        mined = self.state.result("mine")
+        labels = self.folder.own("labels")
+        labels.mkdir(exist_ok=True)
+        by_condition: dict[str, tuple[list[Any], list[Any]]] = {}
+        ours_all, online_all = [], []
+        jobs = [("snapshots", i) for i in mined["mined_ids"]] + [
+            ("random", i) for i in mined["random_ids"]]
+        for k, (where, sid) in enumerate(jobs):
+            store = SnapshotStore(self.out / where)
+            target = labels / sid
+            if not target.with_name(sid + ".json").is_file():
+                r = relabel_snapshot(store.get(sid))
+                r.labels.save(target)
+            if where == "snapshots":
+                from data_engine.autolabel import ClipLabels
+
+                snap = store.get(sid)
+                ours = quality_against_truth(snap, ClipLabels.load(target))
+                online = online_tallies(snap)
+                cond = f"{snap.meta.get('time_of_day')}/{snap.meta.get('weather')}"
+                a, b = by_condition.setdefault(cond, ([], []))
+                a += ours
+                b += online
+                ours_all += ours
+                online_all += online
+            self.progress("relabel", k + 1, len(jobs))
+        return {"auto": quality_of(ours_all), "online": quality_of(online_all),
+                "by_condition": {c: {"auto": quality_of(a), "online": quality_of(b)}
+                                 for c, (a, b) in sorted(by_condition.items())}}
+
+    def stage_versions(self) -> dict[str, Any]:
+        from data_engine.versions import build_version
+
+        mined = self.state.result("mine")
+        t = self.cfg.train
+        frames_of = {arm: self._frames(arm, mined) for arm in t.arms}
+        n = min(len(f) for f in frames_of.values())
+        out = {}
+        for arm, frames in frames_of.items():
+            rng = np.random.default_rng(self.cfg.seed)
+            keep = sorted(rng.choice(len(frames), size=n, replace=False).tolist())
+            chosen = [frames[i] for i in keep]
+            (self.folder.own("versions")).mkdir(exist_ok=True)
+            manifest = build_version(self.out / "versions" / arm, self.out / "base", chosen,
+                                     seed=self.cfg.seed, name=arm, force=False)
+            out[arm] = {"frames": manifest["new_frames"], "old_frames": manifest["old_frames"],
+                        "counts": manifest["counts"]}
+        return out
+
+    def _frames(self, arm: str, mined: dict[str, Any]) -> list[Any]:
+        """The labelled frames of an arm (every `frame_stride`-th of each clip)."""
+        from data_engine.autolabel import ClipLabels
+        from data_engine.clip import PERCEPTION, TRUTH, boxes_per_frame, npz_arrays
+        from data_engine.relabel import snapshot_frames
+        from data_engine.store import SnapshotStore
+        from data_engine.versions import NewFrame
+
+        where, ids = (("random", mined["random_ids"]) if arm == "random_auto"
+                      else ("snapshots", mined["mined_ids"]))
+        store = SnapshotStore(self.out / where)
+        t = self.cfg.train
+        out: list[NewFrame] = []
+        for sid in ids:
+            snap = store.get(sid)
+            images = snapshot_frames(snap)
+            n = len(images)
+            cond = {k: str(snap.meta.get(k)) for k in ("family", "time_of_day", "weather")}
+            if arm.endswith("_auto"):
+                lab = ClipLabels.load(self.out / "labels" / sid)
+                per = [(lab.boxes[k], lab.classes[k], lab.ignore[k]) for k in range(n)]
+                source, labeler = "auto", lab.labeler
+            else:
+                name = TRUTH if arm == "mined_truth" else PERCEPTION
+                boxes = boxes_per_frame(npz_arrays(snap.read(name), name), "", n, name)
+                per = []
+                for b in boxes:
+                    assert b is not None
+                    keep = np.ones(len(b), bool) if arm == "mined_truth" else (
+                        b.scores is not None and b.scores >= 0.25)
+                    if arm == "mined_truth" and b.visible is not None:
+                        wh = b.xyxy[:, 2:] - b.xyxy[:, :2]
+                        keep = (wh >= 4).all(1) & (b.visible >= 0.25)
+                    per.append((b.xyxy[keep], b.classes[keep], np.zeros((0, 4), np.float32)))
+                source = "ground_truth" if arm == "mined_truth" else "online"
+                labeler = "" if arm == "mined_truth" else "Perceiver(conf=0.25)"
+            for k in range(0, n, t.frame_stride):
+                boxes, classes, ignore = per[k]
+                out.append(NewFrame(f"{sid}/{k:06d}", images[k], boxes, classes, source,
+                                    labeler, ignore, snap.meta.get("scenario_seed"), cond))
+        return out[: t.max_new_frames]
+
+    # -- models ------------------------------------------------------------------------
+    def stage_train(self) -> dict[str, Any]:
+        from perception.detector import DetectorTraining, train_detector, trained_imgsz
+        from perception.registry import current_detector
+
+        t = self.cfg.train
+        init = current_detector()
+        imgsz = t.imgsz or trained_imgsz(init)
+        (self.folder.own("train")).mkdir(exist_ok=True)
+        out = {}
+        for k, arm in enumerate(t.arms):
+            run = self.out / "train" / arm
+            best = run / "weights" / "best.pt"
+            done = run / "drivestack_result.json"
+            if not done.is_file():
+                version = self.out / "versions" / arm
+                result = train_detector(DetectorTraining(
+                    data=self.out / "base" / "data.yaml", out=run, init=init, epochs=t.epochs,
+                    imgsz=imgsz, batch=t.batch, seed=self.cfg.seed, device=self.cfg.device,
+                    workers=t.workers, lr0=t.lr0, hours=t.hours, close_mosaic=t.epochs,
+                    train_list=version / "train.txt"))
+                atomic_write_text(done, json_text(result, indent=1))
+            out[arm] = {"weights": str(best), "init": str(init), "imgsz": imgsz}
+            self.progress("train", k + 1, len(t.arms))
+        return out
+
+    def stage_evaluate(self) -> dict[str, Any]:
+        from data_engine.evaluation import (
+            closed_loop_suite,
+            detector_report,
+            paired_bootstrap,
+            paired_failures,
+        )
+        from perception.registry import current_detector
+        from planning.evaluate import Case
+
+        e = self.cfg.evaluate
+        sets = self._sets()
+        current = current_detector()
+        trained = self.state.result("train")
+        before = detector_report(current, sets, device=self.cfg.device)
+        reports: dict[str, Any] = {"before": _plain(before)}
+        boots: dict[str, Any] = {}
+        after_of: dict[str, Any] = {}
+        for k, (arm, t) in enumerate(trained.items()):
+            after = detector_report(Path(t["weights"]), sets, device=self.cfg.device)
+            after_of[arm] = after
+            reports[arm] = _plain(after)
+            boots[arm] = _plain(paired_bootstrap(before, after, n=e.bootstrap,
+                                                 seed=self.cfg.seed))
+            self.progress("evaluate", k + 1, len(trained) + 2)
+        cases = [Case("hard", f, tod, w, s) for f in e.closed_loop_families
+                 for tod, w in e.closed_loop_conditions for s in e.closed_loop_seeds]
+        main = "mined_auto" if "mined_auto" in trained else next(iter(trained))
+        loop_before = closed_loop_suite(current, cases, max_steps=e.max_steps)
+        loop_after = closed_loop_suite(Path(trained[main]["weights"]), cases,
+                                       max_steps=e.max_steps)
+        return {"reports": reports, "bootstrap": boots, "main": main,
+                "closed_loop": {"before": _plain(loop_before), "after": _plain(loop_after),
+                                "paired": _plain(paired_failures(loop_before, loop_after))}}
+
+    def _sets(self) -> Any:
+        from data_engine.evaluation import load_heldout_sets
+
+        return load_heldout_sets(self.out / "heldout")
+
+    def stage_promote(self) -> dict[str, Any]:
+        from data_engine.evaluation import PromotionGate, decide_from_figures
+        from perception.registry import Registry
+
+        ev = self.state.result("evaluate")
+        main = ev["main"]
+        gate = PromotionGate.model_validate(self.cfg.gate)
+        decision = decide_from_figures(ev["reports"]["before"], ev["reports"][main],
+                                       ev["bootstrap"][main], ev["closed_loop"]["paired"], gate)
+        reg = Registry()
+        name = f"loop-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{main}"
+        weights = Path(self.state.result("train")[main]["weights"])
+        entry = reg.register(weights, name, metrics=decision.figures, loop=str(self.out))
+        promoted = False
+        if decision.promote and self.cfg.promote:
+            reg.promote(entry.name)
+            promoted = True
+        return {"registered": entry.name, "promoted": promoted, **_plain(decision)}
+
+    def stage_report(self) -> dict[str, Any]:
+        from data_engine.loop_report import write_report
+
+        files = write_report(self.state.doc, self.cfg, self.folder)
+        return {"files": files}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able copy (dataclasses as dicts, numpy scalars as numbers; attributes that
+    hold raw predictions are dropped)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(v) for k, v in asdict(value).items() if not k.startswith("_")
+                and k != "predictions"}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k != "predictions"}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,187 @@
+"""The loop's report: report.md with PNG plots, from the loop's state document.
+
+Sections: failures by trigger and condition; the ground-truth-free triggers' recall and
+precision; auto-label quality against the online perception; mAP before and after per
+held-out set for the candidate and its three controls (random frames, ground-truth
+labels, naive self-training); the paired bootstrap; the closed-loop per-seed table; the
+replay pass rate; the promotion decision; stage times.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from sim.outputs import OutputFolder, atomic_write_text
+
+ARM_TITLES = {"mined_auto": "mined frames, auto labels (candidate)",
+              "random_auto": "random frames, auto labels (control)",
+              "mined_truth": "mined frames, ground-truth labels (ceiling)",
+              "mined_online": "mined frames, online labels (naive self-training)"}
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def _map_of(report: dict[str, Any], key: str) -> float | None:
+    part = report.get(key) or {}
+    v = part.get("mAP50-95") if isinstance(part, dict) else None
+    return float(v) if isinstance(v, int | float) else None
+
+
+def write_report(doc: dict[str, Any], cfg: Any, folder: OutputFolder) -> list[str]:
+    """Write report.md and its plots into the loop's folder; the file names."""
+    st = doc["stages"]
+    lines = ["# drivestack loop report", "",
+             f"Launch: `{cfg.out}`, seed {cfg.seed}, device {cfg.device}. Stage times [s]: "
+             + ", ".join(f"{k} {v}" for k, v in doc.get("times", {}).items()), ""]
+    files = ["report.md"]
+    lines += _mining(st.get("mine", {}))
+    lines += _labels(st.get("relabel", {}))
+    ev = st.get("evaluate", {})
+    if ev:
+        lines += _maps(ev)
+        plot = _plot_maps(ev, folder)
+        if plot:
+            files.append(plot)
+            lines += [f"![mAP before and after]({plot})", ""]
+        lines += _closed_loop(ev)
+    if "promote" in st:
+        p = st["promote"]
+        lines += ["## Promotion", "",
+                  f"Registered `{p.get('registered')}`; promoted: **{p.get('promoted')}**.", ""]
+        lines += [f"- {r}" for r in p.get("reasons", [])] + [""]
+    atomic_write_text(folder.own("report.md"), "\n".join(lines) + "\n")
+    folder.wrote()
+    return files
+
+
+def _mining(m: dict[str, Any]) -> list[str]:
+    if not m:
+        return []
+    lines = ["## Mining", "",
+             f"{m.get('episodes')} episodes, {m.get('failures')} ended in a collision or "
+             f"off-road; {len(m.get('mined_ids', []))} clips saved by the triggers, "
+             f"{len(m.get('random_ids', []))} random clips (control).", ""]
+    by = m.get("fired_by_trigger", {})
+    lines += _table(["trigger", "firings"], [[k, v] for k, v in by.items()])
+    cond: dict[str, int] = {}
+    for e in m.get("per_episode", []):
+        c = e["case"]
+        key = f"{c['family']} {c['time_of_day']}/{c['weather']}"
+        cond[key] = cond.get(key, 0) + len(e["fired"])
+    lines += _table(["family, condition", "firings"], [[k, v] for k, v in cond.items()])
+    r = m.get("replay", {})
+    if r:
+        lines += [f"Replay: {r.get('byte_equal')} of {r.get('checked')} clips re-simulated "
+                  "byte for byte (frames and labels, by SHA-256).", ""]
+    q = m.get("truth_free_triggers", {})
+    if q:
+        lines += [f"Ground-truth-free triggers: caught {q.get('caught')} of "
+                  f"{q.get('truth_events')} ground-truth firings within "
+                  f"{q.get('tolerance_steps')} steps (recall {fmt(q.get('recall'))}); "
+                  f"{q.get('confirmed')} of their {q.get('free_events')} firings were near a "
+                  f"ground-truth one (precision {fmt(q.get('precision'))}).", ""]
+    return lines
+
+
+def _labels(r: dict[str, Any]) -> list[str]:
+    if not r:
+        return []
+    rows = []
+    for name in ("auto", "online"):
+        for size in ("overall", "small", "large"):
+            q = r[name][size]
+            rows.append([name, size, q["precision"], q["recall"], q["mean_iou"], q["ignored"],
+                         q["objects"]])
+    lines = ["## Auto-label quality (mined clips; measured against ground truth for this "
+             "report only)", ""]
+    lines += _table(["labels", "objects", "precision", "recall", "mean IoU", "ignored",
+                     "count"], rows)
+    rows = [[c, v["auto"]["overall"]["precision"], v["auto"]["overall"]["recall"],
+             v["online"]["overall"]["precision"], v["online"]["overall"]["recall"]]
+            for c, v in r.get("by_condition", {}).items()]
+    lines += _table(["condition", "auto P", "auto R", "online P", "online R"], rows)
+    return lines
+
+
+SETS = ("nominal", "night", "fog", "rain", "hard")
+
+
+def _maps(ev: dict[str, Any]) -> list[str]:
+    reports = ev["reports"]
+    before = reports["before"]
+    rows = [["current detector"] + [_map_of(before, s) for s in SETS]]
+    for arm in ARM_TITLES:
+        if arm in reports:
+            rows.append([ARM_TITLES[arm]] + [_map_of(reports[arm], s) for s in SETS])
+    lines = ["## Detector mAP50-95 on held-out sets (before / after one turn)", ""]
+    lines += _table(["model", *SETS], rows)
+    boot = ev.get("bootstrap", {})
+    rows = [[ARM_TITLES.get(a, a), b.get("delta"), b.get("ci_low"), b.get("ci_high")]
+            for a, b in boot.items()]
+    lines += ["Hard-set mAP50-95 change against the current detector, paired bootstrap "
+              "over images (95 % interval):", ""]
+    lines += _table(["model", "delta", "ci low", "ci high"], rows)
+    return lines
+
+
+def _closed_loop(ev: dict[str, Any]) -> list[str]:
+    cl = ev.get("closed_loop", {})
+    if not cl:
+        return []
+    lines = ["## Closed-loop hard suite (rule planner on perception, paired by seed)", ""]
+    p = cl.get("paired", {})
+    lines += [", ".join(f"{k}: {fmt(v)}" for k, v in p.items() if not isinstance(v, list)),
+              ""]
+    before, after = cl.get("before", {}), cl.get("after", {})
+    rows_b = before.get("rows", before if isinstance(before, list) else [])
+    rows_a = after.get("rows", after if isinstance(after, list) else [])
+    rows = []
+    for b, a in zip(rows_b, rows_a, strict=False):
+        case = b.get("case", {})
+        rows.append([f"{case.get('family')} {case.get('time_of_day')}/{case.get('weather')} "
+                     f"{case.get('seed')}", b.get("failed"), a.get("failed"),
+                     b.get("privileged_failed")])
+    lines += _table(["episode", "failed before", "failed after", "rule-privileged failed"],
+                    rows)
+    return lines
+
+
+def _plot_maps(ev: dict[str, Any], folder: OutputFolder) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = ev["reports"]
+    models = ["before"] + [a for a in ARM_TITLES if a in reports]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(models)
+    for k, m in enumerate(models):
+        vals = [_map_of(reports[m], s) or 0.0 for s in SETS]
+        ax.bar([i + k * width for i in range(len(SETS))], vals, width,
+               label="current" if m == "before" else m)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(SETS))], SETS)
+    ax.set_ylabel("mAP50-95")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = "map_before_after.png"
+    path = folder.own(name)
+    tmp = Path(str(path) + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return name
