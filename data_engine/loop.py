@@ -77,7 +77,7 @@ class TrainSettings(StrictModel):
                               description="every k-th frame of a clip goes into a version")
     max_new_frames: int = Field(default=600, ge=1, le=1_000_000)
     arms: list[Literal["mined_auto", "random_auto", "mined_truth", "mined_online"]] = Field(
-        default=list(ARMS), min_length=1)
+        default=["mined_auto", "random_auto", "mined_truth", "mined_online"], min_length=1)
 
 
 class EvalSettings(StrictModel):
@@ -284,7 +284,7 @@ class _Context:
         t = self.cfg.train
         frames_of = {arm: self._frames(arm, mined) for arm in t.arms}
         n = min(len(f) for f in frames_of.values())
-        out = {}
+        out: dict[str, Any] = {}
         for arm, frames in frames_of.items():
             rng = np.random.default_rng(self.cfg.seed)
             keep = sorted(rng.choice(len(frames), size=n, replace=False).tolist())
@@ -320,9 +320,8 @@ class _Context:
                 source, labeler = "auto", lab.labeler
             else:
                 name = TRUTH if arm == "mined_truth" else PERCEPTION
-                boxes = boxes_per_frame(npz_arrays(snap.read(name), name), "", n, name)
                 per = []
-                for b in boxes:
+                for b in boxes_per_frame(npz_arrays(snap.read(name), name), "", n, name):
                     assert b is not None
                     keep = np.ones(len(b), bool) if arm == "mined_truth" else (
                         b.scores is not None and b.scores >= 0.25)
@@ -347,7 +346,7 @@ class _Context:
         init = current_detector()
         imgsz = t.imgsz or trained_imgsz(init)
         (self.folder.own("train")).mkdir(exist_ok=True)
-        out = {}
+        out: dict[str, Any] = {}
         for k, arm in enumerate(t.arms):
             run = self.out / "train" / arm
             best = run / "weights" / "best.pt"

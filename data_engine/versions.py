@@ -145,7 +145,7 @@ def build_version(out: Path, base: Path, frames: Sequence[NewFrame], *, seed: in
     out = Path(out).resolve()
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(old), size=want, replace=False).tolist()) if want else []
-    entries = []
+    entries: list[dict[str, Any]] = []
     for i in picked:
         image = old[i]
         label = base / "labels" / "train" / (image.stem + ".txt")

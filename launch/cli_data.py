@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from data_engine.recorder import RecorderConfig
-from launch.cli_common import Force, cli_errors, echo_json, fail
+from launch.cli_common import Force, cli_errors, echo_json
 from launch.config import PERCEPTION_DEVICES, CameraConfig, PerceptionDevice, _Strict, load_launch
 from launch.eval_suite import SetConfig
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
@@ -139,7 +139,7 @@ def replay_command(
     allowed = ("rule", "rl", "rl-shield", "privileged", "rule-privileged")
     stacks = list(dict.fromkeys(stack or []))
     if bad := [s for s in stacks if s not in allowed]:
-        fail(f"--stack: {bad[0]!r} is not a stack; allowed: {', '.join(allowed)}")
+        raise ValueError(f"--stack: {bad[0]!r} is not a stack; allowed: {', '.join(allowed)}")
     snapshots = SnapshotStore(store)
     snap = snapshots.get(snapshot_id)
     check, _ = replay_clip(snap)
@@ -258,7 +258,7 @@ def loop_command(
     from data_engine.loop import STAGES, LoopConfig, run_loop
 
     if quick and launch_file is not None:
-        fail("--quick is a launch file of its own; give one or the other")
+        raise ValueError("--quick is a launch file of its own; give one or the other")
     path = QUICK_LOOP_LAUNCH if quick else launch_file or DEFAULT_LOOP_LAUNCH
     cfg = load_launch(path, LoopConfig, overrides={"out": out})
     console = Console(stderr=True)

@@ -88,7 +88,7 @@ class VideoFrames(Listener):
             predicted = (seen.detections.boxes_xyxy, seen.detections.classes)
             if seen.lanes is not None:
                 lanes = (seen.lanes.rows, seen.lanes.xs)
-        self.add_frame(video_frame(step.frame, step.ground_truth, human,
+        self.add_frame(video_frame(step.frame, step.info.get("ground_truth"), human,
                                    overlays=self.overlays, predicted=predicted,
                                    predicted_lanes=lanes))
 

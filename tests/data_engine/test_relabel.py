@@ -29,7 +29,8 @@ class _Spy:
     """A snapshot whose reads are recorded."""
 
     def __init__(self, snap: Any) -> None:
-        self.snap, self.id, self.names_read = snap, snap.id, []
+        self.snap, self.id = snap, snap.id
+        self.names_read: list[str] = []
 
     def read(self, name: str) -> bytes:
         self.names_read.append(name)
