@@ -33,12 +33,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from data_engine.recorder import RecorderConfig
 from sim.config import StrictModel
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
+MINE_SEEDS = (500_000, 900_000)
+"""Mining scenario seeds: disjoint from the held-out perception sets (900,000 and above),
+the closed-loop hard suite (910,000..) and the eval suites (below 10,000)."""
 STAGES = ("base", "heldout", "mine", "relabel", "versions", "train", "evaluate", "promote",
           "report")
 ARMS = ("mined_auto", "random_auto", "mined_truth", "mined_online")
@@ -63,6 +66,15 @@ class MineSettings(StrictModel):
     random_rate: float = Field(default=0.01, gt=0.0, le=1.0, description=(
         "control clips per step (random moments)"))
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
+
+    @model_validator(mode="after")
+    def _mining_seeds(self) -> MineSettings:
+        bad = [s for s in self.seeds if not MINE_SEEDS[0] <= s < MINE_SEEDS[1]]
+        if bad:
+            raise ValueError(f"seeds: mining seeds must lie in {MINE_SEEDS[0]}.."
+                             f"{MINE_SEEDS[1] - 1}, disjoint from the held-out ones; got "
+                             f"{bad[:5]}")
+        return self
 
 
 class TrainSettings(StrictModel):
@@ -173,8 +185,9 @@ class _Context:
     def stage_base(self) -> dict[str, Any]:
         from perception.datasets import DatasetPlan, generate
 
-        plan = DatasetPlan(frames=self.cfg.base_frames, frames_per_episode=20,
-                           seed=self.cfg.seed * 10_000, image_format="png")
+        per = max(1, min(20, self.cfg.base_frames // 10))  # >= 10 episodes: every split
+        plan = DatasetPlan(frames=self.cfg.base_frames, frames_per_episode=per,
+                           seed=self.cfg.seed * 10_000)
         summary = generate(plan, self.folder.own("base"), workers=self.cfg.workers,
                            force=False)
         return {"frames": summary.get("frames", self.cfg.base_frames),
@@ -186,7 +199,8 @@ class _Context:
         e = self.cfg.evaluate
         sets = make_heldout_sets(self.folder.own("heldout"), nominal_frames=e.nominal_frames,
                                  hard_frames=e.hard_frames, workers=self.cfg.workers)
-        return {"sets": _plain(sets)}
+        return {"sets": {k: str(v) for k, v in sets.folders.items()},
+                "episode_seeds": [min(sets.episode_seeds()), max(sets.episode_seeds())]}
 
     def stage_mine(self) -> dict[str, Any]:
         from data_engine.evaluation import assert_disjoint, heldout_seed_range
@@ -198,8 +212,7 @@ class _Context:
         from planning.evaluate import Case
 
         m = self.cfg.mine
-        lo, hi = heldout_seed_range()
-        assert_disjoint(m.seeds, range(lo, hi))
+        assert_disjoint(m.seeds, heldout_seed_range())
         assert_disjoint(m.seeds, self.cfg.evaluate.closed_loop_seeds)
         cases = [Case("mine", f, tod, w, s) for f in m.families for tod, w in m.conditions
                  for s in m.seeds]
@@ -365,10 +378,13 @@ class _Context:
 
     def stage_evaluate(self) -> dict[str, Any]:
         from data_engine.evaluation import (
+            PromotionGate,
             closed_loop_suite,
+            compare_reports,
+            decide,
             detector_report,
-            paired_bootstrap,
             paired_failures,
+            privileged_suite,
         )
         from perception.registry import current_detector
         from planning.evaluate import Case
@@ -377,50 +393,63 @@ class _Context:
         sets = self._sets()
         current = current_detector()
         trained = self.state.result("train")
+        steps = len(trained) + 4
         before = detector_report(current, sets, device=self.cfg.device)
-        reports: dict[str, Any] = {"before": _plain(before)}
+        self.progress("evaluate", 1, steps)
+        reports: dict[str, Any] = {"before": before.as_dict()}
         boots: dict[str, Any] = {}
         after_of: dict[str, Any] = {}
         for k, (arm, t) in enumerate(trained.items()):
             after = detector_report(Path(t["weights"]), sets, device=self.cfg.device)
             after_of[arm] = after
-            reports[arm] = _plain(after)
-            boots[arm] = _plain(paired_bootstrap(before, after, n=e.bootstrap,
-                                                 seed=self.cfg.seed))
-            self.progress("evaluate", k + 1, len(trained) + 2)
+            reports[arm] = after.as_dict()
+            boots[arm] = compare_reports(before, after, n=e.bootstrap,
+                                         seed=self.cfg.seed).as_dict()
+            self.progress("evaluate", k + 2, steps)
         cases = [Case("hard", f, tod, w, s) for f in e.closed_loop_families
                  for tod, w in e.closed_loop_conditions for s in e.closed_loop_seeds]
         main = "mined_auto" if "mined_auto" in trained else next(iter(trained))
+        privileged = privileged_suite(cases, max_steps=e.max_steps)
         loop_before = closed_loop_suite(current, cases, max_steps=e.max_steps)
+        self.progress("evaluate", steps - 1, steps)
         loop_after = closed_loop_suite(Path(trained[main]["weights"]), cases,
                                        max_steps=e.max_steps)
+        self.progress("evaluate", steps, steps)
+        gate = PromotionGate.model_validate(self.cfg.gate)
+        decision = decide(before, after_of[main], compare_reports(
+            before, after_of[main], n=e.bootstrap, seed=self.cfg.seed), loop_before,
+            loop_after, gate, privileged=privileged)
+        priv = {r.case: r for r in privileged}
+        rows = [{"case": _plain(b.case), "failed_before": b.failed, "failed_after": a.failed,
+                 "privileged_failed": priv[b.case].failed, "end_before": b.end,
+                 "end_after": a.end} for b, a in zip(loop_before, loop_after, strict=True)]
         return {"reports": reports, "bootstrap": boots, "main": main,
-                "closed_loop": {"before": _plain(loop_before), "after": _plain(loop_after),
-                                "paired": _plain(paired_failures(loop_before, loop_after))}}
+                "closed_loop": {"rows": rows, "paired": paired_failures(
+                    loop_before, loop_after, privileged).as_dict()},
+                "decision": _plain(decision.as_dict())}
 
     def _sets(self) -> Any:
-        from data_engine.evaluation import load_heldout_sets
+        from data_engine.evaluation import make_heldout_sets
 
-        return load_heldout_sets(self.out / "heldout")
+        e = self.cfg.evaluate
+        return make_heldout_sets(self.out / "heldout", nominal_frames=e.nominal_frames,
+                                 hard_frames=e.hard_frames, workers=self.cfg.workers)
 
     def stage_promote(self) -> dict[str, Any]:
-        from data_engine.evaluation import PromotionGate, decide_from_figures
         from perception.registry import Registry
 
         ev = self.state.result("evaluate")
-        main = ev["main"]
-        gate = PromotionGate.model_validate(self.cfg.gate)
-        decision = decide_from_figures(ev["reports"]["before"], ev["reports"][main],
-                                       ev["bootstrap"][main], ev["closed_loop"]["paired"], gate)
+        main, decision = ev["main"], ev["decision"]
         reg = Registry()
         name = f"loop-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{main}"
         weights = Path(self.state.result("train")[main]["weights"])
-        entry = reg.register(weights, name, metrics=decision.figures, loop=str(self.out))
-        promoted = False
-        if decision.promote and self.cfg.promote:
+        figures = {k: decision["figures"][k] for k in ("hard_gain", "hard_ci", "nominal_drop")}
+        entry = reg.register(weights, name, metrics=figures, loop=str(self.out))
+        promoted = bool(decision["promote"]) and self.cfg.promote
+        if promoted:
             reg.promote(entry.name)
-            promoted = True
-        return {"registered": entry.name, "promoted": promoted, **_plain(decision)}
+        return {"registered": entry.name, "promoted": promoted,
+                "gate_passed": bool(decision["promote"]), "reasons": decision["reasons"]}
 
     def stage_report(self) -> dict[str, Any]:
         from data_engine.loop_report import write_report

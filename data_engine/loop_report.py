@@ -36,7 +36,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _map_of(report: dict[str, Any], key: str) -> float | None:
-    part = report.get(key) or {}
+    part = report.get("sets", report).get(key) or {}
     v = part.get("mAP50-95") if isinstance(part, dict) else None
     return float(v) if isinstance(v, int | float) else None
 
@@ -61,7 +61,8 @@ def write_report(doc: dict[str, Any], cfg: Any, folder: OutputFolder) -> list[st
     if "promote" in st:
         p = st["promote"]
         lines += ["## Promotion", "",
-                  f"Registered `{p.get('registered')}`; promoted: **{p.get('promoted')}**.", ""]
+                  f"Registered `{p.get('registered')}`; gate passed: "
+                  f"**{p.get('gate_passed')}**; promoted: **{p.get('promoted')}**.", ""]
         lines += [f"- {r}" for r in p.get("reasons", [])] + [""]
     atomic_write_text(folder.own("report.md"), "\n".join(lines) + "\n")
     folder.wrote()
@@ -117,7 +118,7 @@ def _labels(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-SETS = ("nominal", "night", "fog", "rain", "hard")
+SETS = ("nominal", "hard_night", "hard_fog", "hard_rain", "hard")
 
 
 def _maps(ev: dict[str, Any]) -> list[str]:
@@ -132,8 +133,8 @@ def _maps(ev: dict[str, Any]) -> list[str]:
     boot = ev.get("bootstrap", {})
     rows = [[ARM_TITLES.get(a, a), b.get("delta"), b.get("ci_low"), b.get("ci_high")]
             for a, b in boot.items()]
-    lines += ["Hard-set mAP50-95 change against the current detector, paired bootstrap "
-              "over images (95 % interval):", ""]
+    lines += ["Hard-set (night, fog, rain pooled) mAP50-95 change against the current "
+              "detector; paired bootstrap over held-out episodes (95 % interval):", ""]
     lines += _table(["model", "delta", "ci low", "ci high"], rows)
     return lines
 
@@ -142,19 +143,17 @@ def _closed_loop(ev: dict[str, Any]) -> list[str]:
     cl = ev.get("closed_loop", {})
     if not cl:
         return []
-    lines = ["## Closed-loop hard suite (rule planner on perception, paired by seed)", ""]
     p = cl.get("paired", {})
-    lines += [", ".join(f"{k}: {fmt(v)}" for k, v in p.items() if not isinstance(v, list)),
-              ""]
-    before, after = cl.get("before", {}), cl.get("after", {})
-    rows_b = before.get("rows", before if isinstance(before, list) else [])
-    rows_a = after.get("rows", after if isinstance(after, list) else [])
+    lines = ["## Closed-loop hard suite (rule planner on perception, paired by seed)", "",
+             f"Failures (collision or off-road): {p.get('before')} with the current detector, "
+             f"{p.get('after')} with the candidate; fixed {p.get('n_fixed')}, broken "
+             f"{p.get('n_broken')}; rule-privileged (exact scene) also fails on "
+             f"{len(p.get('not_fixable', []))} of them (not perception's to fix).", ""]
     rows = []
-    for b, a in zip(rows_b, rows_a, strict=False):
-        case = b.get("case", {})
-        rows.append([f"{case.get('family')} {case.get('time_of_day')}/{case.get('weather')} "
-                     f"{case.get('seed')}", b.get("failed"), a.get("failed"),
-                     b.get("privileged_failed")])
+    for r in cl.get("rows", []):
+        c = r["case"]
+        rows.append([f"{c['family']} {c['time_of_day']}/{c['weather']} {c['seed']}",
+                     r["failed_before"], r["failed_after"], r["privileged_failed"]])
     lines += _table(["episode", "failed before", "failed after", "rule-privileged failed"],
                     rows)
     return lines

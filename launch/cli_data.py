@@ -20,9 +20,8 @@ from launch.eval_suite import SetConfig
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
 DEFAULT_MINE_LAUNCH = Path(__file__).with_name("mine.yaml")
-MINE_SEEDS = (500_000, 1_000_000)
-"""Mining scenario seeds lie in this range, disjoint from every held-out seed (eval suites
-below 10,000; perception test sets at 900,000 and above)."""
+from data_engine.loop import MINE_SEEDS  # noqa: E402 - one definition of the range
+
 MinerDriver = Literal["rule", "rl", "rl-shield", "privileged", "rule-privileged"]
 Stack = Literal["rule", "rl", "rl-shield", "privileged", "rule-privileged"]
 

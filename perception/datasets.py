@@ -235,8 +235,8 @@ def frame_record(image: np.ndarray, gt: GroundTruth, meta: dict[str, Any],
     name = f"e{meta['episode_seed']:07d}_s{meta['step']:04d}"
     rel = f"images/{split}/{name}.{image_format}"
     h, w = image.shape[:2]
-    ok, buf = cv2.imencode(f".{image_format}", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, 95])
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
+    ok, buf = cv2.imencode(f".{image_format}", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise OSError(f"could not encode {rel}")
     keep = keep_mask(gt)

@@ -1,0 +1,616 @@
+"""Evaluation before and after a data-engine retrain, and the promotion decision.
+
+    sets = make_heldout_sets(out / "heldout", nominal_frames=300, hard_frames=400, workers=2)
+    before, after = detector_report(current, sets), detector_report(new, sets)
+    boot = compare_reports(before, after, "hard", n=200, seed=0)  # paired bootstrap
+    priv = privileged_suite(cases, max_steps=450)                 # the same for both
+    loop_before = closed_loop_suite(current, cases, max_steps=450)
+    loop_after = closed_loop_suite(new, cases, max_steps=450)
+    decision = decide(before, after, boot, loop_before, loop_after, PromotionGate(), priv)
+
+- Held-out sets (`make_heldout_sets`): `drivestack dataset` folders rendered from seeds at
+  `HELDOUT_BASE_SEED` (900,000) and above, which mining never uses (`assert_disjoint`):
+  `nominal` (day, clear, all families) and one hard set per condition (`hard_night`,
+  `hard_fog`, `hard_rain`), each in its own block of `SEED_BLOCK` seeds (so no two sets
+  share a road). Every split of a held-out set is unseen by the detector, so all three
+  are scored pooled (more frames, a tighter interval), as CALIBRATION.md did. A set
+  already rendered from the same plan is kept (resuming); `heldout.json` records the plans.
+- `detector_report`: mAP50-95 and mAP50 of a detector (through the shipped refiner) on
+  each set and on the hard sets pooled (`hard`); the predictions stay in the report for
+  the bootstrap.
+- `paired_bootstrap`: the change of mAP50-95 with a 95 % percentile interval, both models
+  scored on the same resamples. `compare_reports` resamples whole episodes (the frames of
+  one episode share a road, traffic and light, so resampling frames would understate the
+  spread); each image is matched once and a resample only reweights the matches.
+- `closed_loop_suite` / `privileged_suite`: the rule planner driving on the detector's
+  perception, and on the exact scene (which perception cannot fix); `paired_failures`.
+- `PromotionGate` and `decide`: promote only when the hard sets gain enough (interval
+  above 0), nominal does not drop, and closed-loop failures do not rise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from perception.datasets import SPLITS, DatasetPlan, generate, read_coco
+from perception.metrics import IOU_THRESHOLDS, RECALL_POINTS, ImageBoxes, _match, detection_map
+from planning.evaluate import Case, EpisodeResult, build_planner, make_env, run_episode
+from planning.evaluate import scenario_config as case_config
+from sim.config import StrictModel
+from sim.outputs import atomic_write_text, json_text, read_marker
+from sim.types import CLASS_NAMES, CameraSpec, check_number
+
+HELDOUT_BASE_SEED = 900_000
+"""First held-out episode seed; mining scenario seeds stay below it."""
+HELDOUT_END_SEED = 1_000_000
+"""One past the last held-out seed."""
+SEED_BLOCK = 10_000
+"""Seeds reserved for each held-out set (episode k of a set uses its block's start + k)."""
+HARD_CONDITIONS: dict[str, tuple[str, str]] = {
+    "hard_night": ("night", "clear"), "hard_fog": ("day", "fog"), "hard_rain": ("day", "rain")}
+"""Hard set name -> (time of day, weather)."""
+NOMINAL = "nominal"
+HARD = "hard"
+"""Name of the hard sets pooled in a report."""
+RECORD = "heldout.json"
+"""File beside the sets naming the plan each was rendered from."""
+RECORD_KIND = "drivestack-heldout"
+METRICS = ("mAP50-95", "mAP50")
+
+
+def heldout_seed_range() -> range:
+    """Every episode seed a held-out set may use (mining must stay out of it)."""
+    return range(HELDOUT_BASE_SEED, HELDOUT_END_SEED)
+
+
+def assert_disjoint(mining_seeds: Iterable[int], heldout_seeds: Iterable[int]) -> None:
+    """Raise ValueError naming the seeds (the first 10, and how many) that are both mining
+    and held-out seeds."""
+    held = heldout_seeds if isinstance(heldout_seeds, range) else set(heldout_seeds)
+    both = sorted({int(s) for s in mining_seeds if s in held})
+    if both:
+        shown = ", ".join(map(str, both[:10])) + (", ..." if len(both) > 10 else "")
+        raise ValueError(f"mining seeds overlap the held-out seeds: {shown} ({len(both)} "
+                         f"seed{'s' if len(both) > 1 else ''}); mine below "
+                         f"{HELDOUT_BASE_SEED}")
+
+
+# -- held-out sets ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldoutSets:
+    """Rendered held-out datasets: `nominal` first, then the hard sets."""
+
+    root: Path
+    folders: dict[str, Path]
+    """Set name -> `drivestack dataset` folder."""
+    plans: dict[str, DatasetPlan]
+
+    @property
+    def nominal(self) -> Path:
+        return self.folders[NOMINAL]
+
+    @property
+    def hard(self) -> dict[str, Path]:
+        return {k: v for k, v in self.folders.items() if k != NOMINAL}
+
+    def episode_seeds(self) -> set[int]:
+        """The episode seeds the rendered frames came from (meta.jsonl of every set)."""
+        return {int(r["episode_seed"]) for f in self.folders.values() for r in _meta(f)}
+
+
+def heldout_plans(nominal_frames: int = 300, hard_frames: int = 400,
+                  seed: int = HELDOUT_BASE_SEED, *, families: Mapping[str, float] | None = None,
+                  frames_per_episode: int = 5, stride: int = 10, warmup: int = 15,
+                  camera: CameraSpec | None = None) -> dict[str, DatasetPlan]:
+    """The plan of each held-out set; `hard_frames` are shared among the hard conditions.
+    Few frames an episode (5, 10 steps apart), so a set holds many episodes."""
+    check_number("seed", seed, HELDOUT_BASE_SEED,
+                 HELDOUT_END_SEED - SEED_BLOCK * (1 + len(HARD_CONDITIONS)), integer=True)
+    check_number("nominal_frames", nominal_frames, 1, SEED_BLOCK, integer=True)
+    check_number("hard_frames", hard_frames, len(HARD_CONDITIONS), SEED_BLOCK, integer=True)
+    common: dict[str, Any] = {"frames_per_episode": frames_per_episode, "stride": stride,
+                              "warmup": warmup, "camera": camera or CameraSpec()}
+    if families is not None:
+        common["families"] = dict(families)
+    plans = {NOMINAL: DatasetPlan(frames=nominal_frames, seed=seed, time_of_day={"day": 1.0},
+                                  weather={"clear": 1.0}, **common)}
+    share, extra = divmod(hard_frames, len(HARD_CONDITIONS))
+    for i, (name, (tod, weather)) in enumerate(HARD_CONDITIONS.items()):
+        plans[name] = DatasetPlan(frames=share + (i < extra), seed=seed + (i + 1) * SEED_BLOCK,
+                                  time_of_day={tod: 1.0}, weather={weather: 1.0}, **common)
+    return plans
+
+
+def make_heldout_sets(out: Path | str, nominal_frames: int = 300, hard_frames: int = 400,
+                      seed: int = HELDOUT_BASE_SEED, workers: int = 1, *,
+                      families: Mapping[str, float] | None = None, frames_per_episode: int = 5,
+                      stride: int = 10, warmup: int = 15, camera: CameraSpec | None = None,
+                      on_frame: Callable[[int], None] | None = None) -> HeldoutSets:
+    """Render the held-out sets into `out/<name>` (`heldout_plans`), keeping every set
+    already rendered there from the same plan (a complete dataset: its marker says so and
+    `out/heldout.json` records the plan). A set from another plan is rendered again
+    (`perception.datasets.generate` replaces its own datasets and refuses other folders).
+    ValueError when a set ran past its seed block."""
+    plans = heldout_plans(nominal_frames, hard_frames, seed, families=families,
+                          frames_per_episode=frames_per_episode, stride=stride,
+                          warmup=warmup, camera=camera)
+    root = Path(out)
+    record = root / RECORD
+    done = _read_record(record)
+    for name, plan in plans.items():
+        folder = root / name
+        if done.get(name) == _plan_json(plan) and _complete(folder, plan):
+            continue
+        done.pop(name, None)
+        _write_record(record, done)  # the old plan no longer describes the folder
+        generate(plan, folder, on_frame=on_frame, workers=workers)
+        done[name] = _plan_json(plan)
+        _write_record(record, done)
+    sets = HeldoutSets(root, {name: root / name for name in plans}, plans)
+    for name, plan in plans.items():
+        seeds = {int(r["episode_seed"]) for r in _meta(sets.folders[name])}
+        if seeds and not plan.seed <= min(seeds) <= max(seeds) < plan.seed + SEED_BLOCK:
+            raise ValueError(f"held-out set {name}: episode seeds {min(seeds)}..{max(seeds)} "
+                             f"leave its block {plan.seed}..{plan.seed + SEED_BLOCK - 1}; "
+                             "render fewer frames or more frames an episode")
+    return sets
+
+
+def _plan_json(plan: DatasetPlan) -> Any:
+    return json.loads(json.dumps(dataclasses.asdict(plan)))
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """The recorded plans by set name ({} without a record); ValueError for a file of
+    that name drivestack did not write (it is left as it is)."""
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        doc = None
+    if not (isinstance(doc, dict) and doc.get("kind") == RECORD_KIND
+            and isinstance(doc.get("sets"), dict)):
+        raise ValueError(f"{path}: not a drivestack held-out record; it is left as it is: "
+                         "move it, or choose another folder for the held-out sets")
+    return dict(doc["sets"])
+
+
+def _write_record(path: Path, sets: dict[str, Any]) -> None:
+    atomic_write_text(path, json_text({"kind": RECORD_KIND, "format": 1, "sets": sets},
+                                      indent=1) + "\n")
+
+
+def _complete(folder: Path, plan: DatasetPlan) -> bool:
+    """Whether `folder` holds a finished dataset of `plan.frames` frames."""
+    marker = read_marker(folder) if folder.is_dir() else None
+    if marker is None or marker.get("kind") != "dataset" or not marker.get("complete"):
+        return False
+    try:
+        frames = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["frames"]
+        return sum(frames.values()) == plan.frames
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _meta(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "meta.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+# -- detector report --------------------------------------------------------------------
+
+
+@dataclass
+class ScoredImages:
+    """Predictions and ground truth of a set's images, in one fixed order."""
+
+    keys: list[str]
+    """Image path, relative to the held-out root (`set/images/split/name.jpg`)."""
+    preds: list[ImageBoxes]
+    gts: list[ImageBoxes]
+    episodes: list[int]
+    """Episode seed of each image (the bootstrap's resampling unit)."""
+
+    def __add__(self, other: ScoredImages) -> ScoredImages:
+        return ScoredImages(self.keys + other.keys, self.preds + other.preds,
+                            self.gts + other.gts, self.episodes + other.episodes)
+
+
+@dataclass
+class DetectorReport:
+    """A detector's figures on the held-out sets and the scored images behind them."""
+
+    weights: str
+    scores: dict[str, dict[str, Any]]
+    """Set name (and `hard`, the hard sets pooled) -> mAP50-95, mAP50, images, objects."""
+    refine: bool = True
+    images: dict[str, ScoredImages] = field(default_factory=dict, repr=False)
+    """Set name -> scored images (not in `as_dict`)."""
+
+    def figure(self, name: str, metric: str = "mAP50-95") -> float:
+        return float(self.scores[name][metric])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "refine": self.refine, "splits": "all, pooled",
+                "sets": self.scores}
+
+
+def detector_report(weights: Path | str | None, sets: HeldoutSets, refine: bool = True,
+                    device: str = "cpu", imgsz: int | None = None) -> DetectorReport:
+    """Score a detector (None: the current one, `perception.registry`) on every held-out
+    set, all splits pooled, through the shipped box refiner unless `refine` is False."""
+    from perception.detector import resolve_device, torch_device
+    from perception.evaluate import predict_split
+    from perception.refine import load_refiner
+    from perception.registry import current_detector
+
+    weights = Path(weights) if weights is not None else current_detector()
+    dev = resolve_device(device)
+    refiner = load_refiner(None, torch_device(dev)) if refine else None
+    images: dict[str, ScoredImages] = {}
+    for name, folder in sets.folders.items():
+        images[name] = ScoredImages([], [], [], [])
+        episodes = {r["image"]: int(r["episode_seed"]) for r in _meta(folder)}
+        for split in SPLITS:
+            doc = read_coco(folder / "annotations" / f"{split}.json")
+            if not doc["images"]:
+                continue
+            preds = predict_split(weights, folder, split, imgsz=imgsz, device=dev,
+                                  refiner=refiner)
+            images[name] += _scored(doc, preds, episodes, name)
+    hard = [images[n] for n in sets.hard]
+    if hard:
+        images[HARD] = sum(hard[1:], hard[0])
+    scores = {name: _score(s) for name, s in images.items()}
+    return DetectorReport(str(weights), scores, refine, images)
+
+
+def _scored(doc: dict[str, Any], preds: dict[int, ImageBoxes], episodes: dict[str, int],
+            name: str) -> ScoredImages:
+    from perception.evaluate import is_ignored
+
+    anns: dict[int, list[dict[str, Any]]] = {}
+    for a in doc["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    out = ScoredImages([], [], [], [])
+    for im in doc["images"]:
+        mine = anns.get(im["id"], [])
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                           a["bbox"][1] + a["bbox"][3]] for a in mine], float).reshape(-1, 4)
+        out.gts.append(ImageBoxes(boxes, np.array([a["category_id"] - 1 for a in mine], int),
+                                  ignore=np.array([is_ignored(a) for a in mine], bool)))
+        out.preds.append(preds[im["id"]])
+        out.keys.append(f"{name}/{im['file_name']}")
+        out.episodes.append(episodes[im["file_name"]])
+    return out
+
+
+def _score(s: ScoredImages) -> dict[str, Any]:
+    r: dict[str, Any] = detection_map(s.preds, s.gts, len(CLASS_NAMES)) if s.keys else {}
+    objects = sum(int((~g.ignore).sum()) if g.ignore is not None else len(g.boxes)
+                  for g in s.gts)
+    return {**{m: float(r.get(m, math.nan)) for m in METRICS}, "images": len(s.keys),
+            "objects": objects}
+
+
+# -- paired bootstrap -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Change of mAP50-95 (after - before) on a set, with its 95 % percentile interval."""
+
+    before: float
+    after: float
+    delta: float
+    """after - before on the whole set."""
+    ci_low: float
+    ci_high: float
+    n: int
+    """Resamples."""
+    seed: int
+    unit: str
+    """What was resampled: "episode" or "image"."""
+    units: int
+    """How many episodes (or images) the set holds."""
+    images: int
+    skipped: int = 0
+    """Resamples without any object (no mAP), left out of the interval."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Matched:
+    """Every detection of a model on a set matched once against the ground truth, per class
+    and IoU threshold, sorted by score; `map(weights)` is the mAP50-95 of the set with
+    image i taken weights[i] times."""
+
+    def __init__(self, preds: Sequence[ImageBoxes], gts: Sequence[ImageBoxes]) -> None:
+        if len(preds) != len(gts):
+            raise ValueError(f"{len(preds)} prediction images for {len(gts)} ground-truth "
+                             "images")
+        n_cls = len(CLASS_NAMES)
+        self.n_gt = np.zeros((n_cls, len(gts)))
+        self.tables: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        for c in range(n_cls):
+            rows = []
+            for thr in IOU_THRESHOLDS:
+                tps: list[bool] = []
+                scores: list[float] = []
+                owner: list[int] = []
+                for i, (p, g) in enumerate(zip(preds, gts, strict=True)):
+                    t, s, n = _match(p, g, c, float(thr))
+                    tps += t
+                    scores += s
+                    owner += [i] * len(t)
+                    self.n_gt[c, i] = n
+                order = np.argsort(-np.asarray(scores), kind="stable")  # as detection_map
+                rows.append((np.asarray(tps, bool)[order], np.asarray(owner, int)[order]))
+            self.tables.append(rows)
+
+    def map(self, weights: np.ndarray) -> float:
+        aps = []
+        for c, rows in enumerate(self.tables):
+            n_gt = float(self.n_gt[c] @ weights)
+            if n_gt == 0:
+                continue  # no object of this class in the resample: not averaged
+            aps.append(np.mean([_weighted_ap(tp, weights[owner], n_gt) for tp, owner in rows]))
+        return float(np.mean(aps)) if aps else math.nan
+
+
+def _weighted_ap(tp: np.ndarray, w: np.ndarray, n_gt: float) -> float:
+    """`perception.metrics.average_precision` of detections sorted by score, each counted
+    w times (the copies of one detection side by side)."""
+    if tp.size == 0:
+        return 0.0
+    ctp, cfp = np.cumsum(w * tp), np.cumsum(w * ~tp)
+    recall = ctp / n_gt
+    precision = ctp / np.maximum(ctp + cfp, 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
+    sampled = np.where(idx < envelope.size, envelope[np.minimum(idx, envelope.size - 1)], 0.0)
+    return float(sampled.mean())
+
+
+def paired_bootstrap(before: Sequence[ImageBoxes], after: Sequence[ImageBoxes],
+                     gts: Sequence[ImageBoxes], n: int = 200, seed: int = 0,
+                     groups: Sequence[int] | None = None) -> Bootstrap:
+    """mAP50-95 of `after` minus that of `before` on the same images, and its 95 %
+    interval (2.5th and 97.5th percentiles) over `n` resamples drawn with replacement,
+    each used for both models. `groups` (one label per image, e.g. its episode): resample
+    whole groups instead of single images."""
+    check_number("n", n, 1, 1_000_000, integer=True)
+    if not len(before) == len(after) == len(gts):
+        raise ValueError(f"before, after and gts hold {len(before)}, {len(after)} and "
+                         f"{len(gts)} images; the bootstrap pairs them image by image")
+    if not gts:
+        raise ValueError("no images to resample")
+    if groups is not None and len(groups) != len(gts):
+        raise ValueError(f"groups: {len(groups)} labels for {len(gts)} images")
+    m0, m1 = _Matched(before, gts), _Matched(after, gts)
+    labels = np.arange(len(gts)) if groups is None else np.asarray(groups)
+    _, member = np.unique(labels, return_inverse=True)
+    units = int(member.max()) + 1
+    ones = np.ones(len(gts))
+    full0, full1 = m0.map(ones), m1.map(ones)
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n):
+        w = np.bincount(rng.integers(0, units, units), minlength=units)[member].astype(float)
+        deltas.append(m1.map(w) - m0.map(w))
+    d = np.asarray(deltas)
+    ok = d[np.isfinite(d)]
+    lo, hi = (np.percentile(ok, [2.5, 97.5]) if ok.size else (math.nan, math.nan))
+    return Bootstrap(full0, full1, full1 - full0, float(lo), float(hi), n, seed,
+                     "image" if groups is None else "episode", units, len(gts),
+                     int(d.size - ok.size))
+
+
+def compare_reports(before: DetectorReport, after: DetectorReport, name: str = HARD,
+                    n: int = 200, seed: int = 0, by_episode: bool = True) -> Bootstrap:
+    """`paired_bootstrap` of two reports on set `name` (default the hard sets pooled),
+    resampling episodes (or images when `by_episode` is False)."""
+    b, a = before.images.get(name), after.images.get(name)
+    if b is None or a is None:
+        raise ValueError(f"set {name!r}: not in both reports (they hold "
+                         f"{sorted(before.images)} and {sorted(after.images)})")
+    if b.keys != a.keys:
+        raise ValueError(f"set {name!r}: the reports scored different images; score both "
+                         "detectors on the same held-out sets")
+    return paired_bootstrap(b.preds, a.preds, b.gts, n, seed,
+                            b.episodes if by_episode else None)
+
+
+# -- closed loop ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopRow:
+    """One closed-loop episode."""
+
+    case: Case
+    planner: str
+    failed: bool
+    """It collided or left the road."""
+    end: str
+    driving_score: float
+    route_completion: float
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _row(case: Case, r: EpisodeResult) -> LoopRow:
+    failed = r.collisions > 0 or r.off_road > 0 or r.end in ("collision", "off_road")
+    return LoopRow(case, r.planner, failed, r.end, r.driving_score, r.route_completion,
+                   r.error)
+
+
+def _drive(kind: str, perceiver: Any, cases: Sequence[Case], max_steps: int,
+           camera: CameraSpec | None, on_episode: Callable[[LoopRow], None] | None
+           ) -> list[LoopRow]:
+    planner, source = build_planner(kind, perceiver=perceiver)
+    env = make_env(source.needs_camera, camera)
+    rows = []
+    try:
+        for case in cases:
+            env.config = case_config(case)
+            row = _row(case, run_episode(planner, source, env, case.seed, max_steps,
+                                         name=kind, case=case))
+            rows.append(row)
+            if on_episode is not None:
+                on_episode(row)
+    finally:
+        env.close()
+    return rows
+
+
+def closed_loop_suite(weights: Path | str | None, cases: Sequence[Case], max_steps: int = 450,
+                      *, device: str = "cpu", camera: CameraSpec | None = None,
+                      on_episode: Callable[[LoopRow], None] | None = None) -> list[LoopRow]:
+    """Drive every case with the rule planner on the perception of detector `weights`
+    (None: the current one), with the shipped refiner and lane model. On the CPU a `.pt`
+    detector runs as its cached ONNX export, as the current one does, so that before and
+    after run the same way."""
+    from perception.detector import cached_onnx, resolve_device
+    from perception.lanes import DEFAULT_LANE_WEIGHTS
+    from perception.perceiver import Perceiver
+
+    cam = camera or CameraSpec()
+    dev = resolve_device(device)
+    if weights is not None and dev == "cpu" and Path(weights).suffix == ".pt":
+        try:
+            weights = cached_onnx(weights, cam.height, cam.width)
+        except ValueError:  # sides off multiples of 32: ultralytics' predict, as Perceiver
+            pass
+    perceiver = Perceiver(weights=weights, device=dev, camera=cam,
+                          lanes=DEFAULT_LANE_WEIGHTS.is_file())
+    return _drive("rule", perceiver, cases, max_steps, camera, on_episode)
+
+
+def privileged_suite(cases: Sequence[Case], max_steps: int = 450, *,
+                     camera: CameraSpec | None = None,
+                     on_episode: Callable[[LoopRow], None] | None = None) -> list[LoopRow]:
+    """Drive every case with the rule planner on the exact scene (`rule-privileged`): its
+    failures are not perception's to fix. The same for every detector: run it once."""
+    return _drive("rule-privileged", None, cases, max_steps, camera, on_episode)
+
+
+@dataclass(frozen=True)
+class FailureCounts:
+    """Closed-loop failures of two detectors on the same cases."""
+
+    before: int
+    after: int
+    fixed: list[int]
+    """Seeds that failed before and not after."""
+    broken: list[int]
+    """Seeds that did not fail before and fail after."""
+    not_fixable: list[int]
+    """Seeds where the rule planner fails on the exact scene too (not perception's)."""
+    errors: int = 0
+    """Episodes (before and after) that raised."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "n_fixed": len(self.fixed),
+                "n_broken": len(self.broken)}
+
+
+def paired_failures(before: Sequence[LoopRow], after: Sequence[LoopRow],
+                    privileged: Sequence[LoopRow] = ()) -> FailureCounts:
+    """Failures before and after, paired by case; ValueError when the cases differ."""
+    b, a = {r.case: r for r in before}, {r.case: r for r in after}
+    if set(b) != set(a) or len(b) != len(before) or len(a) != len(after):
+        raise ValueError(f"before and after must drive the same cases once each "
+                         f"({len(before)} and {len(after)} rows, "
+                         f"{len(set(b) ^ set(a))} cases in one only)")
+    p = {r.case: r for r in privileged}
+    if p and set(p) != set(b):
+        raise ValueError("privileged rows must drive the same cases as before and after")
+    cases = list(b)
+    return FailureCounts(
+        before=sum(b[c].failed for c in cases), after=sum(a[c].failed for c in cases),
+        fixed=[c.seed for c in cases if b[c].failed and not a[c].failed],
+        broken=[c.seed for c in cases if a[c].failed and not b[c].failed],
+        not_fixable=[c.seed for c in cases if c in p and p[c].failed],
+        errors=sum(r.error is not None for r in (*before, *after)))
+
+
+# -- promotion --------------------------------------------------------------------------
+
+
+class PromotionGate(StrictModel):
+    """When a retrained detector replaces the current one (a launch file's `gate:`)."""
+
+    min_hard_gain: float = Field(default=0.02, ge=0.0, le=1.0,
+                                 description="least rise of hard-set mAP50-95")
+    require_ci_above_zero: bool = Field(default=True, description="the gain's 95 % interval "
+                                        "must lie above 0")
+    max_nominal_drop: float = Field(default=0.01, ge=0.0, le=1.0,
+                                    description="largest fall of nominal mAP50-95")
+    max_extra_failures: int = Field(default=0, ge=0, le=1_000_000, description=(
+        "closed-loop failures may rise by at most this many"))
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str]
+    """One line per condition that failed (empty when promoted)."""
+    figures: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def decide(before: DetectorReport, after: DetectorReport, boot: Bootstrap,
+           loop_before: Sequence[LoopRow], loop_after: Sequence[LoopRow],
+           gate: PromotionGate | None = None, privileged: Sequence[LoopRow] = ()) -> Decision:
+    """Promote when the hard sets' mAP50-95 rises by `min_hard_gain` (with the bootstrap
+    interval above 0), nominal mAP50-95 falls by at most `max_nominal_drop` and closed-loop
+    failures do not rise (beyond `max_extra_failures`); a reason for each that fails."""
+    gate = gate or PromotionGate()
+    gain = after.figure(HARD) - before.figure(HARD)
+    drop = before.figure(NOMINAL) - after.figure(NOMINAL)
+    loop = paired_failures(loop_before, loop_after, privileged)
+    reasons = []
+    if not gain >= gate.min_hard_gain:  # NaN fails too
+        reasons.append(f"hard-set mAP50-95 gain {gain:+.4f} ({before.figure(HARD):.4f} -> "
+                       f"{after.figure(HARD):.4f}) is under the required "
+                       f"{gate.min_hard_gain:+.4f}")
+    if gate.require_ci_above_zero and not boot.ci_low > 0:
+        reasons.append(f"hard-set gain's 95% interval [{boot.ci_low:+.4f}, "
+                       f"{boot.ci_high:+.4f}] ({boot.n} resamples of {boot.units} "
+                       f"{boot.unit}s) does not lie above 0")
+    if not drop <= gate.max_nominal_drop:
+        reasons.append(f"nominal mAP50-95 fell by {drop:.4f} ({before.figure(NOMINAL):.4f} "
+                       f"-> {after.figure(NOMINAL):.4f}), more than the allowed "
+                       f"{gate.max_nominal_drop:.4f}")
+    if loop.after > loop.before + gate.max_extra_failures:
+        reasons.append(f"closed-loop failures rose from {loop.before} to {loop.after} "
+                       f"(fixed {len(loop.fixed)}, broken {len(loop.broken)}: seeds "
+                       f"{loop.broken[:10]}); at most {gate.max_extra_failures} more allowed")
+    if loop.errors:
+        reasons.append(f"{loop.errors} closed-loop episode(s) raised an error; their "
+                       "outcome is unknown")
+    figures = {"hard_gain": gain, "hard_ci": [boot.ci_low, boot.ci_high],
+               "nominal_drop": drop, "bootstrap": boot.as_dict(),
+               "closed_loop": loop.as_dict(), "gate": gate.model_dump(),
+               "before": before.as_dict(), "after": after.as_dict()}
+    return Decision(not reasons, reasons, figures)
