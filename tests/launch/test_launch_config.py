@@ -163,6 +163,8 @@ def test_every_shipped_launch_file_validates() -> None:
         TrainPlannerConfig,
         load_launch,
     )
+    from data_engine.loop import LoopConfig
+    from launch.cli_data import MineConfig
     from launch.eval_suite import EvalConfig, SuiteConfig
 
     # eval_quick / eval_smoke are scenario suites (`drivestack eval --suite FILE`)
@@ -170,7 +172,7 @@ def test_every_shipped_launch_file_validates() -> None:
              "eval_quick": SuiteConfig, "eval_smoke": SuiteConfig,
              "train_planner": TrainPlannerConfig, "train_perception": TrainPerceptionConfig,
              "train_lanes": TrainPerceptionConfig, "train_detector": TrainPerceptionConfig,
-             "train_refiner": TrainPerceptionConfig}
+             "train_refiner": TrainPerceptionConfig, "mine": MineConfig, "loop": LoopConfig}
     files = sorted((Path(__file__).resolve().parents[2] / "launch").glob("*.yaml"))
     assert len(files) >= 10
     for path in files:
