@@ -65,6 +65,10 @@ class MineSettings(StrictModel):
     second_detector: bool = True
     random_rate: float = Field(default=0.01, gt=0.0, le=1.0, description=(
         "control clips per step (random moments)"))
+    variations: int = Field(default=2, ge=0, le=100, description=(
+        "re-simulated variations of each mined clip (traffic, speeds, condition)"))
+    variation_clips: int = Field(default=8, ge=0, le=100_000, description=(
+        "mined clips that get variations (the first ones)"))
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
 
     @model_validator(mode="after")
@@ -236,7 +240,25 @@ class _Context:
         doc["random_ids"] = control.good_ids()
         doc["mined_ids"] = summary.snapshots
         doc["replay"] = self._replays(store, summary.snapshots)
+        doc["variations"] = self._variations(store, summary.snapshots, perceiver, second)
+        doc["variation_ids"] = [i for r in doc["variations"]["rows"] for i in r["snapshots"]]
         return doc
+
+    def _variations(self, store: Any, ids: list[str], perceiver: Any, second: Any
+                    ) -> dict[str, Any]:
+        from data_engine.variations import summarize, vary_and_mine
+        from planning.evaluate import build_planner
+
+        m = self.cfg.mine
+        rows: list[dict[str, Any]] = []
+        picked = ids[: m.variation_clips] if m.variations else []
+        for k, sid in enumerate(picked):
+            planner, source = build_planner(m.driver, perceiver=perceiver)
+            rows += vary_and_mine(store.get(sid), store, planner, source, m.variations,
+                                  seed=self.cfg.seed, perceiver=perceiver, second=second,
+                                  recorder=m.recorder)
+            self.progress("variations", k + 1, len(picked))
+        return {**summarize(rows, len(picked)), "rows": rows}
 
     def _replays(self, store: Any, ids: list[str]) -> dict[str, Any]:
         """Every mined clip re-simulated and compared byte for byte."""
@@ -265,8 +287,8 @@ class _Context:
         labels.mkdir(exist_ok=True)
         by_condition: dict[str, tuple[list[Any], list[Any]]] = {}
         ours_all, online_all = [], []
-        jobs = [("snapshots", i) for i in mined["mined_ids"]] + [
-            ("random", i) for i in mined["random_ids"]]
+        jobs = [("snapshots", i) for i in mined["mined_ids"] + mined.get(
+            "variation_ids", [])] + [("random", i) for i in mined["random_ids"]]
         for k, (where, sid) in enumerate(jobs):
             store = SnapshotStore(self.out / where)
             target = labels / sid
@@ -318,7 +340,7 @@ class _Context:
         from data_engine.versions import NewFrame
 
         where, ids = (("random", mined["random_ids"]) if arm == "random_auto"
-                      else ("snapshots", mined["mined_ids"]))
+                      else ("snapshots", mined["mined_ids"] + mined.get("variation_ids", [])))
         store = SnapshotStore(self.out / where)
         t = self.cfg.train
         out: list[NewFrame] = []

@@ -84,6 +84,13 @@ def _mining(m: dict[str, Any]) -> list[str]:
         key = f"{c['family']} {c['time_of_day']}/{c['weather']}"
         cond[key] = cond.get(key, 0) + len(e["fired"])
     lines += _table(["family, condition", "firings"], [[k, v] for k, v in cond.items()])
+    v = m.get("variations", {})
+    if v:
+        lines += [f"Variations (traffic, speeds, condition re-simulated from a clip's start): "
+                  f"{v.get('variations')} variations of {v.get('originals')} mined clips "
+                  f"failed again {v.get('failed_again')} times and added "
+                  f"{v.get('variation_clips')} clips ({fmt(v.get('added_fraction'), 2)} per "
+                  "original clip); they join the mined frames.", ""]
     r = m.get("replay", {})
     if r:
         lines += [f"Replay: {r.get('byte_equal')} of {r.get('checked')} clips re-simulated "

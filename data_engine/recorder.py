@@ -186,6 +186,8 @@ def snapshot_files(env: DrivingEnv, entries: list[_Entry], fired: list[Fired],
                     "truth_sha256": e.truth} for m, e in zip(moments, entries, strict=True)],
         "frames_stored": frames == "png",
         "driver": context.get("driver"),
+        "origin": {k: context[k] for k in ("case", "variation_of", "variation", "changed")
+                   if k in context},
         "models": context.get("models", {}),
         "code_version": code_version(),
     }
