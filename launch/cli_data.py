@@ -124,10 +124,17 @@ def replay_command(
         help="Also drive from the clip's start with this stack (repeatable): rule | rl | "
              "rl-shield | privileged | rule-privileged.")] = None,
     device: Annotated[str, typer.Option(help="Perception device.")] = "auto",
+    video: Annotated[Path | None, typer.Option(
+        help="Write an mp4: the stored (old) predictions and --weights' (new) side by "
+             "side over the ground truth (green).")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        help="Detector for the new predictions in --video (default: the current "
+             "one).")] = None,
 ) -> None:
     """Restore a snapshot's world and re-simulate its clip: every frame and its labels
     must match the stored ones byte for byte (checked by SHA-256). With --stack, drive
     from the clip's start with other stacks and say whether the failure happens again.
+    With --video, compare old and new predictions on the clip.
 
     Exit codes: 0 the replay matched; 1 it did not; 2 a bad id, store or snapshot.
     """
@@ -141,7 +148,11 @@ def replay_command(
         raise ValueError(f"--stack: {bad[0]!r} is not a stack; allowed: {', '.join(allowed)}")
     snapshots = SnapshotStore(store)
     snap = snapshots.get(snapshot_id)
-    check, _ = replay_clip(snap)
+    if video is not None and video.suffix != ".mp4":
+        raise ValueError(f"--video: {video} must end in .mp4")
+    if video is not None and video.exists():
+        raise ValueError(f"--video: {video} exists; drivestack does not overwrite it")
+    check, frames = replay_clip(snap, keep_frames=video is not None)
     console.print(f"replay {snap.id}: {check.frames_equal}/{check.frames} frames and "
                   f"{check.truth_equal}/{check.truth_checked} labels byte-equal"
                   + ("" if check.stored_png_equal is None else
@@ -163,9 +174,52 @@ def replay_command(
         for r in results:
             console.print(f"  {r.stack}: {'FAILS' if r.failed else 'ok'} ({r.end}, "
                           f"{r.steps} steps)", markup=False)
+    if video is not None:
+        write_comparison(snap, frames, video, weights, device)
+        doc["video"] = str(video)
     echo_json(doc)
     if not check.ok:
         raise typer.Exit(code=1)
+
+
+def write_comparison(snap: Any, frames: list[Any], path: Path, weights: Path | None,
+                     device: str) -> None:
+    """An mp4 of a clip: old (stored) predictions left, new ones right, both over the
+    ground truth (green, thin)."""
+    import cv2
+    import numpy as np
+
+    from data_engine.clip import PERCEPTION, TRUTH, boxes_per_frame, npz_arrays, read_clip
+    from launch.overlays import draw_boxes, side_by_side
+    from launch.runner import mp4_writer
+    from perception.perceiver import Perceiver
+
+    clip = read_clip(snap.read, snap.id)
+    n = clip.n_frames
+    old = boxes_per_frame(npz_arrays(snap.read(PERCEPTION), PERCEPTION), "", n, PERCEPTION)
+    truth = boxes_per_frame(npz_arrays(snap.read(TRUTH), TRUTH), "", n, TRUTH)
+    perceiver = Perceiver(weights=weights, device=device, lanes=False)
+    new = perceiver(frames)
+    scale = 2
+
+    def panel(image: Any, gt: Any, boxes: Any, classes: Any, title: str) -> Any:
+        h, w = image.shape[:2]
+        big = cv2.resize(image, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)
+        if gt is not None:
+            for x0, y0, x1, y1 in (gt.xyxy * scale).astype(int):
+                cv2.rectangle(big, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 1)
+        big = draw_boxes(big, boxes, classes, scale=scale, thickness=2)
+        cv2.putText(big, title, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        return big
+
+    with mp4_writer(path, 15) as add:
+        for k, image in enumerate(frames):
+            o = old[k]
+            left = panel(image, truth[k], o.xyxy if o is not None else np.zeros((0, 4)),
+                         o.classes if o is not None else np.zeros(0, int), "old (stored)")
+            d = new[k].detections
+            right = panel(image, truth[k], d.boxes_xyxy, d.classes, "new")
+            add(side_by_side(left, right))
 
 
 RELABEL_JOB = Job("relabel", files=(r"\d{8}T\d{6}-[0-9a-f]{8}\.(json|npz)", r"quality\.json"))

@@ -162,3 +162,26 @@ def test_mine_with_triggers_on_perception(tmp_path: Path) -> None:
                            clip.n_frames, PERCEPTION)
     assert all(s is not None for s in seen), "perception ran on every frame"
     assert np.isfinite(clip.doc["speed"]).all()
+
+
+def test_replay_video_compares_old_and_new(crash: tuple[SnapshotStore, list[str]],
+                                           tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from launch.cli import app
+
+    store, ids = crash
+    video = tmp_path / "cmp.mp4"
+    args = ["replay", ids[-1], "--store", str(store.root), "--video", str(video),
+            "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert video.stat().st_size > 1000
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(video)
+    first = reader.get_data(0)
+    reader.close()
+    assert first.shape[1] >= 2 * first.shape[0], "two panels side by side"
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "does not overwrite" in again.stderr
