@@ -374,7 +374,12 @@ class _Context:
 
     # -- models ------------------------------------------------------------------------
     def stage_train(self) -> dict[str, Any]:
-        from perception.detector import DetectorTraining, train_detector, trained_imgsz
+        from perception.detector import (
+            DetectorTraining,
+            cached_onnx,
+            train_detector,
+            trained_imgsz,
+        )
         from perception.registry import current_detector
 
         t = self.cfg.train
@@ -394,7 +399,9 @@ class _Context:
                     workers=t.workers, lr0=t.lr0, hours=t.hours, close_mosaic=t.epochs,
                     train_list=version / "train.txt"))
                 atomic_write_text(done, json_text(result, indent=1))
-            out[arm] = {"weights": str(best), "init": str(init), "imgsz": imgsz}
+            onnx = cached_onnx(best, 192, 320)  # what the Perceiver runs on the CPU
+            out[arm] = {"weights": str(best), "onnx": str(onnx), "init": str(init),
+                        "imgsz": imgsz}
             self.progress("train", k + 1, len(t.arms))
         return out
 
