@@ -148,6 +148,23 @@ class State:
     def result(self, stage: str) -> Any:
         return self.doc["stages"][stage]
 
+    def drop_from(self, stage: str) -> None:
+        """Forget `stage` and every later one, and the per-item results they keep
+        (labels, finished trainings) in the loop's own folders."""
+        later = STAGES[STAGES.index(stage):]
+        for name in later:
+            self.doc["stages"].pop(name, None)
+            self.doc["times"].pop(name, None)
+        root = self.folder.path
+        if "relabel" in later and (root / "labels").is_dir():
+            for p in (root / "labels").iterdir():
+                if p.is_file() and p.suffix in (".json", ".npz") and len(p.stem) == 24:
+                    p.unlink()
+        if "train" in later and (root / "train").is_dir():
+            for arm in ARMS:
+                (root / "train" / arm / "drivestack_result.json").unlink(missing_ok=True)
+        atomic_write_text(self.folder.own("loop_state.json"), json_text(self.doc, indent=1))
+
     def save(self, stage: str, result: Any, seconds: float) -> None:
         self.doc["stages"][stage] = result
         self.doc["times"][stage] = round(seconds, 1)
@@ -155,13 +172,19 @@ class State:
         self.folder.wrote()
 
 
-def run_loop(cfg: LoopConfig, *, force: bool = False,
+def run_loop(cfg: LoopConfig, *, force: bool = False, redo_from: str | None = None,
              on_stage: Callable[[str, str], None] | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the state document. `on_stage(stage, what)`
+    """Run (or resume) every stage; returns the state document. `redo_from`: run that
+    stage and every later one again (e.g. after a new labeler). `on_stage(stage, what)`
     reports "start", "skip" or "done"; `progress(stage, done, total)` counts work."""
+    if redo_from is not None and redo_from not in STAGES:
+        raise ValueError(f"redo_from: {redo_from!r} is not a stage; allowed: "
+                         f"{', '.join(STAGES)}")
     folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=ENTRIES)
     state = State(folder)
+    if redo_from is not None:
+        state.drop_from(redo_from)
     ctx = _Context(cfg, folder, state, progress or (lambda *a: None))
     for stage in STAGES:
         if state.done(stage):

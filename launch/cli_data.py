@@ -299,6 +299,9 @@ def loop_command(
         help="The packaged launch/loop_quick.yaml: a minute-long smoke run of every "
              "stage.")] = False,
     out: Annotated[Path | None, typer.Option(help="Override `out`.")] = None,
+    redo_from: Annotated[str | None, typer.Option(
+        help="Run this stage and every later one again (base, heldout, mine, relabel, "
+             "versions, train, evaluate, promote, report).")] = None,
     force: Force = False,
 ) -> None:
     """One turn of the data engine: mine -> relabel -> version -> retrain -> evaluate ->
@@ -330,7 +333,8 @@ def loop_command(
         def on_work(stage: str, done: int, total: int) -> None:
             progress.update(work, completed=done, total=total, description=stage)
 
-        doc = run_loop(cfg, force=force, on_stage=on_stage, progress=on_work)
+        doc = run_loop(cfg, force=force, redo_from=redo_from, on_stage=on_stage,
+                       progress=on_work)
     st = doc["stages"]
     promote = st.get("promote", {})
     console.print(f"report: {cfg.out / 'report.md'}; promoted: {promote.get('promoted')}",

@@ -48,6 +48,12 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
                  "## Closed-loop hard suite", "## Promotion", "map_before_after.png"):
         assert part in report
     assert (tmp_path / "loop" / "map_before_after.png").stat().st_size > 1000
+    seen.clear()
+    run_loop(cfg, redo_from="promote", on_stage=lambda s, what: seen.append((s, what)))
+    assert [s for s, w in seen if w == "done"] == ["promote", "report"]
+    assert len(Registry().entries()) == 3, "the shipped one and two registrations"
+    with pytest.raises(ValueError, match="not a stage"):
+        run_loop(cfg, redo_from="everything")
 
 
 def test_a_bad_loop_launch_file_names_the_key(tmp_path: Path) -> None:
