@@ -494,6 +494,9 @@ class _Context:
         main, decision = ev["main"], ev["decision"]
         reg = Registry()
         name = f"loop-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{main}"
+        taken = {e.name for e in reg.entries()}
+        name = next(n for k in range(1, 1000) if (n := name if k == 1 else f"{name}-{k}")
+                    not in taken)
         weights = Path(self.state.result("train")[main]["weights"])
         figures = {k: decision["figures"][k] for k in ("hard_gain", "hard_ci", "nominal_drop")}
         entry = reg.register(weights, name, metrics=figures, loop=str(self.out))
