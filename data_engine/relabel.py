@@ -95,9 +95,10 @@ def quality_against_truth(snapshot: Any, labels: ClipLabels) -> list[dict[str, A
                         labels.ignore[t], truth[t]) for t in range(len(labels))]
 
 
-def online_tallies(snapshot: Any, conf: float = 0.25) -> list[dict[str, Any]]:
+def online_tallies(snapshot: Any, conf: float = 0.0) -> list[dict[str, Any]]:
     """The same tallies for the online perception stored in the snapshot (what the car
-    saw), at confidence `conf`: the baseline the labeler must beat."""
+    saw: every box the Perceiver returned; `conf` drops those scored lower): the baseline
+    the labeler must beat."""
     from data_engine.clip import PERCEPTION
 
     clip = read_clip(snapshot.read, snapshot.id)
