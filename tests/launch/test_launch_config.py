@@ -156,6 +156,8 @@ def test_resolved_config_round_trips(write_launch) -> None:
 
 def test_every_shipped_launch_file_validates() -> None:
     """Each launch/*.yaml is valid for the command its name says it is for."""
+    from data_engine.loop import LoopConfig
+    from launch.cli_data import MineConfig
     from launch.config import (
         DatasetConfig,
         RunConfig,
@@ -163,8 +165,6 @@ def test_every_shipped_launch_file_validates() -> None:
         TrainPlannerConfig,
         load_launch,
     )
-    from data_engine.loop import LoopConfig
-    from launch.cli_data import MineConfig
     from launch.eval_suite import EvalConfig, SuiteConfig
 
     # eval_quick / eval_smoke are scenario suites (`drivestack eval --suite FILE`)
