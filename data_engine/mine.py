@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_engine.recorder import Recorder, RecorderConfig, file_sha256
+from data_engine.recorder import Recorder, RecorderConfig
 from data_engine.triggers import Fired, recall_precision
+from perception.registry import sha256_file
 from planning.evaluate import Case, build_planner, scenario_config
 from planning.rollout import PlannerAgent, rollout
 from sim.env import DrivingEnv
@@ -80,7 +81,8 @@ class MineSummary:
 
 def model_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
     """{name: sha256} of the model files that exist."""
-    return {k: file_sha256(p) for k, p in paths.items() if p is not None and Path(p).is_file()}
+    return {k: sha256_file(Path(p)) for k, p in paths.items()
+            if p is not None and Path(p).is_file()}
 
 
 def model_version(hashes: dict[str, str]) -> str:

@@ -15,7 +15,6 @@ join it; after a clip is saved, the next waits `cooldown_seconds`.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 from collections import deque
@@ -215,14 +214,6 @@ def snapshot_files(env: DrivingEnv, entries: list[_Entry], fired: list[Fired],
 
 def _floats(values: list[float | None]) -> Any:
     return np.array([np.nan if v is None else v for v in values], np.float64)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @cache
