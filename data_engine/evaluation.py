@@ -518,12 +518,12 @@ class FailureCounts:
 
     before: int
     after: int
-    fixed: list[int]
-    """Seeds that failed before and not after."""
-    broken: list[int]
-    """Seeds that did not fail before and fail after."""
-    not_fixable: list[int]
-    """Seeds where the rule planner fails on the exact scene too (not perception's)."""
+    fixed: list[str]
+    """Cases ("family:seed") that failed before and not after."""
+    broken: list[str]
+    """Cases that did not fail before and fail after."""
+    not_fixable: list[str]
+    """Cases where the rule planner fails on the exact scene too (not perception's)."""
     errors: int = 0
     """Episodes (before and after) that raised."""
 
@@ -546,10 +546,15 @@ def paired_failures(before: Sequence[LoopRow], after: Sequence[LoopRow],
     cases = list(b)
     return FailureCounts(
         before=sum(b[c].failed for c in cases), after=sum(a[c].failed for c in cases),
-        fixed=[c.seed for c in cases if b[c].failed and not a[c].failed],
-        broken=[c.seed for c in cases if a[c].failed and not b[c].failed],
-        not_fixable=[c.seed for c in cases if c in p and p[c].failed],
+        fixed=[_name(c) for c in cases if b[c].failed and not a[c].failed],
+        broken=[_name(c) for c in cases if a[c].failed and not b[c].failed],
+        not_fixable=[_name(c) for c in cases if c in p and p[c].failed],
         errors=sum(r.error is not None for r in (*before, *after)))
+
+
+def _name(case: Case) -> str:
+    """A case as "family:seed" (a seed alone repeats across families and conditions)."""
+    return f"{case.family}:{case.seed}"
 
 
 # -- promotion --------------------------------------------------------------------------
@@ -604,7 +609,7 @@ def decide(before: DetectorReport, after: DetectorReport, boot: Bootstrap,
                        f"{gate.max_nominal_drop:.4f}")
     if loop.after > loop.before + gate.max_extra_failures:
         reasons.append(f"closed-loop failures rose from {loop.before} to {loop.after} "
-                       f"(fixed {len(loop.fixed)}, broken {len(loop.broken)}: seeds "
+                       f"(fixed {len(loop.fixed)}, broken {len(loop.broken)}: "
                        f"{loop.broken[:10]}); at most {gate.max_extra_failures} more allowed")
     if loop.errors:
         reasons.append(f"{loop.errors} closed-loop episode(s) raised an error; their "
