@@ -56,7 +56,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sim.outputs import json_text, pid_alive
+from data_engine.store_files import (
+    check_file,
+    dead,
+    files_under,
+    fsync_dir,
+    fsync_tree,
+    read_capped,
+    write_new,
+)
+from sim.outputs import json_text
 
 KIND = "drivestack-snapshots"
 """The index's `store_info.kind`: what tells a store's index from another SQLite file."""
@@ -270,7 +279,7 @@ class SnapshotStore:
         created = datetime.now(timezone.utc)
         sid, work = self._new_folder(created)
         try:
-            entries = {name: _write_new(work / name, files[name]) for name in names}
+            entries = {name: write_new(work / name, files[name]) for name in names}
             manifest = {"format": FORMAT, "kind": SNAPSHOT_KIND, "id": sid,
                         "created": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                         "meta": doc, "files": entries}
@@ -278,13 +287,13 @@ class SnapshotStore:
             if len(raw) > MAX_MANIFEST_BYTES:
                 raise StoreError(f"the manifest would be over {MAX_MANIFEST_BYTES} bytes: "
                                  "fewer files, or a smaller meta")
-            _write_new(work / MANIFEST, raw)
-            _fsync_tree(work)
+            write_new(work / MANIFEST, raw)
+            fsync_tree(work)
             os.rename(work, self.snapshots / sid)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        _fsync_dir(self.snapshots)
+        fsync_dir(self.snapshots)
         try:
             self._index(sid, manifest, hashlib.sha256(raw).hexdigest())
         except sqlite3.Error as exc:
@@ -358,7 +367,7 @@ class SnapshotStore:
                 f"{exc.problems[0]}; drivestack removes only the files a manifest lists: "
                 f"remove {folder} yourself, then run `drivestack snapshots verify "
                 "--repair`") from None
-        foreign = sorted(_files_under(folder) - set(manifest["files"]) - {MANIFEST})
+        foreign = sorted(files_under(folder) - set(manifest["files"]) - {MANIFEST})
         if foreign:
             raise StoreError(
                 f"{folder / foreign[0]} is not a file of snapshot {sid} (not in its "
@@ -427,21 +436,21 @@ class SnapshotStore:
             for name, entry in snap.manifest["files"].items():
                 (work / name).parent.mkdir(parents=True, exist_ok=True)
                 with open(work / name, "xb") as f:
-                    what = _check_file(snap.path, name, entry, f.write)
+                    what = check_file(snap.path, name, entry, f.write)
                     os.fsync(f.fileno())
                 if what is not None:  # changed since `get`
                     raise CorruptSnapshot(sid, [Problem(sid, name, what)])
-            raw = _read_capped(snap.path / MANIFEST, MAX_MANIFEST_BYTES)
+            raw = read_capped(snap.path / MANIFEST, MAX_MANIFEST_BYTES)
             if raw is None or (manifest_sha is not None
                                and hashlib.sha256(raw).hexdigest() != manifest_sha):
                 raise CorruptSnapshot(sid, [Problem(sid, MANIFEST, "changed while exported")])
-            _write_new(work / MANIFEST, raw)
-            _fsync_tree(work)
+            write_new(work / MANIFEST, raw)
+            fsync_tree(work)
             os.rename(work, out)  # replaces `out` only when it is an empty folder
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         return out
 
     @_index_errors
@@ -545,9 +554,9 @@ class SnapshotStore:
         """Remove the temporary folders (tmp/PID-ID) and index files (.index-PID-*) that
         processes no longer running left behind; returns them. Nothing else is touched."""
         stale = [(self.tmp / e, stat.S_ISDIR) for e in sorted(os.listdir(self.tmp))
-                 if (m := _TMP_ENTRY.fullmatch(e)) and _dead(int(m[1]))]
+                 if (m := _TMP_ENTRY.fullmatch(e)) and dead(int(m[1]))]
         stale += [(self.root / e, stat.S_ISREG) for e in sorted(os.listdir(self.root))
-                  if (m := _CREATING.fullmatch(e)) and _dead(int(m[1]))]
+                  if (m := _CREATING.fullmatch(e)) and dead(int(m[1]))]
         removed = []
         for path, kind in stale:
             try:
@@ -614,7 +623,7 @@ class SnapshotStore:
             except OSError:  # a file system without hard links
                 if not os.path.lexists(self.index):
                     os.rename(work, self.index)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(f"{work}{suffix}").unlink(missing_ok=True)
@@ -644,7 +653,7 @@ class SnapshotStore:
             raise CorruptSnapshot(sid, [Problem(sid, None, what)])
         if folder.is_symlink() or not folder.is_dir():
             raise CorruptSnapshot(sid, [Problem(sid, None, "is not a folder")])
-        raw = _read_capped(folder / MANIFEST, MAX_MANIFEST_BYTES)
+        raw = read_capped(folder / MANIFEST, MAX_MANIFEST_BYTES)
         try:
             manifest = _parse_manifest(sid, raw)
         except StoreError as exc:
@@ -663,11 +672,11 @@ class SnapshotStore:
             return _Inspection(exc.problems, None, "")
         folder = self.snapshots / sid
         listed = manifest["files"]
-        present = _files_under(folder)
+        present = files_under(folder)
         problems = [Problem(sid, n, "extra file: not in the manifest")
                     for n in sorted(present - set(listed) - {MANIFEST})]
         for name, entry in listed.items():
-            what = "missing" if name not in present else _check_file(folder, name, entry)
+            what = "missing" if name not in present else check_file(folder, name, entry)
             if what is not None:
                 problems.append(Problem(sid, name, what))
         return _Inspection(problems, manifest, sha)
@@ -782,7 +791,7 @@ def _store_info(index: Path) -> dict[str, str]:
     """The `store_info` table of the SQLite file `index`; empty when there is none. Read
     as immutable: no lock taken and no -wal or -shm file left beside a foreign database (a
     store's info is in the main file from its creation on, and never changes)."""
-    if _read_capped(index, 1 << 40, 16) != b"SQLite format 3\x00":
+    if read_capped(index, 1 << 40, 16) != b"SQLite format 3\x00":
         return {}
     for attempt in range(3):
         con = sqlite3.connect(f"{index.as_uri()}?mode=ro&immutable=1", uri=True)
@@ -797,135 +806,15 @@ def _store_info(index: Path) -> dict[str, str]:
     return {}
 
 
-def _read_capped(path: Path, limit: int, size: int | None = None) -> bytes | None:
-    """The bytes of `path` (the first `size` of them, when given) when it is a regular file
-    (not a link, a pipe or a device) of at most `limit` bytes; None otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1 if size is None else size)
-        return data if len(data) <= limit else None
-    finally:
-        os.close(fd)
-
-
-def _open_inside(folder: Path, name: str) -> int:
-    """A descriptor of `folder/name`, opened without following any symbolic link below
-    `folder` (and without blocking on a pipe)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW
-    fd = os.open(folder, flags | os.O_DIRECTORY)
-    try:
-        *parents, last = name.split("/")
-        for part in parents:
-            inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        return os.open(last, flags | os.O_NONBLOCK, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
 def _read_file(sid: str, folder: Path, manifest: dict[str, Any], name: str) -> bytes:
     """The bytes of file `name` of snapshot `sid`, checked against its manifest."""
     entry = manifest["files"].get(check_name(name))
     if entry is None:
         raise StoreError(f"snapshot {sid} has no file {name!r}")
     chunks: list[bytes] = []
-    what = _check_file(folder, name, entry, chunks.append)
+    what = check_file(folder, name, entry, chunks.append)
     if what is not None:
         raise CorruptSnapshot(sid, [Problem(sid, name, what)])
     return b"".join(chunks)
 
 
-def _check_file(folder: Path, name: str, entry: dict[str, Any],
-                sink: Callable[[bytes], Any] | None = None) -> str | None:
-    """What is wrong with file `name` of a snapshot against its manifest `entry`, or None;
-    every chunk read goes to `sink`."""
-    try:
-        fd = _open_inside(folder, name)
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc}; a symbolic link?)"
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return "not a regular file"
-        if info.st_size != entry["size"]:
-            return f"{info.st_size} bytes, the manifest says {entry['size']}"
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, _CHUNK):
-            digest.update(chunk)
-            if sink is not None:
-                sink(chunk)
-    finally:
-        os.close(fd)
-    if digest.hexdigest() != entry["sha256"]:
-        return "changed: its SHA-256 is not the manifest's"
-    return None
-
-
-def _files_under(folder: Path) -> set[str]:
-    """Everything under `folder` but folders (files, links, pipes), relative and
-    '/'-separated; links to folders count as files and are not followed."""
-    found: set[str] = set()
-    for root, dirs, files in os.walk(folder):
-        rel = os.path.relpath(root, folder)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        found.update(prefix + f for f in files)
-        found.update(prefix + d for d in dirs if os.path.islink(os.path.join(root, d)))
-    return found
-
-
-def _write_new(path: Path, source: bytes | os.PathLike[str]) -> dict[str, Any]:
-    """Write `source` (bytes, or a regular file to copy) to the new file `path`, synced;
-    returns its manifest entry {sha256, size}."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    with open(path, "xb") as out:
-        for chunk in _chunks(source):
-            out.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    return {"sha256": digest.hexdigest(), "size": size}
-
-
-def _chunks(source: bytes | os.PathLike[str]) -> Iterator[bytes]:
-    if isinstance(source, bytes):
-        yield source
-        return
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StoreError(f"{os.fspath(source)} is not a regular file")
-        while chunk := os.read(fd, _CHUNK):
-            yield chunk
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the entries of `folder` durable (where the file system can)."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a folder
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(top: Path) -> None:
-    """`_fsync_dir` every folder under `top`, deepest first, then `top`."""
-    for root, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count(os.sep)):
-        _fsync_dir(Path(root))
-
-
-def _dead(pid: int) -> bool:
-    return pid != os.getpid() and not pid_alive(pid)
