@@ -354,7 +354,7 @@ def onnx_at_size(weights: Path, height: int, width: int, in_h: int, in_w: int) -
             device="cpu")
         os.replace(out, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # made by mkdtemp above: only ours
     return path
 
 

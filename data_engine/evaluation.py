@@ -42,7 +42,13 @@ import numpy as np
 from pydantic import Field
 
 from perception.datasets import SPLITS, DatasetPlan, generate, read_coco
-from perception.metrics import IOU_THRESHOLDS, RECALL_POINTS, ImageBoxes, _match, detection_map
+from perception.metrics import (
+    IOU_THRESHOLDS,
+    ImageBoxes,
+    detection_map,
+    match_detections,
+    ranked_ap,
+)
 from planning.evaluate import Case, EpisodeResult, build_planner, make_env, run_episode
 from planning.evaluate import scenario_config as case_config
 from sim.config import StrictModel
@@ -354,7 +360,7 @@ class _Matched:
                 scores: list[float] = []
                 owner: list[int] = []
                 for i, (p, g) in enumerate(zip(preds, gts, strict=True)):
-                    t, s, n = _match(p, g, c, float(thr))
+                    t, s, n = match_detections(p, g, c, float(thr))
                     tps += t
                     scores += s
                     owner += [i] * len(t)
@@ -369,22 +375,8 @@ class _Matched:
             n_gt = float(self.n_gt[c] @ weights)
             if n_gt == 0:
                 continue  # no object of this class in the resample: not averaged
-            aps.append(np.mean([_weighted_ap(tp, weights[owner], n_gt) for tp, owner in rows]))
+            aps.append(np.mean([ranked_ap(tp, n_gt, weights[owner]) for tp, owner in rows]))
         return float(np.mean(aps)) if aps else math.nan
-
-
-def _weighted_ap(tp: np.ndarray, w: np.ndarray, n_gt: float) -> float:
-    """`perception.metrics.average_precision` of detections sorted by score, each counted
-    w times (the copies of one detection side by side)."""
-    if tp.size == 0:
-        return 0.0
-    ctp, cfp = np.cumsum(w * tp), np.cumsum(w * ~tp)
-    recall = ctp / n_gt
-    precision = ctp / np.maximum(ctp + cfp, 1)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
-    sampled = np.where(idx < envelope.size, envelope[np.minimum(idx, envelope.size - 1)], 0.0)
-    return float(sampled.mean())
 
 
 def paired_bootstrap(before: Sequence[ImageBoxes], after: Sequence[ImageBoxes],

@@ -151,15 +151,19 @@ class State:
     def drop_from(self, stage: str) -> None:
         """Forget `stage` and every later one, and the per-item results they keep
         (labels, finished trainings) in the loop's own folders."""
+        from data_engine.store import check_id
+
         later = STAGES[STAGES.index(stage):]
+        mined = self.doc["stages"].get("mine", {})  # read before it may be dropped
         for name in later:
             self.doc["stages"].pop(name, None)
             self.doc["times"].pop(name, None)
         root = self.folder.path
-        if "relabel" in later and (root / "labels").is_dir():
-            for p in (root / "labels").iterdir():
-                if p.is_file() and p.suffix in (".json", ".npz") and len(p.stem) == 24:
-                    p.unlink()
+        if "relabel" in later:  # the labels this loop wrote, by snapshot id, nothing else
+            for sid in [*mined.get("mined_ids", []), *mined.get("variation_ids", []),
+                        *mined.get("random_ids", [])]:
+                for ext in (".json", ".npz"):
+                    (root / "labels" / f"{check_id(sid)}{ext}").unlink(missing_ok=True)
         if "train" in later and (root / "train").is_dir():
             for arm in ARMS:
                 (root / "train" / arm / "drivestack_result.json").unlink(missing_ok=True)

@@ -62,10 +62,9 @@ from data_engine.store_files import (
     files_under,
     fsync_dir,
     fsync_tree,
-    read_capped,
     write_new,
 )
-from sim.outputs import json_text
+from sim.outputs import json_text, read_small_file
 
 KIND = "drivestack-snapshots"
 """The index's `store_info.kind`: what tells a store's index from another SQLite file."""
@@ -74,6 +73,9 @@ SNAPSHOT_KIND = "drivestack-snapshot"
 FORMAT = 1
 """Version of the store's layout (index and manifests)."""
 INDEX, SNAPSHOTS, TMP, MANIFEST = "index.sqlite", "snapshots", "tmp", "manifest.json"
+PARTIAL = ".partial.json"
+"""The first file of a snapshot being written: its id and the names it will write, so
+that only what drivestack wrote is ever removed from `tmp/`."""
 ID_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{8}")
 """A snapshot id: its UTC creation time and 8 random hex digits, e.g. 20261206T061500-3f9a2b1c."""
 NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
@@ -279,6 +281,7 @@ class SnapshotStore:
         created = datetime.now(timezone.utc)
         sid, work = self._new_folder(created)
         try:
+            write_new(work / PARTIAL, json_text({"id": sid, "files": names}).encode())
             entries = {name: write_new(work / name, files[name]) for name in names}
             manifest = {"format": FORMAT, "kind": SNAPSHOT_KIND, "id": sid,
                         "created": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -288,10 +291,11 @@ class SnapshotStore:
                 raise StoreError(f"the manifest would be over {MAX_MANIFEST_BYTES} bytes: "
                                  "fewer files, or a smaller meta")
             write_new(work / MANIFEST, raw)
+            (work / PARTIAL).unlink()  # from here the manifest says what the folder holds
             fsync_tree(work)
             os.rename(work, self.snapshots / sid)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)  # made by this call: all ours
             raise
         fsync_dir(self.snapshots)
         try:
@@ -353,7 +357,7 @@ class SnapshotStore:
             gone = self.tmp / f"{os.getpid()}-{sid}"
             os.rename(folder, gone)  # the snapshot disappears at once, whole
         self._drop_row(sid)
-        if gone is not None:
+        if gone is not None and self._ours(gone, sid):  # checked by _check_own, again
             shutil.rmtree(gone)
 
     def _check_own(self, sid: str, folder: Path) -> None:
@@ -373,6 +377,32 @@ class SnapshotStore:
                 f"{folder / foreign[0]} is not a file of snapshot {sid} (not in its "
                 f"manifest; {len(foreign)} such files); it is left as it is: move it "
                 "out, then remove the snapshot")
+
+    def _ours(self, folder: Path, sid: str) -> bool:
+        """Whether every file under a temporary `folder` is one drivestack wrote for
+        snapshot `sid`: those its partial marker (a write in progress) or its manifest (a
+        finished or removed snapshot) names; links and foreign files make it not ours."""
+        names = files_under(folder)
+        if names <= {PARTIAL}:  # killed before its first file was whole
+            return not any(os.path.islink(folder / n) for n in names)
+        allowed: set[str] | None = None
+        raw = read_small_file(folder / PARTIAL, MAX_MANIFEST_BYTES)
+        if raw is not None:
+            try:
+                doc = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                doc = None
+            if isinstance(doc, dict) and doc.get("id") == sid and isinstance(
+                    doc.get("files"), list) and all(isinstance(n, str) for n in doc["files"]):
+                allowed = {*doc["files"], PARTIAL, MANIFEST}
+        if allowed is None:
+            try:
+                manifest = _parse_manifest(sid, read_small_file(folder / MANIFEST,
+                                                            MAX_MANIFEST_BYTES))
+            except StoreError:
+                return False
+            allowed = {*manifest["files"], MANIFEST}
+        return names <= allowed and not any(os.path.islink(folder / n) for n in names)
 
     def _drop_row(self, sid: str) -> None:
         with self._writing() as con:
@@ -440,7 +470,7 @@ class SnapshotStore:
                     os.fsync(f.fileno())
                 if what is not None:  # changed since `get`
                     raise CorruptSnapshot(sid, [Problem(sid, name, what)])
-            raw = read_capped(snap.path / MANIFEST, MAX_MANIFEST_BYTES)
+            raw = read_small_file(snap.path / MANIFEST, MAX_MANIFEST_BYTES)
             if raw is None or (manifest_sha is not None
                                and hashlib.sha256(raw).hexdigest() != manifest_sha):
                 raise CorruptSnapshot(sid, [Problem(sid, MANIFEST, "changed while exported")])
@@ -448,7 +478,7 @@ class SnapshotStore:
             fsync_tree(work)
             os.rename(work, out)  # replaces `out` only when it is an empty folder
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)  # made (exclusively) by this call
             raise
         fsync_dir(out.parent)
         return out
@@ -552,7 +582,9 @@ class SnapshotStore:
 
     def gc(self) -> builtins.list[Path]:
         """Remove the temporary folders (tmp/PID-ID) and index files (.index-PID-*) that
-        processes no longer running left behind; returns them. Nothing else is touched."""
+        processes no longer running left behind; returns them. A folder holding anything
+        its partial marker or manifest does not name is left (`_ours`); nothing else is
+        touched."""
         stale = [(self.tmp / e, stat.S_ISDIR) for e in sorted(os.listdir(self.tmp))
                  if (m := _TMP_ENTRY.fullmatch(e)) and dead(int(m[1]))]
         stale += [(self.root / e, stat.S_ISREG) for e in sorted(os.listdir(self.root))
@@ -563,6 +595,8 @@ class SnapshotStore:
                 if not kind(path.lstat().st_mode):  # never a link
                     continue
                 if kind is stat.S_ISDIR:
+                    if not self._ours(path, path.name.split("-", 1)[1]):
+                        continue  # something drivestack did not write: left as it is
                     shutil.rmtree(path)
                 else:
                     path.unlink()
@@ -653,7 +687,7 @@ class SnapshotStore:
             raise CorruptSnapshot(sid, [Problem(sid, None, what)])
         if folder.is_symlink() or not folder.is_dir():
             raise CorruptSnapshot(sid, [Problem(sid, None, "is not a folder")])
-        raw = read_capped(folder / MANIFEST, MAX_MANIFEST_BYTES)
+        raw = read_small_file(folder / MANIFEST, MAX_MANIFEST_BYTES)
         try:
             manifest = _parse_manifest(sid, raw)
         except StoreError as exc:
@@ -791,7 +825,7 @@ def _store_info(index: Path) -> dict[str, str]:
     """The `store_info` table of the SQLite file `index`; empty when there is none. Read
     as immutable: no lock taken and no -wal or -shm file left beside a foreign database (a
     store's info is in the main file from its creation on, and never changes)."""
-    if read_capped(index, 1 << 40, 16) != b"SQLite format 3\x00":
+    if read_small_file(index, 1 << 40, 16) != b"SQLite format 3\x00":
         return {}
     for attempt in range(3):
         con = sqlite3.connect(f"{index.as_uri()}?mode=ro&immutable=1", uri=True)

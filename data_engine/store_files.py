@@ -16,24 +16,6 @@ from sim.outputs import pid_alive
 _CHUNK = 1 << 20
 
 
-def read_capped(path: Path, limit: int, size: int | None = None) -> bytes | None:
-    """The bytes of `path` (the first `size` of them, when given) when it is a regular file
-    (not a link, a pipe or a device) of at most `limit` bytes; None otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1 if size is None else size)
-        return data if len(data) <= limit else None
-    finally:
-        os.close(fd)
-
-
 def open_inside(folder: Path, name: str) -> int:
     """A descriptor of `folder/name`, opened without following any symbolic link below
     `folder` (and without blocking on a pipe)."""

@@ -47,11 +47,18 @@ def average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
     """COCO 101-point interpolated AP of detections (tp flags, scores) against n_gt."""
     if n_gt == 0:
         return float("nan")
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    return ranked_ap(np.asarray(tp, bool)[order], n_gt)
+
+
+def ranked_ap(tp: np.ndarray, n_gt: float, weights: np.ndarray | None = None) -> float:
+    """COCO 101-point interpolated AP of detections already sorted by falling score, each
+    counted `weights[i]` times when given (a bootstrap resample: data_engine.evaluation)."""
     if np.size(tp) == 0:
         return 0.0
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    tp = np.asarray(tp, bool)[order]
-    ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+    tp = np.asarray(tp, bool)
+    w = np.ones(tp.shape) if weights is None else np.asarray(weights, float)
+    ctp, cfp = np.cumsum(w * tp), np.cumsum(w * ~tp)
     recall = ctp / n_gt
     precision = ctp / np.maximum(ctp + cfp, 1)
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
@@ -72,7 +79,7 @@ class ImageBoxes:
     ignore: np.ndarray | None = None
 
 
-def _match(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
+def match_detections(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
            ) -> tuple[list[bool], list[float], int]:
     """Greedy COCO matching in one image and class: (tp flags, scores, gt count)."""
     pm = pred.classes == cls
@@ -110,7 +117,7 @@ def detection_map(preds: list[ImageBoxes], gts: list[ImageBoxes], n_classes: int
             scores: list[float] = []
             n_gt = 0
             for p, g in zip(preds, gts, strict=True):
-                t, s, n = _match(p, g, c, float(thr))
+                t, s, n = match_detections(p, g, c, float(thr))
                 tps += t
                 scores += s
                 n_gt += n

@@ -148,9 +148,10 @@ MAX_MARKER_BYTES = 64 << 20
 """Largest marker read (a dataset of 24,000 frames lists about 2 MB of file names)."""
 
 
-def _read_small_file(path: Path, limit: int) -> bytes | None:
-    """The bytes of `path` when it is a regular file (not a link, a pipe or a device) of at
-    most `limit` bytes; None otherwise. Never blocks on a pipe."""
+def read_small_file(path: Path, limit: int, size: int | None = None) -> bytes | None:
+    """The bytes of `path` (the first `size` of them, when given) when it is a regular file
+    (not a link, a pipe or a device) of at most `limit` bytes; None otherwise. Never
+    blocks on a pipe."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -160,7 +161,7 @@ def _read_small_file(path: Path, limit: int) -> bytes | None:
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            data = f.read(limit + 1 if size is None else size)
         return data if len(data) <= limit else None
     finally:
         os.close(fd)
@@ -182,7 +183,7 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     """The marker of `folder`, or None when it has none or one drivestack did not write:
     not a regular file of at most MAX_MARKER_BYTES, not JSON, listing anything but plain
     names, or saying it is complete without listing the files of each of its folders."""
-    raw = _read_small_file(folder / MARKER, MAX_MARKER_BYTES)
+    raw = read_small_file(folder / MARKER, MAX_MARKER_BYTES)
     try:
         data = None if raw is None else json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):

@@ -54,6 +54,22 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     assert len(Registry().entries()) == 3, "the shipped one and two registrations"
     with pytest.raises(ValueError, match="not a stage"):
         run_loop(cfg, redo_from="everything")
+    # redoing the labels removes the loop's own label files, and never a user's
+    labels = tmp_path / "loop" / "labels"
+    ours = sorted(labels.glob("*.npz"))
+    assert ours
+    (labels / "notes.txt").write_text("mine")
+    from sim.outputs import OutputFolderError
+
+    with pytest.raises(OutputFolderError, match="notes.txt"):
+        run_loop(cfg, redo_from="relabel")
+    assert all(p.exists() for p in ours) and (labels / "notes.txt").read_text() == "mine"
+    (labels / "notes.txt").unlink()
+    from sim.outputs import OutputFolder
+
+    loop.State(OutputFolder.claim(cfg.out, loop.JOB, entries=loop.ENTRIES)).drop_from(
+        "relabel")
+    assert not any(p.exists() for p in ours) and not any(labels.iterdir())
 
 
 def test_a_bad_loop_launch_file_names_the_key(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from data_engine.store import (
     ID_PATTERN,
     MANIFEST,
+    PARTIAL,
     CorruptSnapshot,
     SnapshotStore,
     SnapshotWarning,
@@ -320,15 +321,28 @@ def test_stale_temporary_folders_are_removed_and_nothing_else(store: SnapshotSto
     half = store.tmp / f"{dead}-{sid}"
     (half / "frames").mkdir(parents=True)
     (half / FRAME).write_bytes(b"half a snapshot")
+    (half / PARTIAL).write_text(json.dumps({"id": sid, "files": [FRAME, "clip.json"]}))
+    empty = store.tmp / f"{dead}-20261206T061500-00000001"  # killed before its marker
+    empty.mkdir()
     keep = [store.tmp / f"{os.getpid()}-{sid}", store.tmp / "notes", store.tmp / f"{dead}-x"]
     for folder in keep:
         folder.mkdir()
+    # a dead writer's name, but files drivestack did not write: left, files and all
+    foreign = [store.tmp / f"{dead}-20261206T061500-00000002",  # no marker, no manifest
+               store.tmp / f"{dead}-20261206T061500-00000003"]  # a file its marker omits
+    for folder in foreign:
+        folder.mkdir()
+        (folder / "mine.txt").write_text("mine")
+    (foreign[1] / PARTIAL).write_text(json.dumps({"id": foreign[1].name.split("-", 1)[1],
+                                                  "files": ["clip.json"]}))
+    keep += foreign
     creating = store.root / f".index-{dead}-0123abcd.sqlite"
     creating.write_bytes(b"")
     assert store.list() == [] and store.verify() == []  # temporary folders are not snapshots
     SnapshotStore(store.root).close()  # removed on open
-    assert not half.exists() and not creating.exists()
+    assert not half.exists() and not empty.exists() and not creating.exists()
     assert all(folder.is_dir() for folder in keep) and store.gc() == []
+    assert all((f / "mine.txt").read_text() == "mine" for f in foreign)
 
 
 def test_rm_removes_only_snapshots(store: SnapshotStore) -> None:
