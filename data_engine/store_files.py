@@ -1,6 +1,7 @@
-"""File-level helpers of the snapshot store (data_engine/store.py): capped reads that
-never follow a symbolic link, hashing a file against its manifest entry, writing a new
-file, fsync of files and folders, and whether a writer's process is gone."""
+"""File-level helpers of the snapshot store (data_engine/store.py): opening a file inside
+a snapshot without following a symbolic link, hashing it against its manifest entry,
+writing a new file, fsync of files and folders, and whether a writer's process is gone
+(capped reads: `sim.outputs.read_small_file`)."""
 
 from __future__ import annotations
 
