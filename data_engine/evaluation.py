@@ -67,6 +67,8 @@ HARD_CONDITIONS: dict[str, tuple[str, str]] = {
 NOMINAL = "nominal"
 HARD = "hard"
 """Name of the hard sets pooled in a report."""
+NIGHT_FOG = "night_fog"
+"""Name of the night and fog sets pooled in a report (the known weak spots)."""
 RECORD = "heldout.json"
 """File beside the sets naming the plan each was rendered from."""
 RECORD_KIND = "drivestack-heldout"
@@ -281,6 +283,8 @@ def detector_report(weights: Path | str | None, sets: HeldoutSets, refine: bool 
     hard = [images[n] for n in sets.hard]
     if hard:
         images[HARD] = sum(hard[1:], hard[0])
+    if "hard_night" in images and "hard_fog" in images:
+        images[NIGHT_FOG] = images["hard_night"] + images["hard_fog"]
     scores = {name: _score(s) for name, s in images.items()}
     return DetectorReport(str(weights), scores, refine, images)
 

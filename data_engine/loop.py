@@ -26,6 +26,7 @@ Stages (the folder `out` holds everything):
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -46,6 +47,9 @@ STAGES = ("base", "heldout", "mine", "relabel", "versions", "train", "evaluate",
           "report")
 ARMS = ("mined_auto", "random_auto", "mined_truth", "mined_online")
 """The candidate and its three controls."""
+SPREAD_ARMS = ("mined_auto", "random_auto")
+"""The arms `train.spread_seeds` trains again (run `<arm>_s<seed>`): the run-to-run spread."""
+RUN_NAME = re.compile(r"(mined_auto|random_auto|mined_truth|mined_online)(_s[0-9]{1,10})?")
 JOB = Job("loop", files=(r"loop_state\.json", r"report\.md", r"[a-z_]+\.png",
                          r"[a-z_]+\.json"),
           folders=(r"base", r"heldout", r"snapshots", r"random", r"labels", r"versions",
@@ -91,9 +95,30 @@ class TrainSettings(StrictModel):
     workers: int = Field(default=2, ge=0, le=64)
     frame_stride: int = Field(default=2, ge=1, le=100,
                               description="every k-th frame of a clip goes into a version")
-    max_new_frames: int = Field(default=600, ge=1, le=1_000_000)
+    max_new_frames: int = Field(default=600, ge=1, le=1_000_000, description=(
+        "new frames per arm: a seeded sample over every clip's frames, the same count for "
+        "every arm"))
     arms: list[Literal["mined_auto", "random_auto", "mined_truth", "mined_online"]] = Field(
         default=["mined_auto", "random_auto", "mined_truth", "mined_online"], min_length=1)
+    spread_seeds: list[int] = Field(default=[], max_length=10, description=(
+        "train the candidate and the random control again with each of these seeds "
+        "(another sample of frames and of old frames, another training seed): the "
+        "run-to-run spread that mined-versus-random is judged against"))
+
+    @model_validator(mode="after")
+    def _spread(self) -> TrainSettings:
+        if len(set(self.spread_seeds)) != len(self.spread_seeds) or any(
+                not 0 <= s < 2**31 for s in self.spread_seeds):
+            raise ValueError("spread_seeds: distinct seeds in 0..2147483647")
+        return self
+
+    def runs(self, seed: int) -> list[tuple[str, str, int]]:
+        """(run name, arm, seed) of every fine-tune: each arm with the loop's seed, then
+        the spread repeats."""
+        out: list[tuple[str, str, int]] = [(arm, arm, seed) for arm in self.arms]
+        out += [(f"{arm}_s{s}", arm, s) for s in self.spread_seeds if s != seed
+                for arm in SPREAD_ARMS if arm in self.arms]
+        return out
 
 
 class EvalSettings(StrictModel):
@@ -165,8 +190,9 @@ class State:
                 for ext in (".json", ".npz"):
                     (root / "labels" / f"{check_id(sid)}{ext}").unlink(missing_ok=True)
         if "train" in later and (root / "train").is_dir():
-            for arm in ARMS:
-                (root / "train" / arm / "drivestack_result.json").unlink(missing_ok=True)
+            for run in sorted((root / "train").iterdir()):
+                if RUN_NAME.fullmatch(run.name) and not run.is_symlink():
+                    (run / "drivestack_result.json").unlink(missing_ok=True)
         atomic_write_text(self.folder.own("loop_state.json"), json_text(self.doc, indent=1))
 
     def save(self, stage: str, result: Any, seconds: float) -> None:
@@ -344,22 +370,26 @@ class _Context:
 
         mined = self.state.result("mine")
         t = self.cfg.train
-        frames_of = {arm: self._frames(arm, mined) for arm in t.arms}
-        n = min(len(f) for f in frames_of.values())
+        frames_of: dict[str, list[Any]] = {arm: self._frames(arm, mined) for arm in t.arms}
+        # the same count for every arm: a seeded sample over all clips' frames (never the
+        # first N, which would keep the first clips, i.e. the first scenarios, only)
+        n = min(t.max_new_frames, *(len(f) for f in frames_of.values()))
         out: dict[str, Any] = {}
-        for arm, frames in frames_of.items():
-            rng = np.random.default_rng(self.cfg.seed)
+        for name, arm, seed in t.runs(self.cfg.seed):
+            frames = frames_of[arm]
+            rng = np.random.default_rng(seed)
             keep = sorted(rng.choice(len(frames), size=n, replace=False).tolist())
             chosen = [frames[i] for i in keep]
             (self.folder.own("versions")).mkdir(exist_ok=True)
-            manifest = build_version(self.out / "versions" / arm, self.out / "base", chosen,
-                                     seed=self.cfg.seed, name=arm, force=False)
-            out[arm] = {"frames": manifest["new_frames"], "old_frames": manifest["old_frames"],
-                        "counts": manifest["counts"]}
+            manifest = build_version(self.out / "versions" / name, self.out / "base", chosen,
+                                     seed=seed, name=name, force=False)
+            out[name] = {"arm": arm, "seed": seed, "frames": manifest["new_frames"],
+                         "old_frames": manifest["old_frames"], "counts": manifest["counts"],
+                         "available": len(frames)}
         return out
 
     def _frames(self, arm: str, mined: dict[str, Any]) -> list[Any]:
-        """The labelled frames of an arm (every `frame_stride`-th of each clip)."""
+        """The labelled frames of an arm (every `frame_stride`-th of each clip, all clips)."""
         from data_engine.autolabel import ClipLabels
         from data_engine.clip import PERCEPTION, TRUTH, boxes_per_frame, npz_arrays
         from data_engine.relabel import snapshot_frames
@@ -397,7 +427,7 @@ class _Context:
                 boxes, classes, ignore = per[k]
                 out.append(NewFrame(f"{sid}/{k:06d}", images[k], boxes, classes, source,
                                     labeler, ignore, snap.meta.get("scenario_seed"), cond))
-        return out[: t.max_new_frames]
+        return out
 
     # -- models ------------------------------------------------------------------------
     def stage_train(self) -> dict[str, Any]:
@@ -414,26 +444,28 @@ class _Context:
         imgsz = t.imgsz or trained_imgsz(init)
         (self.folder.own("train")).mkdir(exist_ok=True)
         out: dict[str, Any] = {}
-        for k, arm in enumerate(t.arms):
-            run = self.out / "train" / arm
+        runs = t.runs(self.cfg.seed)
+        for k, (name, arm, seed) in enumerate(runs):
+            run = self.out / "train" / name
             best = run / "weights" / "best.pt"
             done = run / "drivestack_result.json"
             if not done.is_file():
-                version = self.out / "versions" / arm
+                version = self.out / "versions" / name
                 result = train_detector(DetectorTraining(
                     data=self.out / "base" / "data.yaml", out=run, init=init, epochs=t.epochs,
-                    imgsz=imgsz, batch=t.batch, seed=self.cfg.seed, device=self.cfg.device,
+                    imgsz=imgsz, batch=t.batch, seed=seed, device=self.cfg.device,
                     workers=t.workers, lr0=t.lr0, hours=t.hours, close_mosaic=t.epochs,
                     train_list=version / "train.txt"))
                 atomic_write_text(done, json_text(result, indent=1))
             onnx = cached_onnx(best, 192, 320)  # what the Perceiver runs on the CPU
-            out[arm] = {"weights": str(best), "onnx": str(onnx), "init": str(init),
-                        "imgsz": imgsz}
-            self.progress("train", k + 1, len(t.arms))
+            out[name] = {"arm": arm, "seed": seed, "weights": str(best), "onnx": str(onnx),
+                         "init": str(init), "imgsz": imgsz}
+            self.progress("train", k + 1, len(runs))
         return out
 
     def stage_evaluate(self) -> dict[str, Any]:
         from data_engine.evaluation import (
+            NIGHT_FOG,
             PromotionGate,
             closed_loop_suite,
             compare_reports,
@@ -454,6 +486,7 @@ class _Context:
         self.progress("evaluate", 1, steps)
         reports: dict[str, Any] = {"before": before.as_dict()}
         boots: dict[str, Any] = {}
+        boots_nf: dict[str, Any] = {}
         after_of: dict[str, Any] = {}
         for k, (arm, t) in enumerate(trained.items()):
             after = detector_report(Path(t["weights"]), sets, device=self.cfg.device)
@@ -461,6 +494,9 @@ class _Context:
             reports[arm] = after.as_dict()
             boots[arm] = compare_reports(before, after, n=e.bootstrap,
                                          seed=self.cfg.seed).as_dict()
+            if NIGHT_FOG in after.images and NIGHT_FOG in before.images:
+                boots_nf[arm] = compare_reports(before, after, NIGHT_FOG, n=e.bootstrap,
+                                                seed=self.cfg.seed).as_dict()
             self.progress("evaluate", k + 2, steps)
         cases = [Case("hard", f, tod, w, s) for f in e.closed_loop_families
                  for tod, w in e.closed_loop_conditions for s in e.closed_loop_seeds]
@@ -479,7 +515,17 @@ class _Context:
         rows = [{"case": _plain(b.case), "failed_before": b.failed, "failed_after": a.failed,
                  "privileged_failed": priv[b.case].failed, "end_before": b.end,
                  "end_after": a.end} for b, a in zip(loop_before, loop_after, strict=True)]
-        return {"reports": reports, "bootstrap": boots, "main": main,
+        versus = {}
+        if "mined_auto" in after_of and "random_auto" in after_of:
+            versus["mined_vs_random"] = compare_reports(
+                after_of["random_auto"], after_of["mined_auto"], n=e.bootstrap,
+                seed=self.cfg.seed).as_dict()
+            versus["mined_vs_random_night_fog"] = compare_reports(
+                after_of["random_auto"], after_of["mined_auto"], NIGHT_FOG, n=e.bootstrap,
+                seed=self.cfg.seed).as_dict()
+        return {"reports": reports, "bootstrap": boots, "bootstrap_night_fog": boots_nf,
+                "main": main, "versus": versus,
+                "spread": run_spread(reports, trained),
                 "closed_loop": {"rows": rows, "paired": paired_failures(
                     loop_before, loop_after, privileged).as_dict()},
                 "decision": _plain(decision.as_dict())}
@@ -532,3 +578,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def run_spread(reports: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """The run-to-run spread of the hard-set mAP50-95: for each arm trained more than
+    once (`train.spread_seeds`), the range of its hard-set figure over its runs; `spread`
+    is the largest such range (None with a single run per arm)."""
+    by_arm: dict[str, list[float]] = {}
+    for name, t in trained.items():
+        v = reports.get(name, {}).get("sets", {}).get("hard", {}).get("mAP50-95")
+        if isinstance(v, int | float):
+            by_arm.setdefault(str(t.get("arm", name)), []).append(float(v))
+    ranges = {a: max(v) - min(v) for a, v in by_arm.items() if len(v) > 1}
+    return {"hard_by_arm": by_arm, "range_by_arm": ranges,
+            "spread": max(ranges.values()) if ranges else None}

@@ -125,25 +125,67 @@ def _labels(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-SETS = ("nominal", "hard_night", "hard_fog", "hard_rain", "hard")
+SETS = ("nominal", "hard_night", "hard_fog", "hard_rain", "hard", "night_fog")
+
+
+def _title(run: str) -> str:
+    """A run's title: its arm's, with the seed of a spread repeat (`<arm>_s<seed>`)."""
+    arm, _, seed = run.rpartition("_s")
+    if arm in ARM_TITLES and seed.isdigit():
+        return f"{ARM_TITLES[arm]}, seed {seed}"
+    return ARM_TITLES.get(run, run)
 
 
 def _maps(ev: dict[str, Any]) -> list[str]:
     reports = ev["reports"]
     before = reports["before"]
     rows = [["current detector"] + [_map_of(before, s) for s in SETS]]
-    for arm in ARM_TITLES:
-        if arm in reports:
-            rows.append([ARM_TITLES[arm]] + [_map_of(reports[arm], s) for s in SETS])
-    lines = ["## Detector mAP50-95 on held-out sets (before / after one turn)", ""]
+    rows += [[_title(run)] + [_map_of(r, s) for s in SETS]
+             for run, r in reports.items() if run != "before"]
+    lines = ["## Detector mAP50-95 on held-out sets (before / after one turn)", "",
+             "`hard`: night, fog and rain pooled; `night_fog`: night and fog pooled (the "
+             "known weak spots).", ""]
     lines += _table(["model", *SETS], rows)
-    boot = ev.get("bootstrap", {})
-    rows = [[ARM_TITLES.get(a, a), b.get("delta"), b.get("ci_low"), b.get("ci_high")]
-            for a, b in boot.items()]
-    lines += ["Hard-set (night, fog, rain pooled) mAP50-95 change against the current "
-              "detector; paired bootstrap over held-out episodes (95 % interval):", ""]
-    lines += _table(["model", "delta", "ci low", "ci high"], rows)
+    boot, boot_nf = ev.get("bootstrap", {}), ev.get("bootstrap_night_fog", {})
+    rows = [[_title(a), b.get("delta"), b.get("ci_low"), b.get("ci_high"),
+             boot_nf.get(a, {}).get("delta"), boot_nf.get(a, {}).get("ci_low"),
+             boot_nf.get(a, {}).get("ci_high")] for a, b in boot.items()]
+    lines += ["mAP50-95 change against the current detector; paired bootstrap over "
+              "held-out episodes (95 % interval):", ""]
+    lines += _table(["model", "hard delta", "ci low", "ci high", "night+fog delta",
+                     "ci low", "ci high"], rows)
+    lines += _versus(ev)
     return lines
+
+
+def _versus(ev: dict[str, Any]) -> list[str]:
+    """Mined against random frames, against the run-to-run spread."""
+    v = ev.get("versus", {})
+    if not v:
+        return []
+    lines = ["### Mining against random frames", ""]
+    for key, title in (("mined_vs_random", "hard"), ("mined_vs_random_night_fog",
+                                                    "night+fog")):
+        b = v.get(key)
+        if b:
+            lines.append(f"- {title}: mined minus random {fmt(b.get('delta'))} "
+                         f"[{fmt(b.get('ci_low'))}, {fmt(b.get('ci_high'))}] (paired "
+                         "bootstrap over held-out episodes)")
+    sp = ev.get("spread", {})
+    if sp.get("spread") is not None:
+        ranges = ", ".join(f"{_title(a)} {fmt(r)}" for a, r in sp["range_by_arm"].items())
+        lines.append(f"- run-to-run spread of the hard-set mAP50-95 (the same arm trained "
+                     f"with other seeds: another frame sample, another training seed): "
+                     f"{fmt(sp['spread'])} ({ranges})")
+        b = v.get("mined_vs_random", {})
+        d = b.get("delta")
+        if isinstance(d, int | float):
+            verdict = "beats" if d > sp["spread"] else "does not beat"
+            lines.append(f"- mining **{verdict}** random by more than the spread "
+                         f"({fmt(d)} against {fmt(sp['spread'])})")
+    else:
+        lines.append("- run-to-run spread: not measured (set `train.spread_seeds`)")
+    return lines + [""]
 
 
 def _closed_loop(ev: dict[str, Any]) -> list[str]:

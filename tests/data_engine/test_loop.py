@@ -40,11 +40,21 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     assert [s for s, w in seen if w == "done"] == list(STAGES[STAGES.index("train"):])
     st = doc["stages"]
     assert st["mine"]["replay"]["byte_equal"] == st["mine"]["replay"]["checked"] >= 1
-    assert set(st["evaluate"]["reports"]) == {"before", "mined_auto", "random_auto"}
+    assert set(st["evaluate"]["reports"]) == {"before", "mined_auto", "random_auto",
+                                              "mined_auto_s1", "random_auto_s1"}
+    # every arm holds the same number of new frames, sampled over all its clips
+    counts = {k: v["frames"] for k, v in st["versions"].items()}
+    assert len(set(counts.values())) == 1 and set(counts) == set(st["evaluate"]["reports"]) - {
+        "before"}
+    spread = st["evaluate"]["spread"]
+    assert set(spread["range_by_arm"]) == {"mined_auto", "random_auto"}
+    assert spread["spread"] == max(spread["range_by_arm"].values()) >= 0
+    assert "mined_vs_random" in st["evaluate"]["versus"]
     assert st["promote"]["promoted"] is False  # quick never promotes
     assert st["promote"]["registered"] in [e.name for e in Registry().entries()]
     report = (tmp_path / "loop" / "report.md").read_text()
     for part in ("## Mining", "## Auto-label quality", "random frames, auto labels",
+                 "### Mining against random frames", "run-to-run spread", "seed 1",
                  "## Closed-loop hard suite", "## Promotion", "map_before_after.png"):
         assert part in report
     assert (tmp_path / "loop" / "map_before_after.png").stat().st_size > 1000
@@ -81,3 +91,22 @@ def test_a_bad_loop_launch_file_names_the_key(tmp_path: Path) -> None:
     bad.write_text("mine:\n  seeds: [900001]\n")
     result = runner.invoke(app, ["loop", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "900001" in result.stderr
+
+
+def test_runs_and_spread() -> None:
+    t = loop.TrainSettings(arms=["mined_auto", "random_auto", "mined_truth"],
+                           spread_seeds=[0, 3])
+    assert t.runs(0) == [("mined_auto", "mined_auto", 0), ("random_auto", "random_auto", 0),
+                         ("mined_truth", "mined_truth", 0), ("mined_auto_s3", "mined_auto", 3),
+                         ("random_auto_s3", "random_auto", 3)]
+    assert all(loop.RUN_NAME.fullmatch(name) for name, _, _ in t.runs(0))
+    with pytest.raises(ValueError, match="spread_seeds"):
+        loop.TrainSettings(spread_seeds=[1, 1])
+    reports = {name: {"sets": {"hard": {"mAP50-95": v}}} for name, v in
+               (("mined_auto", 0.50), ("mined_auto_s3", 0.47), ("random_auto", 0.52),
+                ("random_auto_s3", 0.53), ("mined_truth", 0.6))}
+    trained = {name: {"arm": arm} for name, arm, _ in t.runs(0)}
+    s = loop.run_spread(reports, trained)
+    assert s["range_by_arm"] == pytest.approx({"mined_auto": 0.03, "random_auto": 0.01})
+    assert s["spread"] == pytest.approx(0.03)
+    assert loop.run_spread(reports, {"mined_auto": {"arm": "mined_auto"}})["spread"] is None
