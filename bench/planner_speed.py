@@ -71,7 +71,7 @@ def vec_speed(source: str, n: int, seconds: float, warmup: float) -> dict[str, A
     cfg = PlannerTraining(out=Path("unused"), source=cast(Any, source), n_envs=n,
                           decision_every=DECISION_EVERY)
     t0 = time.perf_counter()
-    vec = make_vec(cfg, seed=0, n=n, subprocess=True)
+    vec = make_vec(cfg, seed=0, n=n, kind="subprocess")
     try:
         vec.reset()
         startup = time.perf_counter() - t0

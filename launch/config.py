@@ -329,7 +329,9 @@ class TrainPlannerConfig(_Strict):
     checkpoint_every: int = Field(default=50_000, ge=1, le=1 << 40)
     device: PlannerDevice = Field(default="cpu", description=(
         f"{PLANNER_DEVICES} (small MLPs: cpu)"))
-    subprocess: bool = Field(default=True, description="SubprocVecEnv (spawn) for n_envs > 1")
+    vec_env: Literal["batch", "subprocess", "dummy"] = Field(default="batch", description=(
+        "batch: all envs as one batch of worlds in this process (privileged or emulated, "
+        "ppo, no shield); subprocess: SubprocVecEnv (spawn); dummy: DummyVecEnv"))
     imitation_steps: int = Field(
         default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
     imitation_epochs: int = Field(default=10, ge=1, le=100_000)

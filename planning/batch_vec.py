@@ -84,3 +84,198 @@ class BatchVecEnv(VecEnv):
         if indices is None:
             return range(self.num_envs)
         return [indices] if isinstance(indices, int) else list(indices)
+
+
+class BatchPlannerVecEnv(VecEnv):
+    """The planner's training env, batched: what `make_planner_env` gives per env
+    (`DecisionEvery`, then the privileged or emulated-perception feature vector), for
+    `num_envs` envs stepped as one batch of worlds (one `BatchDrivingEnv`, families
+    mixed), with the scenes, the emulated perception noise, the gap-rate tracking and the
+    features computed for the whole batch at once (`planning.batch_scene`). An SB3
+    `VecEnv` with same-step autoreset:
+
+        vec = VecMonitor(BatchPlannerVecEnv(32, source="emulated"))
+        PPO("MlpPolicy", vec, n_steps=256).learn(1_000_000)
+
+    Env i drives `families[i % len(families)]`; `seed(s)` then `reset()` starts env i on
+    the scenario of seed s + i, as `DummyVecEnv` seeds its envs. One decision is
+    `decision_every` simulator steps: the meta action on the first, IDLE on the others;
+    rewards are summed. An episode that ends inside a decision ends the decision for that
+    env (its last observation goes to `infos[i]["terminal_observation"]`); its next
+    episode starts at once and takes the decision's remaining steps with IDLE, so a new
+    episode's first observation may come up to `decision_every - 1` steps after its start
+    (`DecisionEvery` starts it at step 0). The emulated noise is drawn from one generator
+    for the batch, seeded by `noise_seed`: the same distributions as
+    `EmulatedSource`, other draws."""
+
+    def __init__(self, num_envs: int = 32, families: Sequence[str] = ("highway", "rural",
+                                                                       "urban"),
+                 source: str = "emulated", decision_every: int | None = None,
+                 noise: Any = None, noise_seed: int = 0,
+                 scenario: dict[str, Any] | None = None,
+                 reward_weights: dict[str, float] | None = None) -> None:
+        from gymnasium import spaces
+
+        from planning.features import CLIP, FEATURE_DIM
+        from planning.noise import PerceptionNoise
+        from planning.rollout import DECISION_EVERY
+        from sim.actions import IDLE, META_ACTIONS
+        from sim.config import FAMILIES, family_config
+
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} must be an int >= 1")
+        families = tuple(families)
+        bad = [f for f in families if f not in FAMILIES]
+        if not families or bad:
+            raise ValueError(f"families={list(families)!r}; allowed: {', '.join(FAMILIES)}")
+        if source not in ("privileged", "emulated"):
+            raise ValueError(f"source={source!r}; allowed: privileged, emulated (the "
+                             "batched env renders nothing; perception runs per env)")
+        k = DECISION_EVERY if decision_every is None else decision_every
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"decision_every={k!r} must be an int >= 1")
+        if isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or noise_seed < 0:
+            raise ValueError(f"noise_seed must be a non-negative int, got {noise_seed!r}")
+        self.source, self.decision_every, self.families = source, k, families
+        self.noise = (noise if isinstance(noise, PerceptionNoise) or noise is None
+                      else PerceptionNoise.load(noise))
+        if source == "emulated" and self.noise is None:
+            from planning.noise import DEFAULT_NOISE
+
+            self.noise = PerceptionNoise.load(DEFAULT_NOISE)
+        self._idle = IDLE
+        overrides = {k2: v for k2, v in (scenario or {}).items() if k2 != "family"}
+        configs = {f: family_config(f, **overrides) for f in dict.fromkeys(families)}
+        env = BatchDrivingEnv(num_envs, obs_type="state", action_type="meta",
+                              reward_weights=reward_weights,
+                              scenarios=[configs[families[i % len(families)]]
+                                         for i in range(num_envs)])
+        env.state_observations = False
+        self.groups: list[_FamilyBatch] = [_FamilyBatch(
+            "+".join(configs), np.arange(num_envs), env,
+            np.random.default_rng([noise_seed, 0xBA7C]))]
+        self.render_mode = None
+        super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
+                                              dtype=np.float32),
+                         spaces.Discrete(len(META_ACTIONS)))
+        self._actions: np.ndarray | None = None
+        self._dim = FEATURE_DIM
+
+    # -- VecEnv --------------------------------------------------------------------------
+    def reset(self) -> np.ndarray:
+        obs = np.zeros((self.num_envs, self._dim), np.float32)
+        for g in self.groups:
+            seeds = [self._seeds[i] for i in g.idx]
+            g.env.reset(seed=None if all(s is None for s in seeds) else list(seeds))
+            g.prev = None
+            g.fresh[:] = True
+            obs[g.idx] = self._observe(g)
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        self._reset_seeds()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions).reshape(self.num_envs)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        if self._actions is None:
+            raise RuntimeError("step_async before step_wait")
+        n = self.num_envs
+        rewards = np.zeros(n, np.float64)
+        ended = np.zeros(n, bool)
+        truncated = np.zeros(n, bool)
+        infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        obs = np.zeros((n, self._dim), np.float32)
+        for g in self.groups:
+            live = np.ones(len(g.idx), bool)
+            for j in range(self.decision_every):
+                acts = self._actions[g.idx] if j == 0 else np.full(len(g.idx), self._idle)
+                _, r, term, trunc, info = g.env.step(acts)
+                rewards[g.idx] += np.where(live, r, 0.0)
+                new = (term | trunc) & live
+                if new.any():
+                    last = self._observe(g, rows=np.flatnonzero(new))
+                    for row, o in zip(np.flatnonzero(new), last, strict=True):
+                        i = int(g.idx[row])
+                        infos[i] = {"terminal_observation": o,
+                                    "TimeLimit.truncated": bool(trunc[row] and not term[row]),
+                                    "route_completion": float(info["route_completion"][row]),
+                                    "collision": bool(info["events"]["collision"][row]),
+                                    "off_road": bool(info["events"]["off_road"][row])}
+                    truncated[g.idx[new]] = trunc[new] & ~term[new]
+                    live &= ~new
+                    restarted = g.env.restart_ended()
+                    g.fresh[restarted] = True
+            g.fresh[g.env.restart_ended()] = True  # ended twice within one decision: rare
+            ended[g.idx[~live]] = True
+            obs[g.idx] = self._observe(g)
+        self._actions = None
+        return obs, rewards.astype(np.float32), ended, infos
+
+    def _observe(self, g: _FamilyBatch, rows: np.ndarray | None = None) -> np.ndarray:
+        """Feature vectors of the group's envs (or of `rows` only, for a last observation
+        before a restart: the tracking state is then left as it is)."""
+        from planning.batch_scene import (
+            batch_corrupt,
+            batch_features,
+            batch_gap_rates,
+            batch_scene_from_world,
+        )
+
+        env = g.env
+        bw = env.batch
+        assert bw is not None
+        scene = batch_scene_from_world(bw, env.camera_spec)
+        if self.source == "privileged":
+            return batch_features(scene if rows is None else scene.take(rows))
+        steps = bw.world_steps.copy()
+        if rows is not None:
+            scene = scene.take(rows)
+        sel = slice(None) if rows is None else rows
+        ego = bw.ego
+        front = (ego.wheelbase / 2 + ego.length / 2 - env.camera_spec.mount_forward)[sel]
+        assert self.noise is not None
+        noisy = batch_corrupt(scene, self.noise, g.rng, front)
+        dt = np.where(g.fresh[sel], 0.0, (steps[sel] - g.prev_steps[sel]) * env.dt)
+        prev = None if g.prev is None else (g.prev if rows is None else g.prev.take(rows))
+        tracked = batch_gap_rates(prev, noisy, dt)
+        if rows is None:
+            g.prev, g.prev_steps, g.fresh[:] = tracked, steps, False
+        return batch_features(tracked)
+
+    def close(self) -> None:
+        for g in self.groups:
+            g.env.close()
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        if attr_name == "render_mode":
+            return [None] * self.num_envs
+        raise AttributeError(f"get_attr({attr_name!r}): the envs of a batch have no "
+                             "separate objects; read vec.groups[k].env")
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        raise AttributeError(f"set_attr({attr_name!r}): the envs of a batch share their "
+                             "family's BatchDrivingEnv (vec.groups[k].env)")
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None,
+                   **kwargs: Any) -> list[Any]:
+        raise AttributeError(f"env_method({method_name!r}): the envs of a batch share "
+                             "their family's BatchDrivingEnv (vec.groups[k].env)")
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        n = self.num_envs if indices is None else len(
+            [indices] if isinstance(indices, int) else list(indices))
+        return [False] * n
+
+
+class _FamilyBatch:
+    """The envs of one family in a `BatchPlannerVecEnv`: their indices, their batch, the
+    noise generator and the tracking state (previous noisy scenes, when they were seen,
+    and which envs start fresh)."""
+
+    def __init__(self, family: str, idx: np.ndarray, env: BatchDrivingEnv,
+                 rng: np.random.Generator) -> None:
+        self.family, self.idx, self.env, self.rng = family, idx, env, rng
+        self.prev: Any = None
+        self.prev_steps = np.zeros(len(idx), np.int64)
+        self.fresh = np.ones(len(idx), bool)

@@ -63,8 +63,11 @@ class PlannerTraining:
     eval_episodes: int = 6
     checkpoint_every: int = 50_000
     device: str = "cpu"
-    subprocess: bool = True
-    """SubprocVecEnv (spawn) when n_envs > 1; DummyVecEnv otherwise."""
+    vec_env: Literal["batch", "subprocess", "dummy"] = "batch"
+    """How the n_envs are stepped: "batch" (one `BatchPlannerVecEnv`: the worlds, the
+    emulated perception and the features as arrays in this process; privileged and
+    emulated sources, meta actions, no shield), "subprocess" (`SubprocVecEnv`, spawn: one
+    process per env) or "dummy" (`DummyVecEnv`: one after the other here)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra make_planner_env arguments (e.g. noise_path)."""
     imitation_steps: int = 0
@@ -75,6 +78,17 @@ class PlannerTraining:
     def __post_init__(self) -> None:
         if self.algo not in ("ppo", "sac"):
             raise ValueError(f"algo={self.algo!r}; allowed: ppo, sac")
+        if self.vec_env not in ("batch", "subprocess", "dummy"):
+            raise ValueError(f"vec_env={self.vec_env!r}; allowed: batch, subprocess, dummy")
+        if self.vec_env == "batch":
+            if self.algo != "ppo":
+                raise ValueError("vec_env=batch steps meta actions (ppo); sac drives "
+                                 "continuous controls: use vec_env subprocess or dummy")
+            extra = sorted(set(self.env_kwargs) - {"scenario", "noise_path"})
+            if extra:
+                raise ValueError(f"vec_env=batch: {', '.join(extra)} not supported there "
+                                 "(the shield filters one env at a time): use vec_env "
+                                 "subprocess or dummy")
         check_number("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
         for name, lo in (("total_timesteps", 1), ("n_envs", 1), ("decision_every", 1),
                          ("n_steps", 1), ("batch_size", 1), ("eval_every", 1),
@@ -97,15 +111,27 @@ def _monitored(kwargs: dict[str, Any]) -> Any:
     return Monitor(make_planner_env(**kwargs))
 
 
-def make_vec(cfg: PlannerTraining, seed: int, n: int, subprocess: bool) -> Any:
-    """`n` envs over the configured families, seeded seed, seed + 1, ..."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -> Any:
+    """`n` envs over the configured families, seeded seed, seed + 1, ..., stepped as
+    `kind` (default `cfg.vec_env`)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
 
+    kind = kind or cfg.vec_env
+    if kind == "batch":
+        from planning.batch_vec import BatchPlannerVecEnv
+
+        batch = BatchPlannerVecEnv(n, families=cfg.families, source=cfg.source,
+                                   decision_every=cfg.decision_every,
+                                   noise=cfg.env_kwargs.get("noise_path"), noise_seed=seed,
+                                   scenario=cfg.env_kwargs.get("scenario"))
+        vec: Any = VecMonitor(batch)
+        vec.seed(seed)
+        return vec
     extra = {"action_type": "continuous"} if cfg.algo == "sac" else {}
     fns = [_env_fn({"source": cfg.source, "family": cfg.families[i % len(cfg.families)],
                     "decision_every": cfg.decision_every, **extra, **cfg.env_kwargs})
            for i in range(n)]
-    vec = (SubprocVecEnv(fns, start_method="spawn") if subprocess and n > 1
+    vec = (SubprocVecEnv(fns, start_method="spawn") if kind == "subprocess" and n > 1
            else DummyVecEnv(fns))
     vec.seed(seed)
     return vec
@@ -226,8 +252,8 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     unfinished = {"completed": False, "final": None, "best": None, "config": config}
     _write_summary(out, {**unfinished, "error": None})
-    env = make_vec(cfg, cfg.seed, cfg.n_envs, cfg.subprocess)
-    eval_env = make_vec(cfg, cfg.seed + 10_000, 1, subprocess=False)
+    env = make_vec(cfg, cfg.seed, cfg.n_envs)
+    eval_env = make_vec(cfg, cfg.seed + 10_000, 1, "dummy")
     try:
         model = _model(cfg, env, resume)
         done_before = int(model.num_timesteps)

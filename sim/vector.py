@@ -50,7 +50,9 @@ _EVENT_KEYS = ("collision", "off_road", "min_ttc", "hard_brake", "npc_collisions
 class BatchDrivingEnv(VectorEnv):
     """`num_envs` driving envs of one scenario family (or `ScenarioConfig`) in one process.
 
-    Arguments as `DrivingEnv`'s (no `render_mode`); observations, actions, rewards and
+    Arguments as `DrivingEnv`'s (no `render_mode`), and `scenarios`: one
+    `ScenarioConfig` per env instead (a batch of mixed families). Observations, actions,
+    rewards and
     infos are those of the N envs stacked: `infos["events"]` and `infos["rewards"]` map
     each name to an (N,) array, `infos["ground_truth"]` is an (N,) object array of
     `GroundTruth` (camera and dict observations)."""
@@ -69,6 +71,7 @@ class BatchDrivingEnv(VectorEnv):
         reward_weights: dict[str, float] | None = None,
         labels: bool | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        scenarios: list[ScenarioConfig] | None = None,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be an int >= 1")
@@ -79,6 +82,13 @@ class BatchDrivingEnv(VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": AutoresetMode(autoreset_mode)}
         dt, labels = env_settings(dt, labels)
         self.config: ScenarioConfig = scenario_config(scenario, family)
+        if scenarios is not None and (len(scenarios) != num_envs or not all(
+                isinstance(c, ScenarioConfig) for c in scenarios)):
+            raise ValueError(f"scenarios: {num_envs} ScenarioConfig, one per env")
+        self.configs: list[ScenarioConfig] = (list(scenarios) if scenarios is not None
+                                              else [self.config] * num_envs)
+        """The scenario ranges env i samples from (`scenarios`, or `scenario`/`family`
+        for all): one batch may mix families."""
         self.num_envs = num_envs
         self.camera_spec = camera_spec(camera)
         self.single_observation_space = observation_space(self.camera_spec, obs_type)
@@ -94,6 +104,10 @@ class BatchDrivingEnv(VectorEnv):
         self._controllers: list[MetaController | None] = [None] * num_envs
         self._autoreset = np.zeros(num_envs, bool)
         self._scenario_info = np.empty(num_envs, dtype=object)
+        self.state_observations = True
+        """With obs_type "state": compute the state vectors. A wrapper that builds its own
+        observations from `self.batch` (planning.batch_vec) sets it False: `step` and
+        `reset` then return zeros of the state shape and skip the per-env work."""
 
     # -- gymnasium API -------------------------------------------------------------------
     def reset(self, *, seed: int | list[int | None] | None = None,
@@ -147,6 +161,18 @@ class BatchDrivingEnv(VectorEnv):
         else:
             self._autoreset = done
         return obs, rewards, terminated, truncated, infos
+
+    def restart_ended(self) -> np.ndarray:
+        """Next-step autoreset mode: start the envs whose episode ended in the last `step`
+        now, as that step would have (their worlds can be read first, e.g. for a last
+        observation). Returns their indices; the next `step` then steps them normally."""
+        bw = self._require_batch()
+        idx = np.flatnonzero(self._autoreset)
+        for i in idx:
+            bw.replace(int(i), self._next_scenario(int(i)))
+            self._start(int(i))
+        self._autoreset[idx] = False
+        return idx
 
     # -- pieces --------------------------------------------------------------------------
     def _restart_now(self, done: np.ndarray, obs: Any, infos: dict[str, Any]
@@ -206,7 +232,7 @@ class BatchDrivingEnv(VectorEnv):
 
     def _next_scenario(self, i: int) -> Any:
         """Env i's next scenario, drawn as `DrivingEnv.reset` draws it."""
-        return sample_scenario(self.config, int(self._rngs[i].integers(0, 2**31 - 1)))
+        return sample_scenario(self.configs[i], int(self._rngs[i].integers(0, 2**31 - 1)))
 
     def _start(self, i: int) -> None:
         """Fresh per-episode state of env i (its meta-action controller)."""
@@ -247,16 +273,24 @@ class BatchDrivingEnv(VectorEnv):
                  views: list[WorldView] | None = None) -> tuple[Any, dict[str, Any]]:
         bw = self._require_batch()
         n = self.num_envs
-        if views is None:
+        render = self.obs_type != "state" or self.labels
+        states = self.obs_type != "camera" and (self.state_observations
+                                                or self.obs_type != "state")
+        if views is None and (render or states):
             poses = bw.actor_poses()
             views = [bw.view(i, poses) for i in range(n)]
         frames = None
-        if self.obs_type != "state" or self.labels:
+        if render:
+            assert views is not None
             spec = self.camera_spec
             images = np.empty((n, spec.height, spec.width, 3), np.uint8)
             frames = self.camera.render(bw, views, out=images)
-        if self.obs_type != "camera":
+        if states:
+            assert views is not None
             state = np.stack([state_vector(cast(World, v)) for v in views])
+        elif self.obs_type == "state":
+            state = np.zeros((n, *cast(tuple[int, ...], self.single_observation_space.shape)),
+                             np.float32)
         infos: dict[str, Any] = {
             "events": {k: np.asarray(events[k]) for k in _EVENT_KEYS},
             "rewards": terms,

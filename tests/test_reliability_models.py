@@ -405,7 +405,7 @@ def _tiny_run(out: Path, **kw: Any) -> Any:
     kw = {"total_timesteps": 32, "eval_every": 10_000, "checkpoint_every": 10_000, **kw}
     return PlannerTraining(out=out, families=("highway",), n_envs=1,
                            n_steps=32, batch_size=32, net_arch=(8,),
-                           eval_episodes=1, subprocess=False,
+                           eval_episodes=1, vec_env="dummy",
                            env_kwargs={"scenario": {"episode_seconds": 2}}, **kw)
 
 

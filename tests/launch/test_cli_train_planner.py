@@ -25,7 +25,7 @@ net_arch: [16]
 eval_every: 128
 eval_episodes: 1
 checkpoint_every: 128
-subprocess: false
+vec_env: dummy
 scenario: {{episode_seconds: 4}}
 """
 
