@@ -44,8 +44,12 @@ from planning.wrappers import SOURCES
 from sim.actions import IDLE, META_ACTIONS
 
 warnings.filterwarnings("ignore")
-TARGETS = {"privileged": 2000.0, "perception": 50.0, "closed_loop_hz": 30.0}
-"""Issue 4: training simulator steps/s and closed-loop frames/s on 2 CPU cores."""
+TARGETS = {"privileged": 2000.0, "perception": 50.0, "closed_loop_hz": 30.0,
+           "ppo_decisions": 5000.0}
+"""Issue 4: training simulator steps/s and closed-loop frames/s on 2 CPU cores; issue 15:
+PPO training decisions/s (updates included) on 2 CPU cores."""
+PPO_LAUNCHES = (Path("launch/train_planner.yaml"), Path("launch/train_planner_batch.yaml"))
+"""Today's recipe (SubprocVecEnv) and the batched one, side by side."""
 CLOSED_LOOP_EVERY = (1, 3)
 """Frames per planner decision in the closed loop."""
 MAX_EPISODE_FRAMES = 1350
@@ -66,12 +70,14 @@ def verdict(value: float, target: float) -> str:
 
 
 # -- 1 and 2: env-steps/s through a VecEnv --------------------------------------------
-def vec_speed(source: str, n: int, seconds: float, warmup: float) -> dict[str, Any]:
+def vec_speed(source: str, n: int, seconds: float, warmup: float, kind: str = "subprocess",
+              workers: int = 1) -> dict[str, Any]:
     """Random meta actions through `vec_env.step` for `seconds` after `warmup` s."""
     cfg = PlannerTraining(out=Path("unused"), source=cast(Any, source), n_envs=n,
-                          decision_every=DECISION_EVERY)
+                          decision_every=DECISION_EVERY, batch_workers=workers,
+                          vec_env=cast(Any, kind))
     t0 = time.perf_counter()
-    vec = make_vec(cfg, seed=0, n=n, kind="subprocess")
+    vec = make_vec(cfg, seed=0, n=n, kind=kind)
     try:
         vec.reset()
         startup = time.perf_counter() - t0
@@ -92,7 +98,8 @@ def vec_speed(source: str, n: int, seconds: float, warmup: float) -> dict[str, A
     finally:
         vec.close()
     decisions = steps * n
-    return {"source": source, "n_envs": n, "vec_env": type(vec).__name__,
+    name = type(getattr(vec, "venv", vec)).__name__
+    return {"source": source, "n_envs": n, "vec_env": name, "workers": workers,
             "decisions_per_s": round(decisions / wall, 1),
             "sim_steps_per_s": round(decisions * DECISION_EVERY / wall, 1),
             "sim_steps_per_s_actual": round(sim_steps / wall, 1),
@@ -105,11 +112,49 @@ def show_vec(r: dict[str, Any]) -> None:
     target = TARGETS.get(r["source"])
     note = (f"target >= {target:g} sim steps/s: {verdict(r['sim_steps_per_s'], target)}"
             if target else "no target in the issue")
-    print(f"[{r['source']}] n={r['n_envs']} {r['vec_env']}: {r['decisions_per_s']} decisions/s"
+    print(f"[{r['source']}] n={r['n_envs']} {r['vec_env']} (workers {r['workers']}): "
+          f"{r['decisions_per_s']} decisions/s"
           f", {r['sim_steps_per_s']} sim steps/s (x{DECISION_EVERY}; "
           f"{r['sim_steps_per_s_actual']} counting short last decisions), "
           f"{r['decisions_per_s_per_env']} decisions/s per env, {r['episodes_ended']} "
           f"episodes ended, startup {r['startup_s']} s | {note}")
+
+
+def ppo_speed(launch: Path, decisions: int) -> dict[str, Any]:
+    """Decisions/s of PPO training (rollouts and updates, no evaluation or checkpoints)
+    with the envs and hyperparameters of a `train-planner` launch file."""
+    import tempfile
+
+    from launch.cli import train_job
+    from planning.train import _model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = train_job(launch, Path(tmp) / "run")
+        t0 = time.perf_counter()
+        vec = make_vec(cfg, cfg.seed, cfg.n_envs)
+        try:
+            model = _model(cfg, vec, None)
+            startup = time.perf_counter() - t0
+            model.learn(total_timesteps=min(decisions, 2 * cfg.n_envs * cfg.n_steps))  # warm-up
+            start = time.perf_counter()
+            before = model.num_timesteps
+            model.learn(total_timesteps=decisions, reset_num_timesteps=False)
+            wall = time.perf_counter() - start
+            done = model.num_timesteps - before
+        finally:
+            vec.close()
+    return {"launch": str(launch), "vec_env": cfg.vec_env, "n_envs": cfg.n_envs,
+            "batch_workers": cfg.batch_workers, "source": cfg.source, "n_steps": cfg.n_steps,
+            "batch_size": cfg.batch_size, "decisions": int(done), "timed_s": round(wall, 2),
+            "decisions_per_s": round(done / wall, 1), "startup_s": round(startup, 2)}
+
+
+def show_ppo(r: dict[str, Any]) -> None:
+    print(f"[PPO {r['source']}] {r['launch']}: {r['vec_env']} n={r['n_envs']} workers="
+          f"{r['batch_workers']}, n_steps {r['n_steps']}, batch {r['batch_size']}: "
+          f"{r['decisions_per_s']} decisions/s with updates ({r['decisions']} in "
+          f"{r['timed_s']} s) | target >= {TARGETS['ppo_decisions']:g}: "
+          f"{verdict(r['decisions_per_s'], TARGETS['ppo_decisions'])}")
 
 
 # -- 3: the closed loop ---------------------------------------------------------------
@@ -214,11 +259,25 @@ def main() -> None:
                    help="vectorized env counts of the training figures")
     p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
                    help="scene sources (perception runs with n=1 only)")
+    p.add_argument("--batch-envs", type=int, nargs="+", default=None,
+                   help="env counts of the batched training figures (default 64 128; "
+                        "--quick: 16)")
+    p.add_argument("--batch-workers", type=int, nargs="+", default=[1, 2],
+                   help="processes the batch is split over")
+    p.add_argument("--ppo-decisions", type=int, default=32768,
+                   help="timed PPO decisions per launch file (0: skip; PPO trains whole "
+                        "rollouts of n_envs x n_steps)")
+    p.add_argument("--ppo-launch", type=Path, nargs="+", default=list(PPO_LAUNCHES),
+                   help="train-planner launch files whose PPO is timed")
+    p.add_argument("--no-closed-loop", action="store_true",
+                   help="skip the closed-loop figures (perception on the CPU)")
     p.add_argument("--quick", action="store_true", help="smoke check: 1 s per figure, n in 1 2")
     args = p.parse_args()
     seconds, envs, warmup = args.seconds, args.envs, 1.0
+    batch_envs, ppo_decisions = args.batch_envs or [64, 128], args.ppo_decisions
     if args.quick:
         seconds, envs, warmup = 1.0, [n for n in args.envs if n <= 2] or [1], 0.5
+        batch_envs, ppo_decisions = args.batch_envs or [16], min(ppo_decisions, 2048)
     fig: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "machine": platform.machine(),
         "python": platform.python_version(), "cpu_threads": os.cpu_count(),
@@ -234,32 +293,51 @@ def main() -> None:
             r = vec_speed(source, n, seconds, warmup)
             fig[f"train_{source}_n{n}"] = r
             show_vec(r)
-    perceiver, note = make_perceiver("cpu")
-    if note:
-        print(f"note: {note}")
-    model = load_policy(DEFAULT_POLICY)
-    for every in CLOSED_LOOP_EVERY:
+        if source == "perception":
+            continue
+        for n in batch_envs:
+            for w in args.batch_workers:
+                r = vec_speed(source, n, seconds, warmup, kind="batch", workers=w)
+                fig[f"train_{source}_batch_n{n}_w{w}"] = r
+                show_vec(r)
+    if ppo_decisions:
+        for launch in args.ppo_launch:
+            r = ppo_speed(launch, ppo_decisions)
+            fig[f"ppo_{r['vec_env']}_{r['source']}"] = r
+            show_ppo(r)
+    loops = () if args.no_closed_loop else CLOSED_LOOP_EVERY
+    if loops:
+        perceiver, note = make_perceiver("cpu")
+        if note:
+            print(f"note: {note}")
+        model = load_policy(DEFAULT_POLICY)
+    for every in loops:
         r = closed_loop(perceiver, model, every, seconds, warmup)
         fig[f"closed_loop_every_{every}"] = r
         show_closed(r)
     summary: dict[str, Any] = {}
     for source in args.sources:
-        runs = [v for k, v in fig.items() if k.startswith(f"train_{source}_n")]
+        runs = [v for k, v in fig.items() if k.startswith(f"train_{source}_")]
         best = max(runs, key=lambda r: r["sim_steps_per_s"])
         summary[f"{source}_best_sim_steps_per_s"] = best["sim_steps_per_s"]
         summary[f"{source}_best_n_envs"] = best["n_envs"]
+        summary[f"{source}_best_vec_env"] = best["vec_env"]
         target = TARGETS.get(source)
         line = f"{source}: best {best['sim_steps_per_s']} sim steps/s at n={best['n_envs']}"
         if target:
             summary[f"{source}_target_met"] = best["sim_steps_per_s"] >= target
             line += f" (target >= {target:g}: {verdict(best['sim_steps_per_s'], target)})"
         print(line)
-    for every in CLOSED_LOOP_EVERY:
+    for every in loops:
         hz = fig[f"closed_loop_every_{every}"]["frames_per_s"]
         summary[f"closed_loop_every_{every}_hz"] = hz
         summary[f"closed_loop_every_{every}_target_met"] = hz >= TARGETS["closed_loop_hz"]
         print(f"closed loop, decide every {every}: {hz} frames/s (target >= "
               f"{TARGETS['closed_loop_hz']:g} Hz: {verdict(hz, TARGETS['closed_loop_hz'])})")
+    for k, r in fig.items():
+        if k.startswith("ppo_"):
+            summary[f"{k}_decisions_per_s"] = r["decisions_per_s"]
+            summary[f"{k}_target_met"] = r["decisions_per_s"] >= TARGETS["ppo_decisions"]
     fig["summary"] = summary
     fig["load_avg_end"] = load()
     fig["total_s"] = round(time.perf_counter() - start, 1)

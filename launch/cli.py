@@ -395,6 +395,22 @@ def _lane_table(lanes: dict[str, Any], title: str) -> Table:
     return table
 
 
+def planner_job(cfg: TrainPlannerConfig) -> Any:
+    """The `planning.train.PlannerTraining` a checked launch file describes."""
+    from planning.train import PlannerTraining
+
+    fields = cfg.model_dump(exclude={"scenario", "shield"})
+    return PlannerTraining(**{**fields, "families": tuple(cfg.families),
+                              "net_arch": tuple(cfg.net_arch)},
+                           env_kwargs={**({"scenario": cfg.scenario} if cfg.scenario else {}),
+                                       **({"shield": True} if cfg.shield else {})})
+
+
+def train_job(launch_file: Path, out: Path) -> Any:
+    """`planner_job` of a launch file, with `out` as its run folder (bench/planner_speed)."""
+    return planner_job(load_launch(launch_file, TrainPlannerConfig, overrides={"out": out}))
+
+
 @app.command("train-planner")
 @cli_errors
 def train_planner_cmd(
@@ -418,17 +434,13 @@ def train_planner_cmd(
 
     Exit codes: 0 trained; 2 a bad launch file, option or checkpoint.
     """
-    from planning.train import PlannerTraining, train_planner
+    from planning.train import train_planner
 
     console = Console(stderr=True)
     cfg = load_launch(launch_file or DEFAULT_TRAIN_PLANNER_LAUNCH, TrainPlannerConfig,
                       overrides={"out": out, "total_timesteps": timesteps,
                                  "source": source, "seed": seed})
-    fields = cfg.model_dump(exclude={"scenario", "shield"})
-    job = PlannerTraining(**{**fields, "families": tuple(cfg.families),
-                             "net_arch": tuple(cfg.net_arch)},
-                          env_kwargs={**({"scenario": cfg.scenario} if cfg.scenario else {}),
-                                      **({"shield": True} if cfg.shield else {})})
+    job = planner_job(cfg)
     if resume is not None and not resume.is_file():
         raise ValueError(f"--resume: checkpoint {resume} {not_a_file(resume)}")
     from planning.train import JOB, RUN_ENTRIES, check_device

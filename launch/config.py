@@ -332,6 +332,8 @@ class TrainPlannerConfig(_Strict):
     vec_env: Literal["batch", "subprocess", "dummy"] = Field(default="batch", description=(
         "batch: all envs as one batch of worlds in this process (privileged or emulated, "
         "ppo, no shield); subprocess: SubprocVecEnv (spawn); dummy: DummyVecEnv"))
+    batch_workers: int = Field(default=1, ge=1, le=256, description=(
+        "vec_env batch: processes the batch is split over (one per core)"))
     imitation_steps: int = Field(
         default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
     imitation_epochs: int = Field(default=10, ge=1, le=100_000)

@@ -279,3 +279,134 @@ class _FamilyBatch:
         self.prev: Any = None
         self.prev_steps = np.zeros(len(idx), np.int64)
         self.fresh = np.ones(len(idx), bool)
+
+
+class ParallelBatchVecEnv(VecEnv):
+    """`BatchPlannerVecEnv` split over `workers` processes (start method "spawn"): worker w
+    steps its share of the envs as one batch, all workers at once, so training uses every
+    core while the policy waits. Env i is env i of `BatchPlannerVecEnv(num_envs, ...)`: the
+    same family, seed, observations, rewards and ends (the emulated noise comes from one
+    generator per worker: other draws). Workers exit when this process dies."""
+
+    def __init__(self, num_envs: int = 64, workers: int = 2, **kwargs: Any) -> None:
+        import multiprocessing as mp
+
+        from gymnasium import spaces
+
+        from planning.features import CLIP, FEATURE_DIM
+        from sim.actions import META_ACTIONS
+
+        if isinstance(workers, bool) or not isinstance(workers, int) or not (
+                1 <= workers <= num_envs):
+            raise ValueError(f"workers={workers!r} must be an int in 1..num_envs")
+        families = tuple(kwargs.pop("families", ("highway", "rural", "urban")))
+        noise_seed = int(kwargs.pop("noise_seed", 0))
+        bounds = np.linspace(0, num_envs, workers + 1).astype(int)
+        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:],
+                                                              strict=True)]
+        ctx = mp.get_context("spawn")
+        self.remotes, self.processes = [], []
+        for w, sl in enumerate(self.slices):
+            mine = tuple(families[i % len(families)] for i in range(sl.start, sl.stop))
+            local, remote = ctx.Pipe()
+            proc = ctx.Process(target=_batch_worker, args=(remote, local, {
+                **kwargs, "num_envs": sl.stop - sl.start, "families": mine,
+                "noise_seed": noise_seed * 1000 + w}), daemon=True)
+            proc.start()
+            remote.close()
+            self.remotes.append(local)
+            self.processes.append(proc)
+        for r in self.remotes:  # each worker says it is ready (or why it is not)
+            try:
+                status = r.recv()
+            except EOFError:
+                status = "it exited before it was ready"
+            if status != "ready":
+                self.close()
+                raise RuntimeError(f"a batch worker failed to start: {status}")
+        self.render_mode = None
+        self._closed = False
+        super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
+                                              dtype=np.float32),
+                         spaces.Discrete(len(META_ACTIONS)))
+
+    def reset(self) -> np.ndarray:
+        for r, sl in zip(self.remotes, self.slices, strict=True):
+            r.send(("reset", self._seeds[sl]))
+        obs = np.concatenate([r.recv() for r in self.remotes])
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        self._reset_seeds()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        a = np.asarray(actions).reshape(self.num_envs)
+        for r, sl in zip(self.remotes, self.slices, strict=True):
+            r.send(("step", a[sl]))
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        parts = [r.recv() for r in self.remotes]
+        infos: list[dict[str, Any]] = []
+        for p in parts:
+            infos += p[3]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]), infos)
+
+    def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        for r in self.remotes:
+            try:
+                r.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self.processes:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        self._closed = True
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        if attr_name == "render_mode":
+            return [None] * self.num_envs
+        raise AttributeError(f"get_attr({attr_name!r}): the envs live in batch workers")
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        raise AttributeError(f"set_attr({attr_name!r}): the envs live in batch workers")
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None,
+                   **kwargs: Any) -> list[Any]:
+        raise AttributeError(f"env_method({method_name!r}): the envs live in batch workers")
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        n = self.num_envs if indices is None else len(
+            [indices] if isinstance(indices, int) else list(indices))
+        return [False] * n
+
+
+def _batch_worker(remote: Any, parent_end: Any, kwargs: dict[str, Any]) -> None:
+    """A `ParallelBatchVecEnv` worker: one `BatchPlannerVecEnv`, commands over a pipe."""
+    from perception.datasets import end_with_parent
+
+    parent_end.close()
+    end_with_parent()
+    try:
+        env = BatchPlannerVecEnv(**kwargs)
+    except Exception as exc:  # noqa: BLE001  (said to the parent, which raises it)
+        remote.send(f"{type(exc).__name__}: {exc}")
+        return
+    remote.send("ready")
+    while True:
+        try:
+            cmd, data = remote.recv()
+        except EOFError:
+            return
+        if cmd == "reset":
+            env._seeds = list(data)
+            remote.send(env.reset())
+        elif cmd == "step":
+            env.step_async(data)
+            remote.send(env.step_wait())
+        else:
+            env.close()
+            remote.close()
+            return

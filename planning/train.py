@@ -68,6 +68,9 @@ class PlannerTraining:
     emulated perception and the features as arrays in this process; privileged and
     emulated sources, meta actions, no shield), "subprocess" (`SubprocVecEnv`, spawn: one
     process per env) or "dummy" (`DummyVecEnv`: one after the other here)."""
+    batch_workers: int = 1
+    """vec_env "batch": processes the batch is split over (`ParallelBatchVecEnv`; 1: in
+    this process). One per core keeps every core busy while the policy waits."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra make_planner_env arguments (e.g. noise_path)."""
     imitation_steps: int = 0
@@ -92,7 +95,7 @@ class PlannerTraining:
         check_number("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
         for name, lo in (("total_timesteps", 1), ("n_envs", 1), ("decision_every", 1),
                          ("n_steps", 1), ("batch_size", 1), ("eval_every", 1),
-                         ("eval_episodes", 1), ("checkpoint_every", 1),
+                         ("eval_episodes", 1), ("checkpoint_every", 1), ("batch_workers", 1),
                          ("imitation_steps", 0), ("imitation_epochs", 0)):
             check_number(name, getattr(self, name), lo, 1 << 40, integer=True)
         for width in self.net_arch:
@@ -118,12 +121,15 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
 
     kind = kind or cfg.vec_env
     if kind == "batch":
-        from planning.batch_vec import BatchPlannerVecEnv
+        from planning.batch_vec import BatchPlannerVecEnv, ParallelBatchVecEnv
 
-        batch = BatchPlannerVecEnv(n, families=cfg.families, source=cfg.source,
-                                   decision_every=cfg.decision_every,
-                                   noise=cfg.env_kwargs.get("noise_path"), noise_seed=seed,
-                                   scenario=cfg.env_kwargs.get("scenario"))
+        kwargs: dict[str, Any] = {
+            "families": cfg.families, "source": cfg.source,
+            "decision_every": cfg.decision_every, "noise": cfg.env_kwargs.get("noise_path"),
+            "noise_seed": seed, "scenario": cfg.env_kwargs.get("scenario")}
+        workers = min(cfg.batch_workers, n)
+        batch: Any = (ParallelBatchVecEnv(n, workers=workers, **kwargs) if workers > 1
+                      else BatchPlannerVecEnv(n, **kwargs))
         vec: Any = VecMonitor(batch)
         vec.seed(seed)
         return vec

@@ -88,3 +88,26 @@ def test_ppo_trains_on_the_batched_env(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "final.zip").is_file()
     doc = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert doc["config"]["vec_env"] == "batch"
+
+
+def test_parallel_workers_step_the_same_envs() -> None:
+    from planning.batch_vec import ParallelBatchVecEnv
+
+    one = BatchPlannerVecEnv(5, source="privileged")
+    two = ParallelBatchVecEnv(5, workers=2, source="privileged")
+    try:
+        one.seed(3)
+        two.seed(3)
+        np.testing.assert_array_equal(one.reset(), two.reset())
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            a = rng.integers(0, 5, 5)
+            r1, r2 = one.step(a), two.step(a)
+            for x, y in zip(r1[:3], r2[:3], strict=True):
+                np.testing.assert_array_equal(x, y)
+            assert [sorted(i) for i in r1[3]] == [sorted(i) for i in r2[3]]
+    finally:
+        two.close()
+    assert not any(p.is_alive() for p in two.processes)
+    with pytest.raises(RuntimeError, match="failed to start"):
+        ParallelBatchVecEnv(4, workers=2, families=("moon",))
