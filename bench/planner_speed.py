@@ -252,7 +252,7 @@ def show_closed(r: dict[str, Any]) -> None:
           f"{verdict(r['frames_per_s'], TARGETS['closed_loop_hz'])}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=5.0, help="timed wall budget per figure")
     p.add_argument("--envs", type=int, nargs="+", default=[1, 2, 4],
@@ -272,7 +272,41 @@ def main() -> None:
     p.add_argument("--no-closed-loop", action="store_true",
                    help="skip the closed-loop figures (perception on the CPU)")
     p.add_argument("--quick", action="store_true", help="smoke check: 1 s per figure, n in 1 2")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def summarize(fig: dict[str, Any], sources: list[str], loops: tuple[int, ...]
+              ) -> dict[str, Any]:
+    """The best figure of each source, the closed loop and the PPO figures against their
+    targets (printed as it goes)."""
+    summary: dict[str, Any] = {}
+    for source in sources:
+        runs = [v for k, v in fig.items() if k.startswith(f"train_{source}_")]
+        best = max(runs, key=lambda r: r["sim_steps_per_s"])
+        summary[f"{source}_best_sim_steps_per_s"] = best["sim_steps_per_s"]
+        summary[f"{source}_best_n_envs"] = best["n_envs"]
+        summary[f"{source}_best_vec_env"] = best["vec_env"]
+        target = TARGETS.get(source)
+        line = f"{source}: best {best['sim_steps_per_s']} sim steps/s at n={best['n_envs']}"
+        if target:
+            summary[f"{source}_target_met"] = best["sim_steps_per_s"] >= target
+            line += f" (target >= {target:g}: {verdict(best['sim_steps_per_s'], target)})"
+        print(line)
+    for every in loops:
+        hz = fig[f"closed_loop_every_{every}"]["frames_per_s"]
+        summary[f"closed_loop_every_{every}_hz"] = hz
+        summary[f"closed_loop_every_{every}_target_met"] = hz >= TARGETS["closed_loop_hz"]
+        print(f"closed loop, decide every {every}: {hz} frames/s (target >= "
+              f"{TARGETS['closed_loop_hz']:g} Hz: {verdict(hz, TARGETS['closed_loop_hz'])})")
+    for k, r in fig.items():
+        if k.startswith("ppo_"):
+            summary[f"{k}_decisions_per_s"] = r["decisions_per_s"]
+            summary[f"{k}_target_met"] = r["decisions_per_s"] >= TARGETS["ppo_decisions"]
+    return summary
+
+
+def main() -> None:
+    args = parse_args()
     seconds, envs, warmup = args.seconds, args.envs, 1.0
     batch_envs, ppo_decisions = args.batch_envs or [64, 128], args.ppo_decisions
     if args.quick:
@@ -315,29 +349,7 @@ def main() -> None:
         r = closed_loop(perceiver, model, every, seconds, warmup)
         fig[f"closed_loop_every_{every}"] = r
         show_closed(r)
-    summary: dict[str, Any] = {}
-    for source in args.sources:
-        runs = [v for k, v in fig.items() if k.startswith(f"train_{source}_")]
-        best = max(runs, key=lambda r: r["sim_steps_per_s"])
-        summary[f"{source}_best_sim_steps_per_s"] = best["sim_steps_per_s"]
-        summary[f"{source}_best_n_envs"] = best["n_envs"]
-        summary[f"{source}_best_vec_env"] = best["vec_env"]
-        target = TARGETS.get(source)
-        line = f"{source}: best {best['sim_steps_per_s']} sim steps/s at n={best['n_envs']}"
-        if target:
-            summary[f"{source}_target_met"] = best["sim_steps_per_s"] >= target
-            line += f" (target >= {target:g}: {verdict(best['sim_steps_per_s'], target)})"
-        print(line)
-    for every in loops:
-        hz = fig[f"closed_loop_every_{every}"]["frames_per_s"]
-        summary[f"closed_loop_every_{every}_hz"] = hz
-        summary[f"closed_loop_every_{every}_target_met"] = hz >= TARGETS["closed_loop_hz"]
-        print(f"closed loop, decide every {every}: {hz} frames/s (target >= "
-              f"{TARGETS['closed_loop_hz']:g} Hz: {verdict(hz, TARGETS['closed_loop_hz'])})")
-    for k, r in fig.items():
-        if k.startswith("ppo_"):
-            summary[f"{k}_decisions_per_s"] = r["decisions_per_s"]
-            summary[f"{k}_target_met"] = r["decisions_per_s"] >= TARGETS["ppo_decisions"]
+    summary = summarize(fig, args.sources, loops)
     fig["summary"] = summary
     fig["load_avg_end"] = load()
     fig["total_s"] = round(time.perf_counter() - start, 1)
