@@ -50,6 +50,8 @@ class SetConfig(_Strict):
     families: list[Family] = Field(default=["highway", "rural", "urban"], min_length=1)
     conditions: list[ConditionConfig] = Field(default=[ConditionConfig()], min_length=1)
     seeds: list[int] = Field(min_length=1, description="scenario seeds (each >= 0)")
+    road_length: float | None = Field(default=None, ge=200.0, le=20000.0, description=(
+        "route sets: route length [m] (null: the family's)"))
 
     @model_validator(mode="after")
     def _check_seeds(self) -> SetConfig:
@@ -62,10 +64,11 @@ class SetConfig(_Strict):
                              "scenario, and a repeat would count the same episode twice")
         return self
 
-    def suite_set(self, name: str) -> SuiteSet:
+    def suite_set(self, name: str, route: bool = False) -> SuiteSet:
         return SuiteSet(name=name, families=tuple(self.families),
                         conditions=tuple((c.time_of_day, c.weather) for c in self.conditions),
-                        seeds=tuple(self.seeds))
+                        seeds=tuple(self.seeds), route=route,
+                        road_length=self.road_length if route else None)
 
 
 class SuiteConfig(_Strict):
@@ -77,12 +80,29 @@ class SuiteConfig(_Strict):
                                        "episodes end at 90 s = 1350 steps)")
     nominal: SetConfig = SetConfig(seeds=list(range(1000, 1010)))
     adverse: SetConfig | None = None
+    route_nominal: SetConfig | None = Field(default=None, description=(
+        "route episodes (CARLA Leaderboard style): success = the route completed without "
+        "a collision or leaving the road within its time budget"))
+    route_adverse: SetConfig | None = None
+
+    @model_validator(mode="after")
+    def _survival_only_lengths(self) -> SuiteConfig:
+        for name in ("nominal", "adverse"):
+            part = getattr(self, name)
+            if part is not None and part.road_length is not None:
+                raise ValueError(f"{name}.road_length: only route sets (route_nominal, "
+                                 "route_adverse) take a road length")
+        return self
 
     def suite(self, decision_every: int = DECISION_EVERY) -> Suite:
         """The planning-side `Suite` these settings describe."""
         sets = [self.nominal.suite_set("nominal")]
         if self.adverse is not None:
             sets.append(self.adverse.suite_set("adverse"))
+        for name in ("route_nominal", "route_adverse"):
+            part = getattr(self, name)
+            if part is not None:
+                sets.append(part.suite_set(name, route=True))
         return Suite(sets=tuple(sets), max_steps=self.max_steps, decision_every=decision_every)
 
 

@@ -25,7 +25,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("collisions_per_100km", "coll/100km", "f1"),
     ("offroad_per_100km", "off-road/100km", "f1"),
     ("mean_speed", "v [m/s]", "f1"),
+    ("speed_ratio", "v / limit", "f2"),
     ("jerk", "jerk [m/s^3]", "f2"),
+    ("min_ttc", "min TTC [s]", "f2"),
+    ("shield_interventions_per_km", "shield/km", "f2"),
     ("driving_score", "driving score", "f3"),
 )
 """(aggregate key, column title, format) of the summary tables."""
@@ -53,7 +56,7 @@ def summary_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                 continue  # one set: its row already is the total
             row = {"planner": planner, "source": SOURCE_OF.get(planner, ""), "set": name,
                    "episodes": agg["episodes"]}
-            row.update({key: agg[key] for key, _, _ in COLUMNS})
+            row.update({key: agg.get(key) for key, _, _ in COLUMNS})
             row.update({f"collisions_{k}": v for k, v in agg["collisions"].items()})
             row["off_road"], row["errors"] = agg["off_road"], agg["errors"]
             rows.append(row)
@@ -85,9 +88,14 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     suite = document["suite"]
     n = sum(len(s["families"]) * len(s["conditions"]) * len(s["seeds"]) for s in suite["sets"])
-    lines += ["", f"Suite: {n} scenarios, at most {suite['max_steps']} steps each, seeds offset by "
-              f"{document['seed_offset']}. Driving score = route completion x infraction "
-              "penalty (pedestrian/cyclist 0.50, vehicle 0.60, static 0.65, off-road 0.70)."]
+    routes = [s["name"] for s in suite["sets"] if s.get("route")]
+    lines += ["", f"Suite: {n} scenarios, at most {suite['max_steps']} steps each"
+              + (f" (route sets {', '.join(routes)}: each episode a route, its time budget "
+                 "2 x the time at the speed limit + 10 s; success = route completed without "
+                 "a collision or leaving the road)" if routes else "")
+              + f", seeds offset by {document['seed_offset']}. Driving score = route "
+              "completion x infraction penalty (pedestrian/cyclist 0.50, vehicle 0.60, "
+              "static 0.65, off-road 0.70)."]
     lines += [f"- {g}" for g in gaps(document)] + [f"- note: {n}" for n in document["notes"]]
     return "\n".join(lines) + "\n"
 

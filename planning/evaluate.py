@@ -11,9 +11,12 @@ metrics and aggregates in the CARLA Leaderboard style.
 Driving score (CARLA Leaderboard): route completion x infraction penalty, the penalty
 being the product over infractions of a per-type coefficient (`PENALTIES`): collision
 with a pedestrian or cyclist 0.50, with a vehicle (cars and trucks, stalled ones too)
-0.60, with a static object (cones) 0.65, leaving the road 0.70. An episode succeeds when
-it ends by completing the route, by the sim's time limit or by the suite's step cap,
-without a collision or leaving the road.
+0.60, with a static object (cones) 0.65, leaving the road 0.70. In a survival set an
+episode succeeds when it ends by completing the route, by the sim's time limit or by the
+suite's step cap, without a collision or leaving the road. In a route set (CARLA
+Leaderboard style: `SuiteSet.route`) each episode is a route the ego can finish at the
+speed limit within its time budget (`route_budget`), and it succeeds only when it
+completes the route without a collision or leaving the road.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ def default_policy(kind: str, policy: Path | None = None,
     return policy or (DEFAULT_SHIELD_POLICY if kind == "rl-shield" else DEFAULT_POLICY)
 
 
+ROUTE_TIME_FACTOR = 2.0
+"""A route's time budget: this many times the time to drive it at the speed limit, ..."""
+ROUTE_START_SLACK = 10.0
+"""... plus this many seconds to get up to speed [s]."""
+
+
 @dataclass(frozen=True)
 class SuiteSet:
     """One named group of scenarios: families x conditions x seeds."""
@@ -77,6 +86,12 @@ class SuiteSet:
     conditions: tuple[tuple[str, str], ...]
     """(time of day, weather) pairs."""
     seeds: tuple[int, ...]
+    route: bool = False
+    """Route episodes: success = the route completed without a collision or leaving the
+    road, within the route's time budget (`route_budget`) instead of the suite's step
+    cap."""
+    road_length: float | None = None
+    """Route sets: the route's length [m] (None: the family's)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,15 @@ class EpisodeResult:
     wall_time: float
     """[s]"""
     error: str | None = None
+    speed_limit: float = 0.0
+    """The road's speed limit [m/s] (mean speed against it: `speed_ratio`)."""
+    min_ttc: float | None = None
+    """Smallest time-to-collision with an object ahead over the episode [s] (None: never
+    closing on anything)."""
+    shield_interventions: int = 0
+    """Decisions a safety shield overrode (rl-shield)."""
+    route: bool = False
+    """A route episode: success needs the route completed (`route_complete`)."""
 
     @property
     def collisions(self) -> int:
@@ -169,10 +193,29 @@ def collision_types(track_ids: Iterable[int], actor_track_ids: np.ndarray,
     return out
 
 
-def scenario_config(case: Case) -> Any:
-    """The family's `ScenarioConfig` pinned to the case's time of day and weather."""
+def scenario_config(case: Case, suite_set: SuiteSet | None = None) -> Any:
+    """The family's `ScenarioConfig` pinned to the case's time of day and weather; for a
+    route set, with its road length and no time limit of the sim's own (the route's
+    budget caps the episode)."""
+    extra: dict[str, Any] = {}
+    if suite_set is not None and suite_set.route:
+        extra["episode_seconds"] = 3600.0
+        if suite_set.road_length is not None:
+            extra["road_length"] = suite_set.road_length
     return family_config(case.family, time_of_day={case.time_of_day: 1.0},
-                         weather={case.weather: 1.0})
+                         weather={case.weather: 1.0}, **extra)
+
+
+def route_budget(env: DrivingEnv, seed: int) -> int:
+    """Steps a route episode may take: the env reset on `seed`, the time to drive from
+    the ego's start to the route's end at the speed limit, x ROUTE_TIME_FACTOR, plus
+    ROUTE_START_SLACK."""
+    env.reset(seed=seed, options={"scenario_seed": seed})
+    assert env.world is not None
+    w = env.world
+    left = max(float(w.road.route_length) - float(w.state.ego.s), 0.0)
+    seconds = left / float(w.scenario.speed_limit) * ROUTE_TIME_FACTOR + ROUTE_START_SLACK
+    return int(math.ceil(seconds / env.dt))
 
 
 def make_env(camera_frames: bool, camera: CameraSpec | None = None) -> DrivingEnv:
@@ -236,12 +279,13 @@ def prepare_planners(kinds: Iterable[str], *, policy: Path | None = None,
 
 def run_episode(planner: Planner, source: SceneSource, env: DrivingEnv, seed: int,
                 max_steps: int, decision_every: int = DECISION_EVERY, *, name: str = "",
-                case: Case | None = None, listeners: Sequence[Listener] = ()
-                ) -> EpisodeResult:
+                case: Case | None = None, listeners: Sequence[Listener] = (),
+                route: bool = False) -> EpisodeResult:
     """Drive one episode of the env's current scenario config, reset with `seed`, for at
     most `max_steps` steps (planning.rollout, with `DrivingStatistics` and `listeners`).
-    An exception ends the episode with end="error"."""
-    stats = DrivingStatistics(name, case, seed)
+    An exception ends the episode with end="error". `route`: success needs the route
+    completed."""
+    stats = DrivingStatistics(name, case, seed, route=route)
     rollout(env, PlannerAgent(planner, source, decision_every), seed=seed,
             scenario_seed=seed, max_steps=max_steps, listeners=[stats, *listeners],
             catch_reset=False)
@@ -256,12 +300,16 @@ def run_suite(planner: Planner, source: SceneSource, suite: Suite, *, name: str 
               ) -> list[EpisodeResult]:
     """Every case of `suite` with one planner and its scene source."""
     env = make_env(source.needs_camera, camera)
+    sets = {s.name: s for s in suite.sets}
     out = []
     try:
         for case in suite.cases(seed_offset, limit):
-            env.config = scenario_config(case)
-            result = run_episode(planner, source, env, case.seed, suite.max_steps,
-                                 suite.decision_every, name=name, case=case)
+            the_set = sets[case.set]
+            env.config = scenario_config(case, the_set)
+            steps = route_budget(env, case.seed) if the_set.route else suite.max_steps
+            result = run_episode(planner, source, env, case.seed, steps,
+                                 suite.decision_every, name=name, case=case,
+                                 route=the_set.route)
             out.append(result)
             if on_episode is not None:
                 on_episode(result)
@@ -289,6 +337,11 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
         "collisions_per_100km": per_100km(sum(r.collisions for r in results)),
         "offroad_per_100km": per_100km(sum(r.off_road for r in results)),
         "mean_speed": mean("mean_speed"),
+        "speed_ratio": (float(np.mean([r.mean_speed / r.speed_limit for r in results
+                                       if r.speed_limit > 0])) if n else 0.0),
+        "min_ttc": (min([r.min_ttc for r in results if r.min_ttc is not None], default=None)),
+        "shield_interventions_per_km": (sum(r.shield_interventions for r in results) / km
+                                        if km > 0 else None),
         "jerk": mean("jerk"),
         "driving_score": mean("driving_score"),
         "distance_km": km,

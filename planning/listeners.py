@@ -103,8 +103,9 @@ class DrivingStatistics(Listener):
     """The driving benchmark's `EpisodeResult` of one episode (`self.result` after it
     ends): infractions by type, jerk, driving score (planning.evaluate)."""
 
-    def __init__(self, name: str = "", case: Any = None, seed: int = 0) -> None:
-        self.name, self.case, self.seed = name, case, seed
+    def __init__(self, name: str = "", case: Any = None, seed: int = 0,
+                 route: bool = False) -> None:
+        self.name, self.case, self.seed, self.route = name, case, seed, route
         self.result: Any = None
 
     def on_reset(self, env: DrivingEnv, seed: int | None) -> None:
@@ -116,6 +117,8 @@ class DrivingStatistics(Listener):
         self.speed = self.jerk = 0.0
         self.hits = {"vehicle": 0, "pedestrian": 0, "static": 0}
         self.off_road = 0
+        self.min_ttc = math.inf
+        self.overrides = 0
 
     def on_step(self, step: Step) -> None:
         if step.index == 0:
@@ -132,6 +135,10 @@ class DrivingStatistics(Listener):
                                         a.cls[a.active]).items():
                 self.hits[k] += n
         self.off_road += bool(ev["off_road"])
+        ttc = float(ev.get("min_ttc", math.inf))
+        if math.isfinite(ttc):
+            self.min_ttc = min(self.min_ttc, ttc)
+        self.overrides += bool(step.overridden)
 
     def on_end(self, end: EpisodeEnd) -> None:
         from planning.evaluate import EpisodeResult, driving_score
@@ -151,6 +158,10 @@ class DrivingStatistics(Listener):
             collisions_static=self.hits["static"], off_road=self.off_road,
             mean_speed=self.speed / self.steps if self.steps else 0.0,
             jerk=self.jerk / self.steps if self.steps else 0.0,
-            success=reason in ("route_complete", "time_limit", "max_steps"),
+            success=(reason == "route_complete" if self.route else
+                     reason in ("route_complete", "time_limit", "max_steps")),
             driving_score=driving_score(rc, {**self.hits, "off_road": self.off_road}),
-            end=reason, wall_time=end.wall_time, error=end.error)
+            end=reason, wall_time=end.wall_time, error=end.error,
+            speed_limit=float(sc.speed_limit),
+            min_ttc=self.min_ttc if math.isfinite(self.min_ttc) else None,
+            shield_interventions=self.overrides, route=self.route)

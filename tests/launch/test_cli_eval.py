@@ -41,8 +41,13 @@ def test_packaged_launch_and_smoke_suite_are_valid() -> None:
     cfg = load_launch(DEFAULT_EVAL_LAUNCH, EvalConfig)
     assert cfg.planner == "all" and len(cfg.kinds) == 5
     suite = cfg.suite.suite()
-    assert [s.name for s in suite.sets] == ["nominal", "adverse"]
+    assert [s.name for s in suite.sets] == ["nominal", "adverse", "route_nominal",
+                                            "route_adverse"]
+    assert [s.route for s in suite.sets] == [False, False, True, True]
     assert suite.sets[0].conditions == (("day", "clear"),)
+    bad = {"nominal": {"seeds": [1], "road_length": 500}}
+    with pytest.raises(ValueError, match="nominal.road_length"):
+        SuiteConfig.model_validate(bad)
     assert len(load_launch(SMOKE_SUITE, SuiteConfig).suite().cases()) == 2
 
 

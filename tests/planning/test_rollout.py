@@ -42,9 +42,16 @@ def perceiver() -> Any:
     return Perceiver(device="cpu")
 
 
+NEW_FIELDS = ("speed_limit", "min_ttc", "shield_interventions", "route")
+"""EpisodeResult fields added after the old loop (issue 15): not in its results."""
+
+
 def _same(a: Any, b: Any) -> None:
     da, db = asdict(a), asdict(b)
     da.pop("wall_time"), db.pop("wall_time")
+    if hasattr(a, "speed_limit") and hasattr(b, "speed_limit") and a.speed_limit == 0.0:
+        for k in NEW_FIELDS:  # the old loop leaves them at their defaults
+            da.pop(k), db.pop(k)
     assert da == db
 
 
