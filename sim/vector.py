@@ -26,8 +26,17 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from sim.actions import (
+    FASTER,
+    IDLE,
+    LANE_LEFT,
+    LANE_RIGHT,
+    MAX_ACCEL,
+    MAX_BRAKE,
+    MAX_STEER,
     META_ACTIONS,
     META_SPACE,
+    SLOWER,
+    SPEED_STEP,
     MetaController,
     SpeedController,
     action_space,
@@ -102,6 +111,12 @@ class BatchDrivingEnv(VectorEnv):
         self.batch: BatchWorld | None = None
         self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
         self._controllers: list[MetaController | None] = [None] * num_envs
+        # the meta-action controllers of all envs as arrays (`MetaController` per env,
+        # value for value): target lane, target speed, speed PI integral, speed limit
+        self._target_lane = np.zeros(num_envs, np.int64)
+        self._target_speed = np.zeros(num_envs)
+        self._integral = np.zeros(num_envs)
+        self._limit = np.zeros(num_envs)
         self._autoreset = np.zeros(num_envs, bool)
         self._scenario_info = np.empty(num_envs, dtype=object)
         self.state_observations = True
@@ -136,8 +151,11 @@ class BatchDrivingEnv(VectorEnv):
         restart = self._autoreset.copy()
         actions = self._check_actions(actions)
         steer, accel = np.zeros(n), np.zeros(n)
-        for i in np.flatnonzero(~restart):
-            steer[i], accel[i] = self._controls(i, actions)
+        if self.action_type == "meta":
+            steer, accel = self._meta_controls(actions, ~restart)
+        else:
+            for i in np.flatnonzero(~restart):
+                steer[i], accel[i] = self._controls(i, actions)
         prev_accel = bw.ego.accel.copy()
         events = bw.step(steer, accel)
         for i in np.flatnonzero(restart):
@@ -242,6 +260,10 @@ class BatchDrivingEnv(VectorEnv):
         self._controllers[i] = MetaController(
             target_lane=int(road.lane_of(ego.d)), target_speed=ego.speed,
             speed_pid=SpeedController())
+        self._target_lane[i] = int(road.lane_of(ego.d))
+        self._target_speed[i] = ego.speed
+        self._integral[i] = 0.0
+        self._limit[i] = bw.worlds[i].scenario.speed_limit
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         """The step's actions as an array, or one clear error."""
@@ -258,6 +280,40 @@ class BatchDrivingEnv(VectorEnv):
                              f"(shape ({self.num_envs},)) of {META_SPACE}; got "
                              f"{shown(actions)}")
         return f.astype(np.int64)
+
+    def _meta_controls(self, actions: np.ndarray, live: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(steer, accel) of every env from its meta action, `MetaController.apply` then
+        `.controls` for all envs at once (envs not `live` keep their controller state and
+        get zeros)."""
+        bw = self._require_batch()
+        ego, roads = bw.ego, bw.roads
+        a = np.where(live, actions, IDLE)
+        n_lanes = roads.n_lanes[:, 0]
+        lane = self._target_lane
+        lane = np.where(a == LANE_LEFT, np.minimum(lane + 1, n_lanes - 1), lane)
+        lane = np.where(a == LANE_RIGHT, np.maximum(lane - 1, 0), lane)
+        speed = self._target_speed
+        speed = np.where(a == FASTER, np.minimum(speed + SPEED_STEP, 1.2 * self._limit), speed)
+        speed = np.where(a == SLOWER, np.maximum(speed - SPEED_STEP, 0.0), speed)
+        self._target_lane, self._target_speed = lane, speed
+        # pure pursuit toward the target lane's centre line, as `pure_pursuit`
+        lookahead = np.maximum(8.0, 1.0 * ego.speed)
+        target_d = roads.lane_center(lane[:, None])
+        px, py, _ = roads.to_world((ego.s + lookahead)[:, None], target_d)
+        dx, dy = px[:, 0] - ego.x, py[:, 0] - ego.y
+        c, sn = np.cos(ego.yaw), np.sin(ego.yaw)
+        lx, ly = c * dx + sn * dy, -sn * dx + c * dy
+        dist2 = np.maximum(lx * lx + ly * ly, 1e-6)
+        steer = np.arctan(2.0 * ego.wheelbase * ly / dist2)
+        steer = np.minimum(np.maximum(steer, -MAX_STEER), MAX_STEER)
+        # the speed PI controller, as `SpeedController`
+        pid = SpeedController()
+        err = speed - ego.speed
+        integral = np.minimum(np.maximum(self._integral + err * self.dt, -5.0), 5.0)
+        self._integral = np.where(live, integral, self._integral)
+        accel = np.minimum(np.maximum(pid.kp * err + pid.ki * integral, -MAX_BRAKE), MAX_ACCEL)
+        return np.where(live, steer, 0.0), np.where(live, accel, 0.0)
 
     def _controls(self, i: int, actions: np.ndarray) -> tuple[float, float]:
         """Env i's (steer [rad], accel [m/s^2]) from its checked action."""
