@@ -11,6 +11,7 @@ with the same controls (tests/sim/test_batch.py checks it).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,22 @@ class BatchRoads:
         self.shoulder_width = np.array([[r.shoulder_width] for r in roads])
         self.paved_half_width = self.half_width + self.shoulder_width
         self._max_lanes = int(self.n_lanes.max())
+
+    def set_row(self, b: int, road: Any) -> bool:
+        """Put `road` in row b in place when it has as many samples as the road there
+        (the usual case: one family's roads share a length); False when it does not fit
+        (then build the roads again)."""
+        n = len(road.s)
+        if n != self.length[b] or road.n_lanes > self._max_lanes:
+            return False
+        sl = slice(int(self.offset[b, 0]), int(self.offset[b, 0]) + n)
+        self.x[sl], self.y[sl], self.heading[sl] = road.x, road.y, road.heading
+        self.s0[b, 0] = road.s[0]
+        self.n_lanes[b, 0], self.lane_width[b, 0] = road.n_lanes, road.lane_width
+        self.half_width[b, 0] = 0.5 * self.n_lanes[b, 0] * self.lane_width[b, 0]
+        self.shoulder_width[b, 0] = road.shoulder_width
+        self.paved_half_width[b, 0] = self.half_width[b, 0] + self.shoulder_width[b, 0]
+        return True
 
     def lane_of(self, d: np.ndarray) -> np.ndarray:
         lane = np.floor((d + self.half_width) / self.lane_width)
@@ -165,7 +182,8 @@ class BatchWorld:
             tables[b] = w.state.actors
             self.actors = _stack(tables)
         self.worlds[b] = w
-        self.roads = BatchRoads(self.worlds)
+        if not self.roads.set_row(b, w.road):
+            self.roads = BatchRoads(self.worlds)
         for k in _EGO_FIELDS:
             getattr(self.ego, k)[b] = getattr(w.state.ego, k)
         self.world_steps[b] = 0
