@@ -339,6 +339,18 @@ class TrainPlannerConfig(_Strict):
     imitation_epochs: int = Field(default=10, ge=1, le=100_000)
     shield: bool = Field(default=False, description=(
         "train behind the safety shield (planning.shield); drive the result as rl-shield"))
+    reward_weights: dict[str, float] = Field(default={}, description=(
+        "overrides of sim.rewards.RewardWeights (e.g. {ttc: -1.0, collision: -20.0})"))
+
+    @model_validator(mode="after")
+    def _rewards(self) -> TrainPlannerConfig:
+        from sim.rewards import RewardWeights
+
+        try:
+            RewardWeights.from_dict(self.reward_weights)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+        return self
     scenario: dict[str, Any] = Field(
         default={}, description="overrides of sim.config.ScenarioConfig for every family "
                                 "(e.g. {episode_seconds: 30})")

@@ -87,7 +87,7 @@ class PlannerTraining:
             if self.algo != "ppo":
                 raise ValueError("vec_env=batch steps meta actions (ppo); sac drives "
                                  "continuous controls: use vec_env subprocess or dummy")
-            extra = sorted(set(self.env_kwargs) - {"scenario", "noise_path"})
+            extra = sorted(set(self.env_kwargs) - {"scenario", "noise_path", "reward_weights"})
             if extra:
                 raise ValueError(f"vec_env=batch: {', '.join(extra)} not supported there "
                                  "(the shield filters one env at a time): use vec_env "
@@ -126,7 +126,8 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
         kwargs: dict[str, Any] = {
             "families": cfg.families, "source": cfg.source,
             "decision_every": cfg.decision_every, "noise": cfg.env_kwargs.get("noise_path"),
-            "noise_seed": seed, "scenario": cfg.env_kwargs.get("scenario")}
+            "noise_seed": seed, "scenario": cfg.env_kwargs.get("scenario"),
+            "reward_weights": cfg.env_kwargs.get("reward_weights")}
         workers = min(cfg.batch_workers, n)
         batch: Any = (ParallelBatchVecEnv(n, workers=workers, **kwargs) if workers > 1
                       else BatchPlannerVecEnv(n, **kwargs))

@@ -166,7 +166,8 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
                      decision_every: int = DECISION_EVERY, seed: int | None = None,
                      noise_path: str | None = None, perceiver_device: str = "cpu",
                      scenario: dict[str, Any] | None = None,
-                     action_type: str = "meta", shield: bool = False) -> gym.Env:
+                     action_type: str = "meta", shield: bool = False,
+                     reward_weights: dict[str, float] | None = None) -> gym.Env:
     """The planner's env: `drivestack/{Family}-v0` with meta (or continuous) actions,
     `DecisionEvery`, then the observation wrapper of `source`.
 
@@ -182,6 +183,8 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         scenario: overrides of the family's `ScenarioConfig` fields.
         action_type: "meta" (Discrete(5), PPO) or "continuous" (steer, accel; SAC).
         shield: filter the meta actions through the `SafetyShield` (`ShieldedActions`).
+        reward_weights: weights of the reward terms (`sim.rewards.RewardWeights`; None:
+            the defaults).
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r}; allowed: {', '.join(SOURCES)}")
@@ -198,7 +201,7 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
     config = family_config(family, **{k: v for k, v in overrides.items() if k != "family"})
     obs_type = "camera" if source == "perception" else "state"
     env = gym.make(f"drivestack/{family.capitalize()}-v0", scenario=config,
-                   obs_type=obs_type, action_type=action_type)
+                   obs_type=obs_type, action_type=action_type, reward_weights=reward_weights)
     env = DecisionEvery(env, decision_every)
     wrapped: SceneObservation
     if source == "privileged":

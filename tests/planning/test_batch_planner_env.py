@@ -111,3 +111,24 @@ def test_parallel_workers_step_the_same_envs() -> None:
     assert not any(p.is_alive() for p in two.processes)
     with pytest.raises(RuntimeError, match="failed to start"):
         ParallelBatchVecEnv(4, workers=2, families=("moon",))
+
+
+def test_reward_weights_reach_both_training_paths(tmp_path: Path) -> None:
+    from launch.cli import planner_job
+    from launch.config import TrainPlannerConfig
+
+    cfg = TrainPlannerConfig(out=tmp_path, reward_weights={"progress": 0.0, "ttc": 0.0,
+                                                           "lane_center": 0.0,
+                                                           "overspeed": 0.0, "comfort": 0.0})
+    job = planner_job(cfg)
+    assert job.env_kwargs["reward_weights"]["progress"] == 0.0
+    from planning.train import make_vec
+
+    for kind in ("batch", "dummy"):
+        vec = make_vec(job, 0, 2, kind)
+        vec.reset()
+        _, rewards, dones, _ = vec.step(np.full(2, 1))
+        assert np.all(rewards[~dones] == 0.0), (kind, rewards)
+        vec.close()
+    with pytest.raises(ValueError, match="unknown reward term"):
+        TrainPlannerConfig(reward_weights={"speeding": 1.0})
