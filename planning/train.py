@@ -57,6 +57,10 @@ class PlannerTraining:
     n_steps: int = 256
     """PPO rollout length per env."""
     batch_size: int = 256
+    n_epochs: int = 10
+    """PPO passes over each rollout."""
+    gamma: float = 0.97
+    """Discount per decision (0.97: a horizon of about 33 decisions, 6.6 s)."""
     net_arch: tuple[int, ...] = (128, 128)
     eval_every: int = 20_000
     """Agent steps between two evaluations (all envs together)."""
@@ -93,10 +97,11 @@ class PlannerTraining:
                                  "(the shield filters one env at a time): use vec_env "
                                  "subprocess or dummy")
         check_number("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
+        check_number("gamma", self.gamma, 0.0, 1.0)
         for name, lo in (("total_timesteps", 1), ("n_envs", 1), ("decision_every", 1),
                          ("n_steps", 1), ("batch_size", 1), ("eval_every", 1),
                          ("eval_episodes", 1), ("checkpoint_every", 1), ("batch_workers", 1),
-                         ("imitation_steps", 0), ("imitation_epochs", 0)):
+                         ("imitation_steps", 0), ("imitation_epochs", 0), ("n_epochs", 1)):
             check_number(name, getattr(self, name), lo, 1 << 40, integer=True)
         for width in self.net_arch:
             check_number("net_arch", width, 1, 1 << 16, integer=True)
@@ -171,7 +176,8 @@ def _model(cfg: PlannerTraining, env: Any, resume: Path | None) -> Any:
                     device=cfg.device, tensorboard_log=tb, verbose=0)
     else:
         model = PPO("MlpPolicy", env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
-                    batch_size=cfg.batch_size, n_epochs=10, gamma=0.97, ent_coef=0.01,
+                    batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=cfg.gamma,
+                    ent_coef=0.01,
                     seed=cfg.seed, policy_kwargs=policy_kwargs, device=cfg.device,
                     tensorboard_log=tb, verbose=0)
     if resume is not None:
