@@ -57,6 +57,8 @@ def summary_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
             row = {"planner": planner, "source": SOURCE_OF.get(planner, ""), "set": name,
                    "episodes": agg["episodes"]}
             row.update({key: agg.get(key) for key, _, _ in COLUMNS})
+            if planner != "rl-shield":  # only a shielded planner has interventions
+                row["shield_interventions_per_km"] = None
             row.update({f"collisions_{k}": v for k, v in agg["collisions"].items()})
             row["off_road"], row["errors"] = agg["off_road"], agg["errors"]
             rows.append(row)
