@@ -132,3 +132,40 @@ def test_reward_weights_reach_both_training_paths(tmp_path: Path) -> None:
         vec.close()
     with pytest.raises(ValueError, match="unknown reward term"):
         TrainPlannerConfig(reward_weights={"speeding": 1.0})
+
+
+def test_batch_workers_end_with_a_killed_parent(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from planning.batch_vec import ParallelBatchVecEnv\n"
+        "if __name__ == '__main__':\n"
+        "    vec = ParallelBatchVecEnv(4, workers=2, source='privileged')\n"
+        "    print(' '.join(str(p.pid) for p in vec.processes), flush=True)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[2])
+    assert parent.stdout is not None
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        status = Path(f"/proc/{pid}/stat")
+        return not (status.exists() and status.read_text().split()[2] == "Z")
+
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
