@@ -126,10 +126,14 @@ def ppo_speed(launch: Path, decisions: int) -> dict[str, Any]:
     import tempfile
 
     from launch.cli import train_job
-    from planning.train import _model
+    from planning.train import _model, configure_threads
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = train_job(launch, Path(tmp) / "run")
+        import torch
+
+        before_threads = torch.get_num_threads()
+        threads = configure_threads(cfg)
         t0 = time.perf_counter()
         vec = make_vec(cfg, cfg.seed, cfg.n_envs)
         try:
@@ -143,8 +147,10 @@ def ppo_speed(launch: Path, decisions: int) -> dict[str, Any]:
             done = model.num_timesteps - before
         finally:
             vec.close()
+            torch.set_num_threads(before_threads)
     return {"launch": str(launch), "vec_env": cfg.vec_env, "n_envs": cfg.n_envs,
-            "batch_workers": cfg.batch_workers, "source": cfg.source, "n_steps": cfg.n_steps,
+            "batch_workers": cfg.batch_workers, "torch_threads": threads,
+            "source": cfg.source, "n_steps": cfg.n_steps,
             "batch_size": cfg.batch_size, "decisions": int(done), "timed_s": round(wall, 2),
             "decisions_per_s": round(done / wall, 1), "startup_s": round(startup, 2)}
 

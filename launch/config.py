@@ -337,6 +337,8 @@ class TrainPlannerConfig(_Strict):
         "ppo, no shield); subprocess: SubprocVecEnv (spawn); dummy: DummyVecEnv"))
     batch_workers: int = Field(default=1, ge=1, le=256, description=(
         "vec_env batch: processes the batch is split over (one per core)"))
+    torch_threads: int | None = Field(default=None, ge=1, le=1024, description=(
+        "torch threads of the policy (null: 1 when batch workers hold the cores)"))
     imitation_steps: int = Field(
         default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
     imitation_epochs: int = Field(default=10, ge=1, le=100_000)
