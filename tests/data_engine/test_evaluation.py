@@ -237,8 +237,11 @@ def test_heldout_sets_refuse_foreign_records_and_seeds(tmp_path: Path) -> None:
 def test_detector_report_on_tiny_sets(tiny: Path) -> None:
     sets = make_heldout_sets(tiny, **TINY)
     report = detector_report(None, sets)
-    assert set(report.scores) == {"nominal", "hard_night", "hard_fog", "hard_rain", "hard"}
+    assert set(report.scores) == {"nominal", "hard_night", "hard_fog", "hard_rain", "hard",
+                                  "night_fog"}
     assert report.scores["hard"]["images"] == 6 and report.scores["nominal"]["images"] == 4
+    assert report.scores["night_fog"]["images"] == (report.scores["hard_night"]["images"]
+                                                    + report.scores["hard_fog"]["images"])
     for name in ("nominal", "hard"):
         assert report.scores[name]["objects"] > 0
         assert 0 < report.figure(name) <= report.figure(name, "mAP50") <= 1
