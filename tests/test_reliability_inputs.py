@@ -645,7 +645,8 @@ def _optional_floats(model: type[BaseModel], path: tuple[str, ...] = ()
     for name, info in model.model_fields.items():
         nested = model_in(info.annotation)
         if nested is not None:
-            yield from _optional_floats(nested, (*path, name))
+            if info.default is not None:  # an optional section left out has no floats
+                yield from _optional_floats(nested, (*path, name))
         elif info.default is None and float in typing.get_args(info.annotation):
             yield (*path, name)
 
