@@ -86,7 +86,32 @@ class BatchVecEnv(VecEnv):
         return [indices] if isinstance(indices, int) else list(indices)
 
 
-class BatchPlannerVecEnv(VecEnv):
+class _OneBatch(VecEnv):
+    """The `VecEnv` methods that reach into single envs, for vector envs whose envs are
+    rows of a batch (no env objects to read, set or call)."""
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        if attr_name == "render_mode":
+            return [None] * self.num_envs
+        raise AttributeError(f"get_attr({attr_name!r}): the envs are rows of a batch of "
+                             "worlds, not objects")
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        raise AttributeError(f"set_attr({attr_name!r}): the envs are rows of a batch of "
+                             "worlds, not objects")
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None,
+                   **kwargs: Any) -> list[Any]:
+        raise AttributeError(f"env_method({method_name!r}): the envs are rows of a batch of "
+                             "worlds, not objects")
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        n = self.num_envs if indices is None else len(
+            [indices] if isinstance(indices, int) else list(indices))
+        return [False] * n
+
+
+class BatchPlannerVecEnv(_OneBatch):
     """The planner's training env, batched: what `make_planner_env` gives per env
     (`DecisionEvery`, then the privileged or emulated-perception feature vector), for
     `num_envs` envs stepped as one batch of worlds (one `BatchDrivingEnv`, families
@@ -247,25 +272,6 @@ class BatchPlannerVecEnv(VecEnv):
         for g in self.groups:
             g.env.close()
 
-    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        if attr_name == "render_mode":
-            return [None] * self.num_envs
-        raise AttributeError(f"get_attr({attr_name!r}): the envs of a batch have no "
-                             "separate objects; read vec.groups[k].env")
-
-    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        raise AttributeError(f"set_attr({attr_name!r}): the envs of a batch share their "
-                             "family's BatchDrivingEnv (vec.groups[k].env)")
-
-    def env_method(self, method_name: str, *args: Any, indices: Any = None,
-                   **kwargs: Any) -> list[Any]:
-        raise AttributeError(f"env_method({method_name!r}): the envs of a batch share "
-                             "their family's BatchDrivingEnv (vec.groups[k].env)")
-
-    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
-        n = self.num_envs if indices is None else len(
-            [indices] if isinstance(indices, int) else list(indices))
-        return [False] * n
 
 
 class _FamilyBatch:
@@ -281,7 +287,7 @@ class _FamilyBatch:
         self.fresh = np.ones(len(idx), bool)
 
 
-class ParallelBatchVecEnv(VecEnv):
+class ParallelBatchVecEnv(_OneBatch):
     """`BatchPlannerVecEnv` split over `workers` processes (start method "spawn"): worker w
     steps its share of the envs as one batch, all workers at once, so training uses every
     core while the policy waits. Env i is env i of `BatchPlannerVecEnv(num_envs, ...)`: the
@@ -365,22 +371,6 @@ class ParallelBatchVecEnv(VecEnv):
                 p.terminate()
         self._closed = True
 
-    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        if attr_name == "render_mode":
-            return [None] * self.num_envs
-        raise AttributeError(f"get_attr({attr_name!r}): the envs live in batch workers")
-
-    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        raise AttributeError(f"set_attr({attr_name!r}): the envs live in batch workers")
-
-    def env_method(self, method_name: str, *args: Any, indices: Any = None,
-                   **kwargs: Any) -> list[Any]:
-        raise AttributeError(f"env_method({method_name!r}): the envs live in batch workers")
-
-    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
-        n = self.num_envs if indices is None else len(
-            [indices] if isinstance(indices, int) else list(indices))
-        return [False] * n
 
 
 def _batch_worker(remote: Any, parent_end: Any, kwargs: dict[str, Any]) -> None:
