@@ -34,7 +34,7 @@ from planning.features import (
     N_OBJECTS,
     OBJECT_FEATURES,
 )
-from planning.noise import FALSE_ALARM_SPREAD, MISS_BUCKETS, PerceptionNoise, _bucket
+from planning.noise import FALSE_ALARM_SPREAD, PerceptionNoise, _bucket
 from planning.scene import MAX_RANGE, Scene
 from sim.types import CameraSpec
 
@@ -308,5 +308,5 @@ def batch_features(scene: BatchScene) -> np.ndarray:
     return out
 
 
-__all__ = ["MISS_BUCKETS", "BatchScene", "batch_corrupt", "batch_features",
+__all__ = ["BatchScene", "batch_corrupt", "batch_features",
            "batch_gap_rates", "batch_scene_from_world", "lane_of"]

@@ -21,6 +21,13 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 from sim.vector import BatchDrivingEnv
 
 
+def _indices(indices: Any, n: int) -> Sequence[int]:
+    """The env indices a `VecEnv` method names (None: all n)."""
+    if indices is None:
+        return range(n)
+    return [indices] if isinstance(indices, int) else list(indices)
+
+
 class BatchVecEnv(VecEnv):
     """N drivestack envs for SB3, simulated as one batch. Arguments: those of
     `BatchDrivingEnv` (its autoreset is same-step here)."""
@@ -66,7 +73,7 @@ class BatchVecEnv(VecEnv):
         self.env.close()
 
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        return [getattr(self.env, attr_name)] * len(self._indices(indices))
+        return [getattr(self.env, attr_name)] * len(_indices(indices, self.num_envs))
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
         raise AttributeError(f"set_attr({attr_name!r}): the envs of a batch share one "
@@ -78,12 +85,8 @@ class BatchVecEnv(VecEnv):
                              "BatchDrivingEnv; call it there (vec.env)")
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
-        return [False] * len(self._indices(indices))
+        return [False] * len(_indices(indices, self.num_envs))
 
-    def _indices(self, indices: Any) -> Sequence[int]:
-        if indices is None:
-            return range(self.num_envs)
-        return [indices] if isinstance(indices, int) else list(indices)
 
 
 class _OneBatch(VecEnv):
@@ -106,9 +109,7 @@ class _OneBatch(VecEnv):
                              "worlds, not objects")
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
-        n = self.num_envs if indices is None else len(
-            [indices] if isinstance(indices, int) else list(indices))
-        return [False] * n
+        return [False] * len(_indices(indices, self.num_envs))
 
 
 class BatchPlannerVecEnv(_OneBatch):
@@ -176,25 +177,28 @@ class BatchPlannerVecEnv(_OneBatch):
                               scenarios=[configs[families[i % len(families)]]
                                          for i in range(num_envs)])
         env.state_observations = False
-        self.groups: list[_FamilyBatch] = [_FamilyBatch(
-            "+".join(configs), np.arange(num_envs), env,
-            np.random.default_rng([noise_seed, 0xBA7C]))]
+        self.env = env
+        """The batch of worlds (`BatchDrivingEnv`, its own observations switched off)."""
+        self.rng = np.random.default_rng([noise_seed, 0xBA7C])
+        """The emulated perception noise of every env."""
+        # gap-rate tracking: the previous noisy scenes, the world step they were seen at,
+        # and which envs start afresh (no previous scene)
+        self._prev: Any = None
+        self._prev_steps = np.zeros(num_envs, np.int64)
+        self._fresh = np.ones(num_envs, bool)
         self.render_mode = None
         super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
                                               dtype=np.float32),
                          spaces.Discrete(len(META_ACTIONS)))
         self._actions: np.ndarray | None = None
-        self._dim = FEATURE_DIM
 
     # -- VecEnv --------------------------------------------------------------------------
     def reset(self) -> np.ndarray:
-        obs = np.zeros((self.num_envs, self._dim), np.float32)
-        for g in self.groups:
-            seeds = [self._seeds[i] for i in g.idx]
-            g.env.reset(seed=None if all(s is None for s in seeds) else list(seeds))
-            g.prev = None
-            g.fresh[:] = True
-            obs[g.idx] = self._observe(g)
+        seeds = list(self._seeds)
+        self.env.reset(seed=None if all(s is None for s in seeds) else seeds)
+        self._prev = None
+        self._fresh[:] = True
+        obs = self._observe()
         self.reset_infos = [{} for _ in range(self.num_envs)]
         self._reset_seeds()
         return obs
@@ -205,41 +209,32 @@ class BatchPlannerVecEnv(_OneBatch):
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         if self._actions is None:
             raise RuntimeError("step_async before step_wait")
-        n = self.num_envs
+        n, env = self.num_envs, self.env
         rewards = np.zeros(n, np.float64)
-        ended = np.zeros(n, bool)
-        truncated = np.zeros(n, bool)
         infos: list[dict[str, Any]] = [{} for _ in range(n)]
-        obs = np.zeros((n, self._dim), np.float32)
-        for g in self.groups:
-            live = np.ones(len(g.idx), bool)
-            for j in range(self.decision_every):
-                acts = self._actions[g.idx] if j == 0 else np.full(len(g.idx), self._idle)
-                _, r, term, trunc, info = g.env.step(acts)
-                rewards[g.idx] += np.where(live, r, 0.0)
-                new = (term | trunc) & live
-                if new.any():
-                    last = self._observe(g, rows=np.flatnonzero(new))
-                    for row, o in zip(np.flatnonzero(new), last, strict=True):
-                        i = int(g.idx[row])
-                        infos[i] = {"terminal_observation": o,
-                                    "TimeLimit.truncated": bool(trunc[row] and not term[row]),
-                                    "route_completion": float(info["route_completion"][row]),
-                                    "collision": bool(info["events"]["collision"][row]),
-                                    "off_road": bool(info["events"]["off_road"][row])}
-                    truncated[g.idx[new]] = trunc[new] & ~term[new]
-                    live &= ~new
-                    restarted = g.env.restart_ended()
-                    g.fresh[restarted] = True
-            g.fresh[g.env.restart_ended()] = True  # ended twice within one decision: rare
-            ended[g.idx[~live]] = True
-            obs[g.idx] = self._observe(g)
+        live = np.ones(n, bool)
+        for j in range(self.decision_every):
+            _, r, term, trunc, info = env.step(self._actions if j == 0
+                                               else np.full(n, self._idle))
+            rewards += np.where(live, r, 0.0)
+            new = (term | trunc) & live
+            if new.any():
+                rows = np.flatnonzero(new)
+                for i, o in zip(rows, self._observe(rows), strict=True):
+                    infos[i] = {"terminal_observation": o,
+                                "TimeLimit.truncated": bool(trunc[i] and not term[i]),
+                                "route_completion": float(info["route_completion"][i]),
+                                "collision": bool(info["events"]["collision"][i]),
+                                "off_road": bool(info["events"]["off_road"][i])}
+                live &= ~new
+                self._fresh[env.restart_ended()] = True
+        self._fresh[env.restart_ended()] = True  # ended twice within one decision: rare
         self._actions = None
-        return obs, rewards.astype(np.float32), ended, infos
+        return self._observe(), rewards.astype(np.float32), ~live, infos
 
-    def _observe(self, g: _FamilyBatch, rows: np.ndarray | None = None) -> np.ndarray:
-        """Feature vectors of the group's envs (or of `rows` only, for a last observation
-        before a restart: the tracking state is then left as it is)."""
+    def _observe(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Feature vectors of every env (or of `rows` only, for a last observation before
+        a restart: the tracking state is then left as it is)."""
         from planning.batch_scene import (
             batch_corrupt,
             batch_features,
@@ -247,44 +242,30 @@ class BatchPlannerVecEnv(_OneBatch):
             batch_scene_from_world,
         )
 
-        env = g.env
+        env = self.env
         bw = env.batch
         assert bw is not None
         scene = batch_scene_from_world(bw, env.camera_spec)
-        if self.source == "privileged":
-            return batch_features(scene if rows is None else scene.take(rows))
-        steps = bw.world_steps.copy()
         if rows is not None:
             scene = scene.take(rows)
+        if self.source == "privileged":
+            return batch_features(scene)
         sel = slice(None) if rows is None else rows
+        steps = bw.world_steps.copy()
         ego = bw.ego
         front = (ego.wheelbase / 2 + ego.length / 2 - env.camera_spec.mount_forward)[sel]
         assert self.noise is not None
-        noisy = batch_corrupt(scene, self.noise, g.rng, front)
-        dt = np.where(g.fresh[sel], 0.0, (steps[sel] - g.prev_steps[sel]) * env.dt)
-        prev = None if g.prev is None else (g.prev if rows is None else g.prev.take(rows))
+        noisy = batch_corrupt(scene, self.noise, self.rng, front)
+        dt = np.where(self._fresh[sel], 0.0, (steps[sel] - self._prev_steps[sel]) * env.dt)
+        prev = None if self._prev is None else (
+            self._prev if rows is None else self._prev.take(rows))
         tracked = batch_gap_rates(prev, noisy, dt)
         if rows is None:
-            g.prev, g.prev_steps, g.fresh[:] = tracked, steps, False
+            self._prev, self._prev_steps, self._fresh[:] = tracked, steps, False
         return batch_features(tracked)
 
     def close(self) -> None:
-        for g in self.groups:
-            g.env.close()
-
-
-
-class _FamilyBatch:
-    """The envs of one family in a `BatchPlannerVecEnv`: their indices, their batch, the
-    noise generator and the tracking state (previous noisy scenes, when they were seen,
-    and which envs start fresh)."""
-
-    def __init__(self, family: str, idx: np.ndarray, env: BatchDrivingEnv,
-                 rng: np.random.Generator) -> None:
-        self.family, self.idx, self.env, self.rng = family, idx, env, rng
-        self.prev: Any = None
-        self.prev_steps = np.zeros(len(idx), np.int64)
-        self.fresh = np.ones(len(idx), bool)
+        self.env.close()
 
 
 class ParallelBatchVecEnv(_OneBatch):

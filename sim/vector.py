@@ -37,7 +37,6 @@ from sim.actions import (
     META_SPACE,
     SLOWER,
     SPEED_STEP,
-    MetaController,
     SpeedController,
     action_space,
     continuous_action,
@@ -110,7 +109,6 @@ class BatchDrivingEnv(VectorEnv):
         self.camera = BatchCamera(self.camera_spec, num_envs)
         self.batch: BatchWorld | None = None
         self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
-        self._controllers: list[MetaController | None] = [None] * num_envs
         # the meta-action controllers of all envs as arrays (`MetaController` per env,
         # value for value): target lane, target speed, speed PI integral, speed limit
         self._target_lane = np.zeros(num_envs, np.int64)
@@ -155,7 +153,7 @@ class BatchDrivingEnv(VectorEnv):
             steer, accel = self._meta_controls(actions, ~restart)
         else:
             for i in np.flatnonzero(~restart):
-                steer[i], accel[i] = self._controls(i, actions)
+                steer[i], accel[i] = continuous_to_controls(actions[i])
         prev_accel = bw.ego.accel.copy()
         events = bw.step(steer, accel)
         for i in np.flatnonzero(restart):
@@ -257,9 +255,6 @@ class BatchDrivingEnv(VectorEnv):
         bw = self._require_batch()
         ego, road = bw.ego.one(i), bw.worlds[i].road
         self._scenario_info[i] = asdict(bw.worlds[i].scenario)
-        self._controllers[i] = MetaController(
-            target_lane=int(road.lane_of(ego.d)), target_speed=ego.speed,
-            speed_pid=SpeedController())
         self._target_lane[i] = int(road.lane_of(ego.d))
         self._target_speed[i] = ego.speed
         self._integral[i] = 0.0
@@ -314,16 +309,6 @@ class BatchDrivingEnv(VectorEnv):
         self._integral = np.where(live, integral, self._integral)
         accel = np.minimum(np.maximum(pid.kp * err + pid.ki * integral, -MAX_BRAKE), MAX_ACCEL)
         return np.where(live, steer, 0.0), np.where(live, accel, 0.0)
-
-    def _controls(self, i: int, actions: np.ndarray) -> tuple[float, float]:
-        """Env i's (steer [rad], accel [m/s^2]) from its checked action."""
-        if self.action_type == "continuous":
-            return continuous_to_controls(actions[i])
-        bw = self._require_batch()
-        world, ctl = bw.worlds[i], self._controllers[i]
-        assert ctl is not None
-        ctl.apply(int(actions[i]), world.road, world.scenario.speed_limit)
-        return ctl.controls(bw.ego.one(i), world.road, self.dt)
 
     def _observe(self, events: dict[str, np.ndarray], terms: dict[str, np.ndarray],
                  views: list[WorldView] | None = None) -> tuple[Any, dict[str, Any]]:
