@@ -21,7 +21,7 @@ FASTER / SLOWER and its target lane by one per LANE_LEFT / LANE_RIGHT.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -104,12 +104,35 @@ class RuleParams:
     """Decisions the desired speed must allow a FASTER in a row."""
     cut_in_time: float = 1.5
     """Objects moving sideways are tested where they will be this much later [s]."""
+    closure_range: float = 60.0
+    """A standing object in the ego's path closer than this blocks the lane for good (a
+    lane closure, a broken-down car): the ego leaves the lane at any speed [m]."""
+    standing_speed: float = 1.0
+    """Objects slower than this over ground are standing [m/s]."""
+    closure_change_speed: float = 3.0
+    """Below this speed before a closed lane, the ego leaves it though slow (the camera
+    sees nothing behind: faster, the guards against unseen traffic hold) [m/s]."""
+    closure_standstill: float = 10.0
+    """Gap kept to a standing object that closes the ego lane: room to steer out [m]."""
+    change_margin: float = 0.2
+    """Lateral clearance of the body's own path while it steers out of a closed lane [m]."""
+    change_standstill: float = 2.0
+    """Gap kept to what stands in the body's path while it steers out of a closed lane
+    (it creeps up to it while turning away) [m]."""
+    creep_speed: float = 1.0
+    """From a stop, a desired speed this high already asks for one speed step (the ego
+    creeps forward, braking again at the next decision) [m/s]."""
+    ped_wait: float = 3.0
+    """Stopped this long before a pedestrian who stands still off the road, the ego goes
+    on: it is waiting for the ego, not about to cross [s]."""
 
 
-def safe_speed(gap: float, leader_speed: float, p: RuleParams) -> float:
+def safe_speed(gap: float, leader_speed: float, p: RuleParams,
+               standstill: float | None = None) -> float:
     """Gipps' safe speed [m/s]: the fastest speed from which, after `p.reaction` seconds,
-    braking at `p.decel` stops `p.standstill` behind a leader braking as hard."""
-    room = gap - p.standstill
+    braking at `p.decel` stops `standstill` (default `p.standstill`) behind a leader
+    braking as hard."""
+    room = gap - (p.standstill if standstill is None else standstill)
     b, tau = p.decel, p.reaction
     disc = (b * tau) ** 2 + max(leader_speed, 0.0) ** 2 + 2.0 * b * room
     return max(0.0, -b * tau + math.sqrt(max(disc, 0.0)))
@@ -128,17 +151,22 @@ def in_corridor(objects: np.ndarray, centre: float, p: RuleParams) -> np.ndarray
     return (np.abs(objects[:, 1] - centre) < reach) & (objects[:, 0] > -2.0)
 
 
-def lane_safe_speed(objects: np.ndarray, mask: np.ndarray, speed: float, p: RuleParams
-                    ) -> tuple[float, float]:
+def lane_safe_speed(objects: np.ndarray, mask: np.ndarray, speed: float, p: RuleParams,
+                    standing_gap: float | None = None) -> tuple[float, float]:
     """Safe speed [m/s] behind every masked object (the slowest of their Gipps speeds)
     and the gap to the nearest one [m] (inf, inf when none). An object perception has not
     tracked yet carries the gap rate -speed (`planning.scene.with_gap_rates`), so it is
-    taken as stopped."""
+    taken as stopped. `standing_gap`: the standstill gap kept to standing objects (other
+    than pedestrians; default `p.standstill`)."""
     if not mask.any():
         return math.inf, math.inf
     rows = objects[mask]
     lead = np.maximum(speed + rows[:, 4], 0.0)
-    v = min(safe_speed(float(g), float(vl), p) for g, vl in zip(rows[:, 0], lead, strict=True))
+    standing = (lead < p.standing_speed) & (rows[:, 3] != PEDESTRIAN)
+    gaps = np.where(standing & (standing_gap is not None),
+                    standing_gap if standing_gap is not None else p.standstill, p.standstill)
+    v = min(safe_speed(float(g), float(vl), p, float(s))
+            for g, vl, s in zip(rows[:, 0], lead, gaps, strict=True))
     return v, float(rows[:, 0].min())
 
 
@@ -174,6 +202,10 @@ class _Memory:
     """Time since the last lane change was asked for [s]."""
     time: float = 0.0
     """Time since reset [s]."""
+    leaving: bool = False
+    """The lane change under way leaves a closed lane (until centred in the new one)."""
+    stopped: float = 0.0
+    """How long the ego has stood still [s]."""
     prev_offset: float | None = None
     recent: list[float] = field(default_factory=list)
     """Desired speeds of the last decisions [m/s]."""
@@ -214,6 +246,9 @@ class RulePlanner:
             m.target_speed = scene.speed  # the controller starts at the speed at reset
         m.since_change += p.decision_dt
         m.time += p.decision_dt
+        m.stopped = m.stopped + p.decision_dt if scene.speed < 0.5 else 0.0
+        if m.leaving and m.target_lane == m.lane and abs(scene.lane_offset) < p.settled_offset:
+            m.leaving = False  # out of the closed lane and centred in the new one
         shift = 0
         if scene.lane_seen:
             if m.prev_offset is not None:
@@ -276,11 +311,20 @@ class RulePlanner:
         return in_corridor(obj, centre, p) | in_corridor(ahead, centre, p)
 
     def lane_speed(self, scene: Scene, rel: int) -> tuple[float, float]:
-        """Safe speed [m/s] and gap [m] ahead in lane `rel` (0 ego, +1 left, -1 right)."""
+        """Safe speed [m/s] and gap [m] ahead in lane `rel` (0 ego, +1 left, -1 right).
+        In the ego lane, standing objects are kept `closure_standstill` away (room to
+        steer out); while the ego steers out of a closed lane, only its body's own path
+        counts, with `change_margin`."""
+        p = self.params
+        if rel == 0 and self.mem.leaving:
+            body = replace(p, corridor_margin=p.change_margin)
+            mask = in_corridor(scene.objects, scene.lane_offset, body)
+            return lane_safe_speed(scene.objects, mask, scene.speed, p, p.change_standstill)
         mask = self._path_mask(scene, rel * scene.lane_width)
         if rel == 0:  # the body's own path too, wherever it is in the lane
-            mask |= in_corridor(scene.objects, scene.lane_offset, self.params)
-        return lane_safe_speed(scene.objects, mask, scene.speed, self.params)
+            mask |= in_corridor(scene.objects, scene.lane_offset, p)
+            return lane_safe_speed(scene.objects, mask, scene.speed, p, p.closure_standstill)
+        return lane_safe_speed(scene.objects, mask, scene.speed, p)
 
     def desired_speed(self, scene: Scene) -> float:
         """min(speed limit, safe speed in the ego lane (and the target lane while
@@ -304,6 +348,8 @@ class RulePlanner:
             along = scene.speed + rate  # an untracked object's rate is -speed: standing
             if outside > 0 and not toward and (abs(v_lat) > 0.3 or abs(along) > 0.5):
                 continue  # walking along the kerb or away from the road
+            if outside > 0 and self.mem.stopped >= p.ped_wait:
+                continue  # standing at the kerb while the ego waited: it lets the ego go
             t_ped = max(outside, 0.0) / p.ped_speed
             t_ego = (gap + EGO_LENGTH + 1.0) / max(scene.speed, 3.0)
             if t_ped < t_ego + 1.0:
@@ -313,7 +359,7 @@ class RulePlanner:
     def _speed_action(self, scene: Scene, v_des: float) -> int:
         """Step the target speed toward `v_des`: down as soon as it is above, up only
         when the last `settle` decisions all allow it (noisy scenes then make fewer
-        changes)."""
+        changes); from a stop, creeping speed is enough."""
         m, p = self.mem, self.params
         assert m.target_speed is not None
         m.recent = [*m.recent[1 - p.settle:], v_des] if p.settle > 1 else [v_des]
@@ -321,20 +367,23 @@ class RulePlanner:
             m.target_speed = max(m.target_speed - SPEED_STEP, 0.0)
             return SLOWER
         cap = MAX_TARGET_FACTOR * scene.speed_limit
-        if m.target_speed + SPEED_STEP <= min(*m.recent, cap) + 0.25:
+        allowed = min(*m.recent, cap)
+        creep = m.target_speed < 0.5 * SPEED_STEP and allowed >= p.creep_speed
+        if creep or m.target_speed + SPEED_STEP <= allowed + 0.25:
             m.target_speed = min(m.target_speed + SPEED_STEP, cap)
             return FASTER
         return IDLE
 
     # -- lanes -----------------------------------------------------------------------------
     def _settled(self, scene: Scene, urgent: bool = False) -> bool:
-        """Not changing lanes, centred, past the cooldown and (unless `urgent`) past the
-        warm-up."""
+        """Not changing lanes, centred (or standing), past the cooldown and (unless
+        `urgent`) past the warm-up."""
         m, p = self.mem, self.params
         waited = m.since_change >= p.cooldown and (m.time >= p.warmup or urgent)
+        stopped = m.stopped >= p.decision_dt  # stands off-centre: may decide anew
         return (scene.lane_seen and m.target_lane == m.lane and waited
-                and abs(scene.lane_offset) < p.settled_offset
-                and abs(scene.heading_error) < 0.05)
+                and (stopped or (abs(scene.lane_offset) < p.settled_offset
+                                 and abs(scene.heading_error) < 0.05)))
 
     def _beside(self, scene: Scene, rel: int) -> bool:
         """Something remembered beside the ego in lane `rel`, or seen close in it (now or
@@ -356,13 +405,24 @@ class RulePlanner:
         need = scale * (p.min_gap + p.min_gap_time * scene.speed)
         return gap > need and v >= scene.speed - 1.0
 
+    def closed(self, scene: Scene) -> bool:
+        """A standing object (a cone, a stopped car) in the ego's path within
+        `closure_range`: the lane is closed ahead."""
+        p, obj = self.params, scene.objects
+        standing = np.abs(scene.speed + obj[:, 4]) < p.standing_speed
+        near = obj[:, 0] < p.closure_range
+        mask = self._path_mask(scene, 0.0) | in_corridor(obj, scene.lane_offset, p)
+        return bool((mask & standing & near & (obj[:, 3] != PEDESTRIAN)).any())
+
     def _lane_action(self, scene: Scene) -> int | None:
         p = self.params
         v_ego, gap_ego = self.lane_speed(scene, 0)
-        urgent = v_ego < scene.speed - p.urgent_decel  # must brake hard to stay in lane
+        # stopped before a closed lane: leave it, warm-up and slow speed or not
+        closed = scene.speed < p.closure_change_speed and self.closed(scene)
+        urgent = closed or v_ego < scene.speed - p.urgent_decel  # must brake hard to stay
         limit = scene.speed_limit
         slow = scene.speed < max(p.min_change_speed, limit - p.max_closing)
-        if slow or not self._settled(scene, urgent):
+        if (slow and not closed) or not self._settled(scene, urgent):
             return None
         if v_ego < limit - p.slow_margin:  # blocked or slow: overtake, left first
             for rel in (1, -1):
@@ -370,7 +430,7 @@ class RulePlanner:
                 better = min(v, limit) > v_ego + p.gain and (
                     urgent or gap > gap_ego + p.gap_gain)
                 if better and self.lane_free(scene, rel, urgent):
-                    return self._change(rel)
+                    return self._change(rel, leaving=closed)
             return None
         late = self.mem.time >= 2 * p.warmup  # optional: wait longer for unseen neighbours
         if late and self.mem.right_empty >= p.keep_right_after and self.lane_free(scene, -1):
@@ -388,8 +448,9 @@ class RulePlanner:
         m.since_change = 0.0
         return LANE_RIGHT if rel > 0 else LANE_LEFT
 
-    def _change(self, rel: int) -> int:
+    def _change(self, rel: int, leaving: bool = False) -> int:
         m = self.mem
+        m.leaving = leaving
         m.origin_lane = m.lane
         m.target_lane = m.lane + rel
         m.since_change = 0.0

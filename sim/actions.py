@@ -21,6 +21,9 @@ META_ACTIONS: tuple[str, ...] = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "S
 LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(len(META_ACTIONS))
 SPEED_STEP = 2.5
 """Target-speed change of one FASTER / SLOWER [m/s]."""
+META_MIN_LOOKAHEAD = 4.0
+"""Shortest pure-pursuit lookahead of the meta controller [m] (the lookahead is the speed
+x 1 s above it): short enough to steer out from behind a stopped car at a crawl."""
 
 
 def action_space(action_type: str) -> spaces.Space:
@@ -136,6 +139,6 @@ class MetaController:
             self.target_speed = max(self.target_speed - SPEED_STEP, 0.0)
 
     def controls(self, ego: EgoState, road: Road, dt: float) -> tuple[float, float]:
-        lookahead = max(8.0, 1.0 * ego.speed)
+        lookahead = max(META_MIN_LOOKAHEAD, 1.0 * ego.speed)
         steer = pure_pursuit(ego, road, float(road.lane_center(self.target_lane)), lookahead)
         return steer, self.speed_pid(ego.speed, self.target_speed, dt)

@@ -34,6 +34,7 @@ from sim.actions import (
     MAX_BRAKE,
     MAX_STEER,
     META_ACTIONS,
+    META_MIN_LOOKAHEAD,
     META_SPACE,
     SLOWER,
     SPEED_STEP,
@@ -293,7 +294,7 @@ class BatchDrivingEnv(VectorEnv):
         speed = np.where(a == SLOWER, np.maximum(speed - SPEED_STEP, 0.0), speed)
         self._target_lane, self._target_speed = lane, speed
         # pure pursuit toward the target lane's centre line, as `pure_pursuit`
-        lookahead = np.maximum(8.0, 1.0 * ego.speed)
+        lookahead = np.maximum(META_MIN_LOOKAHEAD, 1.0 * ego.speed)
         target_d = roads.lane_center(lane[:, None])
         px, py, _ = roads.to_world((ego.s + lookahead)[:, None], target_d)
         dx, dy = px[:, 0] - ego.x, py[:, 0] - ego.y

@@ -17,7 +17,7 @@ from planning.rule_based import RuleParams, RulePlanner, safe_speed
 from planning.scene import Scene
 from planning.sources import PrivilegedSource
 from sim.actions import FASTER, IDLE, LANE_LEFT, LANE_RIGHT, SLOWER, SPEED_STEP
-from sim.types import CAR, PEDESTRIAN
+from sim.types import CAR, CONE, PEDESTRIAN
 
 NO_WARMUP = RuleParams(warmup=0.0)
 """Lane changes allowed from the first decision (hand-made scenes start mid-drive)."""
@@ -137,6 +137,73 @@ def test_stops_for_a_pedestrian_by_the_road_but_not_for_one_walking_along() -> N
     assert RulePlanner().act(standing) == SLOWER
     walking = scene([(20.0, -3.5, PEDESTRIAN, 1.2)], speed=12.0, limit=16.0)
     assert RulePlanner().act(walking) == FASTER
+
+
+CLOSURE = [(8.0 + 4.0 * k, 0.0, CONE, 0.0) for k in range(6)]
+"""Cones across the ego lane from 8 m on: the lane is closed."""
+
+
+def test_standing_before_a_closed_lane_leaves_it_though_slow() -> None:
+    """Standing still, the ego is far below `min_change_speed`; a closure is the one case
+    that lets it change lanes anyway (without the closure it stays)."""
+    stopped = scene(CLOSURE, speed=0.0, limit=30.0, right=False)
+    planner = RulePlanner()  # warm-up and all: the closure overrides it
+    assert planner.act(stopped) == LANE_LEFT
+    assert planner.mem.leaving
+    slow_car = scene([(8.0, 0.0, CAR, 0.5 + RuleParams().standing_speed)], speed=0.0,
+                     right=False)
+    assert RulePlanner().act(slow_car) != LANE_LEFT, "a moving car is no closure"
+    fast = scene([(50.0 + 4 * k, 0.0, CONE, 0.0) for k in range(4)], speed=14.0,
+                 limit=30.0, right=False)
+    assert RulePlanner().act(fast) != LANE_LEFT, "at speed the blind-spot guards hold"
+
+
+def test_leaving_a_closed_lane_only_the_body_path_limits_the_speed() -> None:
+    """Steering out from behind a standing car, the ego creeps on while its own body's
+    path is clear, and stops for what still stands in that path."""
+    planner = RulePlanner()
+    first = scene([(9.0, 0.0, CAR, 0.0)], speed=0.0, right=False)
+    assert planner.act(first) == LANE_LEFT
+    p = planner.params
+    # half way out: the car no longer overlaps the body's path (with change_margin)
+    out = 0.95 + 1.0 + p.change_margin + 0.1
+    clear = scene([(9.0, 0.0, CAR, 0.0)], speed=0.0, offset=out, right=False)
+    assert planner.desired_speed(clear) == pytest.approx(30.0)
+    still = scene([(9.0, 0.0, CAR, 0.0)], speed=0.0, offset=0.5, right=False)
+    v = planner.desired_speed(still)
+    assert 0.0 < v < 5.0, "creeps up to `change_standstill` behind it"
+
+
+def test_from_a_stop_a_crawl_is_enough_for_one_speed_step() -> None:
+    """Standing, a safe speed above `creep_speed` but below one SPEED_STEP still asks for
+    FASTER (the ego creeps on and brakes again at the next decision); below
+    `creep_speed` it stays."""
+    p = RuleParams()
+    room = p.closure_standstill + 2.0  # a standing car: Gipps speed ~1.6 m/s
+    crawl = scene([(room, 0.0, CAR, 0.0)], speed=0.0, left=False, right=False)
+    planner = RulePlanner()
+    assert planner.act(crawl) == FASTER
+    assert p.creep_speed <= planner.desired_speed(crawl) < SPEED_STEP
+    near = scene([(p.closure_standstill + 0.1, 0.0, CAR, 0.0)], speed=0.0, left=False,
+                 right=False)
+    assert RulePlanner().act(near) == IDLE
+
+
+def test_a_pedestrian_who_waits_at_the_kerb_lets_the_stopped_ego_go() -> None:
+    """The ego stops for a pedestrian standing by the road; once it has waited
+    `ped_wait` and the pedestrian still stands off the road, it drives on."""
+    planner = RulePlanner()
+    waiting = scene([(6.0, -5.5, PEDESTRIAN, 0.0)], speed=0.0, limit=14.0)
+    assert planner.act(waiting) == IDLE
+    assert planner.desired_speed(waiting) < 1.0
+    steps = int(np.ceil(planner.params.ped_wait / planner.params.decision_dt))
+    actions = [planner.act(waiting) for _ in range(steps)]
+    assert planner.desired_speed(waiting) == pytest.approx(14.0)
+    assert FASTER not in actions[:-1]
+    assert FASTER in [planner.act(waiting) for _ in range(planner.params.settle)]
+    on_road = scene([(6.0, -1.0, PEDESTRIAN, 0.0)], speed=0.0, limit=14.0)
+    planner.act(on_road)
+    assert planner.desired_speed(on_road) < 1.0, "one in the path still stops it"
 
 
 class _Idle:
