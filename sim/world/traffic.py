@@ -95,17 +95,20 @@ def _pick(a: np.ndarray, j: np.ndarray) -> np.ndarray:
     """a[..., i, j[..., i]] for (..., n, E) matrices, or a[..., j] for (..., E) rows."""
     if j.ndim == 1:  # one world: plain fancy indexing is several times cheaper
         return a[np.arange(j.shape[0]), j] if a.ndim == 2 else a[j]
+    # batched (B, n): fancy indexing with broadcast row indices (what take_along_axis
+    # does, without its per-call index building)
+    rows = np.arange(j.shape[0])[:, None]
     if a.ndim == j.ndim + 1:
-        return np.take_along_axis(a, j[..., None], axis=-1)[..., 0]
-    return np.take_along_axis(a, j, axis=-1)
+        return a[rows, np.arange(j.shape[1])[None, :], j]
+    return a[rows, j]
 
 
 def _in_lane(occ: np.ndarray, lane: np.ndarray) -> np.ndarray:
     """(..., n, E): does participant j occupy lane[..., i]?"""
     if lane.ndim == 1:
         return occ[:, lane].T
-    lanes_first = np.swapaxes(occ, -1, -2)  # (..., L, E)
-    return np.take_along_axis(lanes_first, lane[..., None], axis=-2)
+    lanes_first = np.swapaxes(occ, -1, -2)  # (B, L, E)
+    return lanes_first[np.arange(lane.shape[0])[:, None], lane]
 
 
 def _with_ego(rows: np.ndarray, ego_value: Any) -> np.ndarray:
@@ -132,6 +135,14 @@ class _Participants:
         self.ds = self.s[..., None, :] - self.s[..., :, None]  # ds[i, j] = s_j - s_i
         self.gap = np.abs(self.ds) - 0.5 * (self.length[..., :, None] + self.length[..., None, :])
         self.not_self = ~np.eye(n + 1, dtype=bool)[:n]  # (n, E): rows are actors
+
+    def subset(self, worlds: np.ndarray) -> _Participants:
+        """The same participants of some worlds only (batched: rows of axis 0)."""
+        out = object.__new__(_Participants)
+        out.n, out.not_self = self.n, self.not_self
+        for k in ("s", "d", "v", "length", "width", "acc", "active", "occ", "ds", "gap"):
+            setattr(out, k, getattr(self, k)[worlds])
+        return out
 
     def rows(self, m: np.ndarray) -> np.ndarray:
         """The actor rows (..., n, E) of a participant matrix (..., E, E)."""
@@ -167,26 +178,45 @@ def _mobil(
     actors: ActorTable, lanes: Lanes, p: _Participants, acc_now: np.ndarray, lane: np.ndarray,
     target: np.ndarray, can_change: np.ndarray,
 ) -> np.ndarray:
-    """Target lane chosen by MOBIL for each actor that may change (others keep theirs)."""
+    """Target lane chosen by MOBIL for each actor that may change (others keep theirs).
+    Batched, only the worlds with an actor that may change are computed (MOBIL_EVERY
+    staggers the worlds' decisions)."""
+    if can_change.ndim == 2:
+        rows = np.flatnonzero(can_change.any(axis=1))
+        if rows.size < can_change.shape[0]:
+            out = target.copy()
+            out[rows] = _mobil_rows(actors.desired_speed[rows], actors.headway[rows],
+                                    _a_max(actors)[rows], np.asarray(lanes.n_lanes)[rows],
+                                    p.subset(rows), acc_now[rows], lane[rows], target[rows],
+                                    can_change[rows])
+            return out
+    return _mobil_rows(actors.desired_speed, actors.headway, _a_max(actors), lanes.n_lanes,
+                       p, acc_now, lane, target, can_change)
+
+
+def _mobil_rows(
+    desired_speed: np.ndarray, headway: np.ndarray, a_max: np.ndarray, n_lanes: Any,
+    p: _Participants, acc_now: np.ndarray, lane: np.ndarray, target: np.ndarray,
+    can_change: np.ndarray,
+) -> np.ndarray:
     n = p.n
     best_gain = np.full(acc_now.shape, -np.inf)
     target = target.copy()
-    a_max = _a_max(actors)
     gap, ds, v = p.rows(p.gap), p.rows(p.ds), p.v[..., :n]
     for delta, bias in ((1, 0.0), (-1, KEEP_RIGHT_BIAS)):
         new_lane = lane + delta
-        valid = can_change & (new_lane >= 0) & (new_lane < lanes.n_lanes)
+        valid = can_change & (new_lane >= 0) & (new_lane < n_lanes)
         in_new = _in_lane(p.occ, np.clip(new_lane, 0, p.occ.shape[-1] - 1)) & p.not_self
         beside = in_new & (gap < 1.0)
         lead, has_lead = _nearest(in_new & (ds > 0), ds, largest=False)
         foll, has_foll = _nearest(in_new & (ds < 0), ds, largest=True)
         gap_l = np.where(has_lead, _pick(gap, lead), np.inf)
         dv_l = np.where(has_lead, v - _pick(p.v, lead), 0.0)
-        a_new = idm(v, actors.desired_speed, actors.headway, a_max, gap_l, dv_l)
+        a_new = idm(v, desired_speed, headway, a_max, gap_l, dv_l)
         f = np.where(has_foll, foll, n)  # the ego column stands in when there is none
         gap_f = np.where(has_foll, _pick(gap, f), np.inf)
         v_f = _pick(p.v, f)
-        f_v0 = np.where(f < n, _pick(actors.desired_speed, np.minimum(f, n - 1)), v_f + 5.0)
+        f_v0 = np.where(f < n, _pick(desired_speed, np.minimum(f, n - 1)), v_f + 5.0)
         a_f_new = idm(v_f, f_v0, np.full_like(v_f, 1.5), np.full_like(v_f, 1.8), gap_f, v_f - v)
         a_f_old = _pick(p.acc, f)
         safe = (a_new > -B_SAFE) & (a_f_new > -B_SAFE) & ~beside.any(axis=-1)
@@ -270,6 +300,12 @@ def _blocked_sideways(actors: ActorTable, p: _Participants, v_lat: np.ndarray) -
     return blocked.any(axis=-1) & (v_lat != 0)
 
 
+def _worlds(mask: np.ndarray) -> Any:
+    """Index of the worlds (rows) where `mask` holds anywhere, for a batched (B, N) mask;
+    all of it (`...`) for one world's (N,) mask."""
+    return np.flatnonzero(mask.any(axis=-1)) if mask.ndim == 2 else Ellipsis
+
+
 def step_pedestrians(actors: ActorTable, lanes: Lanes, ego: EgoState, dt: float) -> None:
     """Pedestrians walk along the kerb; those waiting cross when the ego nears and
     no NPC vehicle is close (the ego must react; NPCs are given room)."""
@@ -281,24 +317,30 @@ def step_pedestrians(actors: ActorTable, lanes: Lanes, ego: EgoState, dt: float)
     waiting = ped & (actors.cross_state == 1)
     near_ego = (actors.s - ego_s > 18.0) & (actors.s - ego_s < 55.0)
     if (waiting & near_ego).any():
-        veh = actors.is_vehicle[..., None, :]
-        ds = actors.s[..., None, :] - actors.s[..., :, None]  # vehicle s minus pedestrian s
-        reach = veh & (ds < 4.0) & (ds > -(25.0 + 4.0 * actors.speed[..., None, :]))
-        start = waiting & near_ego & ~reach.any(axis=-1)
+        w = _worlds(waiting & near_ego)  # batched: only worlds where one may start
+        s, v = actors.s[w], actors.speed[w]
+        veh = actors.is_vehicle[w][..., None, :]
+        ds = s[..., None, :] - s[..., :, None]  # vehicle s minus pedestrian s
+        reach = veh & (ds < 4.0) & (ds > -(25.0 + 4.0 * v[..., None, :]))
+        start = np.zeros_like(waiting)
+        start[w] = waiting[w] & near_ego[w] & ~reach.any(axis=-1)
         actors.cross_state = np.where(start, 2, actors.cross_state)
         actors.v_lat = np.where(start, -np.sign(actors.d) * PED_SPEED, actors.v_lat)
         actors.speed = np.where(start, 0.0, actors.speed)
     crossing = ped & (actors.cross_state == 2)
     if crossing.any():  # a crossing pedestrian waits while a vehicle stands in its way
-        vs = _with_ego(actors.s, ego.s)[..., None, :]
-        vd = _with_ego(actors.d, ego.d)[..., None, :]
-        other = _with_ego(actors.active & (actors.cls != PEDESTRIAN), True)[..., None, :]
-        half_l = 0.5 * _with_ego(actors.length, ego.length)[..., None, :] + 0.8
-        half_w = 0.5 * _with_ego(actors.width, ego.width)[..., None, :] + 1.0
-        ahead = (vd - actors.d[..., :, None]) * np.sign(actors.v_lat)[..., :, None]
-        near = np.abs(vs - actors.s[..., :, None]) < half_l
+        w = _worlds(crossing)
+        ego_s, ego_d = np.asarray(ego.s)[w], np.asarray(ego.d)[w]
+        vs = _with_ego(actors.s[w], ego_s)[..., None, :]
+        vd = _with_ego(actors.d[w], ego_d)[..., None, :]
+        other = _with_ego(actors.active[w] & (actors.cls[w] != PEDESTRIAN), True)[..., None, :]
+        half_l = 0.5 * _with_ego(actors.length[w], np.asarray(ego.length)[w])[..., None, :] + 0.8
+        half_w = 0.5 * _with_ego(actors.width[w], np.asarray(ego.width)[w])[..., None, :] + 1.0
+        ahead = (vd - actors.d[w][..., :, None]) * np.sign(actors.v_lat[w])[..., :, None]
+        near = np.abs(vs - actors.s[w][..., :, None]) < half_l
         blocked = other & near & (ahead > 0) & (ahead < half_w)
-        stop = crossing & blocked.any(axis=-1)
+        stop = np.zeros_like(crossing)
+        stop[w] = crossing[w] & blocked.any(axis=-1)
     else:
         stop = crossing
     done = crossing & (np.abs(actors.d) > edge) & (np.sign(actors.d) == np.sign(actors.v_lat))

@@ -15,7 +15,9 @@ FIELDS = ("s", "d", "speed", "v_lat", "target_lane", "active", "track_id", "cros
 
 
 def _scenarios() -> list:
-    picks = [("highway", 1), ("urban", 2), ("rural", 0), ("highway", 7), ("urban", 5)]
+    # urban 12 and 32: pedestrians cross within the 300 steps (checked below)
+    picks = [("highway", 1), ("urban", 2), ("rural", 0), ("highway", 7), ("urban", 5),
+             ("urban", 12), ("urban", 32)]
     return [sample_scenario(family_config(f), s) for f, s in picks]
 
 
@@ -25,11 +27,15 @@ def test_batch_matches_separate_worlds_step_by_step() -> None:
     batch = BatchWorld(scenarios)
     pilots = [Autopilot() for _ in singles]
     first_ids = [w.state.next_track_id for w in singles]
+    crossing = lane_changes = 0
     for step in range(300):
         controls = np.array([continuous_to_controls(p.act(w)) for p, w in zip(
             pilots, singles, strict=True)])
         events = [w.step(*c) for w, c in zip(singles, controls, strict=True)]
+        targets = batch.actors.target_lane.copy()
         batch_events = batch.step(controls[:, 0], controls[:, 1])
+        crossing += int((batch.actors.cross_state == 2).sum())
+        lane_changes += int((batch.actors.target_lane != targets).sum())
         for b, (w, ev) in enumerate(zip(singles, events, strict=True)):
             n = len(w.state.actors)
             for f in FIELDS:
@@ -45,6 +51,8 @@ def test_batch_matches_separate_worlds_step_by_step() -> None:
             assert batch_events["min_ttc"][b] == pytest.approx(ev.min_ttc)
     respawns = sum(w.state.next_track_id - f for w, f in zip(singles, first_ids, strict=True))
     assert respawns > 0, "the comparison must cover respawned actors"
+    assert crossing > 0, "... and pedestrians crossing"
+    assert lane_changes > 0, "... and NPC lane changes (MOBIL)"
 
 
 def test_world_state_of_a_batch_member_restores_into_a_world() -> None:
