@@ -177,8 +177,10 @@ class BatchPlannerVecEnv(_OneBatch):
                               scenarios=[configs[families[i % len(families)]]
                                          for i in range(num_envs)])
         env.state_observations = False
+        env.npc_collisions = False  # no planner reward or feature reads them
         self.env = env
-        """The batch of worlds (`BatchDrivingEnv`, its own observations switched off)."""
+        """The batch of worlds (`BatchDrivingEnv`, its own observations and NPC-NPC
+        collision counts switched off)."""
         self.rng = np.random.default_rng([noise_seed, 0xBA7C])
         """The emulated perception noise of every env."""
         # gap-rate tracking: the previous noisy scenes, the world step they were seen at,

@@ -122,6 +122,9 @@ class BatchDrivingEnv(VectorEnv):
         """With obs_type "state": compute the state vectors. A wrapper that builds its own
         observations from `self.batch` (planning.batch_vec) sets it False: `step` and
         `reset` then return zeros of the state shape and skip the per-env work."""
+        self.npc_collisions = True
+        """Count NPC-NPC collisions in `infos["events"]`; False (planning.batch_vec, which
+        does not use them): zeros, and the pairwise test is skipped."""
 
     # -- gymnasium API -------------------------------------------------------------------
     def reset(self, *, seed: int | list[int | None] | None = None,
@@ -138,6 +141,7 @@ class BatchDrivingEnv(VectorEnv):
         if seed is not None or self.batch is None:
             self._rngs = [seeding.np_random(s)[0] for s in seeds]
         self.batch = BatchWorld([self._next_scenario(i) for i in range(self.num_envs)], self.dt)
+        self.batch.count_npc_collisions = self.npc_collisions
         for i in range(self.num_envs):
             self._start(i)
         self._autoreset[:] = False

@@ -147,6 +147,9 @@ class BatchWorld:
         self.world_steps = np.zeros(len(self.worlds), np.int64)
         """Steps of each world since it was built (`replace` restarts one)."""
         self._ahead = np.array([w.ahead for w in self.worlds])
+        self.count_npc_collisions = True
+        """`events` counts NPC-NPC overlaps; False: its "npc_collisions" are zeros (the
+        pairwise test is a sizeable part of a step, and training does not use it)."""
 
     def __len__(self) -> int:
         return len(self.worlds)
@@ -238,7 +241,8 @@ class BatchWorld:
             "collision": collision,
             "off_road": np.abs(ego.d) > roads.paved_half_width[:, 0],
             "hard_brake": ego.accel < -HARD_BRAKE,
-            "npc_collisions": self._npc_overlaps(ext_s, ext_d),
+            "npc_collisions": (self._npc_overlaps(ext_s, ext_d) if self.count_npc_collisions
+                               else np.zeros(len(self), np.int64)),
             "min_ttc": min_ttc(a, ego),
         }
 

@@ -144,3 +144,17 @@ def test_replaced_world_restarts_exactly_as_a_new_world() -> None:
                                        atol=1e-9, err_msg=f"world {b} {f}")
         assert batch.ego.s[b] == pytest.approx(w.state.ego.s, abs=1e-9)
         assert batch.world_state(b).step == w.state.step
+
+
+def test_npc_collision_counting_can_be_switched_off() -> None:
+    """`count_npc_collisions = False` gives zeros there and changes nothing else."""
+    scenarios = _scenarios()
+    counted, skipped = BatchWorld(scenarios), BatchWorld(scenarios)
+    skipped.count_npc_collisions = False
+    steer, accel = np.zeros(len(scenarios)), np.full(len(scenarios), 0.5)
+    for _ in range(30):
+        a, b = counted.step(steer, accel), skipped.step(steer, accel)
+        assert not b["npc_collisions"].any()
+        for k in ("collision", "off_road", "hard_brake", "min_ttc"):
+            np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(counted.actors.s, skipped.actors.s)
