@@ -20,7 +20,15 @@ from sim.types import PEDESTRIAN, EgoState
 from sim.world.actors import ActorTable, box_corners, boxes_overlap, frenet_extents, step_bicycle
 from sim.world.road import DS
 from sim.world.traffic import MOBIL_EVERY, step_pedestrians, step_vehicles
-from sim.world.world import BROAD_MARGIN, HARD_BRAKE, World, WorldState, min_ttc, recycle
+from sim.world.world import (
+    BROAD_MARGIN,
+    HARD_BRAKE,
+    RETRY_EVERY,
+    World,
+    WorldState,
+    min_ttc,
+    recycle,
+)
 
 _ACTOR_FIELDS = tuple(f.name for f in fields(ActorTable))
 _EGO_FIELDS = ("x", "y", "yaw", "speed", "steer", "accel", "s", "d", "length", "width",
@@ -207,7 +215,9 @@ class BatchWorld:
         rel = a.s - ego.s[:, None]
         moving = (a.desired_speed > 0) | (a.cls == PEDESTRIAN)
         out = (rel < -120.0) | (rel > self._ahead[:, None])
-        stale = (a.active & out) | (~a.active & moving) | (a.active & ~moving & (rel < -120.0))
+        retry = (self.world_steps % RETRY_EVERY == 0)[:, None]  # `recycle` retries then
+        stale = (a.active & out) | (~a.active & moving & retry) | (
+            a.active & ~moving & (rel < -120.0))
         stale |= a.active & (a.s > (self.roads.s0 + (self.roads.length[:, None] - 1) * DS - 40))
         for b in np.flatnonzero(stale.any(axis=1)):
             w = self.worlds[b]
