@@ -54,6 +54,8 @@ def eval_command(
     policy: Annotated[Path | None, typer.Option(
         help="Policy zip of the RL planner (of the privileged one with --planner "
              "privileged).")] = None,
+    privileged_policy: Annotated[Path | None, typer.Option(
+        help="Policy zip of the privileged RL planner (with any --planner).")] = None,
     force: Force = False,
 ) -> None:
     """Drive planners over a fixed scenario suite: success rate, route completion,
@@ -69,13 +71,18 @@ def eval_command(
     console = Console(stderr=True)
     overrides = {"planner": planner, "seed": seed, "episodes": episodes, "out": out}
     cfg = load_eval_config(launch_file, suite, overrides)
-    if policy is not None:  # the policy of the planner asked for, validated as in a file
-        key = "privileged_policy" if cfg.planner == "privileged" else "policy"
+    given: list[tuple[str, str, Path]] = []  # (option, launch key, file)
+    if policy is not None:  # the policy of the planner asked for
+        alone = cfg.planner == "privileged" and privileged_policy is None
+        given.append(("--policy", "privileged_policy" if alone else "policy", policy))
+    if privileged_policy is not None:
+        given.append(("--privileged-policy", "privileged_policy", privileged_policy))
+    for option, key, file in given:  # validated as in a launch file
         try:
-            cfg = EvalConfig.model_validate({**cfg.model_dump(), key: policy})
+            cfg = EvalConfig.model_validate({**cfg.model_dump(), key: file})
         except ValidationError as exc:
-            raise ValueError(f"--policy: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
-                             ) from None
+            raise ValueError(f"{option}: "
+                             f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     from planning.eval_report import JOB, REPORT_FILES, write_report
 
     folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=REPORT_FILES)

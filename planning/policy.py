@@ -95,8 +95,8 @@ def read_policy_zip(path: str | Path) -> PolicyZip:
     p = Path(path)
     if not p.is_file():
         raise PolicyLoadError(f"policy file {p} {not_a_file(p)}; train one with `drivestack "
-                              "train-planner`, or give another (--policy, or `policy` / "
-                              "`privileged_policy` in the eval launch file)")
+                              "train-planner`, or give another (--policy / --privileged-policy, or "
+                              "`policy` / `privileged_policy` in the eval launch file)")
     entry = "data"
     try:
         with zipfile.ZipFile(p) as archive:

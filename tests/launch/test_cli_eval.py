@@ -123,3 +123,19 @@ def test_corrupted_privileged_policy_is_one_clear_error(tmp_path: Path) -> None:
     code, _, output = _invoke("--suite", str(SMOKE_SUITE), "--planner", "privileged",
                               "--policy", str(bad), "--out", str(tmp_path / "o"))
     assert code == 2 and "not a readable SB3 PPO zip" in output and str(bad) in output
+
+
+def test_privileged_policy_option_names_its_file_with_any_planner(tmp_path: Path) -> None:
+    """`--privileged-policy` sets the privileged planner's policy whatever `--planner`
+    says (with `all`, `--policy` goes to the rl planners); a bad file is one error
+    naming the option."""
+    bad = tmp_path / "priv.zip"
+    bad.write_bytes(b"\x00 not a zip")
+    code, _, output = _invoke("--suite", str(SMOKE_SUITE), "--planner", "all",
+                              "--privileged-policy", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and "not a readable SB3 PPO zip" in output and str(bad) in output
+    missing = tmp_path / "none.zip"
+    code, _, output = _invoke("--suite", str(SMOKE_SUITE), "--planner", "privileged",
+                              "--privileged-policy", str(missing), "--out",
+                              str(tmp_path / "o2"))
+    assert code == 2 and "--privileged-policy" in output and str(missing) in output
