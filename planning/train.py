@@ -285,7 +285,9 @@ def train_planner(cfg: PlannerTraining, resume: Path | None = None,
     _write_summary(out, {**unfinished, "error": None})
     configure_threads(cfg)
     env = make_vec(cfg, cfg.seed, cfg.n_envs)
-    eval_env = make_vec(cfg, cfg.seed + 10_000, 1, "dummy")
+    # one evaluation env per family (held-out seeds): the best model is chosen on all
+    # of them, the episodes split evenly (SB3's EvalCallback)
+    eval_env = make_vec(cfg, cfg.seed + 10_000, len(cfg.families), "dummy")
     try:
         model = _model(cfg, env, resume)
         done_before = int(model.num_timesteps)

@@ -90,6 +90,32 @@ def test_ppo_trains_on_the_batched_env(tmp_path: Path) -> None:
     assert doc["config"]["vec_env"] == "batch"
 
 
+def test_the_best_model_is_chosen_on_every_family(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation env holds one env per family (it used to be the first family's
+    only), on seeds apart from the training envs'."""
+    import planning.train as train
+
+    made: list[tuple[int, int, str | None]] = []
+    real = train.make_vec
+
+    def spy(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -> object:
+        made.append((seed, n, kind))
+        return real(cfg, seed, n, kind)
+
+    monkeypatch.setattr(train, "make_vec", spy)
+    cfg = PlannerTraining(out=tmp_path / "run", n_envs=4, total_timesteps=128, n_steps=32,
+                          batch_size=64, eval_every=64, eval_episodes=3,
+                          checkpoint_every=128, env_kwargs={"scenario": {
+                              "episode_seconds": 3.0}})
+    train.train_planner(cfg)
+    (train_seed, n_train, _), (eval_seed, n_eval, kind) = made
+    assert n_train == 4 and n_eval == len(cfg.families) == 3 and kind == "dummy"
+    assert eval_seed >= train_seed + n_train
+    ends = np.load(tmp_path / "run" / "eval" / "evaluations.npz")["ep_lengths"]
+    assert ends.shape[1] == 3, "3 episodes per evaluation, split over the 3 envs"
+
+
 def test_parallel_workers_step_the_same_envs() -> None:
     from planning.batch_vec import ParallelBatchVecEnv
 
