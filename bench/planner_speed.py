@@ -120,16 +120,21 @@ def show_vec(r: dict[str, Any]) -> None:
           f"episodes ended, startup {r['startup_s']} s | {note}")
 
 
-def ppo_speed(launch: Path, decisions: int) -> dict[str, Any]:
+def ppo_speed(launch: Path, decisions: int, seconds: float = 0.0,
+              source: str | None = None) -> dict[str, Any]:
     """Decisions/s of PPO training (rollouts and updates, no evaluation or checkpoints)
-    with the envs and hyperparameters of a `train-planner` launch file."""
+    with the envs and hyperparameters of a `train-planner` launch file: whole rollouts,
+    each with its update, after one warm-up rollout, until at least `decisions` decisions
+    and `seconds` seconds are timed; `source` overrides the launch file's. The policy
+    starts untrained (no warm start): it crashes more often than a trained one, and
+    every crash restarts a world, so this is the slow end of a training run."""
     import tempfile
 
     from launch.cli import train_job
     from planning.train import _model, configure_threads
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = train_job(launch, Path(tmp) / "run")
+        cfg = train_job(launch, Path(tmp) / "run", source)
         import torch
 
         before_threads = torch.get_num_threads()
@@ -139,12 +144,16 @@ def ppo_speed(launch: Path, decisions: int) -> dict[str, Any]:
         try:
             model = _model(cfg, vec, None)
             startup = time.perf_counter() - t0
-            model.learn(total_timesteps=min(decisions, 2 * cfg.n_envs * cfg.n_steps))  # warm-up
+            rollout = cfg.n_envs * cfg.n_steps
+            model.learn(total_timesteps=rollout)  # warm-up
             start = time.perf_counter()
             before = model.num_timesteps
-            model.learn(total_timesteps=decisions, reset_num_timesteps=False)
-            wall = time.perf_counter() - start
-            done = model.num_timesteps - before
+            while True:  # one rollout and its update per call
+                model.learn(total_timesteps=rollout, reset_num_timesteps=False)
+                wall = time.perf_counter() - start
+                done = model.num_timesteps - before
+                if done >= decisions and wall >= seconds:
+                    break
         finally:
             vec.close()
             torch.set_num_threads(before_threads)
@@ -270,9 +279,14 @@ def parse_args() -> argparse.Namespace:
                         "--quick: 16)")
     p.add_argument("--batch-workers", type=int, nargs="+", default=[1, 2],
                    help="processes the batch is split over")
-    p.add_argument("--ppo-decisions", type=int, default=32768,
-                   help="timed PPO decisions per launch file (0: skip; PPO trains whole "
-                        "rollouts of n_envs x n_steps)")
+    p.add_argument("--ppo-decisions", type=int, default=16384,
+                   help="least timed PPO decisions per launch file (0: skip; PPO trains "
+                        "whole rollouts of n_envs x n_steps)")
+    p.add_argument("--ppo-seconds", type=float, default=30.0,
+                   help="least timed seconds of PPO per launch file")
+    p.add_argument("--ppo-sources", nargs="+", choices=("privileged", "emulated"),
+                   default=None, help="scene sources of the PPO figures (default: each "
+                                      "launch file's)")
     p.add_argument("--ppo-launch", type=Path, nargs="+", default=list(PPO_LAUNCHES),
                    help="train-planner launch files whose PPO is timed")
     p.add_argument("--no-closed-loop", action="store_true",
@@ -315,14 +329,16 @@ def main() -> None:
     args = parse_args()
     seconds, envs, warmup = args.seconds, args.envs, 1.0
     batch_envs, ppo_decisions = args.batch_envs or [64, 128], args.ppo_decisions
+    ppo_seconds = args.ppo_seconds
     if args.quick:
         seconds, envs, warmup = 1.0, [n for n in args.envs if n <= 2] or [1], 0.5
         batch_envs, ppo_decisions = args.batch_envs or [16], min(ppo_decisions, 2048)
+        ppo_seconds = 0.0
     fig: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "machine": platform.machine(),
         "python": platform.python_version(), "cpu_threads": os.cpu_count(),
         "cores_usable": cores(), "load_avg_start": load(), "seconds": seconds,
-        "warmup_s": warmup, "decision_every": DECISION_EVERY,
+        "warmup_s": warmup, "timed_ppo_at_least_s": ppo_seconds, "decision_every": DECISION_EVERY,
         "families": list(PlannerTraining.families), "targets": TARGETS}
     print(f"{cores()} usable CPU cores, load average {load()} at start; {seconds:g} s timed "
           f"per figure after {warmup:g} s warm-up; 1 decision = {DECISION_EVERY} sim steps; "
@@ -342,9 +358,10 @@ def main() -> None:
                 show_vec(r)
     if ppo_decisions:
         for launch in args.ppo_launch:
-            r = ppo_speed(launch, ppo_decisions)
-            fig[f"ppo_{r['vec_env']}_{r['source']}"] = r
-            show_ppo(r)
+            for source in args.ppo_sources or [None]:
+                r = ppo_speed(launch, ppo_decisions, ppo_seconds, source)
+                fig[f"ppo_{r['vec_env']}_{r['source']}"] = r
+                show_ppo(r)
     loops = () if args.no_closed_loop else CLOSED_LOOP_EVERY
     if loops:
         perceiver, note = make_perceiver("cpu")

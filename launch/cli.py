@@ -408,9 +408,11 @@ def planner_job(cfg: TrainPlannerConfig) -> Any:
                                           if cfg.reward_weights else {})})
 
 
-def train_job(launch_file: Path, out: Path) -> Any:
-    """`planner_job` of a launch file, with `out` as its run folder (bench/planner_speed)."""
-    return planner_job(load_launch(launch_file, TrainPlannerConfig, overrides={"out": out}))
+def train_job(launch_file: Path, out: Path, source: str | None = None) -> Any:
+    """`planner_job` of a launch file, with `out` as its run folder and optionally another
+    `source` (bench/planner_speed)."""
+    overrides: dict[str, Any] = {"out": out, **({"source": source} if source else {})}
+    return planner_job(load_launch(launch_file, TrainPlannerConfig, overrides=overrides))
 
 
 @app.command("train-planner")

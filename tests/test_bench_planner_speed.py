@@ -21,12 +21,13 @@ def test_planner_speed_prints_the_batched_and_ppo_keys(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "bench/planner_speed.py", "--quick", "--sources", "privileged",
          "--envs", "1", "--batch-envs", "4", "--batch-workers", "1", "2",
-         "--ppo-decisions", "128", "--ppo-launch", *launches, "--no-closed-loop"],
+         "--ppo-decisions", "128", "--ppo-launch", *launches, "--ppo-sources", "emulated",
+         "privileged", "--no-closed-loop"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
     fig = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("train_privileged_n1", "train_privileged_batch_n4_w1",
                 "train_privileged_batch_n4_w2", "ppo_subprocess_emulated",
-                "ppo_batch_emulated"):
+                "ppo_batch_emulated", "ppo_batch_privileged", "ppo_subprocess_privileged"):
         assert key in fig, key
         assert fig[key]["decisions_per_s"] > 0
     assert fig["train_privileged_batch_n4_w2"]["vec_env"] == "ParallelBatchVecEnv"
