@@ -16,6 +16,11 @@ FASTER / SLOWER and its target lane by one per LANE_LEFT / LANE_RIGHT.
   the ego then was never seen), none while far below the limit (unseen traffic from
   behind would close in fast); a change is aborted when something shows up beside; it
   returns right only after the right lane has looked empty for long.
+- Closures: a standing object in the path (cones, a broken-down car) closes the lane. The
+  ego stops `closure_standstill` short of it and, nearly stopped, leaves the lane though
+  slow; while it steers out, only its body's own path limits its speed, so it creeps past.
+  Stopped before a pedestrian who keeps standing off the road, it goes on after
+  `ped_wait`.
 """
 
 from __future__ import annotations
@@ -105,8 +110,8 @@ class RuleParams:
     cut_in_time: float = 1.5
     """Objects moving sideways are tested where they will be this much later [s]."""
     closure_range: float = 60.0
-    """A standing object in the ego's path closer than this blocks the lane for good (a
-    lane closure, a broken-down car): the ego leaves the lane at any speed [m]."""
+    """A standing object in the ego's path closer than this closes the lane (cones, a
+    broken-down car): see `closure_change_speed` [m]."""
     standing_speed: float = 1.0
     """Objects slower than this over ground are standing [m/s]."""
     closure_change_speed: float = 3.0
@@ -162,9 +167,9 @@ def lane_safe_speed(objects: np.ndarray, mask: np.ndarray, speed: float, p: Rule
         return math.inf, math.inf
     rows = objects[mask]
     lead = np.maximum(speed + rows[:, 4], 0.0)
-    standing = (lead < p.standing_speed) & (rows[:, 3] != PEDESTRIAN)
-    gaps = np.where(standing & (standing_gap is not None),
-                    standing_gap if standing_gap is not None else p.standstill, p.standstill)
+    gaps = np.full(len(rows), p.standstill)
+    if standing_gap is not None:
+        gaps[(lead < p.standing_speed) & (rows[:, 3] != PEDESTRIAN)] = standing_gap
     v = min(safe_speed(float(g), float(vl), p, float(s))
             for g, vl, s in zip(rows[:, 0], lead, gaps, strict=True))
     return v, float(rows[:, 0].min())
