@@ -419,7 +419,7 @@ def train_job(launch_file: Path, out: Path, source: str | None = None) -> Any:
 @cli_errors
 def train_planner_cmd(
     launch_file: Annotated[Path | None, typer.Argument(
-        help="Launch file (YAML); default: the packaged launch/train_planner.yaml.",
+        help="Launch file (YAML); default: the packaged launch/train_planner_batch.yaml.",
         show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="Override `out` (run folder).")] = None,
     timesteps: Annotated[int | None, typer.Option(

@@ -44,8 +44,9 @@ Weather = Literal["clear", "fog", "rain"]
 DEFAULT_RUN_LAUNCH = Path(__file__).with_name("run.yaml")
 DEFAULT_DATASET_LAUNCH = Path(__file__).with_name("dataset.yaml")
 DEFAULT_TRAIN_PERCEPTION_LAUNCH = Path(__file__).with_name("train_perception.yaml")
-DEFAULT_TRAIN_PLANNER_LAUNCH = Path(__file__).with_name("train_planner.yaml")
-"""The packaged launch file of `drivestack run`."""
+DEFAULT_TRAIN_PLANNER_LAUNCH = Path(__file__).with_name("train_planner_batch.yaml")
+"""The default `drivestack train-planner` recipe: the batched one the shipped planner.zip
+and planner_privileged.zip come from (`--source privileged` for the latter)."""
 
 _FAMILY_TO_ENV_ID = {family: env_id for env_id, family in sim.ENV_IDS.items()}
 _CAMERA_DEFAULTS = CameraSpec()
