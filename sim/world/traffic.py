@@ -14,30 +14,42 @@ import numpy as np
 
 from sim.types import CYCLIST, PEDESTRIAN, TRUCK, EgoState
 from sim.world.actors import ActorTable, frenet_extents
-from sim.world.traffic_kernels import vehicle_step
+from sim.world.traffic_kernels import (
+    B_SAFE,
+    COMFORT_DECEL,
+    KEEP_RIGHT_BIAS,
+    LAT_SPEED,
+    LC_COOLDOWN,
+    LC_THRESHOLD,
+    MAX_DECEL,
+    MIN_GAP,
+    POLITENESS,
+    S0,
+    vehicle_step,
+)
 
-S0 = 2.5
-"""IDM jam distance [m]."""
-COMFORT_DECEL = 2.5
-"""IDM comfortable deceleration b [m/s^2]."""
-MAX_DECEL = 9.0
-"""Hardest NPC braking [m/s^2]."""
-POLITENESS = 0.3
-"""MOBIL politeness p."""
-LC_THRESHOLD = 0.25
-"""MOBIL incentive threshold [m/s^2]."""
-KEEP_RIGHT_BIAS = 0.1
-"""MOBIL bias toward the right lane [m/s^2]."""
-B_SAFE = 3.5
-"""MOBIL safety limit on the deceleration imposed on the new follower [m/s^2]."""
-LC_COOLDOWN = 6.0
-"""Seconds between two lane changes of one vehicle."""
-LAT_SPEED = 1.1
-"""Largest lateral speed during a lane change [m/s]."""
+__all__ = [  # the traffic model's constants live in traffic_kernels (compiled code)
+    "B_SAFE",
+    "COMFORT_DECEL",
+    "KEEP_RIGHT_BIAS",
+    "LAT_SPEED",
+    "LC_COOLDOWN",
+    "LC_THRESHOLD",
+    "MAX_DECEL",
+    "MIN_GAP",
+    "POLITENESS",
+    "S0",
+    "PED_SPEED",
+    "MOBIL_EVERY",
+    "Lanes",
+    "idm",
+    "lane_occupancy",
+    "step_vehicles",
+    "step_pedestrians",
+]
+
 PED_SPEED = 1.4
 """Walking speed [m/s]."""
-MIN_GAP = 0.3
-"""Smallest bumper gap a vehicle keeps to its leader [m]."""
 
 
 def idm(

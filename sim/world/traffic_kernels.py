@@ -21,17 +21,27 @@ import numba
 import numpy as np
 
 S0 = 2.5
+"""IDM jam distance [m]."""
 COMFORT_DECEL = 2.5
+"""IDM comfortable deceleration b [m/s^2]."""
 MAX_DECEL = 9.0
+"""Hardest NPC braking [m/s^2]."""
 POLITENESS = 0.3
+"""MOBIL politeness p."""
 LC_THRESHOLD = 0.25
+"""MOBIL incentive threshold [m/s^2]."""
 KEEP_RIGHT_BIAS = 0.1
+"""MOBIL bias toward the right lane [m/s^2]."""
 B_SAFE = 3.5
+"""MOBIL safety limit on the deceleration imposed on the new follower [m/s^2]."""
 LC_COOLDOWN = 6.0
+"""Seconds between two lane changes of one vehicle."""
 LAT_SPEED = 1.1
+"""Largest lateral speed during a lane change [m/s]."""
 MIN_GAP = 0.3
+"""Smallest bumper gap a vehicle keeps to its leader [m]."""
 CYCLIST = 3
-"""Constants as `sim.world.traffic` (a test checks they agree) and `sim.types`."""
+"""`sim.types.CYCLIST` (a test checks it; sim.types is not imported into compiled code)."""
 
 
 @numba.njit(cache=True, inline="always")

@@ -2,88 +2,32 @@
 matrices), as sim.world.traffic had it before the compiled kernel
 (`sim.world.traffic_kernels.vehicle_step`). tests/sim/test_traffic_kernel.py checks the
 kernel against it.
-
-IDM car following and MOBIL lane changes, vectorized over the actor table.
-
-Every function here is pure numpy over arrays: one entry per actor plus one for the
-ego (which NPCs follow and yield to but never steer). Pairwise quantities are (E, E)
-matrices; with E ~ 50 that is far cheaper than a Python loop over vehicles. Arrays may
-carry leading batch axes (B worlds stepped at once): indexing is written with `...`.
+The constants, IDM and the lane geometry are the model's own (imported).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from sim.types import CYCLIST, TRUCK, EgoState
+from sim.types import CYCLIST, EgoState
 from sim.world.actors import ActorTable, frenet_extents
-
-S0 = 2.5
-"""IDM jam distance [m]."""
-COMFORT_DECEL = 2.5
-"""IDM comfortable deceleration b [m/s^2]."""
-MAX_DECEL = 9.0
-"""Hardest NPC braking [m/s^2]."""
-POLITENESS = 0.3
-"""MOBIL politeness p."""
-LC_THRESHOLD = 0.25
-"""MOBIL incentive threshold [m/s^2]."""
-KEEP_RIGHT_BIAS = 0.1
-"""MOBIL bias toward the right lane [m/s^2]."""
-B_SAFE = 3.5
-"""MOBIL safety limit on the deceleration imposed on the new follower [m/s^2]."""
-LC_COOLDOWN = 6.0
-"""Seconds between two lane changes of one vehicle."""
-LAT_SPEED = 1.1
-"""Largest lateral speed during a lane change [m/s]."""
-PED_SPEED = 1.4
-"""Walking speed [m/s]."""
-MIN_GAP = 0.3
-"""Smallest bumper gap a vehicle keeps to its leader [m]."""
-
-
-def idm(
-    v: np.ndarray, v0: np.ndarray, headway: np.ndarray, a_max: np.ndarray,
-    gap: np.ndarray, dv: np.ndarray, s0: float = S0,
-) -> np.ndarray:
-    """Intelligent Driver Model acceleration; gap = inf means a free road."""
-    s_star = s0 + np.maximum(0.0, v * headway + v * dv / (2.0 * np.sqrt(a_max * COMFORT_DECEL)))
-    free = 1.0 - (v / np.maximum(v0, 0.1)) ** 4
-    interaction = (s_star / np.maximum(gap, 0.1)) ** 2
-    return np.maximum(a_max * (free - interaction), -MAX_DECEL)
-
-
-class Lanes(Protocol):
-    """Lane geometry the traffic functions need: a `Road`, or per-world arrays shaped
-    (B, 1) for a batch of worlds (see `sim.world.batch`)."""
-
-    @property
-    def n_lanes(self) -> Any: ...
-
-    @property
-    def lane_width(self) -> Any: ...
-
-    @property
-    def shoulder_width(self) -> Any: ...
-
-    @property
-    def paved_half_width(self) -> Any: ...
-
-    def lane_of(self, d: np.ndarray) -> np.ndarray: ...
-
-    def lane_center(self, lane: np.ndarray) -> np.ndarray: ...
-
-    def boundaries(self) -> np.ndarray: ...
-
-
-def lane_occupancy(lanes: Lanes, d: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """(..., E, L) bool: which lanes each footprint overlaps."""
-    bounds = lanes.boundaries()[..., None, :]  # (..., 1, L + 1)
-    lo = (d - 0.5 * width)[..., None]
-    hi = (d + 0.5 * width)[..., None]
-    return (lo < bounds[..., 1:]) & (hi > bounds[..., :-1])
+from sim.world.traffic import (
+    B_SAFE,
+    KEEP_RIGHT_BIAS,
+    LAT_SPEED,
+    LC_COOLDOWN,
+    LC_THRESHOLD,
+    MAX_DECEL,
+    MIN_GAP,
+    POLITENESS,
+    Lanes,
+    _a_max,
+    _with_ego,
+    idm,
+    lane_occupancy,
+)
 
 
 def _nearest(mask: np.ndarray, key: np.ndarray, largest: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -116,14 +60,6 @@ def _in_lane(occ: np.ndarray, lane: np.ndarray) -> np.ndarray:
     return lanes_first[np.arange(lane.shape[0])[:, None], lane]
 
 
-def _with_ego(rows: np.ndarray, ego_value: Any) -> np.ndarray:
-    """Append the ego's value as the last column of (..., N) rows."""
-    out = np.empty(rows.shape[:-1] + (rows.shape[-1] + 1,), dtype=rows.dtype)
-    out[..., :-1] = rows
-    out[..., -1] = ego_value
-    return out
-
-
 class _Participants:
     """Actors plus the ego as the last column, with their pairwise geometry."""
 
@@ -152,10 +88,6 @@ class _Participants:
     def rows(self, m: np.ndarray) -> np.ndarray:
         """The actor rows (..., n, E) of a participant matrix (..., E, E)."""
         return m[..., : self.n, :]
-
-
-def _a_max(actors: ActorTable) -> np.ndarray:
-    return np.where(actors.cls == TRUCK, 1.0, np.where(actors.cls == CYCLIST, 1.0, 1.8))
 
 
 def _leader_accel(
@@ -230,10 +162,6 @@ def _mobil_rows(
         best_gain = np.where(ok, gain, best_gain)
         target = np.where(ok, new_lane, target)
     return target
-
-
-MOBIL_EVERY = 3
-"""Lane-change decisions are taken every this many steps (5 Hz at 15 Hz physics)."""
 
 
 def step_vehicles(
