@@ -1,9 +1,10 @@
-"""IDM car following and MOBIL lane changes, vectorized over the actor table.
+"""IDM car following, MOBIL lane changes and pedestrians over the actor table.
 
-Every function here is pure numpy over arrays: one entry per actor plus one for the
-ego (which NPCs follow and yield to but never steer). Pairwise quantities are (E, E)
-matrices; with E ~ 50 that is far cheaper than a Python loop over vehicles. Arrays may
-carry leading batch axes (B worlds stepped at once): indexing is written with `...`.
+Actor arrays may carry a leading batch axis (B worlds stepped at once). The NPC vehicle
+step runs compiled (`sim.world.traffic_kernels.vehicle_step`, which also holds the
+model's constants); `step_vehicles` prepares its inputs with numpy. The pedestrians, IDM
+itself (`idm`, also used by the autopilot) and the lane geometry stay numpy. The ego is
+a participant NPCs follow and yield to but never steer.
 """
 
 from __future__ import annotations
