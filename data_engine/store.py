@@ -33,6 +33,11 @@ The promises (docs/reliability.md):
 A store lives on one machine's disk (SQLite's WAL needs shared memory between its
 processes, and a temporary folder counts as abandoned when its process id is not running
 here); any number of processes on that machine may add, read and remove at once.
+
+The parts: what a snapshot is on disk and how its folder is checked against its manifest
+(`data_engine.store_format`), the SQLite index (`data_engine.store_index`) and the
+file-level helpers (`data_engine.store_files`); their public names are importable from
+here as well.
 """
 
 from __future__ import annotations
@@ -40,18 +45,15 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
-import json
 import os
 import re
 import secrets
 import shutil
 import sqlite3
 import stat
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,142 +61,48 @@ from typing import Any, TypeVar
 from data_engine.store_files import (
     check_file,
     dead,
-    files_under,
     fsync_dir,
     fsync_tree,
     write_new,
 )
+from data_engine.store_format import COLUMNS as COLUMNS
+from data_engine.store_format import FORMAT as FORMAT
+from data_engine.store_format import ID_PATTERN as ID_PATTERN
+from data_engine.store_format import MANIFEST as MANIFEST
+from data_engine.store_format import MAX_DEPTH as MAX_DEPTH
+from data_engine.store_format import MAX_FILES as MAX_FILES
+from data_engine.store_format import MAX_MANIFEST_BYTES as MAX_MANIFEST_BYTES
+from data_engine.store_format import MAX_META_BYTES as MAX_META_BYTES
+from data_engine.store_format import MAX_NAME as MAX_NAME
+from data_engine.store_format import MAX_PART as MAX_PART
+from data_engine.store_format import NAME_PART as NAME_PART
+from data_engine.store_format import PARTIAL as PARTIAL
+from data_engine.store_format import SNAPSHOT_KIND as SNAPSHOT_KIND
+from data_engine.store_format import CorruptSnapshot as CorruptSnapshot
+from data_engine.store_format import Problem as Problem
+from data_engine.store_format import Snapshot as Snapshot
+from data_engine.store_format import SnapshotWarning as SnapshotWarning
+from data_engine.store_format import StoreError as StoreError
+from data_engine.store_format import UnknownSnapshot as UnknownSnapshot
+from data_engine.store_format import check_id as check_id
+from data_engine.store_format import check_name as check_name
+from data_engine.store_format import (
+    check_own,
+    index_values,
+    inspect_snapshot,
+    meta_doc,
+    only_ours,
+    read_checked,
+    read_manifest,
+)
+from data_engine.store_index import CREATING_INDEX, create_index, select_rows, store_info
+from data_engine.store_index import KIND as KIND
 from sim.outputs import json_text, read_small_file
 
-KIND = "drivestack-snapshots"
-"""The index's `store_info.kind`: what tells a store's index from another SQLite file."""
-SNAPSHOT_KIND = "drivestack-snapshot"
-"""A manifest's `kind`."""
-FORMAT = 1
-"""Version of the store's layout (index and manifests)."""
-INDEX, SNAPSHOTS, TMP, MANIFEST = "index.sqlite", "snapshots", "tmp", "manifest.json"
-PARTIAL = ".partial.json"
-"""The first file of a snapshot being written: its id and the names it will write, so
-that only what drivestack wrote is ever removed from `tmp/`."""
-ID_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{8}")
-"""A snapshot id: its UTC creation time and 8 random hex digits, e.g. 20261206T061500-3f9a2b1c."""
-NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
-"""One segment of a file name inside a snapshot (no leading dot: no `..`, no hidden files)."""
-MAX_NAME, MAX_PART, MAX_DEPTH, MAX_FILES = 255, 128, 8, 100_000
-"""Limits of file names [characters, characters, segments] and files per snapshot."""
-MAX_MANIFEST_BYTES = 16 << 20
-"""Largest manifest read or written [bytes]."""
-MAX_META_BYTES = 4 << 20
-"""Largest meta, as JSON [bytes]; big arrays belong in files (npz)."""
+INDEX, SNAPSHOTS, TMP = "index.sqlite", "snapshots", "tmp"
 BUSY_TIMEOUT_S = 60.0
 """How long a writer waits for another one's transaction on the index [s]."""
-COLUMNS: dict[str, type] = {"time_of_day": str, "weather": str, "family": str,
-                            "model_version": str, "seed": int, "scenario_seed": int,
-                            "n_frames": int}
-"""Meta keys indexed for filtering, with their types (missing or null: NULL); the list of
-trigger names `triggers` is indexed too."""
 _TMP_ENTRY = re.compile(rf"([0-9]{{1,10}})-({ID_PATTERN.pattern})")
-_CREATING = re.compile(r"\.index-([0-9]{1,10})-[0-9a-f]{8}\.sqlite(-wal|-shm|-journal)?")
-_CHUNK = 1 << 20
-_SCHEMA = """
-CREATE TABLE store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE snapshots (
-    id TEXT PRIMARY KEY, created TEXT NOT NULL, manifest_sha256 TEXT NOT NULL,
-    n_files INTEGER NOT NULL, bytes INTEGER NOT NULL, meta TEXT NOT NULL,
-    time_of_day TEXT, weather TEXT, family TEXT, model_version TEXT,
-    seed INTEGER, scenario_seed INTEGER, n_frames INTEGER);
-CREATE INDEX snapshots_created ON snapshots (created);
-CREATE TABLE triggers (
-    id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE, name TEXT NOT NULL,
-    PRIMARY KEY (id, name));
-CREATE INDEX triggers_name ON triggers (name);
-"""
-_ROW = ("id", "created", "n_files", "bytes", *COLUMNS)
-
-
-class StoreError(ValueError):
-    """A store or snapshot drivestack cannot use; `str(err)` names the path or id and why."""
-
-
-class UnknownSnapshot(StoreError):
-    """A well-formed snapshot id that the store does not hold."""
-
-
-class CorruptSnapshot(StoreError):
-    """A snapshot whose files do not match its manifest (or whose manifest is damaged)."""
-
-    def __init__(self, snapshot_id: str, problems: list[Problem]) -> None:
-        self.id = snapshot_id
-        self.problems = problems
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        super().__init__(f"snapshot {snapshot_id} is corrupt: {problems[0]}{more}; "
-                         "`drivestack snapshots verify` lists every problem")
-
-
-class SnapshotWarning(UserWarning):
-    """A corrupt snapshot skipped by `iter_verified`."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong in a store, found by `verify`."""
-
-    id: str
-    """The snapshot id (or the name of an entry in snapshots/ that is not a snapshot)."""
-    file: str | None
-    """The file inside the snapshot, or None for the snapshot as a whole."""
-    what: str
-    """What is wrong, and what to do about it when there is something to do."""
-
-    def __str__(self) -> str:
-        return f"{self.id}/{self.file}: {self.what}" if self.file else f"{self.id}: {self.what}"
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A verified snapshot (`SnapshotStore.get`)."""
-
-    id: str
-    path: Path
-    """Its folder; files read from it later are not checked again (use `read`)."""
-    created: str
-    """When it was written (UTC, ISO 8601, e.g. 2026-12-06T06:15:00.123456Z)."""
-    meta: dict[str, Any]
-    manifest: dict[str, Any]
-    """The whole manifest: format, id, created, meta and files {name: {sha256, size}}."""
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Its file names (relative, '/'-separated), sorted."""
-        return tuple(self.manifest["files"])
-
-    def read(self, name: str) -> bytes:
-        """The bytes of file `name`, checked against the manifest (raises CorruptSnapshot)."""
-        return _read_file(self.id, self.path, self.manifest, name)
-
-
-def check_id(value: Any) -> str:
-    """`value` when it is a well-formed snapshot id; raises StoreError otherwise."""
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise StoreError(f"{_show(value)} is not a snapshot id (ids look like "
-                         "20261206T061500-3f9a2b1c: `drivestack snapshots list` shows them)")
-    return value
-
-
-def check_name(value: Any) -> str:
-    """`value` when it is a file name a snapshot may hold: relative, '/'-separated segments
-    of letters, digits and `._+-` (not starting with a dot), at most MAX_DEPTH segments of
-    MAX_PART characters, MAX_NAME in all, not the manifest. Raises StoreError otherwise."""
-    parts = value.split("/") if isinstance(value, str) else []
-    if not (parts and len(value) <= MAX_NAME and len(parts) <= MAX_DEPTH
-            and all(len(p) <= MAX_PART and NAME_PART.fullmatch(p) for p in parts)
-            and value != MANIFEST):
-        raise StoreError(
-            f"{_show(value)} is not a snapshot file name: names are relative, with "
-            "segments of letters, digits and ._+- (not starting with a dot) separated by /, "
-            f"at most {MAX_DEPTH} segments of {MAX_PART} characters, {MAX_NAME} in all, "
-            f"and not {MANIFEST}")
-    return value
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -277,7 +185,7 @@ class SnapshotStore:
         clash = sorted(folders.intersection(names))
         if clash:
             raise StoreError(f"file {clash[0]!r} is also the folder of another file")
-        doc = _meta_doc(meta)
+        doc = meta_doc(meta)
         created = datetime.now(timezone.utc)
         sid, work = self._new_folder(created)
         try:
@@ -321,7 +229,7 @@ class SnapshotStore:
 
     def _index(self, sid: str, manifest: dict[str, Any], manifest_sha: str) -> None:
         """Add the row of a verified snapshot (nothing when it is indexed already)."""
-        columns, triggers = _columns(manifest["meta"])
+        columns, triggers = index_values(manifest["meta"])
         values = [sid, manifest["created"], manifest_sha, len(manifest["files"]),
                   sum(e["size"] for e in manifest["files"].values()),
                   json_text(manifest["meta"]), *columns.values()]
@@ -353,56 +261,12 @@ class SnapshotStore:
         folder = self.snapshots / sid
         gone = None
         if os.path.lexists(folder):
-            self._check_own(sid, folder)
+            check_own(sid, folder)
             gone = self.tmp / f"{os.getpid()}-{sid}"
             os.rename(folder, gone)  # the snapshot disappears at once, whole
         self._drop_row(sid)
-        if gone is not None and self._ours(gone, sid):  # checked by _check_own, again
+        if gone is not None and only_ours(sid, gone):  # checked by check_own, again
             shutil.rmtree(gone)
-
-    def _check_own(self, sid: str, folder: Path) -> None:
-        """Raise StoreError unless `folder` holds only the files of snapshot `sid`."""
-        if folder.is_symlink() or not folder.is_dir():
-            raise StoreError(f"{folder} is not a snapshot folder; it is left as it is")
-        try:
-            manifest, _ = self._manifest(sid, None)
-        except CorruptSnapshot as exc:
-            raise StoreError(
-                f"{exc.problems[0]}; drivestack removes only the files a manifest lists: "
-                f"remove {folder} yourself, then run `drivestack snapshots verify "
-                "--repair`") from None
-        foreign = sorted(files_under(folder) - set(manifest["files"]) - {MANIFEST})
-        if foreign:
-            raise StoreError(
-                f"{folder / foreign[0]} is not a file of snapshot {sid} (not in its "
-                f"manifest; {len(foreign)} such files); it is left as it is: move it "
-                "out, then remove the snapshot")
-
-    def _ours(self, folder: Path, sid: str) -> bool:
-        """Whether every file under a temporary `folder` is one drivestack wrote for
-        snapshot `sid`: those its partial marker (a write in progress) or its manifest (a
-        finished or removed snapshot) names; links and foreign files make it not ours."""
-        names = files_under(folder)
-        if names <= {PARTIAL}:  # killed before its first file was whole
-            return not any(os.path.islink(folder / n) for n in names)
-        allowed: set[str] | None = None
-        raw = read_small_file(folder / PARTIAL, MAX_MANIFEST_BYTES)
-        if raw is not None:
-            try:
-                doc = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                doc = None
-            if isinstance(doc, dict) and doc.get("id") == sid and isinstance(
-                    doc.get("files"), list) and all(isinstance(n, str) for n in doc["files"]):
-                allowed = {*doc["files"], PARTIAL, MANIFEST}
-        if allowed is None:
-            try:
-                manifest = _parse_manifest(sid, read_small_file(folder / MANIFEST,
-                                                            MAX_MANIFEST_BYTES))
-            except StoreError:
-                return False
-            allowed = {*manifest["files"], MANIFEST}
-        return names <= allowed and not any(os.path.islink(folder / n) for n in names)
 
     def _drop_row(self, sid: str) -> None:
         with self._writing() as con:
@@ -415,7 +279,7 @@ class SnapshotStore:
         """The snapshot, once every file is checked against its manifest (raises
         CorruptSnapshot naming the file, UnknownSnapshot, StoreError for a bad id)."""
         sid = self._known(snapshot_id)
-        found = self._inspect(sid, self._manifest_sha(sid))
+        found = inspect_snapshot(sid, self.snapshots / sid, self._manifest_sha(sid))
         if found.problems or found.manifest is None:
             raise CorruptSnapshot(sid, found.problems)
         m = found.manifest
@@ -427,8 +291,9 @@ class SnapshotStore:
         files are not read)."""
         sid = self._known(snapshot_id)
         check_name(name)
-        manifest, _ = self._manifest(sid, self._manifest_sha(sid))
-        return _read_file(sid, self.snapshots / sid, manifest, name)
+        folder = self.snapshots / sid
+        manifest, _ = read_manifest(sid, folder, self._manifest_sha(sid))
+        return read_checked(sid, folder, manifest, name)
 
     def iter_verified(self, **filters: str | datetime | None) -> Iterator[Snapshot]:
         """The snapshots `list(**filters)` finds, verified; a corrupt one is skipped with a
@@ -491,31 +356,8 @@ class SnapshotStore:
         """The index rows (id, created, triggers, n_files, bytes and the COLUMNS), oldest
         first, filtered by equality and by `since <= created < until` (ISO times or dates,
         UTC unless they say otherwise). Not verified: use `get` or `iter_verified`."""
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("time_of_day", time_of_day), ("weather", weather),
-                              ("family", family), ("model_version", model_version)):
-            if value is not None:
-                where.append(f"s.{column} = ?")
-                args.append(_text(value, column))
-        if trigger is not None:
-            where.append("EXISTS (SELECT 1 FROM triggers f WHERE f.id = s.id AND f.name = ?)")
-            args.append(_text(trigger, "trigger"))
-        for bound, op, key in ((since, ">=", "since"), (until, "<", "until")):
-            if bound is not None:
-                where.append(f"s.created {op} ?")
-                args.append(_utc(bound, key))
-        sql = (f"SELECT {', '.join('s.' + c for c in _ROW)}, t.name FROM snapshots s "
-               "LEFT JOIN triggers t ON t.id = s.id"
-               + (f" WHERE {' AND '.join(where)}" if where else "")
-               + " ORDER BY s.created, s.id, t.name")
-        rows: dict[str, dict[str, Any]] = {}
-        for *values, name in self._con.execute(sql, args):
-            row = rows.setdefault(values[0], dict(zip(_ROW, values, strict=True)))
-            row.setdefault("triggers", [])
-            if name is not None:
-                row["triggers"].append(name)
-        return list(rows.values())
+        return select_rows(self._con, trigger, time_of_day, weather, family,
+                           model_version, since, until)
 
     # -- checking and repairing ------------------------------------------------------------
 
@@ -540,14 +382,14 @@ class SnapshotStore:
         return problems
 
     def _problems(self, sid: str, indexed_sha: str | None) -> builtins.list[Problem]:
-        found = self._inspect(sid, indexed_sha)
+        found = inspect_snapshot(sid, self.snapshots / sid, indexed_sha)
         if not found.problems and indexed_sha is not None:
             return []
         now = self._manifest_sha(sid)  # look again: a writer or `rm` may be at work
         if now is None and not os.path.lexists(self.snapshots / sid):
             return []  # removed meanwhile
         if now != indexed_sha:
-            found = self._inspect(sid, now)
+            found = inspect_snapshot(sid, self.snapshots / sid, now)
         if not found.problems and now is None:
             return [Problem(sid, None, "not in the index (its writer stopped before "
                             "indexing it); `drivestack snapshots verify --repair` indexes it")]
@@ -561,7 +403,7 @@ class SnapshotStore:
         added = []
         for sid in sorted(os.listdir(self.snapshots)):
             if ID_PATTERN.fullmatch(sid) and sid not in indexed:
-                found = self._inspect(sid, None)
+                found = inspect_snapshot(sid, self.snapshots / sid, None)
                 if not found.problems and found.manifest is not None:
                     self._index(sid, found.manifest, found.manifest_sha)
                     added.append(sid)
@@ -583,19 +425,19 @@ class SnapshotStore:
     def gc(self) -> builtins.list[Path]:
         """Remove the temporary folders (tmp/PID-ID) and index files (.index-PID-*) that
         processes no longer running left behind; returns them. A folder holding anything
-        its partial marker or manifest does not name is left (`_ours`); nothing else is
+        its partial marker or manifest does not name is left (`only_ours`); nothing else is
         touched."""
         stale = [(self.tmp / e, stat.S_ISDIR) for e in sorted(os.listdir(self.tmp))
                  if (m := _TMP_ENTRY.fullmatch(e)) and dead(int(m[1]))]
         stale += [(self.root / e, stat.S_ISREG) for e in sorted(os.listdir(self.root))
-                  if (m := _CREATING.fullmatch(e)) and dead(int(m[1]))]
+                  if (m := CREATING_INDEX.fullmatch(e)) and dead(int(m[1]))]
         removed = []
         for path, kind in stale:
             try:
                 if not kind(path.lstat().st_mode):  # never a link
                     continue
                 if kind is stat.S_ISDIR:
-                    if not self._ours(path, path.name.split("-", 1)[1]):
+                    if not only_ours(path.name.split("-", 1)[1], path):
                         continue  # something drivestack did not write: left as it is
                     shutil.rmtree(path)
                 else:
@@ -614,18 +456,19 @@ class SnapshotStore:
             self._check_index()
             return
         entries = os.listdir(self.root) if self.root.is_dir() else []
-        if any(not _CREATING.fullmatch(e) for e in entries):
+        if any(not CREATING_INDEX.fullmatch(e) for e in entries):
             raise StoreError(
                 f"{self.root} is not empty and is not a snapshot store (it has no {INDEX}); "
                 "its files are left as they are: choose a new or empty folder")
         if not create:
             raise StoreError(f"no snapshot store at {self.root} (a recorder makes one when "
                              "it adds the first snapshot)")
-        self._create()
+        create_index(self.root, self.index)
+        self._check_index()
 
     def _check_index(self) -> None:
         """Raise StoreError unless `index.sqlite` is a store's index (read only)."""
-        info = _store_info(self.index)
+        info = store_info(self.index)
         if info.get("kind") != KIND:
             raise StoreError(f"{self.root} is not a snapshot store: its {INDEX} is not a "
                              "drivestack snapshot index; its files are left as they are: "
@@ -633,35 +476,6 @@ class SnapshotStore:
         if info.get("format") != str(FORMAT):
             raise StoreError(f"{self.index}: store format {info.get('format')}, this "
                              f"drivestack reads format {FORMAT}")
-
-    def _create(self) -> None:
-        """Make the index in a temporary file and link it into place, so another process
-        never sees half an index (two creating at once both end up with the same one)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        work = self.root / f".index-{os.getpid()}-{secrets.token_hex(4)}.sqlite"
-        try:
-            con = sqlite3.connect(work, isolation_level=None)
-            try:
-                con.execute("PRAGMA journal_mode = WAL")
-                con.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
-                con.execute("INSERT INTO store_info VALUES ('kind', ?), ('format', ?)",
-                            (KIND, str(FORMAT)))
-            finally:
-                con.close()
-            with open(work, "rb") as f:
-                os.fsync(f.fileno())
-            try:
-                os.link(work, self.index)
-            except FileExistsError:
-                pass  # another process made it first
-            except OSError:  # a file system without hard links
-                if not os.path.lexists(self.index):
-                    os.rename(work, self.index)
-            fsync_dir(self.root)
-        finally:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{work}{suffix}").unlink(missing_ok=True)
-        self._check_index()
 
     def _known(self, snapshot_id: Any) -> str:
         """A well-formed id of a snapshot the store has (a row or a folder)."""
@@ -677,178 +491,3 @@ class SnapshotStore:
 
     def _indexed(self) -> dict[str, str]:
         return dict(self._con.execute("SELECT id, manifest_sha256 FROM snapshots"))
-
-    def _manifest(self, sid: str, indexed_sha: str | None) -> tuple[dict[str, Any], str]:
-        """The parsed manifest of snapshot `sid` and its SHA-256; raises CorruptSnapshot."""
-        folder = self.snapshots / sid
-        if not os.path.lexists(folder):
-            what = ("its folder is missing (the index lists it); `drivestack snapshots "
-                    "verify --repair` drops it from the index")
-            raise CorruptSnapshot(sid, [Problem(sid, None, what)])
-        if folder.is_symlink() or not folder.is_dir():
-            raise CorruptSnapshot(sid, [Problem(sid, None, "is not a folder")])
-        raw = read_small_file(folder / MANIFEST, MAX_MANIFEST_BYTES)
-        try:
-            manifest = _parse_manifest(sid, raw)
-        except StoreError as exc:
-            raise CorruptSnapshot(sid, [Problem(sid, MANIFEST, str(exc))]) from None
-        sha = hashlib.sha256(raw or b"").hexdigest()
-        if indexed_sha is not None and sha != indexed_sha:
-            raise CorruptSnapshot(sid, [Problem(sid, MANIFEST, "changed since it was "
-                                                "indexed (its SHA-256 is not the index's)")])
-        return manifest, sha
-
-    def _inspect(self, sid: str, indexed_sha: str | None) -> _Inspection:
-        """Every problem of snapshot `sid`'s folder, with its manifest when readable."""
-        try:
-            manifest, sha = self._manifest(sid, indexed_sha)
-        except CorruptSnapshot as exc:
-            return _Inspection(exc.problems, None, "")
-        folder = self.snapshots / sid
-        listed = manifest["files"]
-        present = files_under(folder)
-        problems = [Problem(sid, n, "extra file: not in the manifest")
-                    for n in sorted(present - set(listed) - {MANIFEST})]
-        for name, entry in listed.items():
-            what = "missing" if name not in present else check_file(folder, name, entry)
-            if what is not None:
-                problems.append(Problem(sid, name, what))
-        return _Inspection(problems, manifest, sha)
-
-
-@dataclass
-class _Inspection:
-    problems: list[Problem]
-    manifest: dict[str, Any] | None
-    manifest_sha: str
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 100 else f"{text[:100]}..."
-
-
-def _text(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise StoreError(f"{key}: must be a string, not {_show(value)}")
-    return value
-
-
-def _utc(value: str | datetime, key: str) -> str:
-    """`value` (a datetime, or an ISO time or date; naive means UTC) as the index writes
-    times."""
-    if isinstance(value, str):
-        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            raise StoreError(f"{key}: {_show(value)} is not an ISO time such as 2026-12-06 "
-                             "or 2026-12-06T06:15:00Z") from None
-    if not isinstance(value, datetime):
-        raise StoreError(f"{key}: must be an ISO time or a datetime, not {_show(value)}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _meta_doc(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`meta` as strict JSON data (NaN and infinities as null), its indexed keys checked."""
-    if not isinstance(meta, (Mapping, type(None))):
-        raise StoreError(f"meta must be a dict, not {type(meta).__name__}")
-    try:
-        text = json_text(dict(meta or {}))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"meta must be JSON data (numbers, strings, lists, dicts): {exc}"
-                         ) from None
-    if len(text) > MAX_META_BYTES:
-        raise StoreError(f"meta is over {MAX_META_BYTES} bytes as JSON; put arrays in files")
-    doc: dict[str, Any] = json.loads(text)
-    _columns(doc)
-    return doc
-
-
-def _columns(meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The indexed values of `meta` and its trigger names; raises StoreError."""
-    columns = {}
-    for key, kind in COLUMNS.items():
-        value = meta.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool) or (
-                isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63)):
-            raise StoreError(f"meta[{key!r}] must be {'an int' if kind is int else 'a string'}"
-                             f" or missing, not {_show(value)}")
-        columns[key] = value
-    triggers = meta.get("triggers") or []
-    if not isinstance(triggers, list) or not all(
-            isinstance(t, str) and t for t in triggers):
-        raise StoreError(f"meta['triggers'] must be a list of names, not {_show(triggers)}")
-    return columns, sorted(set(triggers))
-
-
-def _parse_manifest(sid: str, raw: bytes | None) -> dict[str, Any]:
-    """The manifest of snapshot `sid` from its bytes; raises StoreError saying what is
-    wrong."""
-    if raw is None:
-        raise StoreError(f"missing, or not a regular file of at most {MAX_MANIFEST_BYTES} "
-                         "bytes")
-    try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise StoreError(f"not JSON ({_show(str(exc))})") from None
-    if not isinstance(doc, dict) or doc.get("kind") != SNAPSHOT_KIND:
-        raise StoreError("not a drivestack snapshot manifest")
-    if doc.get("format") != FORMAT:
-        raise StoreError(f"format {_show(doc.get('format'))}; this drivestack reads {FORMAT}")
-    if doc.get("id") != sid:
-        raise StoreError(f"names snapshot {_show(doc.get('id'))}, not {sid}")
-    files = doc.get("files")
-    if not (isinstance(doc.get("created"), str) and isinstance(doc.get("meta"), dict)
-            and isinstance(files, dict)):
-        raise StoreError("lacks created, meta or files")
-    for name, entry in files.items():
-        check_name(name)
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
-                and type(entry.get("size")) is int and entry["size"] >= 0):
-            raise StoreError(f"its entry for {name!r} is not {{sha256, size}}")
-    _columns(doc["meta"])
-    return doc
-
-
-def _store_info(index: Path) -> dict[str, str]:
-    """The `store_info` table of the SQLite file `index`; empty when there is none. Read
-    as immutable: no lock taken and no -wal or -shm file left beside a foreign database (a
-    store's info is in the main file from its creation on, and never changes)."""
-    if read_small_file(index, 1 << 40, 16) != b"SQLite format 3\x00":
-        return {}
-    for attempt in range(3):
-        con = sqlite3.connect(f"{index.as_uri()}?mode=ro&immutable=1", uri=True)
-        try:
-            return dict(con.execute("SELECT key, value FROM store_info"))
-        except sqlite3.Error as exc:  # not a store, or a page being written: look again
-            if "no such table" in str(exc):
-                return {}
-            time.sleep(0.05 * (attempt + 1))
-        finally:
-            con.close()
-    return {}
-
-
-def _read_file(sid: str, folder: Path, manifest: dict[str, Any], name: str) -> bytes:
-    """The bytes of file `name` of snapshot `sid`, checked against its manifest."""
-    entry = manifest["files"].get(check_name(name))
-    if entry is None:
-        raise StoreError(f"snapshot {sid} has no file {name!r}")
-    chunks: list[bytes] = []
-    what = check_file(folder, name, entry, chunks.append)
-    if what is not None:
-        raise CorruptSnapshot(sid, [Problem(sid, name, what)])
-    return b"".join(chunks)
-
-

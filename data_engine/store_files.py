@@ -122,6 +122,6 @@ def dead(pid: int) -> bool:
 
 
 def _store_error() -> type[ValueError]:
-    from data_engine.store import StoreError  # the store imports this module first
+    from data_engine.store_format import StoreError  # which imports this module first
 
     return StoreError
