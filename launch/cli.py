@@ -216,7 +216,7 @@ def _train_detector(cfg: TrainPerceptionConfig) -> dict[str, Any]:
                            batch=det.batch, seed=cfg.seed, device=cfg.device,
                            workers=det.workers, hours=det.hours, cache=det.cache,
                            init=det.init, lr0=det.lr0, fraction=det.fraction,
-                           close_mosaic=det.close_mosaic)
+                           close_mosaic=det.close_mosaic, nbs=det.nbs, freeze=det.freeze)
     h, w = dataset_image_size(job.data)  # a damaged dataset fails now, not after training
     result = train_detector(job)
     result["onnx"] = str(export_onnx(Path(result["weights"]), h, w))

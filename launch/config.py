@@ -253,6 +253,11 @@ class DetectorConfig(_Strict):
         "share of the training split to use each epoch (ultralytics fraction)"))
     close_mosaic: int = Field(default=10, ge=0, le=100_000, description=(
         "last epochs trained without mosaic (ultralytics close_mosaic; >= epochs: none)"))
+    nbs: int | None = Field(default=None, ge=1, le=1 << 16, description=(
+        "nominal batch size (ultralytics nbs; default 64): ceil(nbs / batch) batches make "
+        "one optimizer step"))
+    freeze: int | None = Field(default=None, ge=0, le=1000, description=(
+        "freeze the first this many layers (ultralytics freeze)"))
 
 
 class LaneConfig(_Strict):
@@ -335,7 +340,7 @@ class TrainPlannerConfig(_Strict):
         f"{PLANNER_DEVICES} (small MLPs: cpu)"))
     vec_env: Literal["batch", "subprocess", "dummy"] = Field(default="batch", description=(
         "batch: all envs as one batch of worlds in this process (privileged or emulated, "
-        "ppo, no shield); subprocess: SubprocVecEnv (spawn); dummy: DummyVecEnv"))
+        "ppo, shield too); subprocess: SubprocVecEnv (spawn); dummy: DummyVecEnv"))
     batch_workers: int = Field(default=1, ge=1, le=256, description=(
         "vec_env batch: processes the batch is split over (one per core)"))
     torch_threads: int | None = Field(default=None, ge=1, le=1024, description=(

@@ -185,6 +185,13 @@ class DetectorTraining:
     train_list: Path | None = None
     """Train on the images this file lists (a data-engine dataset version's train.txt)
     instead of `data`'s train split; validation stays on `data`'s val split."""
+    nbs: int | None = None
+    """Nominal batch size (ultralytics `nbs`, 64 when None): gradients of
+    ceil(nbs / batch) batches add up to one optimizer step. A short fine-tune sets it to
+    `batch`, so that every batch is a step (at nbs 64, 852 frames at batch 16 make only
+    13 steps)."""
+    freeze: int | None = None
+    """Freeze the first this many layers (ultralytics `freeze`; None: train them all)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in _YAML:
@@ -200,6 +207,10 @@ class DetectorTraining:
             check_number("hours", self.hours, 0.0, 10_000.0, open_lo=True, unit="h")
         if self.lr0 is not None:
             check_number("lr0", self.lr0, 0.0, 1.0, open_lo=True)
+        if self.nbs is not None:
+            check_number("nbs", self.nbs, 1, 1 << 16, integer=True)
+        if self.freeze is not None:
+            check_number("freeze", self.freeze, 0, 1000, integer=True)
 
 
 def training_data_yaml(data_yaml: Path, out: Path, train_list: Path | None = None) -> Path:
@@ -269,6 +280,8 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
         fraction=cfg.fraction, close_mosaic=min(cfg.close_mosaic, cfg.epochs),
         **({"time": cfg.hours} if cfg.hours else {}),
         **({"lr0": cfg.lr0} if cfg.lr0 else {}),
+        **({"nbs": cfg.nbs} if cfg.nbs else {}),
+        **({"freeze": cfg.freeze} if cfg.freeze is not None else {}),
         # a fine-tune starts from trained weights: plain SGD at lr0 (ultralytics' "auto"
         # picks AdamW at its own lr for short runs) and no warm-up (its biases run at lr
         # 0.1 for 3 epochs): together they knocked a trained model back from val

@@ -37,13 +37,17 @@ def test_fine_tune_starts_from_init_weights(tmp_path: Path) -> None:
     common = dict(data=data / "data.yaml", epochs=1, imgsz=96, batch=4, workers=0,
                   device="cpu", lr0=1e-9)
     tuned = train_detector(DetectorTraining(out=tmp_path / "tuned", init=SHIPPED,
-                                            fraction=0.5, close_mosaic=0, **common))
+                                            fraction=0.5, close_mosaic=0, nbs=4,
+                                            freeze=3, **common))
     scratch = train_detector(DetectorTraining(out=tmp_path / "scratch", **common))
     shipped = _conv_weights(SHIPPED)
     assert _max_diff(shipped, _conv_weights(tuned["weights"])) < 0.01  # fp16 checkpoints
     assert _max_diff(shipped, _conv_weights(scratch["weights"])) > 0.1
     args = (tmp_path / "tuned" / "args.yaml").read_text()
     assert "fraction: 0.5" in args and "close_mosaic: 0" in args
+    assert "nbs: 4" in args and "freeze: 3" in args
+    scratch_args = (tmp_path / "scratch" / "args.yaml").read_text()
+    assert "nbs: 64" in scratch_args and "freeze: null" in scratch_args
 
     # the weights remember their input size; an export for a camera of half that size
     # takes frames scaled by 2 (what RawDetector then does)
@@ -64,3 +68,11 @@ def test_missing_init_weights_give_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="init weights"):
         train_detector(DetectorTraining(data=SHIPPED, out=tmp_path / "r",
                                         init=tmp_path / "nope.pt"))
+
+
+@pytest.mark.parametrize(("field", "value"), [("nbs", 0), ("freeze", -1), ("nbs", 2.5)])
+def test_bad_nbs_or_freeze_names_the_field(field: str, value: float) -> None:
+    from perception.detector import DetectorTraining
+
+    with pytest.raises(ValueError, match=field):
+        DetectorTraining(data=SHIPPED, out=Path("unused"), **{field: value})
