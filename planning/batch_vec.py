@@ -132,14 +132,20 @@ class BatchPlannerVecEnv(_OneBatch):
     episode's first observation may come up to `decision_every - 1` steps after its start
     (`DecisionEvery` starts it at step 0). The emulated noise is drawn from one generator
     for the batch, seeded by `noise_seed`: the same distributions as
-    `EmulatedSource`, other draws."""
+    `EmulatedSource`, other draws.
+
+    `shield=True`: each env's meta action passes through its own
+    `planning.shield.SafetyShield` on the scene behind its latest observation, as
+    `ShieldedActions` does per env (reset when its episode restarts); `infos[i]` then
+    holds "executed_action" and "shield_vetoed"."""
 
     def __init__(self, num_envs: int = 32, families: Sequence[str] = ("highway", "rural",
                                                                        "urban"),
                  source: str = "emulated", decision_every: int | None = None,
                  noise: Any = None, noise_seed: int = 0,
                  scenario: dict[str, Any] | None = None,
-                 reward_weights: dict[str, float] | None = None) -> None:
+                 reward_weights: dict[str, float] | None = None,
+                 shield: bool = False) -> None:
         from gymnasium import spaces
 
         from planning.features import CLIP, FEATURE_DIM
@@ -193,6 +199,14 @@ class BatchPlannerVecEnv(_OneBatch):
                                               dtype=np.float32),
                          spaces.Discrete(len(META_ACTIONS)))
         self._actions: np.ndarray | None = None
+        self.shields: list[Any] | None = None
+        """One `SafetyShield` per env (None: no shield)."""
+        if shield:
+            from planning.shield import SafetyShield
+
+            self.shields = [SafetyShield() for _ in range(num_envs)]
+        self._scene: Any = None
+        """The `BatchScene` behind the latest observations (what the shields see)."""
 
     # -- VecEnv --------------------------------------------------------------------------
     def reset(self) -> np.ndarray:
@@ -200,6 +214,8 @@ class BatchPlannerVecEnv(_OneBatch):
         self.env.reset(seed=None if all(s is None for s in seeds) else seeds)
         self._prev = None
         self._fresh[:] = True
+        for sh in self.shields or ():
+            sh.reset()
         obs = self._observe()
         self.reset_infos = [{} for _ in range(self.num_envs)]
         self._reset_seeds()
@@ -212,11 +228,13 @@ class BatchPlannerVecEnv(_OneBatch):
         if self._actions is None:
             raise RuntimeError("step_async before step_wait")
         n, env = self.num_envs, self.env
+        proposed = self._actions
+        actions = proposed if self.shields is None else self._shielded(proposed)
         rewards = np.zeros(n, np.float64)
         infos: list[dict[str, Any]] = [{} for _ in range(n)]
         live = np.ones(n, bool)
         for j in range(self.decision_every):
-            _, r, term, trunc, info = env.step(self._actions if j == 0
+            _, r, term, trunc, info = env.step(actions if j == 0
                                                else np.full(n, self._idle))
             rewards += np.where(live, r, 0.0)
             new = (term | trunc) & live
@@ -232,7 +250,19 @@ class BatchPlannerVecEnv(_OneBatch):
                 self._fresh[env.restart_ended()] = True
         self._fresh[env.restart_ended()] = True  # ended twice within one decision: rare
         self._actions = None
+        if self.shields is not None:
+            for i in range(n):
+                infos[i]["executed_action"] = int(actions[i])
+                infos[i]["shield_vetoed"] = bool(actions[i] != proposed[i])
+                if not live[i]:
+                    self.shields[i].reset()
         return self._observe(), rewards.astype(np.float32), ~live, infos
+
+    def _shielded(self, proposed: np.ndarray) -> np.ndarray:
+        """The actions the shields let through, each on its env's latest scene."""
+        assert self.shields is not None and self._scene is not None
+        return np.array([sh.filter(self._scene.scene(i), int(a)) for i, (sh, a)
+                         in enumerate(zip(self.shields, proposed, strict=True))], np.int64)
 
     def _observe(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Feature vectors of every env (or of `rows` only, for a last observation before
@@ -251,6 +281,8 @@ class BatchPlannerVecEnv(_OneBatch):
         if rows is not None:
             scene = scene.take(rows)
         if self.source == "privileged":
+            if rows is None:
+                self._scene = scene
             return batch_features(scene)
         sel = slice(None) if rows is None else rows
         steps = bw.world_steps.copy()
@@ -264,6 +296,7 @@ class BatchPlannerVecEnv(_OneBatch):
         tracked = batch_gap_rates(prev, noisy, dt)
         if rows is None:
             self._prev, self._prev_steps, self._fresh[:] = tracked, steps, False
+            self._scene = tracked
         return batch_features(tracked)
 
     def close(self) -> None:

@@ -70,7 +70,7 @@ class PlannerTraining:
     vec_env: Literal["batch", "subprocess", "dummy"] = "batch"
     """How the n_envs are stepped: "batch" (one `BatchPlannerVecEnv`: the worlds, the
     emulated perception and the features as arrays in this process; privileged and
-    emulated sources, meta actions, no shield), "subprocess" (`SubprocVecEnv`, spawn: one
+    emulated sources, meta actions, the shield too), "subprocess" (`SubprocVecEnv`, spawn: one
     process per env) or "dummy" (`DummyVecEnv`: one after the other here)."""
     batch_workers: int = 1
     """vec_env "batch": processes the batch is split over (`ParallelBatchVecEnv`; 1: in
@@ -95,11 +95,11 @@ class PlannerTraining:
             if self.algo != "ppo":
                 raise ValueError("vec_env=batch steps meta actions (ppo); sac drives "
                                  "continuous controls: use vec_env subprocess or dummy")
-            extra = sorted(set(self.env_kwargs) - {"scenario", "noise_path", "reward_weights"})
+            extra = sorted(set(self.env_kwargs) - {"scenario", "noise_path", "reward_weights",
+                                                   "shield"})
             if extra:
-                raise ValueError(f"vec_env=batch: {', '.join(extra)} not supported there "
-                                 "(the shield filters one env at a time): use vec_env "
-                                 "subprocess or dummy")
+                raise ValueError(f"vec_env=batch: {', '.join(extra)} not supported there: "
+                                 "use vec_env subprocess or dummy")
         check_number("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
         check_number("gamma", self.gamma, 0.0, 1.0)
         if self.torch_threads is not None:
@@ -138,7 +138,8 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
             "families": cfg.families, "source": cfg.source,
             "decision_every": cfg.decision_every, "noise": cfg.env_kwargs.get("noise_path"),
             "noise_seed": seed, "scenario": cfg.env_kwargs.get("scenario"),
-            "reward_weights": cfg.env_kwargs.get("reward_weights")}
+            "reward_weights": cfg.env_kwargs.get("reward_weights"),
+            "shield": bool(cfg.env_kwargs.get("shield", False))}
         workers = min(cfg.batch_workers, n)
         batch: Any = (ParallelBatchVecEnv(n, workers=workers, **kwargs) if workers > 1
                       else BatchPlannerVecEnv(n, **kwargs))

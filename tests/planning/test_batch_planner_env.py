@@ -47,6 +47,41 @@ def test_privileged_batch_matches_the_per_env_stack() -> None:
     assert compared > 200 and ended >= 1, (compared, ended)
 
 
+def test_the_batched_shield_matches_the_per_env_shield() -> None:
+    """shield=True: each env's actions pass its own SafetyShield as `ShieldedActions`
+    filters them per env: the same executed actions, vetoes, observations and ends."""
+    families = ("urban", "highway", "rural")
+    n = 3
+    vec = BatchPlannerVecEnv(n, families=families, source="privileged", shield=True)
+    vec.seed(300)
+    obs = vec.reset()
+    envs = [make_planner_env("privileged", families[i], shield=True) for i in range(n)]
+    np.testing.assert_array_equal(obs, np.stack([e.reset(seed=300 + i)[0]
+                                                 for i, e in enumerate(envs)]))
+    rng = np.random.default_rng(1)
+    alive = np.ones(n, bool)
+    vetoed = compared = 0
+    for _ in range(150):
+        actions = rng.integers(0, 5, n)
+        obs, rewards, dones, infos = vec.step(actions)
+        for i, env in enumerate(envs):
+            if not alive[i]:
+                continue
+            o, r, term, trunc, info = env.step(int(actions[i]))
+            assert infos[i]["executed_action"] == info["executed_action"]
+            assert infos[i]["shield_vetoed"] == info["shield_vetoed"]
+            vetoed += int(info["shield_vetoed"])
+            assert bool(dones[i]) == (term or trunc)
+            assert rewards[i] == pytest.approx(r, rel=1e-5, abs=1e-5)
+            if term or trunc:
+                alive[i] = False
+            else:  # a heading error may differ in its last float32 bit (batched trig)
+                np.testing.assert_allclose(obs[i], o, rtol=1e-6, atol=1e-6)
+                compared += 1
+    assert vetoed > 20 and compared > 150, (vetoed, compared)
+    assert all(sh.vetoed >= 0 for sh in vec.shields or ())
+
+
 def test_emulated_noise_is_seeded_and_applied() -> None:
     def run(noise_seed: int) -> np.ndarray:
         vec = BatchPlannerVecEnv(6, source="emulated", noise_seed=noise_seed)
@@ -74,8 +109,9 @@ def test_bad_arguments_are_one_clear_error() -> None:
         BatchPlannerVecEnv(0)
     with pytest.raises(ValueError, match="vec_env=batch"):
         PlannerTraining(out=Path("x"), algo="sac")
-    with pytest.raises(ValueError, match="shield"):
-        PlannerTraining(out=Path("x"), env_kwargs={"shield": True})
+    with pytest.raises(ValueError, match="perceiver_device"):
+        PlannerTraining(out=Path("x"), env_kwargs={"perceiver_device": "cpu"})
+    PlannerTraining(out=Path("x"), env_kwargs={"shield": True})  # batched since issue 15
 
 
 def test_ppo_trains_on_the_batched_env(tmp_path: Path) -> None:
@@ -88,6 +124,17 @@ def test_ppo_trains_on_the_batched_env(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "final.zip").is_file()
     doc = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert doc["config"]["vec_env"] == "batch"
+
+
+def test_ppo_trains_behind_the_shield_on_the_batched_env(tmp_path: Path) -> None:
+    cfg = PlannerTraining(out=tmp_path / "run", n_envs=6, total_timesteps=192, n_steps=32,
+                          batch_size=64, eval_every=192, eval_episodes=1,
+                          checkpoint_every=192, env_kwargs={"shield": True, "scenario": {
+                              "episode_seconds": 4.0}})
+    summary = train_planner(cfg)
+    assert summary["completed"] and summary["timesteps"] >= 192
+    doc = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert doc["config"]["env_kwargs"]["shield"] is True
 
 
 def test_the_best_model_is_chosen_on_every_family(tmp_path: Path,
