@@ -92,6 +92,10 @@ class TrainSettings(StrictModel):
     imgsz: int | None = Field(default=None, ge=32, le=4096,
                               description="default: the current detector's training size")
     hours: float | None = Field(default=None, gt=0.0, le=100.0)
+    nbs: int | None = Field(default=None, ge=1, le=1 << 16, description=(
+        "ultralytics nbs (default 64): ceil(nbs / batch) batches make one optimizer step"))
+    freeze: int | None = Field(default=None, ge=0, le=1000,
+                               description="freeze the first this many layers")
     workers: int = Field(default=2, ge=0, le=64)
     frame_stride: int = Field(default=2, ge=1, le=100,
                               description="every k-th frame of a clip goes into a version")
@@ -122,6 +126,10 @@ class TrainSettings(StrictModel):
 
 
 class EvalSettings(StrictModel):
+    heldout_seed: int = Field(default=900_000, ge=900_000, le=960_000, description=(
+        "first seed of the held-out perception sets (nominal, then 10,000 seeds a hard "
+        "condition); another value gives fresh sets, e.g. to check a recipe chosen on "
+        "the default ones"))
     nominal_frames: int = Field(default=300, ge=4, le=100_000)
     hard_frames: int = Field(default=400, ge=4, le=100_000,
                              description="frames per hard condition (night, fog, rain)")
@@ -255,7 +263,8 @@ class _Context:
 
         e = self.cfg.evaluate
         sets = make_heldout_sets(self.folder.own("heldout"), nominal_frames=e.nominal_frames,
-                                 hard_frames=e.hard_frames, workers=self.cfg.workers)
+                                 hard_frames=e.hard_frames, seed=e.heldout_seed,
+                                 workers=self.cfg.workers)
         return {"sets": {k: str(v) for k, v in sets.folders.items()},
                 "episode_seeds": [min(sets.episode_seeds()), max(sets.episode_seeds())]}
 
@@ -455,7 +464,7 @@ class _Context:
                     data=self.out / "base" / "data.yaml", out=run, init=init, epochs=t.epochs,
                     imgsz=imgsz, batch=t.batch, seed=seed, device=self.cfg.device,
                     workers=t.workers, lr0=t.lr0, hours=t.hours, close_mosaic=t.epochs,
-                    train_list=version / "train.txt"))
+                    nbs=t.nbs, freeze=t.freeze, train_list=version / "train.txt"))
                 atomic_write_text(done, json_text(result, indent=1))
             onnx = cached_onnx(best, 192, 320)  # what the Perceiver runs on the CPU
             out[name] = {"arm": arm, "seed": seed, "weights": str(best), "onnx": str(onnx),
@@ -535,7 +544,8 @@ class _Context:
 
         e = self.cfg.evaluate
         return make_heldout_sets(self.out / "heldout", nominal_frames=e.nominal_frames,
-                                 hard_frames=e.hard_frames, workers=self.cfg.workers)
+                                 hard_frames=e.hard_frames, seed=e.heldout_seed,
+                                 workers=self.cfg.workers)
 
     def stage_promote(self) -> dict[str, Any]:
         from perception.registry import Registry

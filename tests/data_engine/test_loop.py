@@ -58,6 +58,9 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
                  "## Closed-loop hard suite", "## Promotion", "map_before_after.png"):
         assert part in report
     assert (tmp_path / "loop" / "map_before_after.png").stat().st_size > 1000
+    held = [json.loads(line)["episode_seed"] for f in (tmp_path / "loop" / "heldout").iterdir()
+            if f.is_dir() for line in (f / "meta.jsonl").read_text().splitlines()]
+    assert held and all(950_000 <= s < 990_000 for s in held), "evaluate.heldout_seed"
     seen.clear()
     run_loop(cfg, redo_from="promote", on_stage=lambda s, what: seen.append((s, what)))
     assert [s for s, w in seen if w == "done"] == ["promote", "report"]
@@ -91,6 +94,12 @@ def test_a_bad_loop_launch_file_names_the_key(tmp_path: Path) -> None:
     bad.write_text("mine:\n  seeds: [900001]\n")
     result = runner.invoke(app, ["loop", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "900001" in result.stderr
+    bad.write_text("train:\n  nbs: 0\n")
+    result = runner.invoke(app, ["loop", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "train.nbs" in result.stderr
+    bad.write_text("evaluate:\n  heldout_seed: 899999\n")
+    result = runner.invoke(app, ["loop", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "evaluate.heldout_seed" in result.stderr
 
 
 def test_runs_and_spread() -> None:
