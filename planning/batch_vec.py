@@ -251,11 +251,11 @@ class BatchPlannerVecEnv(_OneBatch):
         self._fresh[env.restart_ended()] = True  # ended twice within one decision: rare
         self._actions = None
         if self.shields is not None:
-            for i in range(n):
-                infos[i]["executed_action"] = int(actions[i])
-                infos[i]["shield_vetoed"] = bool(actions[i] != proposed[i])
-                if not live[i]:
-                    self.shields[i].reset()
+            for k in range(n):
+                infos[k]["executed_action"] = int(actions[k])
+                infos[k]["shield_vetoed"] = bool(actions[k] != proposed[k])
+                if not live[k]:
+                    self.shields[k].reset()
         return self._observe(), rewards.astype(np.float32), ~live, infos
 
     def _shielded(self, proposed: np.ndarray) -> np.ndarray:
