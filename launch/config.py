@@ -350,8 +350,17 @@ class TrainPlannerConfig(_Strict):
     imitation_epochs: int = Field(default=10, ge=1, le=100_000)
     shield: bool = Field(default=False, description=(
         "train behind the safety shield (planning.shield); drive the result as rl-shield"))
+    shield_penalty: float = Field(default=0.0, ge=0.0, le=1e6, description=(
+        "with shield: taken off the reward of each decision the shield vetoes (so the "
+        "policy learns to need the shield less)"))
     reward_weights: dict[str, float] = Field(default={}, description=(
         "overrides of sim.rewards.RewardWeights (e.g. {ttc: -1.0, collision: -20.0})"))
+
+    @model_validator(mode="after")
+    def _shield_penalty(self) -> TrainPlannerConfig:
+        if self.shield_penalty and not self.shield:
+            raise ValueError("shield_penalty needs shield: true")
+        return self
 
     @model_validator(mode="after")
     def _rewards(self) -> TrainPlannerConfig:

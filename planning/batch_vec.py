@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
+from sim.types import check_number
 from sim.vector import BatchDrivingEnv
 
 
@@ -137,7 +138,9 @@ class BatchPlannerVecEnv(_OneBatch):
     `shield=True`: each env's meta action passes through its own
     `planning.shield.SafetyShield` on the scene behind its latest observation, as
     `ShieldedActions` does per env (reset when its episode restarts); `infos[i]` then
-    holds "executed_action" and "shield_vetoed"."""
+    holds "executed_action" and "shield_vetoed", and `shield_penalty` is taken off the
+    reward of every vetoed decision (so the policy learns to stay within the shield's
+    limits by itself instead of leaning on it)."""
 
     def __init__(self, num_envs: int = 32, families: Sequence[str] = ("highway", "rural",
                                                                        "urban"),
@@ -145,7 +148,7 @@ class BatchPlannerVecEnv(_OneBatch):
                  noise: Any = None, noise_seed: int = 0,
                  scenario: dict[str, Any] | None = None,
                  reward_weights: dict[str, float] | None = None,
-                 shield: bool = False) -> None:
+                 shield: bool = False, shield_penalty: float = 0.0) -> None:
         from gymnasium import spaces
 
         from planning.features import CLIP, FEATURE_DIM
@@ -201,6 +204,10 @@ class BatchPlannerVecEnv(_OneBatch):
         self._actions: np.ndarray | None = None
         self.shields: list[Any] | None = None
         """One `SafetyShield` per env (None: no shield)."""
+        check_number("shield_penalty", shield_penalty, 0.0, 1e6)
+        if shield_penalty and not shield:
+            raise ValueError("shield_penalty needs shield=True")
+        self.shield_penalty = float(shield_penalty)
         if shield:
             from planning.shield import SafetyShield
 
@@ -251,6 +258,7 @@ class BatchPlannerVecEnv(_OneBatch):
         self._fresh[env.restart_ended()] = True  # ended twice within one decision: rare
         self._actions = None
         if self.shields is not None:
+            rewards -= self.shield_penalty * (actions != proposed)
             for k in range(n):
                 infos[k]["executed_action"] = int(actions[k])
                 infos[k]["shield_vetoed"] = bool(actions[k] != proposed[k])

@@ -96,7 +96,7 @@ class PlannerTraining:
                 raise ValueError("vec_env=batch steps meta actions (ppo); sac drives "
                                  "continuous controls: use vec_env subprocess or dummy")
             extra = sorted(set(self.env_kwargs) - {"scenario", "noise_path", "reward_weights",
-                                                   "shield"})
+                                                   "shield", "shield_penalty"})
             if extra:
                 raise ValueError(f"vec_env=batch: {', '.join(extra)} not supported there: "
                                  "use vec_env subprocess or dummy")
@@ -139,7 +139,8 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
             "decision_every": cfg.decision_every, "noise": cfg.env_kwargs.get("noise_path"),
             "noise_seed": seed, "scenario": cfg.env_kwargs.get("scenario"),
             "reward_weights": cfg.env_kwargs.get("reward_weights"),
-            "shield": bool(cfg.env_kwargs.get("shield", False))}
+            "shield": bool(cfg.env_kwargs.get("shield", False)),
+            "shield_penalty": float(cfg.env_kwargs.get("shield_penalty", 0.0))}
         workers = min(cfg.batch_workers, n)
         batch: Any = (ParallelBatchVecEnv(n, workers=workers, **kwargs) if workers > 1
                       else BatchPlannerVecEnv(n, **kwargs))

@@ -30,6 +30,7 @@ from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
 from sim.actions import IDLE, META_ACTIONS
 from sim.config import FAMILIES, family_config
 from sim.env import DrivingEnv
+from sim.types import check_number
 
 SOURCES: tuple[str, ...] = ("privileged", "emulated", "perception")
 """Names of the scene sources `make_planner_env` accepts."""
@@ -130,16 +131,19 @@ class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Meta actions pass through a `planning.shield.SafetyShield`, on the scene of the
     latest observation, before they reach the env (shielded RL: the policy learns within
     what the shield allows). `info["executed_action"]` is the action the env got,
-    `info["shield_vetoed"]` whether it differs from the policy's."""
+    `info["shield_vetoed"]` whether it differs from the policy's; `penalty` is taken off
+    the reward of a vetoed decision."""
 
-    def __init__(self, env: gym.Env) -> None:
+    def __init__(self, env: gym.Env, penalty: float = 0.0) -> None:
         gym.utils.RecordConstructorArgs.__init__(self)
         if not isinstance(env, SceneObservation):
             raise TypeError(f"ShieldedActions wraps a SceneObservation, got {type(env).__name__}")
         if not isinstance(env.action_space, spaces.Discrete):
             raise ValueError("the safety shield filters meta actions (action_type='meta')")
+        check_number("shield_penalty", penalty, 0.0, 1e6)
         super().__init__(env)
         self.shield = SafetyShield()
+        self.penalty = float(penalty)
 
     @property
     def scene(self) -> Scene | None:
@@ -158,7 +162,8 @@ class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
         proposed = int(np.asarray(action).item())
         executed = self.shield.filter(scene, proposed)
         obs, reward, terminated, truncated, info = self.env.step(executed)
-        return obs, float(reward), terminated, truncated, {
+        reward = float(reward) - self.penalty * (executed != proposed)
+        return obs, reward, terminated, truncated, {
             **info, "executed_action": executed, "shield_vetoed": executed != proposed}
 
 
@@ -167,7 +172,8 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
                      noise_path: str | None = None, perceiver_device: str = "cpu",
                      scenario: dict[str, Any] | None = None,
                      action_type: str = "meta", shield: bool = False,
-                     reward_weights: dict[str, float] | None = None) -> gym.Env:
+                     reward_weights: dict[str, float] | None = None,
+                     shield_penalty: float = 0.0) -> gym.Env:
     """The planner's env: `drivestack/{Family}-v0` with meta (or continuous) actions,
     `DecisionEvery`, then the observation wrapper of `source`.
 
@@ -183,6 +189,7 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         scenario: overrides of the family's `ScenarioConfig` fields.
         action_type: "meta" (Discrete(5), PPO) or "continuous" (steer, accel; SAC).
         shield: filter the meta actions through the `SafetyShield` (`ShieldedActions`).
+        shield_penalty: taken off the reward of each decision the shield vetoes.
         reward_weights: weights of the reward terms (`sim.rewards.RewardWeights`; None:
             the defaults).
     """
@@ -220,5 +227,7 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         if action_type != "meta":
             raise ValueError("shield: the safety shield filters meta actions "
                              "(action_type='meta')")
-        return ShieldedActions(wrapped)
+        return ShieldedActions(wrapped, shield_penalty)
+    if shield_penalty:
+        raise ValueError("shield_penalty needs shield=True")
     return wrapped

@@ -82,6 +82,42 @@ def test_the_batched_shield_matches_the_per_env_shield() -> None:
     assert all(sh.vetoed >= 0 for sh in vec.shields or ())
 
 
+def test_the_shield_penalty_is_taken_off_each_vetoed_decision() -> None:
+    def run(penalty: float) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        vec = BatchPlannerVecEnv(3, source="privileged", shield=True, shield_penalty=penalty)
+        vec.seed(40)
+        vec.reset()
+        env = make_planner_env("privileged", "highway", shield=True, shield_penalty=penalty)
+        env.reset(seed=40)
+        rng = np.random.default_rng(2)
+        rewards, vetoed, single = [], [], []
+        for _ in range(40):
+            actions = rng.integers(0, 5, 3)
+            _, r, _, infos = vec.step(actions)
+            rewards.append(r)
+            vetoed.append([i["shield_vetoed"] for i in infos])
+            single.append(env.step(int(actions[0]))[1])
+        return np.array(rewards), np.array(vetoed), single
+
+    r0, v0, s0 = run(0.0)
+    r2, v2, s2 = run(2.5)
+    np.testing.assert_array_equal(v0, v2)
+    assert v0.sum() > 5
+    np.testing.assert_allclose(r0 - r2, 2.5 * v0, atol=1e-4)
+    np.testing.assert_allclose(np.array(s0) - np.array(s2), 2.5 * v0[:, 0], atol=1e-4)
+    with pytest.raises(ValueError, match="shield_penalty"):
+        BatchPlannerVecEnv(2, shield_penalty=1.0)
+    with pytest.raises(ValueError, match="shield_penalty"):
+        make_planner_env("privileged", shield_penalty=1.0)
+    with pytest.raises(ValueError, match="shield_penalty"):
+        BatchPlannerVecEnv(2, shield=True, shield_penalty=float("nan"))
+    from launch.config import TrainPlannerConfig
+
+    with pytest.raises(ValueError, match="shield_penalty"):
+        TrainPlannerConfig(shield_penalty=1.0)
+    assert TrainPlannerConfig(shield=True, shield_penalty=1.0).shield_penalty == 1.0
+
+
 def test_emulated_noise_is_seeded_and_applied() -> None:
     def run(noise_seed: int) -> np.ndarray:
         vec = BatchPlannerVecEnv(6, source="emulated", noise_seed=noise_seed)
