@@ -48,7 +48,8 @@ STAGES = ("base", "heldout", "mine", "relabel", "versions", "train", "evaluate",
 ARMS = ("mined_auto", "random_auto", "mined_truth", "mined_online")
 """The candidate and its three controls."""
 SPREAD_ARMS = ("mined_auto", "random_auto")
-"""The arms `train.spread_seeds` trains again (run `<arm>_s<seed>`): the run-to-run spread."""
+"""The arms `train.spread_seeds` trains again by default (run `<arm>_s<seed>`): the
+run-to-run spread."""
 RUN_NAME = re.compile(r"(mined_auto|random_auto|mined_truth|mined_online)(_s[0-9]{1,10})?")
 JOB = Job("loop", files=(r"loop_state\.json", r"report\.md", r"[a-z_]+\.png",
                          r"[a-z_]+\.json"),
@@ -108,12 +109,21 @@ class TrainSettings(StrictModel):
         "train the candidate and the random control again with each of these seeds "
         "(another sample of frames and of old frames, another training seed): the "
         "run-to-run spread that mined-versus-random is judged against"))
+    spread_arms: list[Literal["mined_auto", "random_auto"]] = Field(
+        default=list(SPREAD_ARMS), min_length=1, max_length=2, description=(
+            "the arms `spread_seeds` trains again; the random control alone halves the "
+            "cost (each repeat is a whole fine-tune)"))
 
     @model_validator(mode="after")
     def _spread(self) -> TrainSettings:
         if len(set(self.spread_seeds)) != len(self.spread_seeds) or any(
                 not 0 <= s < 2**31 for s in self.spread_seeds):
             raise ValueError("spread_seeds: distinct seeds in 0..2147483647")
+        if len(set(self.spread_arms)) != len(self.spread_arms):
+            raise ValueError("spread_arms: distinct arms of mined_auto, random_auto")
+        if self.spread_seeds and not set(self.spread_arms) & set(self.arms):
+            raise ValueError(f"spread_arms: none of {self.spread_arms} is in arms "
+                             f"{self.arms}, so spread_seeds would train nothing")
         return self
 
     def runs(self, seed: int) -> list[tuple[str, str, int]]:
@@ -121,7 +131,7 @@ class TrainSettings(StrictModel):
         the spread repeats."""
         out: list[tuple[str, str, int]] = [(arm, arm, seed) for arm in self.arms]
         out += [(f"{arm}_s{s}", arm, s) for s in self.spread_seeds if s != seed
-                for arm in SPREAD_ARMS if arm in self.arms]
+                for arm in SPREAD_ARMS if arm in self.arms and arm in self.spread_arms]
         return out
 
 
@@ -132,7 +142,7 @@ class EvalSettings(StrictModel):
         "the default ones"))
     nominal_frames: int = Field(default=300, ge=4, le=100_000)
     hard_frames: int = Field(default=400, ge=4, le=100_000,
-                             description="frames per hard condition (night, fog, rain)")
+                             description="hard frames in all, shared among night, fog and rain")
     bootstrap: int = Field(default=200, ge=10, le=100_000)
     closed_loop_seeds: list[int] = Field(default=list(range(910_000, 910_012)), min_length=1)
     closed_loop_families: list[Literal["highway", "rural", "urban"]] = Field(

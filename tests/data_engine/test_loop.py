@@ -119,3 +119,13 @@ def test_runs_and_spread() -> None:
     assert s["range_by_arm"] == pytest.approx({"mined_auto": 0.03, "random_auto": 0.01})
     assert s["spread"] == pytest.approx(0.03)
     assert loop.run_spread(reports, {"mined_auto": {"arm": "mined_auto"}})["spread"] is None
+    # the random control alone repeated: half the cost, its range is the spread
+    r = loop.TrainSettings(arms=["mined_auto", "random_auto"], spread_seeds=[3],
+                           spread_arms=["random_auto"])
+    assert r.runs(0)[2:] == [("random_auto_s3", "random_auto", 3)]
+    s = loop.run_spread(reports, {name: {"arm": arm} for name, arm, _ in r.runs(0)})
+    assert s["range_by_arm"] == pytest.approx({"random_auto": 0.01})
+    with pytest.raises(ValueError, match="spread_arms"):
+        loop.TrainSettings(arms=["mined_auto"], spread_seeds=[3], spread_arms=["random_auto"])
+    with pytest.raises(ValueError, match="spread_arms"):
+        loop.TrainSettings(spread_arms=["random_auto", "random_auto"])
