@@ -202,22 +202,30 @@ def carry(track: Track, n_frames: int, extend: int, height: int, width: int
     return np.asarray(ts, np.int64), np.asarray(out, np.float64).reshape(-1, 4)
 
 
-def vehicle_boundary() -> float:
-    """Height between the tallest car and the lowest truck of the world's bodies [m]."""
+def vehicle_heights() -> tuple[float, float]:
+    """The tallest car's and the lowest truck's height of the world's bodies [m]."""
     from sim.types import CAR, TRUCK
     from sim.world.actors import BODY_SHAPES, SHAPE_SIZE
 
-    car = max(SHAPE_SIZE[name][2] for name in BODY_SHAPES[CAR])
-    truck = min(SHAPE_SIZE[name][2] for name in BODY_SHAPES[TRUCK])
+    return (max(SHAPE_SIZE[name][2] for name in BODY_SHAPES[CAR]),
+            min(SHAPE_SIZE[name][2] for name in BODY_SHAPES[TRUCK]))
+
+
+def vehicle_boundary() -> float:
+    """Height between the tallest car and the lowest truck of the world's bodies [m]."""
+    car, truck = vehicle_heights()
     return (car + truck) / 2
 
 
-def vehicle_class(track: Track, cls: int, camera: CameraSpec, min_px: float) -> int:
+def vehicle_class(track: Track, cls: int, camera: CameraSpec, min_px: float,
+                  margin: float = 0.0) -> int:
     """A car or truck vote checked against the track's height [m] on the flat ground (box
     height x distance of its foot / focal length, the median over frames where boxes are
-    at least `min_px` tall): above `vehicle_boundary` a truck, below it a car (the
-    teacher mistakes far trucks for cars in fog). Other classes and unsure tracks keep
-    `cls`."""
+    at least `min_px` tall): a truck when it stands above the lowest truck less `margin`,
+    a car when below the tallest car plus `margin`, else the vote (`margin` 0: the
+    boundary between them decides every track; the teacher mistakes far trucks for cars
+    in fog, and the estimate errs for vans, occluded feet and slopes). Other classes and
+    unsure tracks keep `cls`."""
     from perception.geometry import ground_distance
     from sim.types import CAR, TRUCK
 
@@ -229,4 +237,11 @@ def vehicle_class(track: Track, cls: int, camera: CameraSpec, min_px: float) -> 
     if ok.sum() < max(3, len(h_px) // 2):
         return cls
     height = float(np.median(h_px[ok] * dist[ok] / camera.focal_px))
-    return TRUCK if height > vehicle_boundary() else CAR
+    car, truck = vehicle_heights()
+    if margin == 0.0:
+        return TRUCK if height > vehicle_boundary() else CAR
+    if height > truck - margin:
+        return TRUCK
+    if height < car + margin:
+        return CAR
+    return cls

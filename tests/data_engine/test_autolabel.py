@@ -122,7 +122,7 @@ def test_backward_carry() -> None:
     assert carried == list(range(10 - LabelerSettings().extend, 10))
     as_labels = _labels(_rows(seen), extend_labels=True)
     assert _best_iou(_approaching(5), as_labels.boxes[5]) > 0.5
-    faint = dict(seen) | {t: [np.r_[_approaching(t), 0.04, 0][None].astype(np.float32)]
+    faint = dict(seen) | {t: [np.r_[_approaching(t), 0.06, 0][None].astype(np.float32)]
                           for t in range(10)}
     hindsight = _labels(_rows(faint))
     for t in range(10):
@@ -151,20 +151,32 @@ class CameraTeacher(FakeTeacher):
     camera = CameraSpec()
 
 
-@pytest.mark.parametrize(("height_m", "expected"), [(3.8, 1), (1.6, 0)])
-def test_height_decides_car_or_truck(height_m: float, expected: int) -> None:
+@pytest.mark.parametrize(("height_m", "margin", "expected"), [
+    (3.8, 0.3, 1), (1.6, 0.3, 0), (3.0, 0.3, 0), (3.0, 0.0, 1), (2.6, 0.0, 0)])
+def test_height_decides_car_or_truck(height_m: float, margin: float, expected: int) -> None:
     """A track the teacher calls a car but that stands 3.8 m tall on the ground is a
-    truck (the teacher's mistake on far trucks in fog); one 1.6 m tall stays a car;
+    truck (the teacher's mistake on far trucks in fog); one 1.6 m tall stays a car; one
+    3.0 m tall (between the tallest car, 2.2 m, and the lowest truck, 3.4 m) keeps the
+    teacher's vote beyond the margin, and with no margin the boundary (2.8 m) decides;
     without a camera nothing is checked."""
+    from data_engine.autolabel import LabelerSettings
     from perception.geometry import ground_distance
 
     foot = np.array([[150.0, 60.0, 170.0, 110.0]])
     h_px = height_m * CameraSpec().focal_px / float(ground_distance(foot, CameraSpec())[0])
     row = np.array([[150, 110 - h_px, 170, 110, 0.9, 0]], np.float32)
     rows = _rows({t: [row] for t in range(N)})
-    labels = relabel_clip(_frames(), CameraTeacher(rows), lanes=False)
+    labels = relabel_clip(_frames(), CameraTeacher(rows), lanes=False,
+                          settings=LabelerSettings(height_margin=margin))
     assert {int(c) for c in np.concatenate(labels.classes)} == {expected}
     assert {int(c) for c in np.concatenate(_labels(rows).classes)} == {0}
+
+
+def test_height_margin_is_checked() -> None:
+    from data_engine.autolabel import LabelerSettings
+
+    with pytest.raises(ValueError, match="height_margin"):
+        LabelerSettings(height_margin=0.7)
 
 
 def _gt(boxes: list[list[float]], classes: list[int] | None = None,
