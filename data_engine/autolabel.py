@@ -416,6 +416,20 @@ _DEFAULT_TEACHERS: dict[bool, EnsembleTeacher] = {}
 """The default teacher of this process, with and without lanes (built on first use)."""
 
 
+def default_teacher(lanes: bool) -> EnsembleTeacher:
+    """The default teacher of this process, with or without lanes."""
+    if lanes not in _DEFAULT_TEACHERS:
+        _DEFAULT_TEACHERS[lanes] = EnsembleTeacher(lanes=lanes)
+    return _DEFAULT_TEACHERS[lanes]
+
+
+def labeler_name(teacher: Teacher, settings: LabelerSettings | None = None) -> str:
+    """What `relabel_clip` writes as `ClipLabels.labeler` for this teacher and settings:
+    labels whose labeler differs were made by another teacher, algorithm or settings."""
+    s = settings or LabelerSettings()
+    return f"{teacher.version};{ALGORITHM};settings:{s.digest()}"
+
+
 def relabel_clip(frames: Sequence[np.ndarray], teacher: Teacher | None = None,
                  lanes: bool = True, settings: LabelerSettings | None = None) -> ClipLabels:
     """Auto-labels of a clip's frames (uint8 RGB (H, W, 3), in time order at the sim's
@@ -425,9 +439,7 @@ def relabel_clip(frames: Sequence[np.ndarray], teacher: Teacher | None = None,
     batch = check_frames(frames)
     s = settings or LabelerSettings()
     if teacher is None:
-        if lanes not in _DEFAULT_TEACHERS:
-            _DEFAULT_TEACHERS[lanes] = EnsembleTeacher(lanes=lanes)
-        teacher = _DEFAULT_TEACHERS[lanes]
+        teacher = default_teacher(lanes)
     found: list[LaneEstimate | None] = [None] * len(batch)
     if lanes and isinstance(teacher, LaneTeacher):
         dets, found = teacher.detect_lanes(batch)
@@ -439,5 +451,4 @@ def relabel_clip(frames: Sequence[np.ndarray], teacher: Teacher | None = None,
     h, w = batch[0].shape[:2] if batch else (0, 0)
     camera = getattr(teacher, "camera", None)
     per = hindsight_labels(dets, h, w, s, camera if isinstance(camera, CameraSpec) else None)
-    return ClipLabels(**per, lanes=found,
-                      labeler=f"{teacher.version};{ALGORITHM};settings:{s.digest()}")
+    return ClipLabels(**per, lanes=found, labeler=labeler_name(teacher, s))

@@ -346,6 +346,7 @@ class _Context:
         return {"checked": len(ids), "byte_equal": ok, "failed": failed}
 
     def stage_relabel(self) -> dict[str, Any]:
+        from data_engine.autolabel import ClipLabels, default_teacher, labeler_name
         from data_engine.relabel import (
             online_tallies,
             quality_against_truth,
@@ -357,6 +358,7 @@ class _Context:
         mined = self.state.result("mine")
         labels = self.folder.own("labels")
         labels.mkdir(exist_ok=True)
+        labeler = labeler_name(default_teacher(lanes=False))
         by_condition: dict[str, tuple[list[Any], list[Any]]] = {}
         ours_all, online_all = [], []
         jobs = [("snapshots", i) for i in mined["mined_ids"] + mined.get(
@@ -364,12 +366,12 @@ class _Context:
         for k, (where, sid) in enumerate(jobs):
             store = SnapshotStore(self.out / where)
             target = labels / sid
-            if not target.with_name(sid + ".json").is_file():
+            # a resumed turn keeps labels only of the labeler it runs now
+            if not target.with_name(sid + ".json").is_file() \
+                    or ClipLabels.load(target).labeler != labeler:
                 r = relabel_snapshot(store.get(sid))
                 r.labels.save(target)
             if where == "snapshots":
-                from data_engine.autolabel import ClipLabels
-
                 snap = store.get(sid)
                 ours = quality_against_truth(snap, ClipLabels.load(target))
                 online = online_tallies(snap)

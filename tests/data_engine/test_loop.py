@@ -31,13 +31,33 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     monkeypatch.setattr(loop._Context, "stage_train", killed)
     with pytest.raises(KeyboardInterrupt):
         run_loop(cfg)
-    state = json.loads((tmp_path / "loop" / "loop_state.json").read_text())
+    state_file = tmp_path / "loop" / "loop_state.json"
+    state = json.loads(state_file.read_text())
     assert list(state["stages"]) == list(STAGES[:STAGES.index("train")])
+    # as a kill inside relabel would leave it: labels written, the stage not; one of them
+    # made by another labeler (another teacher or settings) is made again, the rest kept
+    from sim.outputs import OutputFolder, atomic_write_text
+
+    folder = OutputFolder.claim(cfg.out, loop.JOB, entries=loop.ENTRIES)
+    for stage in ("relabel", "versions"):
+        state["stages"].pop(stage), state["times"].pop(stage)
+    atomic_write_text(folder.own("loop_state.json"), json.dumps(state))
+    folder.wrote()
+    from data_engine.autolabel import ClipLabels
+
+    other, kept = sorted((tmp_path / "loop" / "labels").glob("*.npz"))[:2]
+    lab = ClipLabels.load(other.with_suffix(""))
+    labeler = lab.labeler
+    lab.labeler = "another labeler"
+    lab.save(other.with_suffix(""))
+    kept_mtime = kept.stat().st_mtime_ns
     monkeypatch.setattr(loop._Context, "stage_train", real)
     seen: list[tuple[str, str]] = []
     doc = run_loop(cfg, on_stage=lambda s, what: seen.append((s, what)))
-    assert [s for s, w in seen if w == "skip"] == list(STAGES[:STAGES.index("train")])
-    assert [s for s, w in seen if w == "done"] == list(STAGES[STAGES.index("train"):])
+    assert [s for s, w in seen if w == "skip"] == list(STAGES[:STAGES.index("relabel")])
+    assert [s for s, w in seen if w == "done"] == list(STAGES[STAGES.index("relabel"):])
+    assert ClipLabels.load(other.with_suffix("")).labeler == labeler
+    assert kept.stat().st_mtime_ns == kept_mtime
     st = doc["stages"]
     assert st["mine"]["replay"]["byte_equal"] == st["mine"]["replay"]["checked"] >= 1
     assert set(st["evaluate"]["reports"]) == {"before", "mined_auto", "random_auto",
@@ -78,8 +98,6 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
         run_loop(cfg, redo_from="relabel")
     assert all(p.exists() for p in ours) and (labels / "notes.txt").read_text() == "mine"
     (labels / "notes.txt").unlink()
-    from sim.outputs import OutputFolder
-
     loop.State(OutputFolder.claim(cfg.out, loop.JOB, entries=loop.ENTRIES)).drop_from(
         "relabel")
     assert not any(p.exists() for p in ours) and not any(labels.iterdir())
