@@ -10,7 +10,7 @@ checked against their allowed values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -71,6 +71,9 @@ class SetConfig(_Strict):
                         road_length=self.road_length if route else None)
 
 
+SUITE_SETS = ("nominal", "adverse", "route_nominal", "route_adverse")
+
+
 class SuiteConfig(_Strict):
     """The scenario suite: `nominal` (the targets are reported on it) and an optional
     `adverse` set (night, fog, rain), each families x conditions x seeds."""
@@ -78,15 +81,28 @@ class SuiteConfig(_Strict):
     max_steps: int = Field(default=600, ge=1, le=1350,
                            description="cap on steps per episode (15 Hz; the sim's "
                                        "episodes end at 90 s = 1350 steps)")
-    nominal: SetConfig = SetConfig(seeds=list(range(1000, 1010)))
+    nominal: SetConfig | None = Field(
+        default=SetConfig(seeds=list(range(1000, 1010))), description=(
+            "the survival set; a suite file that names other sets and not this one runs "
+            "only those"))
     adverse: SetConfig | None = None
     route_nominal: SetConfig | None = Field(default=None, description=(
         "route episodes (CARLA Leaderboard style): success = the route completed without "
         "a collision or leaving the road within its time budget"))
     route_adverse: SetConfig | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _only_the_sets_named(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "nominal" not in data and any(
+                data.get(k) is not None for k in SUITE_SETS if k != "nominal"):
+            return {**data, "nominal": None}
+        return data
+
     @model_validator(mode="after")
     def _survival_only_lengths(self) -> SuiteConfig:
+        if not any(getattr(self, k) is not None for k in SUITE_SETS):
+            raise ValueError(f"the suite needs at least one set of {', '.join(SUITE_SETS)}")
         for name in ("nominal", "adverse"):
             part = getattr(self, name)
             if part is not None and part.road_length is not None:
@@ -96,9 +112,11 @@ class SuiteConfig(_Strict):
 
     def suite(self, decision_every: int = DECISION_EVERY) -> Suite:
         """The planning-side `Suite` these settings describe."""
-        sets = [self.nominal.suite_set("nominal")]
-        if self.adverse is not None:
-            sets.append(self.adverse.suite_set("adverse"))
+        sets = []
+        for name in ("nominal", "adverse"):
+            part = getattr(self, name)
+            if part is not None:
+                sets.append(part.suite_set(name))
         for name in ("route_nominal", "route_adverse"):
             part = getattr(self, name)
             if part is not None:

@@ -51,6 +51,18 @@ def test_packaged_launch_and_smoke_suite_are_valid() -> None:
     assert len(load_launch(SMOKE_SUITE, SuiteConfig).suite().cases()) == 2
 
 
+def test_a_suite_file_runs_only_the_sets_it_names() -> None:
+    """A suite of routes only runs no survival set (it ran the default nominal one);
+    without any set the default nominal set stays; naming none is an error."""
+    routes = SuiteConfig.model_validate({"route_nominal": {"seeds": [1, 2]}}).suite()
+    assert [s.name for s in routes.sets] == ["route_nominal"]
+    assert [s.name for s in SuiteConfig.model_validate({}).suite().sets] == ["nominal"]
+    both = SuiteConfig.model_validate({"nominal": {"seeds": [3]}, "adverse": {"seeds": [4]}})
+    assert [s.name for s in both.suite().sets] == ["nominal", "adverse"]
+    with pytest.raises(ValueError, match="at least one set"):
+        SuiteConfig.model_validate({"nominal": None})
+
+
 def test_eval_writes_table_files_and_a_json_last_line(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     code, stdout, output = _invoke("--suite", str(SMOKE_SUITE), "--planner",
