@@ -47,7 +47,8 @@ STAGES = ("base", "heldout", "mine", "relabel", "versions", "train", "evaluate",
           "report")
 ARMS = ("mined_auto", "random_auto", "mined_truth", "mined_online")
 """The candidate and its three controls."""
-SPREAD_ARMS = ("mined_auto", "random_auto")
+SpreadArm = Literal["mined_auto", "random_auto"]
+SPREAD_ARMS: tuple[SpreadArm, ...] = ("mined_auto", "random_auto")
 """The arms `train.spread_seeds` trains again by default (run `<arm>_s<seed>`): the
 run-to-run spread."""
 RUN_NAME = re.compile(r"(mined_auto|random_auto|mined_truth|mined_online)(_s[0-9]{1,10})?")
@@ -109,7 +110,7 @@ class TrainSettings(StrictModel):
         "train the candidate and the random control again with each of these seeds "
         "(another sample of frames and of old frames, another training seed): the "
         "run-to-run spread that mined-versus-random is judged against"))
-    spread_arms: list[Literal["mined_auto", "random_auto"]] = Field(
+    spread_arms: list[SpreadArm] = Field(
         default=list(SPREAD_ARMS), min_length=1, max_length=2, description=(
             "the arms `spread_seeds` trains again; the random control alone halves the "
             "cost (each repeat is a whole fine-tune)"))
