@@ -368,13 +368,14 @@ class _Context:
             store = SnapshotStore(self.out / where)
             target = labels / sid
             # a resumed turn keeps labels only of the labeler it runs now
-            if not target.with_name(sid + ".json").is_file() \
-                    or ClipLabels.load(target).labeler != labeler:
-                r = relabel_snapshot(store.get(sid))
-                r.labels.save(target)
+            lab = ClipLabels.load(target) if target.with_name(sid + ".json").is_file() \
+                else None
+            if lab is None or lab.labeler != labeler:
+                lab = relabel_snapshot(store.get(sid)).labels
+                lab.save(target)
             if where == "snapshots":
                 snap = store.get(sid)
-                ours = quality_against_truth(snap, ClipLabels.load(target))
+                ours = quality_against_truth(snap, lab)
                 online = online_tallies(snap)
                 cond = f"{snap.meta.get('time_of_day')}/{snap.meta.get('weather')}"
                 a, b = by_condition.setdefault(cond, ([], []))
