@@ -112,16 +112,9 @@ class SuiteConfig(_Strict):
 
     def suite(self, decision_every: int = DECISION_EVERY) -> Suite:
         """The planning-side `Suite` these settings describe."""
-        sets = []
-        for name in ("nominal", "adverse"):
-            part = getattr(self, name)
-            if part is not None:
-                sets.append(part.suite_set(name))
-        for name in ("route_nominal", "route_adverse"):
-            part = getattr(self, name)
-            if part is not None:
-                sets.append(part.suite_set(name, route=True))
-        return Suite(sets=tuple(sets), max_steps=self.max_steps, decision_every=decision_every)
+        sets = tuple(part.suite_set(name, route=name.startswith("route_"))
+                     for name in SUITE_SETS if (part := getattr(self, name)) is not None)
+        return Suite(sets=sets, max_steps=self.max_steps, decision_every=decision_every)
 
 
 class EvalConfig(_Strict):
