@@ -49,6 +49,7 @@ from perception.metrics import (
     match_detections,
     ranked_ap,
 )
+from perception.refine import MAX_IOU_WEIGHT
 from planning.evaluate import Case, EpisodeResult, build_planner, make_env, run_episode
 from planning.evaluate import scenario_config as case_config
 from sim.config import StrictModel
@@ -120,13 +121,16 @@ class HeldoutSets:
 def heldout_plans(nominal_frames: int = 300, hard_frames: int = 400,
                   seed: int = HELDOUT_BASE_SEED, *, families: Mapping[str, float] | None = None,
                   frames_per_episode: int = 5, stride: int = 10, warmup: int = 15,
-                  camera: CameraSpec | None = None) -> dict[str, DatasetPlan]:
+                  camera: CameraSpec | None = None, block: int = SEED_BLOCK
+                  ) -> dict[str, DatasetPlan]:
     """The plan of each held-out set; `hard_frames` are shared among the hard conditions.
-    Few frames an episode (5, 10 steps apart), so a set holds many episodes."""
+    Few frames an episode (5, 10 steps apart), so a set holds many episodes. Set k uses
+    the seeds from `seed + k * block` on."""
+    check_number("block", block, 1, SEED_BLOCK, integer=True)
     check_number("seed", seed, HELDOUT_BASE_SEED,
-                 HELDOUT_END_SEED - SEED_BLOCK * (1 + len(HARD_CONDITIONS)), integer=True)
-    check_number("nominal_frames", nominal_frames, 1, SEED_BLOCK, integer=True)
-    check_number("hard_frames", hard_frames, len(HARD_CONDITIONS), SEED_BLOCK, integer=True)
+                 HELDOUT_END_SEED - block * (1 + len(HARD_CONDITIONS)), integer=True)
+    check_number("nominal_frames", nominal_frames, 1, block, integer=True)
+    check_number("hard_frames", hard_frames, len(HARD_CONDITIONS), block, integer=True)
     common: dict[str, Any] = {"frames_per_episode": frames_per_episode, "stride": stride,
                               "warmup": warmup, "camera": camera or CameraSpec()}
     if families is not None:
@@ -135,7 +139,7 @@ def heldout_plans(nominal_frames: int = 300, hard_frames: int = 400,
                                   weather={"clear": 1.0}, **common)}
     share, extra = divmod(hard_frames, len(HARD_CONDITIONS))
     for i, (name, (tod, weather)) in enumerate(HARD_CONDITIONS.items()):
-        plans[name] = DatasetPlan(frames=share + (i < extra), seed=seed + (i + 1) * SEED_BLOCK,
+        plans[name] = DatasetPlan(frames=share + (i < extra), seed=seed + (i + 1) * block,
                                   time_of_day={tod: 1.0}, weather={weather: 1.0}, **common)
     return plans
 
@@ -144,7 +148,8 @@ def make_heldout_sets(out: Path | str, nominal_frames: int = 300, hard_frames: i
                       seed: int = HELDOUT_BASE_SEED, workers: int = 1, *,
                       families: Mapping[str, float] | None = None, frames_per_episode: int = 5,
                       stride: int = 10, warmup: int = 15, camera: CameraSpec | None = None,
-                      on_frame: Callable[[int], None] | None = None) -> HeldoutSets:
+                      on_frame: Callable[[int], None] | None = None, block: int = SEED_BLOCK
+                      ) -> HeldoutSets:
     """Render the held-out sets into `out/<name>` (`heldout_plans`), keeping every set
     already rendered there from the same plan (a complete dataset: its marker says so and
     `out/heldout.json` records the plan). A set from another plan is rendered again
@@ -152,7 +157,7 @@ def make_heldout_sets(out: Path | str, nominal_frames: int = 300, hard_frames: i
     ValueError when a set ran past its seed block."""
     plans = heldout_plans(nominal_frames, hard_frames, seed, families=families,
                           frames_per_episode=frames_per_episode, stride=stride,
-                          warmup=warmup, camera=camera)
+                          warmup=warmup, camera=camera, block=block)
     root = Path(out)
     record = root / RECORD
     done = _read_record(record)
@@ -168,9 +173,9 @@ def make_heldout_sets(out: Path | str, nominal_frames: int = 300, hard_frames: i
     sets = HeldoutSets(root, {name: root / name for name in plans}, plans)
     for name, plan in plans.items():
         seeds = {int(r["episode_seed"]) for r in _meta(sets.folders[name])}
-        if seeds and not plan.seed <= min(seeds) <= max(seeds) < plan.seed + SEED_BLOCK:
+        if seeds and not plan.seed <= min(seeds) <= max(seeds) < plan.seed + block:
             raise ValueError(f"held-out set {name}: episode seeds {min(seeds)}..{max(seeds)} "
-                             f"leave its block {plan.seed}..{plan.seed + SEED_BLOCK - 1}; "
+                             f"leave its block {plan.seed}..{plan.seed + block - 1}; "
                              "render fewer frames or more frames an episode")
     return sets
 
@@ -258,35 +263,104 @@ class DetectorReport:
 
 
 def detector_report(weights: Path | str | None, sets: HeldoutSets, refine: bool = True,
-                    device: str = "cpu", imgsz: int | None = None) -> DetectorReport:
+                    device: str = "cpu", imgsz: int | None = None,
+                    iou_weight: float | None = None, raw: bool = False) -> DetectorReport:
     """Score a detector (None: the current one, `perception.registry`) on every held-out
-    set, all splits pooled, through the shipped box refiner unless `refine` is False."""
-    from perception.detector import resolve_device, torch_device
-    from perception.evaluate import predict_split
-    from perception.refine import load_refiner
-    from perception.registry import current_detector
+    set, all splits pooled, through the shipped box refiner unless `refine` is False, at
+    score exponent `iou_weight` (None: the registry's for the current detector, else the
+    refiner's own). `raw`: the detector as the Perceiver runs it (on the CPU its ONNX
+    export; `perception.evaluate.predict_split_refined`)."""
+    from perception.registry import Registry
 
-    weights = Path(weights) if weights is not None else current_detector()
+    if weights is None:
+        entry = Registry().current()
+        weights = entry.path
+        iou_weight = entry.refiner_iou_weight if iou_weight is None else iou_weight
+    reports = detector_reports(weights, sets, [iou_weight] if refine else [None],
+                               device=device, imgsz=imgsz, refine=refine, raw=raw)
+    return reports[0]
+
+
+def detector_reports(weights: Path | str, sets: HeldoutSets, iou_weights: Sequence[float | None],
+                     device: str = "cpu", imgsz: int | None = None, refine: bool = True,
+                     raw: bool = False) -> list[DetectorReport]:
+    """`detector_report` of one detector through the shipped refiner at each score exponent
+    of `iou_weights` (None: the refiner's own), the detector run once (`refine` False:
+    one report without the refiner)."""
+    from perception.detector import resolve_device, torch_device
+    from perception.evaluate import predict_split_refined
+    from perception.refine import load_refiner
+
+    weights = Path(weights)
     dev = resolve_device(device)
-    refiner = load_refiner(None, torch_device(dev)) if refine else None
-    images: dict[str, ScoredImages] = {}
+    refiners = ([load_refiner(None, torch_device(dev), iou_weight=w) for w in iou_weights]
+                if refine else [None])
+    images: list[dict[str, ScoredImages]] = [{} for _ in refiners]
     for name, folder in sets.folders.items():
-        images[name] = ScoredImages([], [], [], [])
+        for im in images:
+            im[name] = ScoredImages([], [], [], [])
         episodes = {r["image"]: int(r["episode_seed"]) for r in _meta(folder)}
         for split in SPLITS:
             doc = read_coco(folder / "annotations" / f"{split}.json")
             if not doc["images"]:
                 continue
-            preds = predict_split(weights, folder, split, imgsz=imgsz, device=dev,
-                                  refiner=refiner)
-            images[name] += _scored(doc, preds, episodes, name)
-    hard = [images[n] for n in sets.hard]
-    if hard:
-        images[HARD] = sum(hard[1:], hard[0])
-    if "hard_night" in images and "hard_fog" in images:
-        images[NIGHT_FOG] = images["hard_night"] + images["hard_fog"]
-    scores = {name: _score(s) for name, s in images.items()}
-    return DetectorReport(str(weights), scores, refine, images)
+            preds = predict_split_refined(weights, folder, split, refiners, imgsz=imgsz,
+                                          device=dev, raw=raw)
+            for im, p in zip(images, preds, strict=True):
+                im[name] += _scored(doc, p, episodes, name)
+    out = []
+    for im in images:
+        hard = [im[n] for n in sets.hard]
+        if hard:
+            im[HARD] = sum(hard[1:], hard[0])
+        if "hard_night" in im and "hard_fog" in im:
+            im[NIGHT_FOG] = im["hard_night"] + im["hard_fog"]
+        out.append(DetectorReport(str(weights), {n: _score(s) for n, s in im.items()},
+                                  refine, im))
+    return out
+
+
+@dataclass(frozen=True)
+class ScoreWeight:
+    """The refiner score exponent calibrated for one detector (`calibrate_score_weight`)."""
+
+    weights: str
+    best: float
+    scores: dict[float, float]
+    """Exponent -> mAP50-95 of the calibration sets pooled."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "best": self.best,
+                "scores": {str(k): v for k, v in self.scores.items()}}
+
+
+SCORE_WEIGHTS = (0.0, 0.125, 0.25, 0.375, 0.5)
+"""The refiner score exponents `calibrate_score_weight` tries by default."""
+
+
+def calibrate_score_weight(weights: Path | str, sets: HeldoutSets,
+                           grid: Sequence[float] = SCORE_WEIGHTS, device: str = "cpu",
+                           raw: bool = False) -> ScoreWeight:
+    """The refiner's score exponent (`RefinerSpec.iou_weight`) that gives detector
+    `weights` the highest mAP50-95 on `sets` (every set pooled: one ranking over all
+    conditions, as deployed). The refiner multiplies each small box's confidence by its
+    edge confidence to this power: a fine-tuned detector's confidences are not the ones
+    the exponent was chosen for, and at the shipped 0.5 the refiner took away the night
+    mAP fine-tunes gained (docs/data_engine.md, "Turn 5"). `sets` must not be the sets
+    the detector is then judged on: the loop renders its own from seeds of their own.
+    Ties go to the smaller exponent."""
+    for w in grid:
+        check_number("score exponent", w, 0.0, MAX_IOU_WEIGHT)
+    grid = sorted({float(w) for w in grid})
+    if not grid:
+        raise ValueError("grid: no score exponent to try")
+    reports = detector_reports(weights, sets, grid, device=device, raw=raw)
+    scores = {}
+    for w, r in zip(grid, reports, strict=True):
+        pooled = [r.images[n] for n in sets.folders]
+        scores[w] = _score(sum(pooled[1:], pooled[0]))["mAP50-95"]
+    best = max(grid, key=lambda w: (scores[w], -w))
+    return ScoreWeight(str(weights), best, scores)
 
 
 def _scored(doc: dict[str, Any], preds: dict[int, ImageBoxes], episodes: dict[str, int],
@@ -479,11 +553,13 @@ def _drive(kind: str, perceiver: Any, cases: Sequence[Case], max_steps: int,
 
 def closed_loop_suite(weights: Path | str | None, cases: Sequence[Case], max_steps: int = 450,
                       *, device: str = "cpu", camera: CameraSpec | None = None,
-                      on_episode: Callable[[LoopRow], None] | None = None) -> list[LoopRow]:
+                      on_episode: Callable[[LoopRow], None] | None = None,
+                      iou_weight: float | None = None) -> list[LoopRow]:
     """Drive every case with the rule planner on the perception of detector `weights`
-    (None: the current one), with the shipped refiner and lane model. On the CPU a `.pt`
-    detector runs as its cached ONNX export, as the current one does, so that before and
-    after run the same way."""
+    (None: the current one), with the shipped refiner (score exponent `iou_weight`; None:
+    the registry's for the current detector, else the refiner's) and lane model. On the
+    CPU a `.pt` detector runs as its cached ONNX export, as the current one does, so that
+    before and after run the same way."""
     from perception.detector import cached_onnx, resolve_device
     from perception.lanes import DEFAULT_LANE_WEIGHTS
     from perception.perceiver import Perceiver
@@ -496,7 +572,7 @@ def closed_loop_suite(weights: Path | str | None, cases: Sequence[Case], max_ste
         except ValueError:  # sides off multiples of 32: ultralytics' predict, as Perceiver
             pass
     perceiver = Perceiver(weights=weights, device=dev, camera=cam,
-                          lanes=DEFAULT_LANE_WEIGHTS.is_file())
+                          lanes=DEFAULT_LANE_WEIGHTS.is_file(), refiner_iou_weight=iou_weight)
     return _drive("rule", perceiver, cases, max_steps, camera, on_episode)
 
 

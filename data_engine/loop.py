@@ -17,6 +17,9 @@ Stages (the folder `out` holds everything):
               mined frames labelled by the online perceiver (naive self-training: the
               floor); each mixed with as many base frames
     train     a fine-tune of the current detector on each version
+    calibrate each detector's refiner score exponent, chosen on ground-truth frames of
+              seeds of their own (the refiner reranks boxes by the detector's confidence
+              times its own to this power; a fine-tune's confidences differ)
     evaluate  mAP50-95 before and after on the held-out sets, a paired bootstrap on the
               hard set, the closed-loop hard suite (paired by seed, rule-privileged beside)
     promote   the candidate is registered; promoted only through the gate
@@ -31,20 +34,26 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from data_engine.evaluation import SCORE_WEIGHTS, SEED_BLOCK
 from data_engine.recorder import RecorderConfig
+from perception.refine import MAX_IOU_WEIGHT
 from sim.config import StrictModel
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
 MINE_SEEDS = (500_000, 900_000)
 """Mining scenario seeds: disjoint from the held-out perception sets (900,000 and above),
 the closed-loop hard suite (910,000..) and the eval suites (below 10,000)."""
-STAGES = ("base", "heldout", "mine", "relabel", "versions", "train", "evaluate", "promote",
-          "report")
+STAGES = ("base", "heldout", "mine", "relabel", "versions", "train", "calibrate", "evaluate",
+          "promote", "report")
+CURRENT_CALIBRATED = "current_calibrated"
+"""The report of the current detector at its newly calibrated score exponent (a control)."""
+CALIBRATION_BLOCK = 2_500
+"""Seeds a calibration set may use (four sets: nominal, night, fog, rain)."""
 ARMS = ("mined_auto", "random_auto", "mined_truth", "mined_online")
 """The candidate and its three controls."""
 SpreadArm = Literal["mined_auto", "random_auto"]
@@ -54,10 +63,10 @@ run-to-run spread."""
 RUN_NAME = re.compile(r"(mined_auto|random_auto|mined_truth|mined_online)(_s[0-9]{1,10})?")
 JOB = Job("loop", files=(r"loop_state\.json", r"report\.md", r"[a-z_]+\.png",
                          r"[a-z_]+\.json"),
-          folders=(r"base", r"heldout", r"snapshots", r"random", r"labels", r"versions",
-                   r"train"), trust_unconfirmed=True)
-ENTRIES = ["loop_state.json", "report.md", "base", "heldout", "snapshots", "random",
-           "labels", "versions", "train"]
+          folders=(r"base", r"heldout", r"calibration", r"snapshots", r"random", r"labels",
+                   r"versions", r"train"), trust_unconfirmed=True)
+ENTRIES = ["loop_state.json", "report.md", "base", "heldout", "calibration", "snapshots",
+           "random", "labels", "versions", "train"]
 
 
 class MineSettings(StrictModel):
@@ -152,6 +161,33 @@ class EvalSettings(StrictModel):
                                        Literal["clear", "fog", "rain"]]] = Field(
         default=[("night", "clear")], min_length=1)
     max_steps: int = Field(default=450, ge=10, le=100_000)
+    calibration_frames: int = Field(default=400, ge=0, le=4 * CALIBRATION_BLOCK, description=(
+        "ground-truth frames (a quarter nominal, the rest night, fog and rain) from seeds "
+        "of their own, on which each detector's refiner score exponent is chosen "
+        "(`calibrate` stage); 0: every detector keeps the refiner's own"))
+    calibration_seed: int = Field(default=990_000, ge=900_000,
+                                  le=1_000_000 - 4 * CALIBRATION_BLOCK, description=(
+        f"first seed of the calibration sets ({CALIBRATION_BLOCK:,} seeds a set): never a "
+        "held-out set's or the closed-loop suite's"))
+    score_weights: list[Annotated[float, Field(ge=0.0, le=MAX_IOU_WEIGHT)]] = Field(
+        default=list(SCORE_WEIGHTS), min_length=1, max_length=50,
+        description="the refiner score exponents the calibration tries")
+
+    @model_validator(mode="after")
+    def _calibration_seeds(self) -> EvalSettings:
+        if not self.calibration_frames:
+            return self
+        if self.calibration_frames < 8:
+            raise ValueError("calibration_frames: 0 (off) or at least 8")
+        cal = range(self.calibration_seed, self.calibration_seed + 4 * CALIBRATION_BLOCK)
+        held = range(self.heldout_seed, self.heldout_seed + 4 * SEED_BLOCK)
+        loop = [s for s in self.closed_loop_seeds if s in cal]
+        if cal.start < held.stop and held.start < cal.stop or loop:
+            what = (f"the closed-loop seeds {loop[:3]}" if loop else
+                    f"the held-out sets' seeds {held.start}..{held.stop - 1}")
+            raise ValueError(f"calibration_seed: its seeds {cal.start}..{cal.stop - 1} "
+                             f"overlap {what}; calibrate on seeds of their own")
+        return self
 
 
 class LoopConfig(StrictModel):
@@ -225,7 +261,8 @@ def run_loop(cfg: LoopConfig, *, force: bool = False, redo_from: str | None = No
              on_stage: Callable[[str, str], None] | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) every stage; returns the state document. `redo_from`: run that
-    stage and every later one again (e.g. after a new labeler). `on_stage(stage, what)`
+    stage and every later one again (e.g. after a new labeler). A stage that runs drops
+    the results of later ones (a folder made before that stage existed). `on_stage(stage, what)`
     reports "start", "skip" or "done"; `progress(stage, done, total)` counts work."""
     if redo_from is not None and redo_from not in STAGES:
         raise ValueError(f"redo_from: {redo_from!r} is not a stage; allowed: "
@@ -240,6 +277,9 @@ def run_loop(cfg: LoopConfig, *, force: bool = False, redo_from: str | None = No
             if on_stage:
                 on_stage(stage, "skip")
             continue
+        later = STAGES[STAGES.index(stage) + 1:]
+        if any(state.done(s) for s in later):  # they were made without this stage's result
+            state.drop_from(later[0])  # (a folder from before the stage existed)
         if on_stage:
             on_stage(stage, "start")
         start = time.perf_counter()
@@ -486,6 +526,44 @@ class _Context:
             self.progress("train", k + 1, len(runs))
         return out
 
+    def stage_calibrate(self) -> dict[str, Any]:
+        from data_engine.evaluation import calibrate_score_weight
+        from perception.refine import load_refiner
+        from perception.registry import Registry
+
+        e = self.cfg.evaluate
+        entry = Registry().current()
+        deployed = (entry.refiner_iou_weight if entry.refiner_iou_weight is not None
+                    else load_refiner(backend="torch").spec.iou_weight)
+        trained = self.state.result("train")
+        if not e.calibration_frames:
+            return {"deployed": deployed, "weights": {}, "scores": {}}
+        sets = self._calibration_sets()
+        held = self._sets().episode_seeds()
+        both = sorted(sets.episode_seeds() & (held | set(e.closed_loop_seeds)))
+        if both:  # the plans keep them apart; checked on the rendered frames too
+            raise ValueError(f"calibration frames come from evaluation episodes {both[:5]}")
+        models = [("current", entry.path), *((n, Path(t["weights"])) for n, t in
+                                             trained.items())]
+        scores: dict[str, Any] = {}
+        for k, (name, weights) in enumerate(models):
+            scores[name] = calibrate_score_weight(weights, sets, e.score_weights,
+                                                  device=self.cfg.device, raw=True).as_dict()
+            self.progress("calibrate", k + 1, len(models))
+        return {"deployed": deployed, "weights": {n: r["best"] for n, r in scores.items()},
+                "scores": scores, "frames": e.calibration_frames,
+                "seed": e.calibration_seed}
+
+    def _calibration_sets(self) -> Any:
+        from data_engine.evaluation import make_heldout_sets
+
+        e = self.cfg.evaluate
+        nominal = e.calibration_frames // 4
+        return make_heldout_sets(self.folder.own("calibration"), nominal_frames=nominal,
+                                 hard_frames=e.calibration_frames - nominal,
+                                 seed=e.calibration_seed, workers=self.cfg.workers,
+                                 block=CALIBRATION_BLOCK)
+
     def stage_evaluate(self) -> dict[str, Any]:
         from data_engine.evaluation import (
             NIGHT_FOG,
@@ -497,22 +575,35 @@ class _Context:
             paired_failures,
             privileged_suite,
         )
-        from perception.registry import current_detector
+        from perception.registry import Registry
         from planning.evaluate import Case
 
         e = self.cfg.evaluate
         sets = self._sets()
-        current = current_detector()
+        entry = Registry().current()
+        current = entry.path
         trained = self.state.result("train")
-        steps = len(trained) + 4
-        before = detector_report(current, sets, device=self.cfg.device)
+        cal = self.state.result("calibrate")
+        deployed, tuned = cal["deployed"], cal["weights"]
+        again = "current" in tuned and tuned["current"] != deployed
+        steps = len(trained) + 4 + again
+        # every detector as the Perceiver runs it (on the CPU its ONNX export: the same
+        # mAP as ultralytics' predict to 4 digits, 1.5x as fast)
+        before = detector_report(current, sets, device=self.cfg.device, iou_weight=deployed,
+                                 raw=True)
         self.progress("evaluate", 1, steps)
         reports: dict[str, Any] = {"before": before.as_dict()}
         boots: dict[str, Any] = {}
         boots_nf: dict[str, Any] = {}
         after_of: dict[str, Any] = {}
-        for k, (arm, t) in enumerate(trained.items()):
-            after = detector_report(Path(t["weights"]), sets, device=self.cfg.device)
+        runs = list(trained.items())
+        weight_of = {a: tuned.get(a, deployed) for a in trained}
+        if again:  # control: how much of a gain the new exponent alone makes
+            runs.append((CURRENT_CALIBRATED, {"weights": str(current)}))
+            weight_of[CURRENT_CALIBRATED] = tuned["current"]
+        for k, (arm, t) in enumerate(runs):
+            after = detector_report(Path(t["weights"]), sets, device=self.cfg.device,
+                                    iou_weight=weight_of[arm], raw=True)
             after_of[arm] = after
             reports[arm] = after.as_dict()
             boots[arm] = compare_reports(before, after, n=e.bootstrap,
@@ -525,10 +616,12 @@ class _Context:
                  for tod, w in e.closed_loop_conditions for s in e.closed_loop_seeds]
         main = "mined_auto" if "mined_auto" in trained else next(iter(trained))
         privileged = privileged_suite(cases, max_steps=e.max_steps)
-        loop_before = closed_loop_suite(current, cases, max_steps=e.max_steps)
+        loop_before = closed_loop_suite(current, cases, max_steps=e.max_steps,
+                                        iou_weight=deployed)
         self.progress("evaluate", steps - 1, steps)
         loop_after = closed_loop_suite(Path(trained[main]["weights"]), cases,
-                                       max_steps=e.max_steps)
+                                       max_steps=e.max_steps,
+                                       iou_weight=weight_of[main])
         self.progress("evaluate", steps, steps)
         gate = PromotionGate.model_validate(self.cfg.gate)
         decision = decide(before, after_of[main], compare_reports(
@@ -548,6 +641,7 @@ class _Context:
                 seed=self.cfg.seed).as_dict()
         return {"reports": reports, "bootstrap": boots, "bootstrap_night_fog": boots_nf,
                 "main": main, "versus": versus,
+                "score_weights": {"before": deployed, **weight_of},
                 "spread": run_spread(reports, trained),
                 "closed_loop": {"rows": rows, "paired": paired_failures(
                     loop_before, loop_after, privileged).as_dict()},
@@ -573,7 +667,10 @@ class _Context:
                     not in taken)
         weights = Path(self.state.result("train")[main]["weights"])
         figures = {k: decision["figures"][k] for k in ("hard_gain", "hard_ci", "nominal_drop")}
-        entry = reg.register(weights, name, metrics=figures, loop=str(self.out))
+        cal = self.state.result("calibrate")
+        weight = cal["weights"].get(main)
+        entry = reg.register(weights, name, metrics=figures, loop=str(self.out),
+                             refiner_iou_weight=None if weight is None else float(weight))
         promoted = bool(decision["promote"]) and self.cfg.promote
         if promoted:
             reg.promote(entry.name)

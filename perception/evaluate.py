@@ -8,7 +8,7 @@ or by its own smaller side."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,31 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
     """Predictions of the detector for every image of a split, by COCO image id, at
     `imgsz` (default: the size the weights were trained at), through `refiner` if
     given. `imgsz`: an integer multiple of 32 in 32..4096 px (`check_imgsz`)."""
+    return predict_split_refined(weights, data, split, [refiner], imgsz, device, conf)[0]
+
+
+def predict_split_refined(weights: Path, data: Path, split: str,
+                          refiners: Sequence[Refiner | None], imgsz: int | None = None,
+                          device: str = "cpu", conf: float = 0.001, raw: bool = False
+                          ) -> list[dict[int, ImageBoxes]]:
+    """`predict_split` through each of `refiners` (None: none), the detector run once: one
+    prediction dict per refiner, in order (e.g. one refiner at several score exponents).
+    `raw`: the detector as the Perceiver runs it (`RawDetector`: on the CPU the cached ONNX
+    export at the size it was trained at, about 3x faster than ultralytics' predict here),
+    for frames that scale to sides of multiples of 32; not with `imgsz`."""
     check_number("conf", conf, 0.0, 1.0)
     if imgsz is not None:
         check_imgsz(imgsz)
+    images, _ = _load_split(data, split)
+    if raw:
+        if imgsz is not None:
+            raise ValueError("raw: the detector runs at the size it was trained at; no imgsz")
+        if not images:
+            return [{} for _ in refiners]
+        return _predict_raw(weights, data, images, refiners, device, conf)
     model = load_detector(weights)
     imgsz = imgsz or check_trained_imgsz(model_imgsz(model), weights)
-    images, _ = _load_split(data, split)
-    out: dict[int, ImageBoxes] = {}
+    out: list[dict[int, ImageBoxes]] = [{} for _ in refiners]
     for chunk in range(0, len(images), 32):
         batch = images[chunk: chunk + 32]
         frames = []
@@ -79,11 +97,38 @@ def predict_split(weights: Path, data: Path, split: str, imgsz: int | None = Non
                 raise ValueError(f"{data / im['file_name']}: not a readable image")
             frames.append(img)
         results = model.predict(frames, imgsz=imgsz, conf=conf, device=device, verbose=False)
-        dets = [result_rows(r) for r in results]
-        if refiner is not None:
-            dets = refiner([np.ascontiguousarray(f[..., ::-1]) for f in frames], dets)
-        for im, d in zip(batch, dets, strict=True):
-            out[im["id"]] = ImageBoxes(d[:, :4], d[:, 5].astype(int), d[:, 4])
+        raw = [result_rows(r) for r in results]
+        rgb = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
+        for preds, refiner in zip(out, refiners, strict=True):
+            dets = raw if refiner is None else refiner(rgb, raw)
+            for im, d in zip(batch, dets, strict=True):
+                preds[im["id"]] = ImageBoxes(d[:, :4], d[:, 5].astype(int), d[:, 4])
+    return out
+
+
+def _predict_raw(weights: Path, data: Path, images: list[dict[str, Any]],
+                 refiners: Sequence[Refiner | None], device: str, conf: float
+                 ) -> list[dict[int, ImageBoxes]]:
+    from perception.detector import cached_onnx
+    from perception.raw_detector import RawDetector
+
+    h, w = int(images[0]["height"]), int(images[0]["width"])
+    source = cached_onnx(weights, h, w) if device == "cpu" else weights
+    detector = RawDetector(source, device, h, w, conf)
+    out: list[dict[int, ImageBoxes]] = [{} for _ in refiners]
+    for chunk in range(0, len(images), 32):
+        batch = images[chunk: chunk + 32]
+        frames = []
+        for im in batch:
+            img = cv2.imread(str(data / im["file_name"]), cv2.IMREAD_COLOR)
+            if img is None or img.shape[:2] != (h, w):
+                raise ValueError(f"{data / im['file_name']}: not a readable {w}x{h} image")
+            frames.append(np.ascontiguousarray(img[..., ::-1]))
+        dets = detector(frames)
+        for preds, refiner in zip(out, refiners, strict=True):
+            refined = dets if refiner is None else refiner(frames, dets)
+            for im, d in zip(batch, refined, strict=True):
+                preds[im["id"]] = ImageBoxes(d[:, :4], d[:, 5].astype(int), d[:, 4])
     return out
 
 

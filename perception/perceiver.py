@@ -141,14 +141,17 @@ class Perceiver:
     which puts their edges on the frame's pixels and makes their scores IoU-aware (the
     detector's confidence times the refiner's, so a box kept at `conf` may report less);
     the others are rounded to whole pixels; then a class-aware NMS merges the twins
-    refining makes of two loose boxes of one object."""
+    refining makes of two loose boxes of one object. `refiner_iou_weight`: the exponent
+    of the refiner's confidence in the score (None: the one the registry calibrated for
+    the current detector when `weights` is None, else the refiner's own)."""
 
     def __init__(self, weights: Path | str | None = None, device: str = "auto",
                  camera: CameraSpec | Mapping[str, Any] | None = None, conf: float = 0.25,
                  imgsz: int | None = None, lane_weights: Path | str | None = None,
                  lanes: bool = True, lane_backend: str = "auto", int8: bool = False,
                  refine: bool = True, refiner_weights: Path | str | None = None,
-                 cpu_runtime: str = "auto", bf16: bool = False) -> None:
+                 cpu_runtime: str = "auto", bf16: bool = False,
+                 refiner_iou_weight: float | None = None) -> None:
         from sim.env import camera_spec
 
         check_number("conf", conf, 0.0, 1.0)
@@ -170,9 +173,13 @@ class Perceiver:
             raise ValueError("int8 is the shipped detector's quantized export on the CPU; "
                              "for other weights pass weights=cached_onnx(w, h, w, int8=True)")
         self.conf = conf
+        self._registry_iou_weight: float | None = None
         self._init_detector(weights, imgsz, int8, bf16)
+        if refiner_iou_weight is None:  # the one calibrated for the current detector
+            refiner_iou_weight = self._registry_iou_weight
         self.refiner: Refiner | None = (
-            load_refiner(refiner_weights, torch_device(self.device), cpu_runtime=cpu_runtime)
+            load_refiner(refiner_weights, torch_device(self.device),
+                         iou_weight=refiner_iou_weight, cpu_runtime=cpu_runtime)
             if refine else None)
         self._init_lanes(lanes, lane_weights, lane_backend)
 
@@ -182,9 +189,11 @@ class Perceiver:
         cached = False
         source = DEFAULT_WEIGHTS
         if weights is None:
-            from perception.registry import current_detector
+            from perception.registry import Registry
 
-            weights = source = current_detector()  # the shipped one unless promoted
+            entry = Registry().current()  # the shipped one unless promoted
+            weights = source = entry.path
+            self._registry_iou_weight = entry.refiner_iou_weight
             if self.device == "cpu":
                 try:
                     weights = cached_onnx(source, self.camera.height, self.camera.width, int8)

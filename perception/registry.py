@@ -5,9 +5,14 @@
 
 `drivestack run`, `eval`, `eval-perception`, `train-planner`'s perception source, the
 noise measurement and the data engine all load the detector through `Perceiver()` without
-weights, which asks here. The data engine's loop registers every model it trains with its
-metrics (`register`), promotes one only when it passed the promotion gate (`promote`),
-and `rollback` returns to the one before (`drivestack models rollback`).
+weights, which asks here. An entry may carry its box refiner's score exponent
+(`refiner_iou_weight`, perception/refine.py): how much the refiner's edge confidence
+reranks this detector's boxes, calibrated for it (the shipped detector's confidences are
+not a fine-tuned one's; `data_engine.evaluation.calibrate_score_weight`). `Perceiver()`
+uses it with the current detector; None keeps the refiner's own. The data engine's loop
+registers every model it trains with its metrics (`register`), promotes one only when it
+passed the promotion gate (`promote`), and `rollback` returns to the one before
+(`drivestack models rollback`).
 
 The registry is a folder (`$DRIVESTACK_REGISTRY`, else `~/.local/share/drivestack/
 registry`): `registry.json` (strict JSON, written atomically) and `models/<name>/
@@ -28,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from perception.detector import DEFAULT_WEIGHTS
+from perception.refine import MAX_IOU_WEIGHT
 from sim.outputs import atomic_write_text, json_text, not_a_file
+from sim.types import check_number
 
 FORMAT = 1
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -64,6 +71,8 @@ class Entry:
     created: str
     metrics: dict[str, Any]
     info: dict[str, Any]
+    refiner_iou_weight: float | None = None
+    """The refiner's score exponent calibrated for this detector (None: the refiner's)."""
 
 
 class Registry:
@@ -136,9 +145,12 @@ class Registry:
 
     # -- writing -------------------------------------------------------------------------
     def register(self, weights: str | Path, name: str, metrics: dict[str, Any] | None = None,
-                 **info: Any) -> Entry:
-        """Copy `weights` into the registry as `name` (new) with its metrics and info."""
+                 *, refiner_iou_weight: float | None = None, **info: Any) -> Entry:
+        """Copy `weights` into the registry as `name` (new) with its metrics and info, and
+        the refiner score exponent calibrated for it (None: the refiner's own)."""
         _check_name(name)
+        if refiner_iou_weight is not None:
+            check_number("refiner_iou_weight", refiner_iou_weight, 0.0, MAX_IOU_WEIGHT)
         weights = Path(weights)
         if not weights.is_file():
             raise RegistryError(f"weights {weights} {not_a_file(weights)}")
@@ -160,6 +172,8 @@ class Registry:
         doc["models"][name] = {"file": f"models/{name}/detector.pt", "sha256": digest,
                                "created": _now(), "metrics": metrics or {},
                                "info": {"source": str(weights), **info}}
+        if refiner_iou_weight is not None:
+            doc["models"][name]["refiner_iou_weight"] = float(refiner_iou_weight)
         self._write(doc)
         return self._entry(name, doc["models"][name])
 
@@ -199,10 +213,15 @@ class Registry:
         ok = (isinstance(m, dict) and isinstance(m.get("file"), str)
               and re.fullmatch(r"models/[A-Za-z0-9._-]+/detector\.pt", m["file"])
               and isinstance(m.get("sha256"), str) and NAME.fullmatch(name))
+        weight = m.get("refiner_iou_weight") if isinstance(m, dict) else None
+        if ok and weight is not None:
+            ok = (isinstance(weight, int | float) and not isinstance(weight, bool)
+                  and 0.0 <= weight <= MAX_IOU_WEIGHT)  # NaN fails both
         if not ok:
             raise RegistryError(f"model registry {self.file}: entry {name!r:.40} is damaged")
         return Entry(name, self.root / m["file"], m["sha256"], str(m.get("created", "")),
-                     dict(m.get("metrics") or {}), dict(m.get("info") or {}))
+                     dict(m.get("metrics") or {}), dict(m.get("info") or {}),
+                     None if weight is None else float(weight))
 
     def _shipped(self) -> Entry:
         return Entry(SHIPPED, DEFAULT_WEIGHTS, "", "", {}, {"source": "shipped"})

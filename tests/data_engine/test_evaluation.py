@@ -250,6 +250,27 @@ def test_detector_report_on_tiny_sets(tiny: Path) -> None:
     assert same.delta == 0 and same.unit == "episode" and same.units == 3
 
 
+def test_calibrate_score_weight_takes_the_best_exponent(tiny: Path) -> None:
+    from data_engine.evaluation import calibrate_score_weight, detector_reports
+    from perception.detector import DEFAULT_WEIGHTS
+
+    sets = make_heldout_sets(tiny, **TINY)
+    grid = [0.5, 0.0, 2.0]
+    cal = calibrate_score_weight(DEFAULT_WEIGHTS, sets, grid)
+    assert sorted(cal.scores) == [0.0, 0.5, 2.0]
+    assert cal.scores[cal.best] == max(cal.scores.values())
+    json.dumps(cal.as_dict())
+    # one detector pass, several exponents: each report as detector_report's at that one
+    reports = detector_reports(DEFAULT_WEIGHTS, sets, [0.0, 2.0])
+    assert detector_report(DEFAULT_WEIGHTS, sets, iou_weight=2.0).scores == reports[1].scores
+    assert reports[0].scores != reports[1].scores, "the exponent reranks boxes"
+    plain = detector_report(DEFAULT_WEIGHTS, sets, refine=False)
+    assert plain.refine is False and plain.scores != reports[0].scores
+    for bad in ([], [-1.0], [float("nan")]):
+        with pytest.raises(ValueError, match="score exponent"):
+            calibrate_score_weight(DEFAULT_WEIGHTS, sets, bad)
+
+
 def test_closed_loop_suites_run_a_few_steps() -> None:
     cases = [Case("t", "highway", "day", "clear", 900_000 - 1)]
     rows = closed_loop_suite(None, cases, max_steps=6)

@@ -60,22 +60,36 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     assert kept.stat().st_mtime_ns == kept_mtime
     st = doc["stages"]
     assert st["mine"]["replay"]["byte_equal"] == st["mine"]["replay"]["checked"] >= 1
-    assert set(st["evaluate"]["reports"]) == {"before", "mined_auto", "random_auto",
-                                              "mined_auto_s1", "random_auto_s1"}
+    runs = {"mined_auto", "random_auto", "mined_auto_s1", "random_auto_s1"}
+    # each detector's refiner score exponent, calibrated on frames of its own seeds
+    cal = st["calibrate"]
+    assert set(cal["weights"]) == runs | {"current"} and cal["deployed"] == 0.5
+    assert all(set(r["scores"]) == {"0.0", "0.5"} and r["best"] in (0.0, 0.5)
+               for r in cal["scores"].values())
+    again = cal["weights"]["current"] != cal["deployed"]
+    assert set(st["evaluate"]["reports"]) == runs | {"before"} | (
+        {loop.CURRENT_CALIBRATED} if again else set())
+    assert st["evaluate"]["score_weights"]["mined_auto"] == cal["weights"]["mined_auto"]
+    assert st["evaluate"]["score_weights"]["before"] == cal["deployed"]
+    calib = [json.loads(line)["episode_seed"] for f in (tmp_path / "loop" / "calibration"
+                                                        ).iterdir()
+             if f.is_dir() for line in (f / "meta.jsonl").read_text().splitlines()]
+    assert calib and all(990_000 <= s < 1_000_000 for s in calib)
     # every arm holds the same number of new frames, sampled over all its clips
     counts = {k: v["frames"] for k, v in st["versions"].items()}
-    assert len(set(counts.values())) == 1 and set(counts) == set(st["evaluate"]["reports"]) - {
-        "before"}
+    assert len(set(counts.values())) == 1 and set(counts) == runs
     spread = st["evaluate"]["spread"]
     assert set(spread["range_by_arm"]) == {"mined_auto", "random_auto"}
     assert spread["spread"] == max(spread["range_by_arm"].values()) >= 0
     assert "mined_vs_random" in st["evaluate"]["versus"]
     assert st["promote"]["promoted"] is False  # quick never promotes
-    assert st["promote"]["registered"] in [e.name for e in Registry().entries()]
+    entry = Registry().get(st["promote"]["registered"])
+    assert entry.refiner_iou_weight == cal["weights"]["mined_auto"]
     report = (tmp_path / "loop" / "report.md").read_text()
     for part in ("## Mining", "## Auto-label quality", "random frames, auto labels",
                  "### Mining against random frames", "run-to-run spread", "seed 1",
-                 "## Closed-loop hard suite", "## Promotion", "map_before_after.png"):
+                 "## Closed-loop hard suite", "## Promotion", "map_before_after.png",
+                 "Refiner score exponent", "score exp."):
         assert part in report
     assert (tmp_path / "loop" / "map_before_after.png").stat().st_size > 1000
     held = [json.loads(line)["episode_seed"] for f in (tmp_path / "loop" / "heldout").iterdir()
@@ -147,3 +161,17 @@ def test_runs_and_spread() -> None:
         loop.TrainSettings(arms=["mined_auto"], spread_seeds=[3], spread_arms=["random_auto"])
     with pytest.raises(ValueError, match="spread_arms"):
         loop.TrainSettings(spread_arms=["random_auto", "random_auto"])
+
+
+def test_calibration_seeds_stay_off_the_evaluation_seeds() -> None:
+    e = loop.EvalSettings(heldout_seed=950_000)  # calibration 990,000.. by default
+    assert e.calibration_seed == 990_000 and e.calibration_frames > 0
+    with pytest.raises(ValueError, match="overlap the held-out sets' seeds 960000"):
+        loop.EvalSettings(heldout_seed=960_000)
+    with pytest.raises(ValueError, match="closed-loop seeds"):
+        loop.EvalSettings(heldout_seed=900_000, closed_loop_seeds=[991_000])
+    with pytest.raises(ValueError, match="at least 8"):
+        loop.EvalSettings(heldout_seed=950_000, calibration_frames=5)
+    with pytest.raises(ValueError, match="score_weights"):
+        loop.EvalSettings(heldout_seed=950_000, score_weights=[0.5, 11.0])
+    loop.EvalSettings(heldout_seed=960_000, calibration_frames=0)  # off: nothing to keep apart

@@ -50,6 +50,33 @@ def test_the_perceiver_loads_the_promoted_detector(reg: Registry) -> None:
     assert p.source_weights == entry.path
 
 
+def test_an_entry_carries_its_refiner_score_exponent(reg: Registry) -> None:
+    from perception.perceiver import Perceiver
+
+    assert Perceiver(device="cpu", lanes=False).refiner.spec.iou_weight == 0.5  # shipped
+    entry = reg.register(FAST_WEIGHTS, "fast", refiner_iou_weight=0.125)
+    assert entry.refiner_iou_weight == 0.125 and reg.get("fast").refiner_iou_weight == 0.125
+    assert reg.register(FAST_WEIGHTS, "plain").refiner_iou_weight is None
+    reg.promote("fast")
+    assert Perceiver(device="cpu", lanes=False).refiner.spec.iou_weight == 0.125
+    # an explicit exponent wins; other weights than the current ones keep the refiner's
+    assert Perceiver(device="cpu", lanes=False, refiner_iou_weight=0.0
+                     ).refiner.spec.iou_weight == 0.0
+    assert Perceiver(weights=FAST_WEIGHTS, device="cpu", lanes=False
+                     ).refiner.spec.iou_weight == 0.5
+    reg.promote("plain")
+    assert Perceiver(device="cpu", lanes=False).refiner.spec.iou_weight == 0.5
+    for bad in (-0.1, 11.0, float("nan")):
+        with pytest.raises(ValueError, match="refiner_iou_weight"):
+            reg.register(FAST_WEIGHTS, "bad", refiner_iou_weight=bad)
+    assert "bad" not in [e.name for e in reg.entries()]
+    doc = json.loads(reg.file.read_text())
+    doc["models"]["fast"]["refiner_iou_weight"] = "high"
+    reg.file.write_text(json.dumps(doc))
+    with pytest.raises(RegistryError, match="entry 'fast' is damaged"):
+        reg.get("fast")
+
+
 def test_a_changed_file_is_refused_not_used(reg: Registry) -> None:
     entry = reg.register(FAST_WEIGHTS, "fast")
     reg.promote("fast")
