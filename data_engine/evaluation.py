@@ -46,7 +46,7 @@ from perception.metrics import (
     IOU_THRESHOLDS,
     ImageBoxes,
     detection_map,
-    match_detections,
+    match_detections_at,
     ranked_ap,
 )
 from perception.refine import MAX_IOU_WEIGHT
@@ -432,19 +432,19 @@ class _Matched:
         self.n_gt = np.zeros((n_cls, len(gts)))
         self.tables: list[list[tuple[np.ndarray, np.ndarray]]] = []
         for c in range(n_cls):
+            matched = [match_detections_at(p, g, c) for p, g in zip(preds, gts, strict=True)]
+            self.n_gt[c] = [n for _, _, n in matched]
             rows = []
-            for thr in IOU_THRESHOLDS:
-                tps: list[bool] = []
-                scores: list[float] = []
-                owner: list[int] = []
-                for i, (p, g) in enumerate(zip(preds, gts, strict=True)):
-                    t, s, n = match_detections(p, g, c, float(thr))
-                    tps += t
-                    scores += s
-                    owner += [i] * len(t)
-                    self.n_gt[c, i] = n
-                order = np.argsort(-np.asarray(scores), kind="stable")  # as detection_map
-                rows.append((np.asarray(tps, bool)[order], np.asarray(owner, int)[order]))
+            for k in range(len(IOU_THRESHOLDS)):
+                kept = [st[k] >= 0 for st, _, _ in matched]
+                tps = np.concatenate([np.zeros(0, bool)] + [
+                    st[k][m] == 1 for (st, _, _), m in zip(matched, kept, strict=True)])
+                scores = np.concatenate([np.zeros(0)] + [
+                    sc[m] for (_, sc, _), m in zip(matched, kept, strict=True)])
+                owner = np.concatenate([np.zeros(0, int)] + [
+                    np.full(int(m.sum()), i) for i, m in enumerate(kept)])
+                order = np.argsort(-scores, kind="stable")  # as detection_map
+                rows.append((tps[order], owner[order]))
             self.tables.append(rows)
 
     def map(self, weights: np.ndarray) -> float:
@@ -625,8 +625,9 @@ def paired_failures(before: Sequence[LoopRow], after: Sequence[LoopRow],
 
 
 def _name(case: Case) -> str:
-    """A case as "family:seed" (a seed alone repeats across families and conditions)."""
-    return f"{case.family}:{case.seed}"
+    """A case as "family time/weather:seed" (a seed repeats across families and
+    conditions)."""
+    return f"{case.family} {case.time_of_day}/{case.weather}:{case.seed}"
 
 
 # -- promotion --------------------------------------------------------------------------

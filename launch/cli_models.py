@@ -35,16 +35,18 @@ def list_models(registry: Root = None) -> None:
     reg = _registry(registry)
     current = reg.current().name
     table = Table(box=box.SIMPLE_HEAD, title=f"models in {reg.root}")
-    for col in ("", "name", "created", "sha256", "metrics"):
+    for col in ("", "name", "created", "sha256", "refiner exp.", "metrics"):
         table.add_column(col)
     rows = []
     for e in reg.entries():
         mark = "*" if e.name == current else ""
         metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in list(e.metrics.items())[:4])
-        table.add_row(mark, e.name, e.created, e.sha256[:12], metrics)
+        exp = "" if e.refiner_iou_weight is None else f"{e.refiner_iou_weight:g}"
+        table.add_row(mark, e.name, e.created, e.sha256[:12], exp, metrics)
         rows.append({"name": e.name, "current": e.name == current, "path": str(e.path),
-                     "sha256": e.sha256, "metrics": e.metrics})
+                     "sha256": e.sha256, "refiner_iou_weight": e.refiner_iou_weight,
+                     "metrics": e.metrics})
     Console(stderr=True).print(table)
     echo_json({"current": current, "models": rows})
 
@@ -53,13 +55,19 @@ def list_models(registry: Root = None) -> None:
 @cli_errors
 def register(weights: Annotated[Path, typer.Argument(help="Detector .pt file.")],
              name: Annotated[str, typer.Option(help="A new name for it.")],
+             refiner_iou_weight: Annotated[float | None, typer.Option(
+                 help="The box refiner's score exponent calibrated for this detector "
+                      "(`drivestack loop` calibrates its own; default: the refiner's).")
+             ] = None,
              registry: Root = None) -> None:
     """Copy a detector into the registry (not yet current: see `promote`)."""
     from perception.detector import load_detector
 
     load_detector(weights)  # a file that is not a detector is refused here, not later
-    entry = _registry(registry).register(weights, name)
-    echo_json({"registered": entry.name, "sha256": entry.sha256, "path": str(entry.path)})
+    entry = _registry(registry).register(weights, name,
+                                         refiner_iou_weight=refiner_iou_weight)
+    echo_json({"registered": entry.name, "sha256": entry.sha256, "path": str(entry.path),
+               "refiner_iou_weight": entry.refiner_iou_weight})
 
 
 @models_app.command("promote")

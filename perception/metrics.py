@@ -105,6 +105,39 @@ def match_detections(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
     return tps, scores, int((~g_ign).sum())
 
 
+def match_detections_at(pred: ImageBoxes, gt: ImageBoxes, cls: int,
+                        thresholds: np.ndarray = IOU_THRESHOLDS
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+    """`match_detections` at every IoU threshold in one pass (the IoUs computed once):
+    status (T, P) int8 of the class's predictions in falling-score order (1 a true
+    positive, 0 a false one, -1 not counted), their scores (P,) and the gt count."""
+    pm = pred.classes == cls
+    gm = gt.classes == cls
+    p_boxes, p_scores = pred.boxes[pm], (pred.scores if pred.scores is not None
+                                         else np.ones(len(pred.boxes)))[pm]
+    p_ign = (pred.ignore if pred.ignore is not None else np.zeros(len(pred.boxes), bool))[pm]
+    g_boxes = gt.boxes[gm]
+    g_ign = (gt.ignore if gt.ignore is not None else np.zeros(len(gt.boxes), bool))[gm]
+    thr = np.asarray(thresholds, float)[:, None]
+    order = np.argsort(-p_scores, kind="stable")
+    status = np.zeros((len(thr), len(order)), np.int8)
+    if len(order):
+        iou = box_iou(p_boxes, g_boxes)
+        skip = p_ign | (g_ign[None, :] & (iou >= IOU_THRESHOLDS[0])).any(1)
+        free = np.repeat(~g_ign[None, :], len(thr), 0)  # (T, G)
+        rows = np.arange(len(thr))
+        for j, i in enumerate(order):
+            if free.shape[1]:
+                cand = np.where(free & (iou[i] >= thr), iou[i], -1.0)
+                best = cand.argmax(1)
+                hit = cand[rows, best] >= 0  # best still-unmatched real object
+                free[rows[hit], best[hit]] = False
+                status[:, j] = np.where(hit, 1, -1 if skip[i] else 0)
+            else:
+                status[:, j] = -1 if skip[i] else 0
+    return status, p_scores[order], int((~g_ign).sum())
+
+
 def detection_map(preds: list[ImageBoxes], gts: list[ImageBoxes], n_classes: int
                   ) -> dict[str, object]:
     """mAP50, mAP50-95 and per-class AP over a set of images."""
@@ -112,16 +145,17 @@ def detection_map(preds: list[ImageBoxes], gts: list[ImageBoxes], n_classes: int
         raise ValueError(f"{len(preds)} prediction images for {len(gts)} ground-truth images")
     ap = np.full((n_classes, len(IOU_THRESHOLDS)), np.nan)
     for c in range(n_classes):
-        for k, thr in enumerate(IOU_THRESHOLDS):
-            tps: list[bool] = []
-            scores: list[float] = []
-            n_gt = 0
-            for p, g in zip(preds, gts, strict=True):
-                t, s, n = match_detections(p, g, c, float(thr))
-                tps += t
-                scores += s
-                n_gt += n
-            ap[c, k] = average_precision(np.array(tps, bool), np.array(scores), n_gt)
+        matched = [match_detections_at(p, g, c) for p, g in zip(preds, gts, strict=True)]
+        n_gt = sum(n for _, _, n in matched)
+        for k in range(len(IOU_THRESHOLDS)):
+            kept = [st[k] >= 0 for st, _, _ in matched]
+            tps = np.concatenate([st[k][m] == 1 for (st, _, _), m in zip(matched, kept,
+                                                                          strict=True)]
+                                 ) if matched else np.zeros(0, bool)
+            scores = np.concatenate([sc[m] for (_, sc, _), m in zip(matched, kept,
+                                                                     strict=True)]
+                                    ) if matched else np.zeros(0)
+            ap[c, k] = average_precision(tps, scores, n_gt)
     has_gt = ~np.isnan(ap[:, 0])
     return {
         "mAP50": float(np.mean(ap[has_gt, 0])) if has_gt.any() else float("nan"),

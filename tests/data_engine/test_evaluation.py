@@ -150,7 +150,7 @@ def test_decide_promotes_only_when_every_condition_passes() -> None:
     ({"boot": _boot(0.05, 0.0, 0.09)}, r"interval \[\+0\.0000, \+0\.0900\] .* above 0"),
     ({"after": _report(0.765, 0.42)}, r"nominal mAP50-95 fell by 0\.0150 .* allowed 0\.0100"),
     ({"loop_after": _rows([True, True, True])},
-     r"failures rose from 2 to 3 \(fixed 0, broken 1: \['highway:500002'\]\)"),
+     r"failures rose from 2 to 3 \(fixed 0, broken 1: \['highway day/clear:500002'\]\)"),
     ({"after": _report(0.775, math.nan)}, r"gain \+nan"),
 ])
 def test_decide_names_each_failed_condition(change: dict, reason: str) -> None:
@@ -182,7 +182,8 @@ def test_paired_failures() -> None:
     c = paired_failures(_rows([True, True, False, False]), _rows([False, True, True, False]),
                         priv)
     assert (c.before, c.after, c.fixed, c.broken, c.not_fixable) == (
-        2, 2, ["highway:500000"], ["highway:500002"], ["highway:500001"])
+        2, 2, ["highway day/clear:500000"], ["highway day/clear:500002"],
+        ["highway day/clear:500001"])
     with pytest.raises(ValueError, match="same cases"):
         paired_failures(_rows([True, False]), _rows([True]))
 

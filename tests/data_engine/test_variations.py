@@ -3,14 +3,16 @@ again with the recorder; what they add is counted."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from data_engine.clip import read_clip
 from data_engine.recorder import RecorderConfig
 from data_engine.triggers import TriggerConfig
-from data_engine.variations import summarize, vary_and_mine, vary_state
+from data_engine.variations import clip_key, summarize, vary_and_mine, vary_state
 from planning.sources import PrivilegedSource
 from tests.data_engine.test_recorder_replay import Reckless, _crash_store
 
@@ -34,6 +36,15 @@ def test_a_variation_changes_traffic_speeds_and_condition(tmp_path: Path) -> Non
     s = summarize(rows, originals=1)
     assert s["failed_again"] >= 1, "a reckless driver crashes again in its variations"
     assert s["variation_clips"] == sum(len(r["snapshots"]) for r in rows) >= 1
+    # the same clip varies the same way in another run, where its id (random) differs
+    snap = store.get(ids[-1])
+    other = SimpleNamespace(id="20990101T000000-0123abcd", read=snap.read)
+    again = vary_and_mine(other, store, Reckless(), PrivilegedSource(), 1, recorder=cfg,
+                          steps=5)
+    assert again[0]["changed"] == rows[0]["changed"]
+    doc = read_clip(store.get(ids[-1]).read, ids[-1]).doc
+    assert clip_key(doc) == clip_key(json.loads(json.dumps(doc)))
+    assert clip_key({**doc, "start_index": doc["start_index"] + 1}) != clip_key(doc)
     saved = store.get(rows[0]["snapshots"][0]) if rows[0]["snapshots"] else None
     if saved is not None:
         doc = read_clip(saved.read, saved.id).doc

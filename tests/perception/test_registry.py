@@ -118,3 +118,10 @@ def test_cli_register_promote_list(reg: Registry, tmp_path: Path) -> None:
     assert doc["current"] == "f" and [m["name"] for m in doc["models"]] == [SHIPPED, "f"]
     result = runner.invoke(app, ["models", "promote", "nope"])
     assert result.exit_code == 2 and "no model 'nope'" in result.stderr
+    args = ["models", "register", str(FAST_WEIGHTS), "--name", "g", "--refiner-iou-weight"]
+    for bad in ("nan", "11"):
+        result = runner.invoke(app, [*args, bad])
+        assert result.exit_code == 2 and "refiner_iou_weight" in result.stderr
+    assert runner.invoke(app, [*args, "0.25"]).exit_code == 0
+    doc = json.loads(runner.invoke(app, ["models", "list"]).stdout.strip().splitlines()[-1])
+    assert [m["refiner_iou_weight"] for m in doc["models"]] == [None, None, 0.25]
