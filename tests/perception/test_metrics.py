@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from perception.metrics import (
+    IOU_THRESHOLDS,
     ImageBoxes,
     average_precision,
     box_iou,
     culane_f1,
     detection_map,
+    match_detections,
+    match_detections_at,
     tusimple_lane_metrics,
 )
 
@@ -101,3 +106,28 @@ def test_culane_f1() -> None:
     pred = [np.array([[100.0, 110, 120, 130], [260, 270, 280, 290]])]
     r = culane_f1(pred, gt, rows, (192, 320))
     assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1) and r["f1"] == 0.5
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 8), st.integers(0, 25))
+def test_matching_every_threshold_at_once_equals_one_at_a_time(seed: int, n_gt: int,
+                                                              n_pred: int) -> None:
+    """`match_detections_at` (one pass, detection_map's) against `match_detections` (one
+    threshold at a time): the same true and false positives, skips and scores, including
+    tied scores, ignored objects and predictions outside the bucket."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 100, (n_gt, 2))
+    gt_boxes = np.concatenate([xy, xy + rng.uniform(1, 30, (n_gt, 2))], 1)
+    near = gt_boxes[rng.integers(0, n_gt, n_pred)] if n_gt else np.zeros((n_pred, 4))
+    pred_boxes = near + rng.normal(0, 2.0, (n_pred, 4))
+    gt = ImageBoxes(gt_boxes, rng.integers(0, 2, n_gt), ignore=rng.random(n_gt) < 0.2)
+    pred = ImageBoxes(pred_boxes, rng.integers(0, 2, n_pred),
+                      np.round(rng.random(n_pred), 1), ignore=rng.random(n_pred) < 0.1)
+    for cls in (0, 1):
+        status, scores, count = match_detections_at(pred, gt, cls)
+        for k, thr in enumerate(IOU_THRESHOLDS):
+            tps, kept_scores, n = match_detections(pred, gt, cls, float(thr))
+            kept = status[k] >= 0
+            assert n == count
+            assert (status[k][kept] == 1).tolist() == tps
+            assert scores[kept].tolist() == pytest.approx(kept_scores)
