@@ -78,15 +78,16 @@ def predict_split_refined(weights: Path, data: Path, split: str,
     check_number("conf", conf, 0.0, 1.0)
     if imgsz is not None:
         check_imgsz(imgsz)
-    images, _ = _load_split(data, split)
     if raw:
         if imgsz is not None:
             raise ValueError("raw: the detector runs at the size it was trained at; no imgsz")
+        images, _ = _load_split(data, split)
         if not images:
             return [{} for _ in refiners]
         return _predict_raw(weights, data, images, refiners, device, conf)
-    model = load_detector(weights)
+    model = load_detector(weights)  # a file that is not a detector is refused first
     imgsz = imgsz or check_trained_imgsz(model_imgsz(model), weights)
+    images, _ = _load_split(data, split)
     out: list[dict[int, ImageBoxes]] = [{} for _ in refiners]
     for chunk in range(0, len(images), 32):
         batch = images[chunk: chunk + 32]
