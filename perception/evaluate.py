@@ -98,10 +98,10 @@ def predict_split_refined(weights: Path, data: Path, split: str,
                 raise ValueError(f"{data / im['file_name']}: not a readable image")
             frames.append(img)
         results = model.predict(frames, imgsz=imgsz, conf=conf, device=device, verbose=False)
-        raw = [result_rows(r) for r in results]
+        found = [result_rows(r) for r in results]
         rgb = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
         for preds, refiner in zip(out, refiners, strict=True):
-            dets = raw if refiner is None else refiner(rgb, raw)
+            dets = found if refiner is None else refiner(rgb, found)
             for im, d in zip(batch, dets, strict=True):
                 preds[im["id"]] = ImageBoxes(d[:, :4], d[:, 5].astype(int), d[:, 4])
     return out

@@ -210,9 +210,9 @@ class Registry:
         atomic_write_text(self.file, json_text(doc, indent=1) + "\n")
 
     def _entry(self, name: str, m: Any) -> Entry:
-        ok = (isinstance(m, dict) and isinstance(m.get("file"), str)
-              and re.fullmatch(r"models/[A-Za-z0-9._-]+/detector\.pt", m["file"])
-              and isinstance(m.get("sha256"), str) and NAME.fullmatch(name))
+        ok = bool(isinstance(m, dict) and isinstance(m.get("file"), str)
+                  and re.fullmatch(r"models/[A-Za-z0-9._-]+/detector\.pt", m["file"])
+                  and isinstance(m.get("sha256"), str) and NAME.fullmatch(name))
         weight = m.get("refiner_iou_weight") if isinstance(m, dict) else None
         if ok and weight is not None:
             ok = (isinstance(weight, int | float) and not isinstance(weight, bool)
