@@ -80,37 +80,22 @@ class ImageBoxes:
 
 
 def match_detections(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
-           ) -> tuple[list[bool], list[float], int]:
-    """Greedy COCO matching in one image and class: (tp flags, scores, gt count)."""
-    pm = pred.classes == cls
-    gm = gt.classes == cls
-    p_boxes, p_scores = pred.boxes[pm], (pred.scores if pred.scores is not None
-                                         else np.ones(len(pred.boxes)))[pm]
-    p_ign = (pred.ignore if pred.ignore is not None else np.zeros(len(pred.boxes), bool))[pm]
-    g_boxes = gt.boxes[gm]
-    g_ign = (gt.ignore if gt.ignore is not None else np.zeros(len(gt.boxes), bool))[gm]
-    iou = box_iou(p_boxes, g_boxes)
-    free = ~g_ign
-    tps, scores = [], []
-    for i in np.argsort(-p_scores, kind="stable"):
-        cand = np.where(free & (iou[i] >= thr), iou[i], -1.0)
-        if cand.size and cand.max() >= 0:  # best still-unmatched real object
-            free[int(np.argmax(cand))] = False
-            tps.append(True)
-        elif p_ign[i] or (g_ign & (iou[i] >= IOU_THRESHOLDS[0])).any():
-            continue  # outside the bucket, or of an ignored object: not counted either way
-        else:
-            tps.append(False)
-        scores.append(float(p_scores[i]))
-    return tps, scores, int((~g_ign).sum())
+                     ) -> tuple[list[bool], list[float], int]:
+    """Greedy COCO matching in one image and class at one IoU threshold: (tp flags,
+    scores, gt count) of the predictions counted, by falling score."""
+    status, scores, n = match_detections_at(pred, gt, cls, np.array([thr]))
+    kept = status[0] >= 0
+    return (status[0][kept] == 1).tolist(), scores[kept].astype(float).tolist(), n
 
 
 def match_detections_at(pred: ImageBoxes, gt: ImageBoxes, cls: int,
                         thresholds: np.ndarray = IOU_THRESHOLDS
                         ) -> tuple[np.ndarray, np.ndarray, int]:
-    """`match_detections` at every IoU threshold in one pass (the IoUs computed once):
-    status (T, P) int8 of the class's predictions in falling-score order (1 a true
-    positive, 0 a false one, -1 not counted), their scores (P,) and the gt count."""
+    """Greedy COCO matching in one image and class at every IoU threshold in one pass (the
+    IoUs computed once): status (T, P) int8 of the class's predictions in falling-score
+    order (1 a true positive, 0 a false one, -1 not counted: outside the bucket, or of an
+    ignored object), their scores (P,) and the gt count. Each prediction takes the best
+    still-unmatched real object at or above the threshold."""
     pm = pred.classes == cls
     gm = gt.classes == cls
     p_boxes, p_scores = pred.boxes[pm], (pred.scores if pred.scores is not None

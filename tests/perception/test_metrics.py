@@ -112,9 +112,10 @@ def test_culane_f1() -> None:
 @given(st.integers(0, 2**32 - 1), st.integers(0, 8), st.integers(0, 25))
 def test_matching_every_threshold_at_once_equals_one_at_a_time(seed: int, n_gt: int,
                                                               n_pred: int) -> None:
-    """`match_detections_at` (one pass, detection_map's) against `match_detections` (one
-    threshold at a time): the same true and false positives, skips and scores, including
-    tied scores, ignored objects and predictions outside the bucket."""
+    """`match_detections_at` (every threshold in one pass, detection_map's) against the
+    greedy matching written one threshold at a time (`_greedy`, the implementation it
+    replaced): the same true and false positives, skips and scores, with tied scores,
+    ignored objects and predictions outside the bucket."""
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 100, (n_gt, 2))
     gt_boxes = np.concatenate([xy, xy + rng.uniform(1, 30, (n_gt, 2))], 1)
@@ -126,8 +127,32 @@ def test_matching_every_threshold_at_once_equals_one_at_a_time(seed: int, n_gt: 
     for cls in (0, 1):
         status, scores, count = match_detections_at(pred, gt, cls)
         for k, thr in enumerate(IOU_THRESHOLDS):
-            tps, kept_scores, n = match_detections(pred, gt, cls, float(thr))
+            tps, kept_scores, n = _greedy(pred, gt, cls, float(thr))
+            assert match_detections(pred, gt, cls, float(thr)) == (tps, kept_scores, n)
             kept = status[k] >= 0
             assert n == count
             assert (status[k][kept] == 1).tolist() == tps
             assert scores[kept].tolist() == pytest.approx(kept_scores)
+
+
+def _greedy(pred: ImageBoxes, gt: ImageBoxes, cls: int, thr: float
+            ) -> tuple[list[bool], list[float], int]:
+    """The reference: COCO greedy matching at one threshold, one prediction at a time."""
+    pm, gm = pred.classes == cls, gt.classes == cls
+    p_scores = pred.scores[pm]
+    p_ign = pred.ignore[pm]
+    g_ign = gt.ignore[gm]
+    iou = box_iou(pred.boxes[pm], gt.boxes[gm])
+    free = ~g_ign
+    tps, scores = [], []
+    for i in np.argsort(-p_scores, kind="stable"):
+        cand = np.where(free & (iou[i] >= thr), iou[i], -1.0)
+        if cand.size and cand.max() >= 0:
+            free[int(np.argmax(cand))] = False
+            tps.append(True)
+        elif p_ign[i] or (g_ign & (iou[i] >= IOU_THRESHOLDS[0])).any():
+            continue
+        else:
+            tps.append(False)
+        scores.append(float(p_scores[i]))
+    return tps, scores, int((~g_ign).sum())
