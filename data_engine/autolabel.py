@@ -87,11 +87,12 @@ _PER_FRAME = {"boxes": (np.float32, (4,)), "classes": (np.int64, ()),
 class LabelerSettings:
     """How the labeler decides; part of the labeler's version string (`digest`)."""
 
-    conf: float = 0.05
+    conf: float = 0.06
     """Lowest fused teacher score a box may have to take part in tracking (0.02 until
     2026-12-06: the boxes between linked ghosts into tracks; on turn 4's random clips
     0.05 took precision 0.924 -> 0.950 and the ignored share 10.5 % -> 7.4 %; checked on
-    turn 4's mined clips: 0.911 -> 0.940, ignored 11.4 % -> 10.1 %)."""
+    turn 4's mined clips: 0.911 -> 0.940, ignored 11.4 % -> 10.1 %. 0.06 since session 8,
+    with the teacher's 640 px view: see `teacher.default_views`)."""
     high: float = 0.3
     """Boxes from this fused score are matched to tracks first (ByteTrack's two stages)."""
     link_iou: float = 0.3

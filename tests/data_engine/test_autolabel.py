@@ -122,7 +122,8 @@ def test_backward_carry() -> None:
     assert carried == list(range(10 - LabelerSettings().extend, 10))
     as_labels = _labels(_rows(seen), extend_labels=True)
     assert _best_iou(_approaching(5), as_labels.boxes[5]) > 0.5
-    faint = dict(seen) | {t: [np.r_[_approaching(t), 0.06, 0][None].astype(np.float32)]
+    faint_score = LabelerSettings().conf + 0.01  # tracked, far below a sure score
+    faint = dict(seen) | {t: [np.r_[_approaching(t), faint_score, 0][None].astype(np.float32)]
                           for t in range(10)}
     hindsight = _labels(_rows(faint))
     for t in range(10):
