@@ -327,11 +327,17 @@ class ScoreWeight:
     weights: str
     best: float
     scores: dict[float, float]
-    """Exponent -> mAP50-95 of the calibration sets pooled."""
+    """Exponent -> mAP50-95 of the calibration sets the ranking pooled (`pool`)."""
+    pool: tuple[str, ...] = ()
+    """The sets the ranking pooled."""
+    per_set: dict[float, dict[str, float]] = field(default_factory=dict)
+    """Exponent -> mAP50-95 of each calibration set, and of the hard ones pooled."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "best": self.best,
-                "scores": {str(k): v for k, v in self.scores.items()}}
+                "scores": {str(k): v for k, v in self.scores.items()},
+                "pool": list(self.pool),
+                "per_set": {str(k): v for k, v in self.per_set.items()}}
 
 
 SCORE_WEIGHTS = (0.0, 0.125, 0.25, 0.375, 0.5)
@@ -340,27 +346,39 @@ SCORE_WEIGHTS = (0.0, 0.125, 0.25, 0.375, 0.5)
 
 def calibrate_score_weight(weights: Path | str, sets: HeldoutSets,
                            grid: Sequence[float] = SCORE_WEIGHTS, device: str = "cpu",
-                           raw: bool = False) -> ScoreWeight:
+                           raw: bool = False, pool: Sequence[str] | None = None
+                           ) -> ScoreWeight:
     """The refiner's score exponent (`RefinerSpec.iou_weight`) that gives detector
-    `weights` the highest mAP50-95 on `sets` (every set pooled: one ranking over all
-    conditions, as deployed). The refiner multiplies each small box's confidence by its
-    edge confidence to this power: a fine-tuned detector's confidences are not the ones
-    the exponent was chosen for, and at the shipped 0.5 the refiner took away the night
-    mAP fine-tunes gained (docs/data_engine.md, "Turn 5"). `sets` must not be the sets
-    the detector is then judged on: the loop renders its own from seeds of their own.
-    Ties go to the smaller exponent."""
+    `weights` the highest mAP50-95 on `sets` pooled (`pool`: the names of the sets to
+    pool, default all of them: one ranking over all conditions, as deployed). The refiner
+    multiplies each small box's confidence by its edge confidence to this power: a
+    fine-tuned detector's confidences are not the ones the exponent was chosen for, and
+    at the shipped 0.5 the refiner took away the night mAP fine-tunes gained
+    (docs/data_engine.md, "Turn 5"). `sets` must not be the sets the detector is then
+    judged on: the loop renders its own from seeds of their own. Ties go to the smaller
+    exponent. Every set's mAP at every exponent comes back too (`per_set`)."""
     for w in grid:
         check_number("score exponent", w, 0.0, MAX_IOU_WEIGHT)
     grid = sorted({float(w) for w in grid})
     if not grid:
         raise ValueError("grid: no score exponent to try")
+    names = list(sets.folders) if pool is None else list(dict.fromkeys(pool))
+    unknown = [n for n in names if n not in sets.folders]
+    if unknown or not names:
+        raise ValueError(f"pool: unknown calibration sets {unknown}; allowed: "
+                         f"{', '.join(sets.folders)}")
     reports = detector_reports(weights, sets, grid, device=device, raw=raw)
-    scores = {}
+    scores: dict[float, float] = {}
+    per_set: dict[float, dict[str, float]] = {}
     for w, r in zip(grid, reports, strict=True):
-        pooled = [r.images[n] for n in sets.folders]
+        pooled = [r.images[n] for n in names]
         scores[w] = _score(sum(pooled[1:], pooled[0]))["mAP50-95"]
+        per_set[w] = {n: _score(r.images[n])["mAP50-95"] for n in sets.folders}
+        hard = [r.images[n] for n in sets.hard]
+        if hard:
+            per_set[w][HARD] = _score(sum(hard[1:], hard[0]))["mAP50-95"]
     best = max(grid, key=lambda w: (scores[w], -w))
-    return ScoreWeight(str(weights), best, scores)
+    return ScoreWeight(str(weights), best, scores, tuple(names), per_set)
 
 
 def _scored(doc: dict[str, Any], preds: dict[int, ImageBoxes], episodes: dict[str, int],

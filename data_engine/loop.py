@@ -172,6 +172,9 @@ class EvalSettings(StrictModel):
     score_weights: list[Annotated[float, Field(ge=0.0, le=MAX_IOU_WEIGHT)]] = Field(
         default=list(SCORE_WEIGHTS), min_length=1, max_length=50,
         description="the refiner score exponents the calibration tries")
+    calibrate_on: Literal["all", "hard"] = Field(default="all", description=(
+        "which calibration frames rank the exponents: all conditions pooled (as "
+        "deployed), or night, fog and rain pooled (the gate's hard set)"))
 
     @model_validator(mode="after")
     def _calibration_seeds(self) -> EvalSettings:
@@ -547,12 +550,13 @@ class _Context:
                                              trained.items())]
         scores: dict[str, Any] = {}
         for k, (name, weights) in enumerate(models):
-            scores[name] = calibrate_score_weight(weights, sets, e.score_weights,
-                                                  device=self.cfg.device, raw=True).as_dict()
+            scores[name] = calibrate_score_weight(
+                weights, sets, e.score_weights, device=self.cfg.device, raw=True,
+                pool=list(sets.hard) if e.calibrate_on == "hard" else None).as_dict()
             self.progress("calibrate", k + 1, len(models))
         return {"deployed": deployed, "weights": {n: r["best"] for n, r in scores.items()},
                 "scores": scores, "frames": e.calibration_frames,
-                "seed": e.calibration_seed}
+                "seed": e.calibration_seed, "on": e.calibrate_on}
 
     def _calibration_sets(self) -> Any:
         from data_engine.evaluation import make_heldout_sets

@@ -167,18 +167,31 @@ def _maps(ev: dict[str, Any]) -> list[str]:
 
 
 def _calibration(cal: dict[str, Any]) -> list[str]:
-    """Each detector's calibration: mAP50-95 on the calibration sets per score exponent."""
+    """Each detector's calibration: mAP50-95 on the calibration sets per score exponent
+    (the ranking's pool, then the hard sets alone where the ranking pooled more)."""
+    from data_engine.evaluation import HARD
+
     scores = cal.get("scores") or {}
     if not scores:
         return []
     grid = sorted({float(w) for r in scores.values() for w in r.get("scores", {})})
+    pooled = ("night, fog and rain pooled" if cal.get("on") == "hard"
+              else "all conditions pooled")
     lines = [f"### Refiner score exponent, calibrated ({cal.get('frames')} ground-truth "
-             f"frames from seeds {cal.get('seed')}.., all conditions pooled)", "",
+             f"frames from seeds {cal.get('seed')}.., {pooled})", "",
              f"Deployed with the current detector: {fmt(cal.get('deployed'))}. mAP50-95 on "
              "the calibration frames at each exponent; the best is taken.", ""]
-    rows = [[_title(n) if n != "current" else "current detector"]
-            + [r.get("scores", {}).get(str(w)) for w in grid] + [r.get("best")]
-            for n, r in scores.items()]
+    rows: list[list[Any]] = []
+    for n, r in scores.items():
+        title = _title(n) if n != "current" else "current detector"
+        rows.append([title] + [r.get("scores", {}).get(str(w)) for w in grid]
+                    + [r.get("best")])
+        per = r.get("per_set") or {}
+        if cal.get("on") != "hard" and per:
+            hard = [per.get(str(w), {}).get(HARD) for w in grid]
+            if all(h is not None for h in hard):
+                top = max(zip(hard, grid, strict=True), key=lambda p: (p[0], -p[1]))[1]
+                rows.append([f"{title}: hard sets only"] + hard + [f"({fmt(top)})"])
     return lines + _table(["model", *(fmt(w) for w in grid), "taken"], rows)
 
 

@@ -270,6 +270,19 @@ def test_calibrate_score_weight_takes_the_best_exponent(tiny: Path) -> None:
     for bad in ([], [-1.0], [float("nan")]):
         with pytest.raises(ValueError, match="score exponent"):
             calibrate_score_weight(DEFAULT_WEIGHTS, sets, bad)
+    # every set's figure comes back; the ranking can pool the hard sets alone
+    each = dict(zip(grid, detector_reports(DEFAULT_WEIGHTS, sets, grid), strict=True))
+    for w in grid:
+        assert set(cal.per_set[w]) == {*sets.folders, "hard"}
+        assert all(cal.per_set[w][n] == each[w].scores[n]["mAP50-95"]
+                   for n in cal.per_set[w])
+    assert cal.pool == tuple(sets.folders)
+    hard = calibrate_score_weight(DEFAULT_WEIGHTS, sets, grid, pool=list(sets.hard))
+    assert hard.pool == tuple(sets.hard)
+    assert hard.scores == {w: cal.per_set[w]["hard"] for w in grid}
+    assert hard.scores[hard.best] == max(hard.scores.values())
+    with pytest.raises(ValueError, match="pool: unknown calibration sets .'dusk'."):
+        calibrate_score_weight(DEFAULT_WEIGHTS, sets, grid, pool=["dusk"])
 
 
 def test_closed_loop_suites_run_a_few_steps() -> None:

@@ -89,7 +89,7 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     for part in ("## Mining", "## Auto-label quality", "random frames, auto labels",
                  "### Mining against random frames", "run-to-run spread", "seed 1",
                  "## Closed-loop hard suite", "## Promotion", "map_before_after.png",
-                 "Refiner score exponent", "score exp."):
+                 "Refiner score exponent", "score exp.", "current detector: hard sets only"):
         assert part in report
     assert (tmp_path / "loop" / "map_before_after.png").stat().st_size > 1000
     held = [json.loads(line)["episode_seed"] for f in (tmp_path / "loop" / "heldout").iterdir()
@@ -175,3 +175,6 @@ def test_calibration_seeds_stay_off_the_evaluation_seeds() -> None:
     with pytest.raises(ValueError, match="score_weights"):
         loop.EvalSettings(heldout_seed=950_000, score_weights=[0.5, 11.0])
     loop.EvalSettings(heldout_seed=960_000, calibration_frames=0)  # off: nothing to keep apart
+    with pytest.raises(ValueError, match="calibrate_on"):
+        loop.EvalSettings(heldout_seed=950_000, calibrate_on="night")
+    assert loop.EvalSettings(heldout_seed=950_000, calibrate_on="hard").calibrate_on == "hard"
