@@ -5,7 +5,7 @@ beside the online Perceiver on the same frames.
                                   [--condition night] [--no-lanes] [--bf16]
 
 The clip is a highway episode driven by the sim's autopilot (night by default). The
-labeler is the shipped `EnsembleTeacher` (four detector views, fusion, refiner, lanes)
+labeler is the shipped `EnsembleTeacher` (its detector views, fusion, refiner, lanes)
 and the offline tracking; it is built and warmed up once, then `relabel_clip` runs
 `--repeats` times on the whole clip; the best and the median are printed, with the
 share of the teacher (detectors, refiner, lanes) and of the tracking. The online

@@ -4,8 +4,9 @@ It never reads ground truth: `relabel_clip` takes the frames of one clip (uint8 
 time order) and nothing else, and may be slower than the online Perceiver. Its steps:
 
 1. A teacher (`data_engine.teacher`: `Teacher`, pluggable; default `EnsembleTeacher`, a
-   committee of the shipped detectors on the frame and mirrored, fused by weighted box
-   fusion, then the box refiner) finds boxes in every frame at a low confidence.
+   committee of the shipped detectors on the frame and the main one at a larger scale,
+   fused by weighted box fusion, then the box refiner) finds boxes in every frame at a
+   low confidence.
 2. Offline tracking over the whole clip (`data_engine.tracking`): boxes are linked frame
    to frame in time order (`link`), then the tracklets are joined against time too
    (`stitch`), so a track found late reaches back to where the teacher saw it only
