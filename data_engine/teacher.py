@@ -84,7 +84,8 @@ def default_views() -> tuple[View, ...]:
 
     Until 2026-12-06 (session 8) the views were both detectors on the frame and mirrored
     (weights 2, 2, 1, 1): the 640 view finds small and dark objects the 480 ones miss, for
-    the time the mirrored views took (72 against 68-77 ms a frame). Chosen with
+    about the time the mirrored views took on the bench (13.4 against 13.3 frames/s; the
+    loop's relabel stage: 71 against 52 ms a frame). Chosen with
     `LabelerSettings.conf` 0.06 on turn 6's 78 random clips (labels against ground truth,
     precision / recall / ignored: 0.939 / 0.688 / 8.8 % -> 0.954 / 0.710 / 7.4 %), checked
     once on its 99 mined clips (0.940 / 0.727 / 10.3 % -> 0.932 / 0.760 / 9.2 %; night
