@@ -272,8 +272,17 @@ def run_loop(cfg: LoopConfig, *, force: bool = False, redo_from: str | None = No
                          f"{', '.join(STAGES)}")
     folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=ENTRIES)
     state = State(folder)
+    settings = launch_settings(cfg)
+    made_with = state.doc.get("settings")
+    if redo_from is None and made_with is not None and made_with != settings \
+            and any(state.done(s) for s in STAGES):
+        changed = ", ".join(changed_keys(made_with, settings)[:8])
+        raise ValueError(f"{cfg.out}: its finished stages were made with other settings "
+                         f"(changed: {changed}); run again with --redo-from STAGE (the "
+                         "first stage the change concerns) or into another --out")
     if redo_from is not None:
         state.drop_from(redo_from)
+    state.doc["settings"] = settings
     ctx = _Context(cfg, folder, state, progress or (lambda *a: None))
     for stage in STAGES:
         if state.done(stage):
@@ -292,6 +301,25 @@ def run_loop(cfg: LoopConfig, *, force: bool = False, redo_from: str | None = No
             on_stage(stage, "done")
     folder.finish(stages=len(STAGES))
     return state.doc
+
+
+def launch_settings(cfg: LoopConfig) -> dict[str, Any]:
+    """The launch settings a turn's results depend on (all but the output folder), as
+    JSON values: kept in the state, so that a resumed turn does not mix settings."""
+    doc = cfg.model_dump(mode="json")
+    for key in ("out", "workers"):  # where, and how many processes: not what
+        doc.pop(key, None)
+    return dict(json.loads(json.dumps(doc)))
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two `launch_settings`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "settings"]
 
 
 class _Context:

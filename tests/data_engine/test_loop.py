@@ -101,6 +101,17 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     assert len(Registry().entries()) == 3, "the shipped one and two registrations"
     with pytest.raises(ValueError, match="not a stage"):
         run_loop(cfg, redo_from="everything")
+    # a resumed turn never mixes settings: changed ones need --redo-from (or another out)
+    state_before = state_file.read_text()
+    other_cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
+        update={"calibrate_on": "hard"})})
+    with pytest.raises(ValueError, match=r"other settings \(changed: evaluate.calibrate_on\)"):
+        run_loop(other_cfg)
+    assert state_file.read_text() == state_before
+    run_loop(cfg.model_copy(update={"workers": 1}))  # how many processes: no change
+    run_loop(other_cfg, redo_from="report")
+    assert json.loads(state_file.read_text())["settings"]["evaluate"]["calibrate_on"] == "hard"
+    run_loop(other_cfg)  # now the folder's own settings
     # redoing the labels removes the loop's own label files, and never a user's
     labels = tmp_path / "loop" / "labels"
     ours = sorted(labels.glob("*.npz"))
