@@ -276,10 +276,11 @@ def run_loop(cfg: LoopConfig, *, force: bool = False, redo_from: str | None = No
     made_with = state.doc.get("settings")
     if redo_from is None and made_with is not None and made_with != settings \
             and any(state.done(s) for s in STAGES):
-        changed = ", ".join(changed_keys(made_with, settings)[:8])
+        keys = changed_keys(made_with, settings)
         raise ValueError(f"{cfg.out}: its finished stages were made with other settings "
-                         f"(changed: {changed}); run again with --redo-from STAGE (the "
-                         "first stage the change concerns) or into another --out")
+                         f"(changed: {', '.join(keys[:8])}); run again with --redo-from "
+                         f"{first_stage(keys)} (the first stage they concern) or into "
+                         "another --out")
     if redo_from is not None:
         state.drop_from(redo_from)
     state.doc["settings"] = settings
@@ -320,6 +321,31 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [prefix.rstrip(".") or "settings"]
+
+
+SETTING_STAGES = {
+    "seed": "base", "base_frames": "base", "device": "mine", "mine": "mine",
+    "evaluate.heldout_seed": "heldout", "evaluate.nominal_frames": "heldout",
+    "evaluate.hard_frames": "heldout", "train.frame_stride": "versions",
+    "train.max_new_frames": "versions", "train.arms": "versions",
+    "train.spread_seeds": "versions", "train.spread_arms": "versions", "train": "train",
+    "evaluate.calibration_frames": "calibrate", "evaluate.calibration_seed": "calibrate",
+    "evaluate.score_weights": "calibrate", "evaluate.calibrate_on": "calibrate",
+    "evaluate": "evaluate", "gate": "promote", "promote": "promote"}
+"""The first stage a launch setting (a dotted name, or the section it is in) concerns."""
+
+
+def first_stage(keys: list[str]) -> str:
+    """The first stage that any of the dotted setting names concerns (`SETTING_STAGES`;
+    a name it does not know: the first stage)."""
+    def stage(key: str) -> str:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in SETTING_STAGES:
+                return SETTING_STAGES[".".join(parts[:n])]
+        return STAGES[0]
+
+    return min((stage(k) for k in keys), key=STAGES.index, default=STAGES[0])
 
 
 class _Context:

@@ -105,7 +105,8 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     state_before = state_file.read_text()
     other_cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
         update={"calibrate_on": "hard"})})
-    with pytest.raises(ValueError, match=r"other settings \(changed: evaluate.calibrate_on\)"):
+    with pytest.raises(ValueError, match=r"other settings \(changed: evaluate.calibrate_on\);"
+                                         r" run again with --redo-from calibrate "):
         run_loop(other_cfg)
     assert state_file.read_text() == state_before
     run_loop(cfg.model_copy(update={"workers": 1}))  # how many processes: no change
@@ -189,3 +190,29 @@ def test_calibration_seeds_stay_off_the_evaluation_seeds() -> None:
     with pytest.raises(ValueError, match="calibrate_on"):
         loop.EvalSettings(heldout_seed=950_000, calibrate_on="night")
     assert loop.EvalSettings(heldout_seed=950_000, calibrate_on="hard").calibrate_on == "hard"
+
+
+def test_changed_settings_name_the_first_stage_they_concern() -> None:
+    cfg = loop.LoopConfig()
+    base = loop.launch_settings(cfg)
+    assert loop.changed_keys(base, base) == []
+    for update, keys, stage in (
+            ({"base_frames": 8}, ["base_frames"], "base"),
+            ({"workers": 1}, [], None),  # how many processes: not a setting of the results
+            ({"evaluate": cfg.evaluate.model_copy(update={"bootstrap": 50})},
+             ["evaluate.bootstrap"], "evaluate"),
+            ({"evaluate": cfg.evaluate.model_copy(update={"hard_frames": 40,
+                                                          "calibrate_on": "hard"})},
+             ["evaluate.calibrate_on", "evaluate.hard_frames"], "heldout"),
+            ({"train": cfg.train.model_copy(update={"max_new_frames": 10, "lr0": 0.1})},
+             ["train.lr0", "train.max_new_frames"], "versions"),
+            ({"train": cfg.train.model_copy(update={"epochs": 2})}, ["train.epochs"], "train"),
+            ({"mine": cfg.mine.model_copy(update={"max_steps": 20}), "promote": False},
+             ["mine.max_steps", "promote"], "mine")):
+        keys_now = loop.changed_keys(base, loop.launch_settings(cfg.model_copy(update=update)))
+        assert keys_now == keys
+        if stage:
+            assert loop.first_stage(keys_now) == stage
+    assert loop.first_stage(["something.new"]) == loop.STAGES[0]
+    assert set(loop.SETTING_STAGES.values()) <= set(loop.STAGES)
+    assert all(k in loop.SETTING_STAGES for k in base), "every section has its stage"
