@@ -307,10 +307,10 @@ def run_loop(cfg: LoopConfig, *, force: bool = False, redo_from: str | None = No
 def launch_settings(cfg: LoopConfig) -> dict[str, Any]:
     """The launch settings a turn's results depend on (all but the output folder), as
     JSON values: kept in the state, so that a resumed turn does not mix settings."""
-    doc = cfg.model_dump(mode="json")
+    doc: dict[str, Any] = cfg.model_dump(mode="json")
     for key in ("out", "workers"):  # where, and how many processes: not what
         doc.pop(key, None)
-    return dict(json.loads(json.dumps(doc)))
+    return doc
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
