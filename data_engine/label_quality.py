@@ -56,26 +56,22 @@ def frame_tally(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
     from perception.datasets import keep_mask
 
     gb = np.asarray(truth.boxes_xyxy, np.float64).reshape(-1, 4)
-    gc = np.asarray(truth.class_ids, np.int64)
     keep = keep_mask(truth)
     g_small = _small(gb)
     covered = _covered(gb, np.asarray(ignore, np.float64).reshape(-1, 4))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    iou = box_iou(boxes, gb)
-    same = np.asarray(classes)[:, None] == gc[None, :]
-    free, matched = keep.copy(), np.zeros(len(gb), bool)
-    p_in = _covered(boxes, np.asarray(ignore, np.float64).reshape(-1, 4))
+    outcome, match, iou = label_outcomes(boxes, classes, scores, ignore, truth)
+    matched = np.zeros(len(gb), bool)
+    matched[match[match >= 0]] = True
     p_small = _small(boxes)
     tally = {k: np.zeros(2, np.int64) for k in ("tp", "fp", "fn", "objects", "in_ignore")}
     ious: list[tuple[float, bool]] = []
     for i in np.argsort(-np.asarray(scores), kind="stable"):
-        cand = np.where(free & same[i] & (iou[i] >= MATCH_IOU), iou[i], -1.0)
-        if cand.size and cand.max() >= 0:
-            j = int(cand.argmax())
-            free[j], matched[j] = False, True
+        if outcome[i] == 1:
+            j = int(match[i])
             tally["tp"][int(not g_small[j])] += 1
             ious.append((float(iou[i, j]), bool(g_small[j])))
-        elif not (p_in[i] or ((~keep) & same[i] & (iou[i] >= MATCH_IOU)).any()):
+        elif outcome[i] == 0:
             tally["fp"][int(not p_small[i])] += 1
     for j in np.nonzero(keep)[0].tolist():
         size = int(not g_small[j])
@@ -84,6 +80,36 @@ def frame_tally(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
         tally["fn"][size] += int(not matched[j] and not covered[j])
     return {**tally, "iou": np.array([v for v, _ in ious]),
             "iou_small": np.array([sm for _, sm in ious], bool)}
+
+
+def label_outcomes(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
+                   ignore: np.ndarray, truth: GroundTruth
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each label of one frame against the ground truth, as `frame_tally` counts it:
+    (outcome, match, iou): outcome (N,) 1 a match (true positive), 0 a false positive,
+    -1 not counted (inside the ignore regions, or on an object the datasets ignore);
+    match (N,) the index of the matched object (-1 none); iou (N, M) against the objects."""
+    from perception.datasets import keep_mask
+
+    gb = np.asarray(truth.boxes_xyxy, np.float64).reshape(-1, 4)
+    gc = np.asarray(truth.class_ids, np.int64)
+    keep = keep_mask(truth)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    iou = box_iou(boxes, gb)
+    same = np.asarray(classes).reshape(-1)[:, None] == gc[None, :]
+    free = keep.copy()
+    p_in = _covered(boxes, np.asarray(ignore, np.float64).reshape(-1, 4))
+    outcome = np.full(len(boxes), -1, np.int64)
+    match = np.full(len(boxes), -1, np.int64)
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        cand = np.where(free & same[i] & (iou[i] >= MATCH_IOU), iou[i], -1.0)
+        if cand.size and cand.max() >= 0:
+            j = int(cand.argmax())
+            free[j] = False
+            outcome[i], match[i] = 1, j
+        elif not (p_in[i] or ((~keep) & same[i] & (iou[i] >= MATCH_IOU)).any()):
+            outcome[i] = 0
+    return outcome, match, iou
 
 
 def label_quality(pred: ClipLabels, truth: Sequence[GroundTruth]) -> dict[str, Any]:

@@ -115,5 +115,45 @@ def online_tallies(snapshot: Any, conf: float = 0.0) -> list[dict[str, Any]]:
     return out
 
 
+def track_examples(snapshot: Any, teacher: Any = None, settings: Any = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What `drivestack fit-verifier` learns from (reads the ground truth): the features
+    of every track of the snapshot's clip that would become labels without the verifier
+    (`verifier.track_features`), and for each the number of its labels that match an
+    object (real) and that match none (false), as `label_quality` counts them."""
+    from dataclasses import replace
+
+    from data_engine.autolabel import (
+        LabelerSettings,
+        default_teacher,
+        hindsight_labels,
+        label_tracks,
+    )
+    from data_engine.label_quality import label_outcomes
+    from data_engine.verifier import FEATURES, track_features
+
+    s = replace(settings or LabelerSettings(), verify=0.0)
+    frames = snapshot_frames(snapshot)
+    teacher = teacher or default_teacher(lanes=False)
+    dets = teacher.detect(frames)
+    _, strong = label_tracks(dets, s)
+    if not strong:
+        return np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0)
+    h, w = frames[0].shape[:2]
+    camera = getattr(teacher, "camera", None)
+    per = hindsight_labels(dets, h, w, s, camera)
+    real, false = np.zeros(len(strong)), np.zeros(len(strong))
+    for t, truth in enumerate(truth_of(snapshot)):
+        outcome, _, _ = label_outcomes(per["boxes"][t], per["classes"][t], per["scores"][t],
+                                       per["ignore"][t], truth)
+        for tid, o in zip(per["track_ids"][t], outcome, strict=True):
+            if o == 1:
+                real[tid] += 1
+            elif o == 0:
+                false[tid] += 1
+    feats = np.stack([track_features(tr, frames, s.top_k) for tr in strong])
+    return feats, real, false
+
+
 __all__ = ["Relabeled", "online_tallies", "quality_against_truth", "quality_of",
-           "relabel_snapshot", "snapshot_frames", "truth_of"]
+           "relabel_snapshot", "snapshot_frames", "track_examples", "truth_of"]

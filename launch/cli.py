@@ -468,13 +468,20 @@ def train_planner_cmd(
 
 
 def _register_eval() -> None:
-    from launch.cli_data import loop_command, mine_command, relabel_command, replay_command
+    from launch.cli_data import (
+        fit_verifier_command,
+        loop_command,
+        mine_command,
+        relabel_command,
+        replay_command,
+    )
     from launch.cli_eval import eval_command
 
     app.command("eval")(eval_command)
     app.command("mine")(mine_command)
     app.command("replay")(replay_command)
     app.command("relabel")(relabel_command)
+    app.command("fit-verifier")(fit_verifier_command)
     app.command("loop")(loop_command)
     from launch.cli_models import models_app
     from launch.cli_snapshots import snapshots_app

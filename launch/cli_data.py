@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import typer
 from pydantic import Field, model_validator
 from rich.console import Console
@@ -20,7 +21,7 @@ from launch.eval_suite import SetConfig
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
 DEFAULT_MINE_LAUNCH = Path(__file__).with_name("mine.yaml")
-from data_engine.loop import MINE_SEEDS  # noqa: E402 - one definition of the range
+from data_engine.loop import MINE_SEEDS, STAGES  # noqa: E402 - one definition of each
 
 MinerDriver = Literal["rule", "rl", "rl-shield", "privileged", "rule-privileged"]
 Stack = Literal["rule", "rl", "rl-shield", "privileged", "rule-privileged"]
@@ -286,6 +287,85 @@ def relabel_command(
     echo_json(doc)
 
 
+FIT_VERIFIER_JOB = Job("fit-verifier", files=(r"track_verifier\.json",))
+"""What `drivestack fit-verifier` writes into its folder (sim.outputs)."""
+
+
+@cli_errors
+def fit_verifier_command(
+    store: Annotated[list[Path], typer.Option(
+        help="Snapshot store(s) whose clips (with ground truth) it learns from; give "
+             "--store more than once for several.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/verifier"),
+    l2: Annotated[float, typer.Option(min=0.0, max=1e6, help="L2 penalty on the "
+                                      "standardized weights.")] = 1.0,
+    force: Force = False,
+) -> None:
+    """Fit the labeler's track verifier (data_engine/verifier.py): the default teacher
+    labels every clip of the stores, each track's labels are matched against the clip's
+    ground truth, and a logistic regression learns from the tracks' features which are
+    real. Writes <out>/track_verifier.json; the labeler never reads ground truth, this
+    command does. The stores' seeds must not be the seeds the labels are judged on.
+
+    Exit codes: 0 fitted; 2 a bad store, snapshot or output folder.
+    """
+    import sys
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from data_engine.autolabel import LabelerSettings, default_teacher
+    from data_engine.relabel import track_examples
+    from data_engine.store import SnapshotStore
+    from data_engine.verifier import FEATURES, fit_verifier
+
+    console = Console(stderr=True)
+    snaps = []
+    for path in store:
+        st = SnapshotStore(path)
+        snaps += [st.get(i) for i in st.good_ids()]
+    if not snaps:
+        raise ValueError(f"store: no verified snapshot in {', '.join(map(str, store))}")
+    folder = OutputFolder.claim(out, FIT_VERIFIER_JOB, force=force,
+                                entries=["track_verifier.json"])
+    teacher = default_teacher(lanes=False)
+    feats, real, false, seeds = [], [], [], set()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("fit-verifier", total=len(snaps))
+        for snap in snaps:
+            f, r, w = track_examples(snap, teacher)
+            feats.append(f)
+            real.append(r)
+            false.append(w)
+            seeds.add(snap.meta.get("scenario_seed"))
+            progress.update(task, advance=1, description=snap.id)
+    x, pos, neg = np.concatenate(feats), np.concatenate(real), np.concatenate(false)
+    settings = LabelerSettings()
+    meta = {"command": " ".join(["drivestack", "fit-verifier", *sys.argv[2:]]),
+            "made": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "snapshots": len(snaps), "tracks": len(x), "true_labels": int(pos.sum()),
+            "false_labels": int(neg.sum()), "scenario_seeds": sorted(
+                int(v) for v in seeds if isinstance(v, int)),
+            "teacher": teacher.version, "l2": l2,
+            # the settings it labelled with (the verifier itself off)
+            "settings": replace(settings, verify=0.0).digest()}
+    verifier = fit_verifier(x, pos, neg, l2=l2, meta=meta)
+    p = verifier(x)
+    kept = p >= settings.verify
+    meta["on_its_own_clips"] = {  # the training clips: not a held-out figure
+        "precision_before": float(pos.sum() / max(pos.sum() + neg.sum(), 1)),
+        "precision_after": float(pos[kept].sum() / max(pos[kept].sum() + neg[kept].sum(), 1)),
+        "true_labels_kept": float(pos[kept].sum() / max(pos.sum(), 1))}
+    verifier = type(verifier)(verifier.mean, verifier.scale, verifier.weights,
+                              verifier.bias, meta)
+    verifier.save(folder.own("track_verifier.json"))
+    folder.finish(tracks=len(x))
+    console.print(f"{len(snaps)} clips, {len(x)} tracks ({int(pos.sum())} true and "
+                  f"{int(neg.sum())} false labels); weights over {', '.join(FEATURES)}: "
+                  + " ".join(f"{v:+.2f}" for v in verifier.weights), markup=False)
+    echo_json({"out": str(out), "version": verifier.version, **meta})
+
+
 DEFAULT_LOOP_LAUNCH = Path(__file__).with_name("loop.yaml")
 QUICK_LOOP_LAUNCH = Path(__file__).with_name("loop_quick.yaml")
 
@@ -300,8 +380,7 @@ def loop_command(
              "stage.")] = False,
     out: Annotated[Path | None, typer.Option(help="Override `out`.")] = None,
     redo_from: Annotated[str | None, typer.Option(
-        help="Run this stage and every later one again (base, heldout, mine, relabel, "
-             "versions, train, evaluate, promote, report).")] = None,
+        help=f"Run this stage and every later one again ({', '.join(STAGES)}).")] = None,
     force: Force = False,
 ) -> None:
     """One turn of the data engine: mine -> relabel -> version -> retrain -> evaluate ->

@@ -276,10 +276,10 @@ def test_lanes_smoothed_over_time() -> None:
 
 
 def test_relabel_reads_frames_only() -> None:
-    """The labeler's inputs hold no ground truth: its signature takes frames, a teacher
-    and settings, and anything but a plain uint8 image is refused."""
+    """The labeler's inputs hold no ground truth: its signature takes frames, a teacher,
+    settings and a track verifier, and anything but a plain uint8 image is refused."""
     params = set(inspect.signature(relabel_clip).parameters)
-    assert params == {"frames", "teacher", "lanes", "settings"}
+    assert params == {"frames", "teacher", "lanes", "settings", "verifier"}
     from sim.types import Frame
 
     frame = Frame(image=_frames(1)[0], ground_truth=_gt([[1, 1, 9, 9]]), step=0)
