@@ -550,37 +550,104 @@ def _row(case: Case, r: EpisodeResult) -> LoopRow:
                    r.error)
 
 
-def _drive(kind: str, perceiver: Any, cases: Sequence[Case], max_steps: int,
-           camera: CameraSpec | None, on_episode: Callable[[LoopRow], None] | None
-           ) -> list[LoopRow]:
-    planner, source = build_planner(kind, perceiver=perceiver)
-    env = make_env(source.needs_camera, camera)
-    rows = []
-    try:
-        for case in cases:
-            env.config = case_config(case)
-            row = _row(case, run_episode(planner, source, env, case.seed, max_steps,
-                                         name=kind, case=case))
-            rows.append(row)
+@dataclass(frozen=True)
+class _PerceiverSpec:
+    """What builds a closed-loop suite's Perceiver (in this process or in a worker)."""
+
+    weights: Path | str | None
+    device: str
+    camera: CameraSpec
+    lanes: bool
+    iou_weight: float | None
+
+    def build(self) -> Any:
+        from perception.perceiver import Perceiver
+
+        return Perceiver(weights=self.weights, device=self.device, camera=self.camera,
+                         lanes=self.lanes, refiner_iou_weight=self.iou_weight)
+
+
+class _Driver:
+    """One planner, scene source and env that drive cases one after another."""
+
+    def __init__(self, kind: str, spec: _PerceiverSpec | None,
+                 camera: CameraSpec | None) -> None:
+        self.kind = kind
+        self.planner, self.source = build_planner(
+            kind, perceiver=spec.build() if spec is not None else None)
+        self.env = make_env(self.source.needs_camera, camera)
+
+    def __call__(self, case: Case, max_steps: int) -> LoopRow:
+        self.env.config = case_config(case)
+        return _row(case, run_episode(self.planner, self.source, self.env, case.seed,
+                                      max_steps, name=self.kind, case=case))
+
+    def close(self) -> None:
+        self.env.close()
+
+
+_WORKER: dict[str, _Driver] = {}
+
+
+def _init_driver(kind: str, spec: _PerceiverSpec | None, camera: CameraSpec | None) -> None:
+    from perception.datasets import end_with_parent
+
+    end_with_parent()
+    _WORKER["driver"] = _Driver(kind, spec, camera)
+
+
+def _drive_in_worker(i: int, case: Case, max_steps: int) -> tuple[int, LoopRow]:
+    return i, _WORKER["driver"](case, max_steps)
+
+
+def _drive(kind: str, spec: _PerceiverSpec | None, cases: Sequence[Case], max_steps: int,
+           camera: CameraSpec | None, on_episode: Callable[[LoopRow], None] | None,
+           workers: int = 1) -> list[LoopRow]:
+    """Rows of `cases` in their order. With `workers` > 1, the cases are driven by as many
+    processes, each with its own planner, Perceiver and env: every episode starts from
+    its own seed with a reset planner, so the rows are those of one process
+    (`on_episode` then sees them as they finish)."""
+    check_number("workers", workers, 1, 256, integer=True)
+    if workers == 1 or len(cases) < 2:
+        driver = _Driver(kind, spec, camera)
+        rows = []
+        try:
+            for case in cases:
+                rows.append(driver(case, max_steps))
+                if on_episode is not None:
+                    on_episode(rows[-1])
+        finally:
+            driver.close()
+        return rows
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters register the sim ids
+    out: list[LoopRow | None] = [None] * len(cases)
+    with ProcessPoolExecutor(min(workers, len(cases)), mp_context=ctx,
+                             initializer=_init_driver, initargs=(kind, spec, camera)) as pool:
+        futures = [pool.submit(_drive_in_worker, i, case, max_steps)
+                   for i, case in enumerate(cases)]
+        for fut in as_completed(futures):
+            i, row = fut.result()
+            out[i] = row
             if on_episode is not None:
                 on_episode(row)
-    finally:
-        env.close()
-    return rows
+    return [r for r in out if r is not None]
 
 
 def closed_loop_suite(weights: Path | str | None, cases: Sequence[Case], max_steps: int = 450,
                       *, device: str = "cpu", camera: CameraSpec | None = None,
                       on_episode: Callable[[LoopRow], None] | None = None,
-                      iou_weight: float | None = None) -> list[LoopRow]:
+                      iou_weight: float | None = None, workers: int = 1) -> list[LoopRow]:
     """Drive every case with the rule planner on the perception of detector `weights`
     (None: the current one), with the shipped refiner (score exponent `iou_weight`; None:
     the registry's for the current detector, else the refiner's) and lane model. On the
     CPU a `.pt` detector runs as its cached ONNX export, as the current one does, so that
-    before and after run the same way."""
+    before and after run the same way. `workers`: processes driving the cases (the same
+    rows as one)."""
     from perception.detector import cached_onnx, resolve_device
     from perception.lanes import DEFAULT_LANE_WEIGHTS
-    from perception.perceiver import Perceiver
 
     cam = camera or CameraSpec()
     dev = resolve_device(device)
@@ -589,17 +656,19 @@ def closed_loop_suite(weights: Path | str | None, cases: Sequence[Case], max_ste
             weights = cached_onnx(weights, cam.height, cam.width)
         except ValueError:  # sides off multiples of 32: ultralytics' predict, as Perceiver
             pass
-    perceiver = Perceiver(weights=weights, device=dev, camera=cam,
-                          lanes=DEFAULT_LANE_WEIGHTS.is_file(), refiner_iou_weight=iou_weight)
-    return _drive("rule", perceiver, cases, max_steps, camera, on_episode)
+    spec = _PerceiverSpec(weights, dev, cam, DEFAULT_LANE_WEIGHTS.is_file(), iou_weight)
+    if workers > 1:
+        spec.build()  # a bad weights file: its one error here, not a broken worker pool
+    return _drive("rule", spec, cases, max_steps, camera, on_episode, workers)
 
 
 def privileged_suite(cases: Sequence[Case], max_steps: int = 450, *,
                      camera: CameraSpec | None = None,
-                     on_episode: Callable[[LoopRow], None] | None = None) -> list[LoopRow]:
+                     on_episode: Callable[[LoopRow], None] | None = None,
+                     workers: int = 1) -> list[LoopRow]:
     """Drive every case with the rule planner on the exact scene (`rule-privileged`): its
     failures are not perception's to fix. The same for every detector: run it once."""
-    return _drive("rule-privileged", None, cases, max_steps, camera, on_episode)
+    return _drive("rule-privileged", None, cases, max_steps, camera, on_episode, workers)
 
 
 @dataclass(frozen=True)

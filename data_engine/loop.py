@@ -673,13 +673,14 @@ class _Context:
         cases = [Case("hard", f, tod, w, s) for f in e.closed_loop_families
                  for tod, w in e.closed_loop_conditions for s in e.closed_loop_seeds]
         main = "mined_auto" if "mined_auto" in trained else next(iter(trained))
-        privileged = privileged_suite(cases, max_steps=e.max_steps)
+        # in `workers` processes: the same rows as one (tests/data_engine/test_evaluation)
+        privileged = privileged_suite(cases, max_steps=e.max_steps, workers=self.cfg.workers)
         loop_before = closed_loop_suite(current, cases, max_steps=e.max_steps,
-                                        iou_weight=deployed)
+                                        iou_weight=deployed, workers=self.cfg.workers)
         self.progress("evaluate", steps - 1, steps)
         loop_after = closed_loop_suite(Path(trained[main]["weights"]), cases,
                                        max_steps=e.max_steps,
-                                       iou_weight=weight_of[main])
+                                       iou_weight=weight_of[main], workers=self.cfg.workers)
         self.progress("evaluate", steps, steps)
         gate = PromotionGate.model_validate(self.cfg.gate)
         decision = decide(before, after_of[main], compare_reports(

@@ -240,8 +240,9 @@ def relabel_command(
     force: Force = False,
 ) -> None:
     """Auto-label the frames of snapshots without reading their ground truth: an offboard
-    teacher (TTA, a second detector, the box refiner) and hindsight tracking over the
-    whole clip, forward and backward; unsure objects become ignore regions. Writes
+    teacher (TTA, a second detector, the box refiner), hindsight tracking over the
+    whole clip, forward and backward, and a learned check of each track (the track
+    verifier, `fit-verifier`); unsure objects become ignore regions. Writes
     <out>/<ID>.json + .npz per snapshot and quality.json.
 
     Exit codes: 0 labelled; 2 a bad id, store, snapshot or output folder.

@@ -292,3 +292,21 @@ def test_closed_loop_suites_run_a_few_steps() -> None:
     assert [(r.planner, r.end, r.failed) for r in rows + priv] == [
         ("rule", "max_steps", False), ("rule-privileged", "max_steps", False)]
     assert paired_failures(rows, rows, priv).before == 0
+
+
+def test_closed_loop_in_two_processes_gives_the_rows_of_one() -> None:
+    """Workers drive the cases in their own processes; the rows (order, ends, scores to
+    the last bit) are those of one process, whatever order they finish in."""
+    cases = [Case("t", fam, tod, w, 900_000 - 1 - k) for k, (fam, tod, w) in enumerate([
+        ("urban", "night", "fog"), ("highway", "day", "clear"), ("rural", "night", "rain")])]
+    seen: list[str] = []
+    one = closed_loop_suite(None, cases, max_steps=45)
+    two = closed_loop_suite(None, cases, max_steps=45, workers=2,
+                            on_episode=lambda r: seen.append(r.case.family))
+    assert [r.as_dict() for r in two] == [r.as_dict() for r in one]
+    assert sorted(seen) == sorted(c.family for c in cases)
+    priv = privileged_suite(cases, max_steps=45, workers=2)
+    assert [r.as_dict() for r in priv] == [
+        r.as_dict() for r in privileged_suite(cases, max_steps=45)]
+    with pytest.raises(ValueError, match="workers"):
+        closed_loop_suite(None, cases, max_steps=5, workers=0)
