@@ -673,7 +673,9 @@ class _Context:
         cases = [Case("hard", f, tod, w, s) for f in e.closed_loop_families
                  for tod, w in e.closed_loop_conditions for s in e.closed_loop_seeds]
         main = "mined_auto" if "mined_auto" in trained else next(iter(trained))
-        # in `workers` processes: the same rows as one (tests/data_engine/test_evaluation)
+        # in `workers` processes: the same rows as one (tests/data_engine/test_evaluation);
+        # on 2 cores no faster, since one process's Perceiver already keeps both busy
+        # (bench/closed_loop_workers.py)
         privileged = privileged_suite(cases, max_steps=e.max_steps, workers=self.cfg.workers)
         loop_before = closed_loop_suite(current, cases, max_steps=e.max_steps,
                                         iou_weight=deployed, workers=self.cfg.workers)

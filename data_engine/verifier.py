@@ -147,9 +147,10 @@ class TrackVerifier:
         if doc.get("features") != list(FEATURES):
             raise VerifierError(f"{path}: made for other features ({doc.get('features')!r}); "
                                 f"this drivestack computes {list(FEATURES)}")
+        meta = doc.get("meta")
         try:
             return cls(doc["mean"], doc["scale"], doc["weights"], doc["bias"],
-                       doc.get("meta") if isinstance(doc.get("meta"), dict) else {})
+                       meta if isinstance(meta, dict) else {})
         except KeyError as e:
             raise VerifierError(f"{path}: missing {e.args[0]!r}") from None
         except (TypeError, ValueError) as e:
