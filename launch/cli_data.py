@@ -351,20 +351,17 @@ def fit_verifier_command(
             # the settings it labelled with (the verifier itself off)
             "settings": replace(settings, verify=0.0).digest()}
     verifier = fit_verifier(x, pos, neg, l2=l2, meta=meta)
-    p = verifier(x)
-    kept = p >= settings.verify
-    meta["on_its_own_clips"] = {  # the training clips: not a held-out figure
+    kept = verifier(x) >= settings.verify
+    verifier.meta["on_its_own_clips"] = {  # the training clips: not a held-out figure
         "precision_before": float(pos.sum() / max(pos.sum() + neg.sum(), 1)),
         "precision_after": float(pos[kept].sum() / max(pos[kept].sum() + neg[kept].sum(), 1)),
         "true_labels_kept": float(pos[kept].sum() / max(pos.sum(), 1))}
-    verifier = type(verifier)(verifier.mean, verifier.scale, verifier.weights,
-                              verifier.bias, meta)
     verifier.save(folder.own("track_verifier.json"))
     folder.finish(tracks=len(x))
     console.print(f"{len(snaps)} clips, {len(x)} tracks ({int(pos.sum())} true and "
                   f"{int(neg.sum())} false labels); weights over {', '.join(FEATURES)}: "
                   + " ".join(f"{v:+.2f}" for v in verifier.weights), markup=False)
-    echo_json({"out": str(out), "version": verifier.version, **meta})
+    echo_json({"out": str(out), "version": verifier.version, **verifier.meta})
 
 
 DEFAULT_LOOP_LAUNCH = Path(__file__).with_name("loop.yaml")

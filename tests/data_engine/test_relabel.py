@@ -89,3 +89,23 @@ def test_relabel_of_a_bad_id(crash: tuple[SnapshotStore, list[str]], tmp_path: P
                                  str(tmp_path / "o")])
     assert result.exit_code == 2 and result.stderr.startswith("error:")
     assert not (tmp_path / "o").exists(), "nothing written for a refused id"
+
+
+def test_fit_verifier_reads_the_clips_and_needs_both_kinds_of_track(
+        crash: tuple[SnapshotStore, list[str]], tmp_path: Path) -> None:
+    """`drivestack fit-verifier` labels the store's clips and matches them against their
+    ground truth; one clear day clip has true labels only, and a verifier cannot be fitted
+    from that: one error, no verifier file."""
+    from data_engine.relabel import track_examples
+
+    store, ids = crash
+    snap = store.get(ids[-1])
+    feats, real, false = track_examples(snap)
+    assert len(feats) == len(real) == len(false) and real.sum() > 0 and false.sum() == 0
+    alone = SnapshotStore(tmp_path / "store", create=True)  # (other tests add to `crash`)
+    alone.add({n: snap.read(n) for n in snap.names}, snap.meta)
+    r = runner.invoke(app, ["fit-verifier", "--store", str(alone.root), "--out",
+                            str(tmp_path / "v")])
+    assert r.exit_code == 2, r.output
+    assert "error: need tracks with true labels and tracks with false ones" in r.output
+    assert not (tmp_path / "v" / "track_verifier.json").exists()
