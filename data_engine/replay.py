@@ -2,7 +2,8 @@
 
 - `replay_clip(snapshot)`: the recorded actions from the recorded start state in a fresh
   env; every frame and its ground truth are compared, by SHA-256, with the stored ones
-  (byte for byte). With `frames: png` snapshots the stored PNGs are compared too.
+  (byte for byte). With `frames: png` snapshots the stored PNGs are compared too; other
+  listeners (a Rerun recording, data_engine.rerun_replay) may ride along.
 - `closed_loop(snapshot, stacks)`: from the same start, drive with other stacks (another
   detector, lane model or planner) and report for each whether the failure happens
   again. `rule-privileged` on the exact scene says whether perception could fix it.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,15 +77,17 @@ class _Hashes(Listener):
             self.frames.append(step.frame.copy())
 
 
-def replay_clip(snapshot: Any, keep_frames: bool = False) -> tuple[ReplayCheck, list[Any]]:
+def replay_clip(snapshot: Any, keep_frames: bool = False, listeners: Sequence[Listener] = ()
+                ) -> tuple[ReplayCheck, list[Any]]:
     """Re-simulate a snapshot (`data_engine.store.Snapshot`: verified) and compare; the
-    check and, with `keep_frames`, the re-rendered frames."""
+    check and, with `keep_frames`, the re-rendered frames. `listeners` see the
+    re-simulation too (a Rerun recording: data_engine.rerun_replay)."""
     clip = read_clip(snapshot.read, snapshot.id)
     env = clip_env(clip)
     hashes = _Hashes(keep=keep_frames)
     n = clip.n_frames
     end = rollout(env, ActionReplay(clip.actions[:-1]), state=clip.state, max_steps=n - 1,
-                  listeners=[hashes], catch_reset=False)
+                  listeners=[hashes, *listeners], catch_reset=False)
     stored_i, stored_t = clip.image_digests, clip.truth_digests
     got = len(hashes.images)
     eq_i = [k < got and hashes.images[k] == stored_i[k] for k in range(n)]

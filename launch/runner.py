@@ -1,8 +1,10 @@
-"""The `drivestack run` job: episodes with a driver, per-episode metrics, mp4 recordings.
+"""The `drivestack run` job: episodes with a driver, per-episode metrics, mp4 recordings
+and, when asked, Rerun recordings.
 
 `run_job(config)` reads top to bottom: make the env and the driver, then for each
 episode reset with `seed + episode`, drive until the episode ends (or `max_steps`),
-record the video frames, and rewrite metrics.csv / metrics.json atomically.
+record the video frames (and the Rerun recording), and rewrite metrics.csv / metrics.json
+atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sim  # noqa: F401 - registers the drivestack/ env ids
 from launch.config import RunConfig
 from launch.overlays import video_frame
 from planning.listeners import EpisodeMetrics, RunStatistics
+from planning.rerun_log import RerunLogger, episode_paths, import_rerun
 from planning.rollout import Agent, AutopilotAgent, Listener, PlannerAgent, Step, rollout
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
 
@@ -116,10 +119,13 @@ def run_episode(
     overlays: bool = True,
     perceiver: Any = None,
     listeners: Sequence[Listener] = (),
+    perceive_every_frame: bool | None = None,
 ) -> EpisodeMetrics:
     """Drive one episode reset with `seed` (planning.rollout with `RunStatistics`).
     `on_frame` (if given) receives one video frame per step, reset included, with
     `perceiver`'s output drawn on it; `on_step` the step count after each step.
+    `perceiver` runs on every frame when `perceive_every_frame` (default: when `on_frame`
+    is given), for the video and `listeners` (a Rerun recording) to show.
 
     An exception inside the episode ends it with `end="error"` and the exception in
     `error`, so that one broken episode does not lose the others.
@@ -130,9 +136,11 @@ def run_episode(
         extra.append(VideoFrames(env, on_frame, overlays))
     if on_step is not None:
         extra.append(StepCount(on_step))
+    if perceive_every_frame is None:
+        perceive_every_frame = on_frame is not None
     rollout(env, driver, seed=seed, max_steps=max_steps,
             listeners=[stats, *extra, *listeners], perceiver=perceiver,
-            perceive_every_frame=perceiver is not None and on_frame is not None)
+            perceive_every_frame=perceiver is not None and perceive_every_frame)
     assert stats.metrics is not None
     return stats.metrics
 
@@ -223,21 +231,30 @@ def run_job(
     on_episode_start: Callable[[int, int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_episode_end: Callable[[EpisodeMetrics], None] | None = None,
+    rerun: Path | None = None,
+    rerun_spawn: bool = False,
 ) -> dict[str, Any]:
     """Run every episode of `config`, writing metrics after each one and the mp4s into
     `config.out`; returns the metrics document. `on_episode_start(episode, steps_cap)`,
     `on_step(step)` and `on_episode_end(metrics)` report progress.
 
+    `rerun` (an .rrd path, new) records every episode with Rerun (planning.rerun_log):
+    one recording per episode, at `rerun` itself for a one-episode run, else at
+    `<stem>_000.rrd`, `<stem>_001.rrd`, ... beside it (`rerun_files`); `rerun_spawn`
+    also streams them to a Rerun viewer it starts. Each file appears when its episode
+    ends; metrics name it (`rerun`).
+
     `config.out` must be new, empty or an earlier `drivestack run` output, whose files are
     removed first (`force`: a folder drivestack did not write, whose files stay untouched;
     sim.outputs). metrics.json says `"complete": false` until the last episode is done.
     """
+    recordings = rerun_files(config, rerun)
     folder = OutputFolder.claim(config.out, JOB, force=force, entries=run_entries(config))
     env = make_env(config)
     try:
         perceiver = None
         needs_perception = config.driver in ("rule", "rl", "rl-shield")
-        if needs_perception or (config.perception and config.video.enabled):
+        if needs_perception or (config.perception and (config.video.enabled or recordings)):
             from perception.perceiver import Perceiver  # torch loads only when asked for
 
             perceiver = Perceiver(camera=config.camera.spec())
@@ -255,7 +272,8 @@ def run_job(
             if on_episode_start is not None:
                 on_episode_start(i, cap)
             metrics = _recorded_episode(config, env, driver, i, folder, on_step,
-                                        video_perceiver)
+                                        video_perceiver,
+                                        recordings[i] if recordings else None, rerun_spawn)
             done.append(metrics)
             last = i == config.episodes - 1
             write_metrics(folder, metrics_document(config, launch, done, complete=last))
@@ -270,6 +288,15 @@ def run_job(
 JOB = Job("run", files=(r"metrics\.json", r"metrics\.csv", r"episode_\d{3,}\.mp4",
                         r"\.episode_\d{3,}\.mp4\.partial-\d+\.mp4"))
 """What `drivestack run` writes into its folder (sim.outputs)."""
+
+
+def rerun_files(config: RunConfig, rerun: Path | None) -> list[Path]:
+    """The Rerun recording of each episode of `config` (none without `rerun`), checked:
+    .rrd files that do not exist yet, rerun-sdk installed (planning.rerun_log)."""
+    if rerun is None:
+        return []
+    import_rerun()
+    return episode_paths(rerun, config.episodes, what="--rerun")
 
 
 def run_entries(config: RunConfig) -> list[str]:
@@ -291,19 +318,29 @@ def _partial(video: str) -> str:
 
 def _recorded_episode(config: RunConfig, env: gym.Env, driver: Agent, i: int,
                       folder: OutputFolder, on_step: Callable[[int], None] | None,
-                      perceiver: Any) -> EpisodeMetrics:
-    """Episode `i`, recorded as an mp4 when the launch file asks; `video` names the file
-    only when it was written."""
+                      perceiver: Any, rerun: Path | None = None, spawn: bool = False
+                      ) -> EpisodeMetrics:
+    """Episode `i`, recorded as an mp4 when the launch file asks and with Rerun into
+    `rerun` when given; `video` and `rerun` name the files only when they were written."""
     record = config.video.enabled and i < config.video.episodes
     name = _video_name(i) if record else None
     video = (mp4_writer(folder.own(name), config.video.fps,
                         tmp=folder.own(_partial(name)))
              if name else nullcontext(None))
-    with video as add_frame:
-        metrics = run_episode(env, driver, episode=i, seed=config.seed + i,
-                              max_steps=config.max_steps, on_frame=add_frame,
-                              on_step=on_step, overlays=config.overlays,
-                              perceiver=perceiver if name else None)
+    logger = (RerunLogger(rerun, name=f"drivestack run: episode {i} (seed {config.seed + i})",
+                          spawn=spawn) if rerun is not None else None)
+    try:
+        with video as add_frame:
+            metrics = run_episode(env, driver, episode=i, seed=config.seed + i,
+                                  max_steps=config.max_steps, on_frame=add_frame,
+                                  on_step=on_step, overlays=config.overlays,
+                                  perceiver=perceiver if name or logger else None,
+                                  listeners=[logger] if logger else [],
+                                  perceive_every_frame=bool(name or logger))
+    finally:
+        if logger is not None:
+            logger.abort()  # an interrupted episode leaves no temporary file
     metrics.video = name if name and (folder.path / name).is_file() else None
+    metrics.rerun = str(logger.written) if logger is not None and logger.written else None
     folder.wrote()
     return metrics

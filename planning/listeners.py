@@ -48,6 +48,8 @@ class EpisodeMetrics:
     """collision | off_road | route_complete | time_limit | max_steps | error"""
     video: str | None = None
     """File name of the episode's mp4 in the output folder, if recorded."""
+    rerun: str | None = None
+    """Path of the episode's Rerun recording (.rrd), if recorded (`drivestack run --rerun`)."""
     error: str | None = None
     """The exception that ended the episode (end == "error")."""
 
