@@ -590,7 +590,7 @@ _WORKER: dict[str, _Driver] = {}
 
 
 def _init_driver(kind: str, spec: _PerceiverSpec | None, camera: CameraSpec | None) -> None:
-    from perception.datasets import end_with_parent
+    from sim.fanout import end_with_parent
 
     end_with_parent()
     _WORKER["driver"] = _Driver(kind, spec, camera)

@@ -9,6 +9,8 @@ afterwards, by `quality_against_truth`, for the report.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +28,7 @@ from data_engine.clip import (
     png_image,
     read_clip,
 )
+from sim.fanout import Fanout, ordered_map
 
 
 @dataclass
@@ -68,6 +71,60 @@ def relabel_snapshot(snapshot: Any, teacher: Any = None, lanes: bool = False,
     return Relabeled(snapshot.id, labels, {k: sc.get(k, "") for k in
                                            ("family", "time_of_day", "weather")},
                      clip.doc.get("scenario_seed"))
+
+
+@dataclass(frozen=True)
+class SnapshotBytes:
+    """A verified snapshot's files in memory, to label it where its store is not (a
+    Ray worker on another machine): `read` checks each file against the manifest's
+    SHA-256 again before handing it out."""
+
+    id: str
+    manifest: dict[str, Any]
+    files: dict[str, bytes]
+
+    @classmethod
+    def of(cls, snapshot: Any, leave_out: tuple[str, ...] = ()) -> SnapshotBytes:
+        """Every file of `snapshot` but `leave_out` (the labeler's workers get no ground
+        truth when the snapshot stores its frames)."""
+        return cls(snapshot.id, snapshot.manifest,
+                   {n: snapshot.read(n) for n in snapshot.names if n not in leave_out})
+
+    def read(self, name: str) -> bytes:
+        from data_engine.store_format import CorruptSnapshot, Problem
+
+        if name not in self.files:
+            raise CorruptSnapshot(self.id, [Problem(self.id, name, "not sent to this worker")])
+        data = self.files[name]
+        entry = self.manifest["files"].get(name, {})
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise CorruptSnapshot(self.id, [Problem(self.id, name, "its SHA-256 does not "
+                                                    "match the manifest")])
+        return data
+
+
+def relabel_fanout(snapshots: Iterable[Any], fanout: Fanout, *, lanes: bool = False
+                   ) -> Iterator[Relabeled]:
+    """`relabel_snapshot` of each snapshot, fanned out (`sim.fanout`: local processes or
+    Ray tasks; each worker builds the default teacher once), in the snapshots' order.
+    Snapshots that store their frames travel without their ground truth."""
+    def sent(snap: Any) -> SnapshotBytes:
+        stored = read_clip(snap.read, snap.id).doc.get("frames_stored")
+        return SnapshotBytes.of(snap, leave_out=(TRUTH,) if stored else ())
+
+    return ordered_map(_relabel_setup, lanes, _relabel_job, (sent(s) for s in snapshots),
+                       fanout)
+
+
+def _relabel_setup(lanes: bool) -> bool:
+    from data_engine.autolabel import default_teacher
+
+    default_teacher(lanes)  # built once per worker (relabel_clip reuses it)
+    return lanes
+
+
+def _relabel_job(lanes: bool, snapshot: SnapshotBytes) -> Relabeled:
+    return relabel_snapshot(snapshot, lanes=lanes)
 
 
 def truth_of(snapshot: Any) -> list[Any]:

@@ -1,5 +1,8 @@
 """`python -m launch run ...` is `drivestack run ...`."""
 
-from launch.cli import app
+import sys
 
-app(prog_name="python -m launch")
+from launch.cli import app
+from launch.entry import normalize
+
+app(args=normalize(sys.argv[1:]), prog_name="python -m launch")

@@ -24,7 +24,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from launch.cli_common import Force, cli_errors, echo_json, fail
+from launch.cli_common import (
+    Force,
+    TaskCpus,
+    TaskGpus,
+    cli_errors,
+    echo_json,
+    fail,
+    fanout_of,
+    ray_option,
+)
 from launch.config import (
     DEFAULT_DATASET_LAUNCH,
     DEFAULT_RUN_LAUNCH,
@@ -64,8 +73,17 @@ def run(
     seed: Annotated[int | None, typer.Option(help="Override `seed`.")] = None,
     out: Annotated[Path | None, typer.Option(help="Override `out` (output folder).")] = None,
     force: Force = False,
+    rerun: Annotated[Path | None, typer.Option(
+        "--rerun", help="Also write a Rerun recording (.rrd, a new file) of each episode: "
+                        "this file for one episode, else <stem>_000.rrd, <stem>_001.rrd, "
+                        "... beside it. Open with `rerun FILE`. Needs the viz extra.",
+        show_default=False)] = None,
+    rerun_spawn: Annotated[bool, typer.Option(
+        "--rerun-spawn", help="Also start a Rerun viewer and stream the recordings to it "
+                              "live (needs --rerun).")] = False,
 ) -> None:
-    """Run simulation episodes with a driver; write metrics.csv/json and mp4s.
+    """Run simulation episodes with a driver; write metrics.csv/json and mp4s (and Rerun
+    recordings with --rerun).
 
     `out` must be new, empty or an earlier `drivestack run` output (whose files it
     replaces). metrics.json says `"complete": false` until every episode is done.
@@ -77,10 +95,17 @@ def run(
     console = Console(stderr=True)
     config = load_launch(launch_file, RunConfig,
                          overrides={"episodes": episodes, "seed": seed, "out": out})
+    if rerun_spawn and rerun is None:
+        raise ValueError("--rerun-spawn: give --rerun FILE.rrd too (the recording is "
+                         "written to a file as well)")
+    if rerun is not None:
+        from launch.runner import rerun_files
+
+        rerun_files(config, rerun)  # a bad path or a missing rerun-sdk fails before the run
     console.print(f"drivestack run: {config.episodes} x {config.env_id} "
                   f"(seed {config.seed}, driver {config.driver}) -> {config.out}",
                   markup=False, highlight=False, soft_wrap=True)
-    document = _run_with_progress(config, launch_file, console, force)
+    document = _run_with_progress(config, launch_file, console, force, rerun, rerun_spawn)
     console.print(summary_table(document))
     failed = _report_files_and_errors(document, config.out, console)
     echo_json(document)
@@ -101,9 +126,13 @@ def dataset(
     seed: Annotated[int | None, typer.Option(
         min=0, help="Override `seed` (offsets every episode seed).")] = None,
     workers: Annotated[int, typer.Option(
-        min=1, help="Processes rendering episodes; the dataset is the same for any number.")
+        min=1, help="Processes rendering episodes; the dataset is the same for any number "
+                    "(with --ray: the local cluster's CPUs).")
     ] = 1,
     force: Force = False,
+    ray: Annotated[str | None, ray_option("episodes")] = None,
+    task_cpus: TaskCpus = 1.0,
+    task_gpus: TaskGpus = 0.0,
 ) -> None:
     """Render a perception dataset: YOLO images/labels + data.yaml, COCO JSON, lane lines.
 
@@ -122,13 +151,14 @@ def dataset(
     cfg = load_launch(path, DatasetConfig, overrides={"out": out, "frames": frames,
                                                       "seed": seed})
     plan = DatasetPlan(**cfg.model_dump(exclude={"out", "camera"}), camera=cfg.camera.spec())
-    console.print(f"drivestack dataset: {cfg.frames} frames (seed {cfg.seed}) -> {cfg.out}",
-                  markup=False, highlight=False)
+    fanout = fanout_of(ray, workers, task_cpus, task_gpus)
+    console.print(f"drivestack dataset: {cfg.frames} frames (seed {cfg.seed}) -> {cfg.out}"
+                  + (f" in {fanout.describe()}" if ray else ""), markup=False, highlight=False)
     with Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("frames", total=cfg.frames)
         summary = generate(plan, cfg.out, on_frame=lambda n: progress.advance(task, n),
-                           workers=workers, force=force)
+                           force=force, fanout=fanout)
     for leftover in summary["cleaned"]:
         console.print(f"removed {leftover}, left by a killed `drivestack dataset`",
                       markup=False, highlight=False, soft_wrap=True)
@@ -494,7 +524,8 @@ _register_eval()
 
 
 def _run_with_progress(config: RunConfig, launch_file: Path, console: Console,
-                       force: bool = False) -> dict[str, Any]:
+                       force: bool = False, rerun: Path | None = None,
+                       rerun_spawn: bool = False) -> dict[str, Any]:
     """`run_job` under a rich progress bar counting steps over all episodes."""
     from launch.runner import run_job  # imageio and the driver load only when a job runs
 
@@ -514,7 +545,7 @@ def _run_with_progress(config: RunConfig, launch_file: Path, console: Console,
             progress.update(task, completed=done_steps + n)
 
         document = run_job(config, launch_file, force=force, on_episode_start=start,
-                           on_step=step)
+                           on_step=step, rerun=rerun, rerun_spawn=rerun_spawn)
         progress.update(task, completed=progress.tasks[0].total)
     return document
 
@@ -528,6 +559,10 @@ def _report_files_and_errors(document: dict[str, Any], out: Path, console: Conso
         if e["video"]:
             console.print(f"episode {e['episode']} video: {out / e['video']}",
                           markup=False, highlight=False, soft_wrap=True)
+        if e.get("rerun"):
+            console.print(f"episode {e['episode']} Rerun recording: {e['rerun']} (open: "
+                          f"rerun {e['rerun']})", markup=False, highlight=False,
+                          soft_wrap=True)
         if e["error"]:
             failed += 1
             console.print(f"episode {e['episode']} (seed {e['seed']}) failed: {e['error']}",

@@ -88,3 +88,38 @@ def echo_json(document: Any) -> None:
 Force = Annotated[bool, typer.Option(
     "--force", help="Write into a non-empty folder drivestack did not write, beside its "
                     "files (none of them is removed or overwritten).")]
+
+
+RAY_HELP = ("Run the {what} as Ray tasks: `--ray` alone starts a Ray cluster on this "
+            "machine, `--ray auto` joins the cluster this machine belongs to (`ray "
+            "start`), `--ray HOST:PORT` or `ray://HOST:PORT` another one. The output is "
+            "the same as without it. Needs `pip install -e \".[ray]\"` (docs/scale.md).")
+
+
+def ray_option(what: str) -> Any:
+    """The `--ray [ADDRESS]` option (`launch.entry` turns a bare `--ray` into `--ray
+    local`)."""
+    return typer.Option("--ray", metavar="[ADDRESS]", show_default=False,
+                        help=RAY_HELP.format(what=what))
+
+
+TaskCpus = Annotated[float, typer.Option(
+    "--task-cpus", min=0.0, max=1024.0,
+    help="CPUs each Ray task asks for (with --ray).")]
+TaskGpus = Annotated[float, typer.Option(
+    "--task-gpus", min=0.0, max=1024.0,
+    help="GPUs each Ray task asks for (with --ray; fractions share a GPU).")]
+
+
+def fanout_of(ray: str | None, workers: int = 1, task_cpus: float = 1.0,
+              task_gpus: float = 0.0) -> Any:
+    """The `sim.fanout.Fanout` of a command's options: Ray when `--ray` is given (a local
+    cluster gets `workers` CPUs, 0 or 1: all of them), else `workers` local processes."""
+    from sim.fanout import Fanout
+
+    if ray is None:
+        if task_cpus != 1.0 or task_gpus != 0.0:
+            raise ValueError("--task-cpus and --task-gpus need --ray")
+        return Fanout(workers=workers)
+    return Fanout(workers=0 if workers <= 1 else workers, ray=ray, num_cpus=task_cpus,
+                  num_gpus=task_gpus)

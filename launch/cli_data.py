@@ -15,7 +15,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from data_engine.recorder import RecorderConfig
-from launch.cli_common import Force, cli_errors, echo_json
+from launch.cli_common import (
+    Force,
+    TaskCpus,
+    TaskGpus,
+    cli_errors,
+    echo_json,
+    fanout_of,
+    ray_option,
+)
 from launch.config import PERCEPTION_DEVICES, CameraConfig, PerceptionDevice, _Strict, load_launch
 from launch.eval_suite import SetConfig
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
@@ -60,16 +68,24 @@ def mine_command(
     store: Annotated[Path | None, typer.Option(help="Override `store`.")] = None,
     episodes: Annotated[int | None, typer.Option(
         "--episodes", "-n", min=1, help="Mine only the first N episodes.")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, max=4096, help="Processes driving episodes (each builds its own stack; "
+                              "this process writes the snapshots); with --ray: the local "
+                              "cluster's CPUs.")] = 1,
+    ray: Annotated[str | None, ray_option("episodes")] = None,
+    task_cpus: TaskCpus = 1.0,
+    task_gpus: TaskGpus = 0.0,
 ) -> None:
     """Drive a scenario suite with perception on every frame; save a clip around every
     trigger firing into the snapshot store (SQLite index + one folder per snapshot).
+    With --workers or --ray the store gets the same snapshots (in episode order).
 
     Exit codes: 0 mined; 1 an episode raised (recorded; the others still ran); 2 a bad
     launch file, option or store.
     """
     console = Console(stderr=True)
     cfg = load_launch(launch_file, MineConfig, overrides={"store": store})
-    from data_engine.mine import mine, model_hashes
+    from data_engine.mine import MineSpec, mine, mine_fanout, model_hashes
     from data_engine.store import SnapshotStore
     from perception.detector import FAST_WEIGHTS
     from perception.lanes import DEFAULT_LANE_WEIGHTS
@@ -79,8 +95,9 @@ def mine_command(
     cases = [Case("mine", fam, c.time_of_day, c.weather, seed)
              for fam in cfg.scenarios.families for c in cfg.scenarios.conditions
              for seed in cfg.scenarios.seeds][:episodes]
+    fanout = fanout_of(ray, workers, task_cpus, task_gpus)
     snapshots = SnapshotStore(cfg.store, create=True)
-    perceiver, note = make_perceiver(cfg.device, cfg.camera.spec())
+    perceiver, note = make_perceiver(cfg.device, cfg.camera.spec())  # bad weights: here
     second = None
     if cfg.second_detector:
         from perception.perceiver import Perceiver
@@ -91,7 +108,8 @@ def mine_command(
                            "second_detector": FAST_WEIGHTS if second else None})
     if note:
         console.print(f"note: {note}", markup=False)
-    console.print(f"drivestack mine: {len(cases)} episodes with {cfg.driver} -> {cfg.store}",
+    console.print(f"drivestack mine: {len(cases)} episodes with {cfg.driver} -> {cfg.store}"
+                  + (f" in {fanout.describe()}" if fanout.parallel else ""),
                   markup=False, highlight=False, soft_wrap=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
@@ -102,10 +120,15 @@ def mine_command(
                             f"{ep.case['time_of_day']}/{ep.case['weather']} "
                             f"{len(ep.snapshots)} clip(s)")
 
-        summary = mine(snapshots, cases, driver=cfg.driver, perceiver=perceiver,
-                       second=second, policy=cfg.policy, recorder=cfg.recorder,
-                       max_steps=cfg.max_steps, camera=cfg.camera.spec(), models=models,
-                       on_episode=done)
+        if fanout.parallel:
+            spec = MineSpec(cfg.driver, cfg.device, cfg.camera.spec(), cfg.second_detector,
+                            cfg.policy, cfg.recorder, cfg.max_steps, models)
+            summary = mine_fanout(snapshots, cases, spec, fanout, on_episode=done)
+        else:
+            summary = mine(snapshots, cases, driver=cfg.driver, perceiver=perceiver,
+                           second=second, policy=cfg.policy, recorder=cfg.recorder,
+                           max_steps=cfg.max_steps, camera=cfg.camera.spec(),
+                           models=models, on_episode=done)
     doc = summary.as_dict()
     errors = [e for e in summary.episodes if e.error]
     for e in errors:
@@ -131,11 +154,20 @@ def replay_command(
     weights: Annotated[Path | None, typer.Option(
         help="Detector for the new predictions in --video (default: the current "
              "one).")] = None,
+    rerun: Annotated[Path | None, typer.Option(
+        "--rerun", help="Write a Rerun recording (.rrd, a new file) of the clip: stored "
+                        "frames, ground truth and predictions, the triggers as markers. "
+                        "Open with `rerun FILE`. Needs the viz extra.",
+        show_default=False)] = None,
+    rerun_spawn: Annotated[bool, typer.Option(
+        "--rerun-spawn", help="Also start a Rerun viewer and stream the recording to it "
+                              "(needs --rerun).")] = False,
 ) -> None:
     """Restore a snapshot's world and re-simulate its clip: every frame and its labels
     must match the stored ones byte for byte (checked by SHA-256). With --stack, drive
     from the clip's start with other stacks and say whether the failure happens again.
-    With --video, compare old and new predictions on the clip.
+    With --video, compare old and new predictions on the clip. With --rerun, record the
+    clip for the Rerun viewer (docs/rerun.md).
 
     Exit codes: 0 the replay matched; 1 it did not; 2 a bad id, store or snapshot.
     """
@@ -153,7 +185,13 @@ def replay_command(
         raise ValueError(f"--video: {video} must end in .mp4")
     if video is not None and video.exists():
         raise ValueError(f"--video: {video} exists; drivestack does not overwrite it")
-    check, frames = replay_clip(snap, keep_frames=video is not None)
+    recording = _snapshot_recording(snap, rerun, rerun_spawn)
+    try:
+        check, frames = replay_clip(snap, keep_frames=video is not None,
+                                    listeners=[recording] if recording else [])
+    finally:
+        if recording is not None:
+            recording.abort()  # an interrupted replay leaves no temporary file
     console.print(f"replay {snap.id}: {check.frames_equal}/{check.frames} frames and "
                   f"{check.truth_equal}/{check.truth_checked} labels byte-equal"
                   + ("" if check.stored_png_equal is None else
@@ -178,9 +216,25 @@ def replay_command(
     if video is not None:
         write_comparison(snap, frames, video, weights, device)
         doc["video"] = str(video)
+    if recording is not None and recording.written is not None:
+        doc["rerun"] = str(recording.written)
+        console.print(f"Rerun recording: {recording.written} (open: rerun "
+                      f"{recording.written})", markup=False, highlight=False, soft_wrap=True)
     echo_json(doc)
     if not check.ok:
         raise typer.Exit(code=1)
+
+
+def _snapshot_recording(snap: Any, rerun: Path | None, spawn: bool) -> Any:
+    """The Rerun recorder of `replay --rerun` (data_engine.rerun_replay), or None."""
+    if rerun is None:
+        if spawn:
+            raise ValueError("--rerun-spawn: give --rerun FILE.rrd too (the recording is "
+                             "written to a file as well)")
+        return None
+    from data_engine.rerun_replay import SnapshotRecording
+
+    return SnapshotRecording(snap, rerun, spawn=spawn, what="--rerun")
 
 
 def write_comparison(snap: Any, frames: list[Any], path: Path, weights: Path | None,
@@ -238,6 +292,12 @@ def relabel_command(
         help="After labeling, score the labels against the snapshots' ground truth "
              "(report only) beside the online perception.")] = True,
     force: Force = False,
+    workers: Annotated[int, typer.Option(
+        min=1, max=4096, help="Processes labeling clips (each builds its own teacher); "
+                              "with --ray: the local cluster's CPUs.")] = 1,
+    ray: Annotated[str | None, ray_option("clips")] = None,
+    task_cpus: TaskCpus = 1.0,
+    task_gpus: TaskGpus = 0.0,
 ) -> None:
     """Auto-label the frames of snapshots without reading their ground truth: an offboard
     teacher (TTA, a second detector, the box refiner), hindsight tracking over the
@@ -251,11 +311,13 @@ def relabel_command(
         online_tallies,
         quality_against_truth,
         quality_of,
+        relabel_fanout,
         relabel_snapshot,
     )
     from data_engine.store import SnapshotStore
 
     console = Console(stderr=True)
+    fanout = fanout_of(ray, workers, task_cpus, task_gpus)
     snapshots = SnapshotStore(store)
     ids = list(dict.fromkeys(snapshot_ids or snapshots.good_ids()))
     picked = [snapshots.get(i) for i in ids]  # a bad id or a corrupt snapshot: one error
@@ -266,8 +328,9 @@ def relabel_command(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("relabel", total=len(picked))
-        for snap in picked:
-            r = relabel_snapshot(snap)
+        labeled = (relabel_fanout(picked, fanout) if fanout.parallel
+                   else (relabel_snapshot(snap) for snap in picked))
+        for snap, r in zip(picked, labeled, strict=True):
             folder.own(f"{snap.id}.json"), folder.own(f"{snap.id}.npz")
             r.labels.save(folder.path / snap.id)
             folder.wrote()

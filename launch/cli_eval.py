@@ -19,7 +19,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from launch.cli_common import Force, cli_errors, echo_json
+from launch.cli_common import (
+    Force,
+    TaskCpus,
+    TaskGpus,
+    cli_errors,
+    echo_json,
+    fanout_of,
+    ray_option,
+)
 from launch.config import load_launch
 from launch.eval_suite import DEFAULT_EVAL_LAUNCH, EvalConfig, SuiteConfig
 from sim.outputs import OutputFolder
@@ -57,6 +65,12 @@ def eval_command(
     privileged_policy: Annotated[Path | None, typer.Option(
         help="Policy zip of the privileged RL planner (with any --planner).")] = None,
     force: Force = False,
+    workers: Annotated[int, typer.Option(
+        min=1, max=4096, help="Processes driving episodes (each builds its own planners); "
+                              "with --ray: the local cluster's CPUs.")] = 1,
+    ray: Annotated[str | None, ray_option("episodes")] = None,
+    task_cpus: TaskCpus = 1.0,
+    task_gpus: TaskGpus = 0.0,
 ) -> None:
     """Drive planners over a fixed scenario suite: success rate, route completion,
     collisions and off-road per 100 km, speed, jerk and a CARLA-style driving score,
@@ -85,13 +99,14 @@ def eval_command(
                              f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     from planning.eval_report import JOB, REPORT_FILES, write_report
 
+    fanout = fanout_of(ray, workers, task_cpus, task_gpus)
     folder = OutputFolder.claim(cfg.out, JOB, force=force, entries=REPORT_FILES)
     try:
         planners, notes = _prepare(cfg)
     except FileNotFoundError as exc:  # perception weights
         raise ValueError(f"perception: {exc}") from None
     folder.remove_stale()  # the previous evaluation's files
-    document = _run(cfg, planners, notes, console)
+    document = _run(cfg, planners, notes, console, fanout)
     from planning.evaluate import headline
 
     files = write_report(document, folder)
@@ -117,16 +132,19 @@ def _prepare(cfg: EvalConfig) -> tuple[dict[str, Any], list[str]]:
                             camera=cfg.camera.spec())
 
 
-def _run(cfg: EvalConfig, planners: dict[str, Any], notes: list[str], console: Console
-         ) -> dict[str, Any]:
-    """`evaluate` under a progress bar counting episodes over every planner."""
-    from planning.evaluate import evaluate
+def _run(cfg: EvalConfig, planners: dict[str, Any], notes: list[str], console: Console,
+         fanout: Any = None) -> dict[str, Any]:
+    """`evaluate` under a progress bar counting episodes over every planner; with a
+    parallel `fanout`, `evaluate_fanout` (workers build the planners themselves)."""
+    from planning.evaluate import PlannerSpec, evaluate, evaluate_fanout
 
     suite = cfg.suite.suite(cfg.decision_every)
     n = len(suite.cases(cfg.seed, cfg.episodes))
     console.print(f"drivestack eval: {', '.join(planners)} x {n} episodes "
                   f"(<= {suite.max_steps} steps, seeds +{cfg.seed}) -> {cfg.out}",
                   markup=False, highlight=False, soft_wrap=True)
+    if fanout is not None and fanout.parallel:
+        console.print(f"episodes run in {fanout.describe()}", markup=False, highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("episodes"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("eval", total=n * len(planners))
@@ -134,6 +152,11 @@ def _run(cfg: EvalConfig, planners: dict[str, Any], notes: list[str], console: C
         def done(result: Any) -> None:
             progress.update(task, advance=1, description=f"{result.planner} {result.family}")
 
+        if fanout is not None and fanout.parallel:
+            spec = PlannerSpec(tuple(planners), cfg.policy, cfg.privileged_policy,
+                               cfg.device, cfg.camera.spec())
+            return evaluate_fanout(spec, suite, fanout, seed_offset=cfg.seed,
+                                   limit=cfg.episodes, notes=notes, on_episode=done)
         return evaluate(planners, suite, camera=cfg.camera.spec(), seed_offset=cfg.seed,
                         limit=cfg.episodes, notes=notes, on_episode=done)
 

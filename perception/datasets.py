@@ -29,16 +29,11 @@ import glob
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import re
 import secrets
 import shutil
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Generator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -51,6 +46,7 @@ import sim
 from sim.autopilot import Autopilot
 from sim.config import pick_weighted
 from sim.env import DrivingEnv
+from sim.fanout import Fanout, ordered_map
 from sim.outputs import (
     MARKER,
     Job,
@@ -398,7 +394,7 @@ def clean_partials(out: Path | str) -> list[Path]:
 
 def generate(plan: DatasetPlan, out: Path | str,
              on_frame: Callable[[int], None] | None = None, workers: int = 1,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, fanout: Fanout | None = None) -> dict[str, Any]:
     """Render `plan.frames` frames into `out`; returns the summary.
 
     `out` must be missing, empty or a drivestack dataset (which is replaced); any other
@@ -409,16 +405,21 @@ def generate(plan: DatasetPlan, out: Path | str,
     With `workers` > 1, episodes render in that many processes (at most the machine's
     cores) and are written in episode order, so the dataset is byte-identical to a
     one-process run of the same plan. Workers end with their parent, even a killed one.
+    `fanout` (instead of `workers`): where episodes render, e.g. as Ray tasks
+    (`sim.fanout`); the dataset is the same byte for byte.
     """
     if workers < 1:
         raise ValueError(f"workers={workers}; must be >= 1")
-    workers = min(workers, _cores())  # more only start interpreters
+    if fanout is None:
+        fanout = Fanout(workers=workers)
+    if fanout.ray is None and fanout.workers > _cores():  # more only start interpreters
+        fanout = dataclasses.replace(fanout, workers=_cores())
     out = Path(os.path.abspath(Path(out).expanduser()))
     writer = _Writer(out, plan, force)  # checks `out` first
     try:
         cleaned = clean_partials(out)
         done = empty = 0
-        with contextlib.closing(_episodes(plan, workers)) as episodes:  # stops the workers
+        with contextlib.closing(_episodes(plan, fanout)) as episodes:  # stops the workers
             for records in episodes:
                 empty = 0 if records else empty + 1
                 if empty >= MAX_EMPTY_EPISODES:
@@ -448,30 +449,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _episodes(plan: DatasetPlan, workers: int) -> Generator[list[FrameRecord], None, None]:
+def _episodes(plan: DatasetPlan, fanout: Fanout) -> Generator[list[FrameRecord], None, None]:
     """The records of episodes k = 0, 1, 2, ... in order (endless; the caller stops)."""
-    if workers == 1:
-        renderer = _EpisodeRenderer(plan)
-        try:
-            for k in itertools.count():
-                yield renderer(k)
-        finally:
-            renderer.close()
-        return
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters register the sim ids
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(plan,)) as pool:
-        pending: deque[Future[list[FrameRecord]]] = deque()
-        k = 0
-        try:
-            while True:
-                while len(pending) < 2 * workers:
-                    pending.append(pool.submit(_render_in_worker, k))
-                    k += 1
-                yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
+    return ordered_map(_EpisodeRenderer, plan, _render, itertools.count(), fanout,
+                       close=_EpisodeRenderer.close)
+
+
+def _render(renderer: _EpisodeRenderer, k: int) -> list[FrameRecord]:
+    return renderer(k)
 
 
 class _EpisodeRenderer:
@@ -497,32 +482,6 @@ class _EpisodeRenderer:
     def close(self) -> None:
         for made in self.envs.values():
             made.close()
-
-
-_WORKER: dict[str, _EpisodeRenderer] = {}
-"""The renderer of a worker process (set by its initializer; empty in the parent)."""
-
-
-def _init_worker(plan: DatasetPlan) -> None:
-    end_with_parent()
-    _WORKER["renderer"] = _EpisodeRenderer(plan)
-
-
-def end_with_parent(period: float = 0.25) -> None:
-    """In a worker process: exit as soon as the parent is gone (a killed parent leaves its
-    pool's workers blocked on their queue otherwise). A daemon thread polls the parent id."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(period)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
-
-
-def _render_in_worker(k: int) -> list[FrameRecord]:
-    return _WORKER["renderer"](k)
 
 
 def _episode(env: DrivingEnv, plan: DatasetPlan, seed: int, family: str) -> list[FrameRecord]:

@@ -399,7 +399,7 @@ class ParallelBatchVecEnv(_OneBatch):
 
 def _batch_worker(remote: Any, parent_end: Any, kwargs: dict[str, Any]) -> None:
     """A `ParallelBatchVecEnv` worker: one `BatchPlannerVecEnv`, commands over a pipe."""
-    from perception.datasets import end_with_parent
+    from sim.fanout import end_with_parent
 
     parent_end.close()
     end_with_parent()

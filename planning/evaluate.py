@@ -38,6 +38,7 @@ from planning.shield import SafetyShield
 from planning.sources import PerceptionSource, PrivilegedSource, SceneSource
 from sim.config import family_config
 from sim.env import DrivingEnv
+from sim.fanout import Fanout, ordered_map
 from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK, CameraSpec
 
 PENALTIES: dict[str, float] = {"pedestrian": 0.50, "vehicle": 0.60, "static": 0.65,
@@ -363,6 +364,66 @@ def evaluate(planners: Mapping[str, tuple[Planner, SceneSource]], suite: Suite, 
         results += run_suite(planner, source, suite, name=name, camera=camera,
                              seed_offset=seed_offset, limit=limit, on_episode=on_episode)
     return report(results, suite, seed_offset, notes)
+
+
+@dataclass(frozen=True)
+class PlannerSpec:
+    """What a worker needs to build the planners of `prepare_planners` itself (planners
+    hold models and sessions that do not travel between processes)."""
+
+    kinds: tuple[str, ...]
+    policy: Path | None = None
+    privileged_policy: Path | None = None
+    device: str = "auto"
+    camera: CameraSpec | None = None
+
+
+def evaluate_fanout(spec: PlannerSpec, suite: Suite, fanout: Fanout, *,
+                    seed_offset: int = 0, limit: int | None = None,
+                    notes: list[str] | None = None,
+                    on_episode: Callable[[EpisodeResult], None] | None = None
+                    ) -> dict[str, Any]:
+    """`evaluate` with the episodes fanned out (`sim.fanout`: local processes or Ray
+    tasks), each worker building the planners of `spec` once. The episodes come back in
+    the serial order, each from its own seed with a reset planner: the same report as
+    `evaluate` (wall times aside)."""
+    sets = {s.name: s for s in suite.sets}
+    jobs = [(kind, case, sets[case.set], suite.max_steps, suite.decision_every)
+            for kind in dict.fromkeys(spec.kinds) for case in suite.cases(seed_offset, limit)]
+    results = []
+    for result in ordered_map(_EvalWorker, spec, _eval_job, jobs, fanout,
+                              close=_EvalWorker.close):
+        results.append(result)
+        if on_episode is not None:
+            on_episode(result)
+    return report(results, suite, seed_offset, notes)
+
+
+class _EvalWorker:
+    """A worker's planners (built from a `PlannerSpec`) and one env per observation kind."""
+
+    def __init__(self, spec: PlannerSpec) -> None:
+        self.spec = spec
+        self.planners, _ = prepare_planners(spec.kinds, policy=spec.policy,
+                                            privileged_policy=spec.privileged_policy,
+                                            device=spec.device, camera=spec.camera)
+        self.envs: dict[bool, DrivingEnv] = {}
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+
+
+def _eval_job(worker: _EvalWorker, job: tuple[str, Case, SuiteSet, int, int]) -> EpisodeResult:
+    kind, case, the_set, max_steps, decision_every = job
+    planner, source = worker.planners[kind]
+    if source.needs_camera not in worker.envs:
+        worker.envs[source.needs_camera] = make_env(source.needs_camera, worker.spec.camera)
+    env = worker.envs[source.needs_camera]
+    env.config = scenario_config(case, the_set)
+    steps = route_budget(env, case.seed) if the_set.route else max_steps
+    return run_episode(planner, source, env, case.seed, steps, decision_every, name=kind,
+                       case=case, route=the_set.route)
 
 
 HEADLINE = ("success_rate", "route_completion", "collisions_per_100km", "offroad_per_100km",
