@@ -1,7 +1,8 @@
 """Fan-out backends side by side in one run: this process, 2 local processes, and a Ray
-cluster on this machine with 1 and with 2 CPUs, on three jobs: rendering a dataset
-(`drivestack dataset`), evaluating a planner (`drivestack eval`) and mining with
-perception on every frame (`drivestack mine`). Each backend's output is compared with
+cluster on this machine with 1 and with 2 CPUs, on four jobs: rendering a dataset
+(`drivestack dataset`), evaluating a planner (`drivestack eval`), mining with
+perception on every frame (`drivestack mine`) and auto-labeling the mined clips
+(`drivestack relabel`). Each backend's output is compared with
 the serial one (it must be the same).
 
     PYTHONPATH=. python bench/ray_scale.py [--frames 240] [--episodes 8] [--mine 4]
@@ -71,11 +72,22 @@ def _mine(fanout: Fanout, episodes: int, out: Path) -> Any:
              for r in rows])
 
 
+def _relabel(fanout: Fanout, store_path: Path) -> Any:
+    from data_engine.relabel import relabel_fanout
+    from data_engine.store import SnapshotStore
+
+    store = SnapshotStore(store_path)
+    snaps = [store.get(r["id"]) for r in sorted(store.list(), key=lambda r: r["created"])]
+    return [[b.tobytes() for b in r.labels.boxes] for r in relabel_fanout(snaps, fanout)]
+
+
 def _run(job: str, fanout: Fanout, args: argparse.Namespace, out: Path) -> Any:
     if job == "dataset":
         return _dataset(fanout, args.frames, out)
     if job == "eval":
         return _eval(fanout, args.episodes)
+    if job == "relabel":  # the clips the serial run mined
+        return _relabel(fanout, out.parent / "mine-1")
     return _mine(fanout, args.mine, out)
 
 
@@ -103,7 +115,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
                 times[name]["ray_start"] = round(time.perf_counter() - t0, 2)
-            for job in ("dataset", "eval", "mine"):
+            for job in ("dataset", "eval", "mine", "relabel"):
                 t0 = time.perf_counter()
                 got = _run(job, fanout, args, Path(tmp) / f"{job}-{len(times)}")
                 times[name][job] = round(time.perf_counter() - t0, 2)

@@ -1,4 +1,5 @@
-"""A Ray cluster of two nodes on this machine (loopback only; `ray.cluster_utils.Cluster`):
+"""A Ray cluster of two nodes on this machine (`ray.cluster_utils.Cluster`, on the
+machine's own address; 127.0.0.1 as node address hung Ray 2.60 here):
 jobs spread over both nodes, a dataset comes out the same bytes as a serial run, and a
 worker killed mid-task is retried. Slow (two raylets start): `pytest -m slow`."""
 

@@ -57,8 +57,6 @@ def test_unreachable_cluster_is_one_error(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
-    import ray.cloudpickle
-
     import tests.sim.test_fanout as me
 
     ray.cloudpickle.register_pickle_by_value(me)  # workers need not import the tests
