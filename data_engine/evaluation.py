@@ -586,54 +586,33 @@ class _Driver:
         self.env.close()
 
 
-_WORKER: dict[str, _Driver] = {}
-
-
-def _init_driver(kind: str, spec: _PerceiverSpec | None, camera: CameraSpec | None) -> None:
-    from sim.fanout import end_with_parent
-
-    end_with_parent()
-    _WORKER["driver"] = _Driver(kind, spec, camera)
-
-
-def _drive_in_worker(i: int, case: Case, max_steps: int) -> tuple[int, LoopRow]:
-    return i, _WORKER["driver"](case, max_steps)
-
-
 def _drive(kind: str, spec: _PerceiverSpec | None, cases: Sequence[Case], max_steps: int,
            camera: CameraSpec | None, on_episode: Callable[[LoopRow], None] | None,
            workers: int = 1) -> list[LoopRow]:
     """Rows of `cases` in their order. With `workers` > 1, the cases are driven by as many
-    processes, each with its own planner, Perceiver and env: every episode starts from
-    its own seed with a reset planner, so the rows are those of one process
-    (`on_episode` then sees them as they finish)."""
+    processes (`sim.fanout`), each with its own planner, Perceiver and env and a share of
+    the cores for inference: every episode starts from its own seed with a reset planner,
+    so the rows are those of one process."""
     check_number("workers", workers, 1, 256, integer=True)
-    if workers == 1 or len(cases) < 2:
-        driver = _Driver(kind, spec, camera)
-        rows = []
-        try:
-            for case in cases:
-                rows.append(driver(case, max_steps))
-                if on_episode is not None:
-                    on_episode(rows[-1])
-        finally:
-            driver.close()
-        return rows
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from sim.fanout import Fanout, ordered_map
 
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters register the sim ids
-    out: list[LoopRow | None] = [None] * len(cases)
-    with ProcessPoolExecutor(min(workers, len(cases)), mp_context=ctx,
-                             initializer=_init_driver, initargs=(kind, spec, camera)) as pool:
-        futures = [pool.submit(_drive_in_worker, i, case, max_steps)
-                   for i, case in enumerate(cases)]
-        for fut in as_completed(futures):
-            i, row = fut.result()
-            out[i] = row
-            if on_episode is not None:
-                on_episode(row)
-    return [r for r in out if r is not None]
+    rows = []
+    for row in ordered_map(_make_driver, (kind, spec, camera), _drive_case,
+                           [(case, max_steps) for case in cases],
+                           Fanout(workers=max(1, min(workers, len(cases)))),
+                           close=_Driver.close):
+        rows.append(row)
+        if on_episode is not None:
+            on_episode(row)
+    return rows
+
+
+def _make_driver(arg: tuple[str, _PerceiverSpec | None, CameraSpec | None]) -> _Driver:
+    return _Driver(*arg)
+
+
+def _drive_case(driver: _Driver, job: tuple[Case, int]) -> LoopRow:
+    return driver(*job)
 
 
 def closed_loop_suite(weights: Path | str | None, cases: Sequence[Case], max_steps: int = 450,

@@ -378,12 +378,13 @@ class _Context:
 
     def stage_mine(self) -> dict[str, Any]:
         from data_engine.evaluation import assert_disjoint, heldout_seed_range
-        from data_engine.mine import mine, model_hashes
+        from data_engine.mine import MineSpec, mine, mine_fanout, model_hashes
         from data_engine.store import SnapshotStore
         from perception.detector import FAST_WEIGHTS
         from perception.perceiver import Perceiver
         from perception.registry import current_detector
         from planning.evaluate import Case
+        from sim.fanout import Fanout
 
         m = self.cfg.mine
         assert_disjoint(m.seeds, heldout_seed_range())
@@ -403,9 +404,15 @@ class _Context:
             done[0] += 1
             self.progress("mine", done[0], len(cases))
 
-        summary = mine(store, cases, driver=m.driver, perceiver=perceiver, second=second,
-                       recorder=m.recorder, max_steps=m.max_steps, models=models,
-                       on_episode=tick, control=(control, m.random_rate))
+        if self.cfg.workers > 1:  # the same snapshots; each worker a share of the cores
+            spec = MineSpec(m.driver, self.cfg.device, None, m.second_detector, None,
+                            m.recorder, m.max_steps, models, m.random_rate)
+            summary = mine_fanout(store, cases, spec, Fanout(workers=self.cfg.workers),
+                                  control_store=control, on_episode=tick)
+        else:
+            summary = mine(store, cases, driver=m.driver, perceiver=perceiver, second=second,
+                           recorder=m.recorder, max_steps=m.max_steps, models=models,
+                           on_episode=tick, control=(control, m.random_rate))
         doc = summary.as_dict()
         doc["random_ids"] = control.good_ids()
         doc["mined_ids"] = summary.snapshots
@@ -449,9 +456,11 @@ class _Context:
             online_tallies,
             quality_against_truth,
             quality_of,
+            relabel_fanout,
             relabel_snapshot,
         )
         from data_engine.store import SnapshotStore
+        from sim.fanout import Fanout
 
         mined = self.state.result("mine")
         labels = self.folder.own("labels")
@@ -461,15 +470,25 @@ class _Context:
         ours_all, online_all = [], []
         jobs = [("snapshots", i) for i in mined["mined_ids"] + mined.get(
             "variation_ids", [])] + [("random", i) for i in mined["random_ids"]]
-        for k, (where, sid) in enumerate(jobs):
-            store = SnapshotStore(self.out / where)
+        stores = {w: SnapshotStore(self.out / w) for w in ("snapshots", "random")}
+        found: dict[str, Any] = {}
+        for _where, sid in jobs:
             target = labels / sid
             # a resumed turn keeps labels only of the labeler it runs now
             lab = ClipLabels.load(target) if target.with_name(sid + ".json").is_file() \
                 else None
-            if lab is None or lab.labeler != labeler:
-                lab = relabel_snapshot(store.get(sid)).labels
-                lab.save(target)
+            if lab is not None and lab.labeler == labeler:
+                found[sid] = lab
+        todo = [stores[w].get(sid) for w, sid in jobs if sid not in found]
+        labeled = (relabel_fanout(todo, Fanout(workers=self.cfg.workers))
+                   if self.cfg.workers > 1 else (relabel_snapshot(s) for s in todo))
+        for k, (where, sid) in enumerate(jobs):
+            store = stores[where]
+            lab = found.get(sid)
+            if lab is None:
+                r = next(labeled)  # in the order of `todo`
+                lab = r.labels
+                lab.save(labels / sid)
             if where == "snapshots":
                 snap = store.get(sid)
                 ours = quality_against_truth(snap, lab)

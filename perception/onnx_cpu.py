@@ -34,6 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from perception.offline import cache_dir, openvino_offline
+from sim.fanout import CPU_THREADS_ENV
+
+
+def cpu_threads() -> int:
+    """Threads a session may use: `$DRIVESTACK_CPU_THREADS` (`sim.fanout.CPU_THREADS_ENV`,
+    set in workers that share the cores), 0 when unset (the runtime's default, every
+    core); a bad value is one clear error."""
+    raw = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > 1024:
+        raise ValueError(f"${CPU_THREADS_ENV}={raw!r}; must be an integer 0..1024")
+    return int(raw)
 
 
 def export_module(model: Any, example: Any, out: Path | str, input_name: str,
@@ -282,10 +295,12 @@ class OnnxRunner:
         # AVX512-BF16 units (boxes move by up to 2 px). No pinning: threads float like
         # ONNX Runtime's, so several processes with a Perceiver each do not crowd onto
         # the same cores.
-        compiled = core.compile_model(model, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
-            "ENABLE_CPU_PINNING": False})
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+                                  "ENABLE_CPU_PINNING": False}
+        if threads := cpu_threads():
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = core.compile_model(model, "CPU", config)
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._request = compiled.create_infer_request()
         self.input_shape, self.output_shape = (
@@ -298,6 +313,8 @@ class OnnxRunner:
 
         opts = ort.SessionOptions()
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads := cpu_threads():
+            opts.intra_op_num_threads = threads
         self._session = ort.InferenceSession(str(self.path), opts,
                                              providers=["CPUExecutionProvider"])
         inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]

@@ -104,24 +104,30 @@ def test_mining_and_relabeling_give_the_same_snapshots_and_labels(tmp_path: Path
     camera = CameraSpec()
     rec = RecorderConfig(pre_seconds=0.5, post_seconds=0.2, cooldown_seconds=1.0,
                          max_per_episode=2)
-    stores = {k: SnapshotStore(tmp_path / k, create=True)
-              for k in ("serial", "serial_random", "ray", "ray_random")}
+    backends = {"ray": RAY, "processes": Fanout(workers=2)}  # processes: 1 thread each
+    stores = {f"{k}{suffix}": SnapshotStore(tmp_path / f"{k}{suffix}", create=True)
+              for k in ("serial", *backends) for suffix in ("", "_random")}
     perceiver, _ = make_perceiver("cpu", camera)
     serial = mine(stores["serial"], _cases(), perceiver=perceiver, recorder=rec,
                   max_steps=45, camera=camera, control=(stores["serial_random"], 0.05))
     spec = MineSpec(driver="rule", device="cpu", camera=camera, recorder=rec, max_steps=45,
                     control_rate=0.05)
-    fanned = mine_fanout(stores["ray"], _cases(), spec, RAY,
-                         control_store=stores["ray_random"])
-    assert serial.as_dict()["fired_by_trigger"] == fanned.as_dict()["fired_by_trigger"]
-    assert [e.end for e in serial.episodes] == [e.end for e in fanned.episodes]
-    for a, b in (("serial", "ray"), ("serial_random", "ray_random")):
-        assert _snapshots(stores[a]) == _snapshots(stores[b]), (a, b)
+    for name, fanout in backends.items():
+        fanned = mine_fanout(stores[name], _cases(), spec, fanout,
+                             control_store=stores[f"{name}_random"])
+        assert serial.as_dict()["fired_by_trigger"] == fanned.as_dict()["fired_by_trigger"]
+        assert [e.end for e in serial.episodes] == [e.end for e in fanned.episodes]
+        for a, b in (("serial", name), ("serial_random", f"{name}_random")):
+            assert _snapshots(stores[a]) == _snapshots(stores[b]), (a, b)
     assert len(_snapshots(stores["serial_random"])) >= 2  # something to compare
 
     picked = [stores["ray_random"].get(r["id"]) for r in stores["ray_random"].list()][:2]
     one = [relabel_snapshot(s) for s in picked]
-    two = list(relabel_fanout(picked, RAY))
+    for fanout in backends.values():
+        _same_labels(one, list(relabel_fanout(picked, fanout)))
+
+
+def _same_labels(one: list[Any], two: list[Any]) -> None:
     assert [r.snapshot for r in one] == [r.snapshot for r in two]
     for a, b in zip(one, two, strict=True):
         assert a.labels.labeler == b.labels.labeler

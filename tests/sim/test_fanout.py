@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sim.fanout import Fanout, FanoutError, ordered_map
+from sim.fanout import CPU_THREADS_ENV, Fanout, FanoutError, ordered_map
 
 
 def _setup(arg: dict[str, Any]) -> dict[str, Any]:
@@ -24,6 +24,12 @@ def _setup(arg: dict[str, Any]) -> dict[str, Any]:
 def _square(state: dict[str, Any], item: int) -> tuple[int, int]:
     time.sleep(random.random() * 0.01)  # finish out of order
     return item, state["base"] + item * item
+
+
+def _threads(state: dict[str, Any], item: int) -> tuple[str | None, int]:
+    import torch
+
+    return os.environ.get(CPU_THREADS_ENV), torch.get_num_threads()
 
 
 def _fail_on_three(state: dict[str, Any], item: int) -> int:
@@ -63,6 +69,33 @@ def ray_local() -> Iterator[Any]:
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def test_workers_share_the_cores_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of 2 local workers gets cores // 2 inference threads (at least 1); `threads`
+    sets it; this process keeps its own."""
+    monkeypatch.delenv(CPU_THREADS_ENV, raising=False)
+    import sim.fanout as fanout
+
+    monkeypatch.setattr(fanout, "cores", lambda: 8)
+    assert Fanout(workers=2).worker_threads() == 4
+    assert Fanout(workers=16).worker_threads() == 1
+    assert Fanout(workers=2, threads=0).worker_threads() == 0
+    assert Fanout(ray="local", num_cpus=3).worker_threads() == 3
+    monkeypatch.undo()
+    got = list(ordered_map(_setup, {}, _threads, range(2), Fanout(workers=2, threads=1)))
+    assert got == [("1", 1), ("1", 1)]
+    assert os.environ.get(CPU_THREADS_ENV) is None
+
+
+def test_bad_thread_setting_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from perception.onnx_cpu import cpu_threads
+
+    monkeypatch.setenv(CPU_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="DRIVESTACK_CPU_THREADS"):
+        cpu_threads()
+    monkeypatch.setenv(CPU_THREADS_ENV, "2")
+    assert cpu_threads() == 2
 
 
 def test_serial_and_processes_agree() -> None:
@@ -117,6 +150,7 @@ def test_no_retries_means_the_death_is_reported(ray_local: Any, tmp_path: Path) 
     ({"ray": "local", "num_cpus": float("nan")}, "num_cpus"),
     ({"ray": "local", "num_cpus": 0}, "some resource"),
     ({"max_retries": -1}, "max_retries"),
+    ({"threads": -1}, "threads"),
 ])
 def test_bad_settings(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
