@@ -19,10 +19,9 @@ import them by name). The Ray backend needs the `ray` extra (`pip install -e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import os
-import pickle  # noqa: S403 (only to fingerprint a worker's setup argument, never loaded)
+import secrets
 import socket
 import sys
 import threading
@@ -279,19 +278,14 @@ def _remote_call() -> Any:
 
 def _call_in_ray(setup: Callable[[Any], Any], setup_arg: Any, key: str,
                  call: Callable[[Any, Any], Any], item: Any, threads: int) -> Any:
-    """One job in a Ray worker: the worker builds its state for `key` once and keeps it
-    for the next jobs of the same map (a worker serves one map at a time)."""
+    """One job in a Ray worker: the worker builds its state for `key` (one per map) once
+    and keeps it for the next jobs of the same map (a worker serves one map at a
+    time)."""
     if key not in _STATE:
         _STATE.clear()
         limit_threads(threads)
         _STATE[key] = setup(setup_arg)
     return call(_STATE[key], item)
-
-
-def _setup_key(setup: Callable[[Any], Any], setup_arg: Any) -> str:
-    blob = pickle.dumps((getattr(setup, "__module__", ""), getattr(setup, "__qualname__", ""),
-                         setup_arg))
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _ray(setup: Callable[[Any], S], setup_arg: Any, call: Callable[[S, T], R],
@@ -303,7 +297,7 @@ def _ray(setup: Callable[[Any], S], setup_arg: Any, call: Callable[[S, T], R],
     slots = _ray_slots(ray, fanout)
     arg_ref = ray.put(setup_arg)
     threads = fanout.worker_threads()
-    key = _setup_key(setup, setup_arg)
+    key = secrets.token_hex(8)  # this map's workers build their state once
     pending: deque[Any] = deque()
     source = iter(items)
     try:
