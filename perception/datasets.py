@@ -46,7 +46,7 @@ import sim
 from sim.autopilot import Autopilot
 from sim.config import pick_weighted
 from sim.env import DrivingEnv
-from sim.fanout import Fanout, ordered_map
+from sim.fanout import Fanout, cores, ordered_map
 from sim.outputs import (
     MARKER,
     Job,
@@ -412,8 +412,8 @@ def generate(plan: DatasetPlan, out: Path | str,
         raise ValueError(f"workers={workers}; must be >= 1")
     if fanout is None:
         fanout = Fanout(workers=workers)
-    if fanout.ray is None and fanout.workers > _cores():  # more only start interpreters
-        fanout = dataclasses.replace(fanout, workers=_cores())
+    if fanout.ray is None and fanout.workers > cores():  # more only start interpreters
+        fanout = dataclasses.replace(fanout, workers=cores())
     out = Path(os.path.abspath(Path(out).expanduser()))
     writer = _Writer(out, plan, force)  # checks `out` first
     try:
@@ -439,14 +439,6 @@ def generate(plan: DatasetPlan, out: Path | str,
         writer.abort()
         raise
     return {**summary, "cleaned": [str(p) for p in cleaned]}
-
-
-def _cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _episodes(plan: DatasetPlan, fanout: Fanout) -> Generator[list[FrameRecord], None, None]:
