@@ -76,3 +76,44 @@ def test_bad_nbs_or_freeze_names_the_field(field: str, value: float) -> None:
 
     with pytest.raises(ValueError, match=field):
         DetectorTraining(data=SHIPPED, out=Path("unused"), **{field: value})
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("share", ["", "1"])
+def test_training_runs_on_every_core_or_the_workers_share(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share: str) -> None:
+    """ultralytics sets torch's pool to cores - 1 threads for CPU training (1 of 2 cores);
+    train_detector gives it every core, or `$DRIVESTACK_CPU_THREADS` in a worker, and
+    leaves this process's pool as it found it, even when training fails."""
+    import torch
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from perception.detector import DetectorTraining, train_detector
+    from sim.fanout import CPU_THREADS_ENV, cores
+
+    seen: list[int] = []
+
+    def setup(self: object, *args: object) -> None:
+        seen.append(torch.get_num_threads())
+        raise _Stop
+
+    monkeypatch.setattr(BaseTrainer, "_setup_train", setup)
+    monkeypatch.setenv(CPU_THREADS_ENV, share)
+    data = tmp_path / "ds"
+    generate(DatasetPlan(frames=4, frames_per_episode=2, stride=2, warmup=4,
+                         camera=CameraSpec(width=96, height=64)), data)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if before > 1 else 2)
+    pool = torch.get_num_threads()
+    try:
+        with pytest.raises(_Stop):
+            train_detector(DetectorTraining(data=data / "data.yaml", out=tmp_path / "r",
+                                            epochs=1, imgsz=96, batch=2, workers=0,
+                                            device="cpu"))
+        assert torch.get_num_threads() == pool
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [int(share) if share else cores()]
