@@ -599,9 +599,11 @@ class _Context:
         # cores two 1-thread fine-tunes finished in the time of 1.25 2-thread ones); on a
         # GPU one at a time. Each writes only its own run folder; the marker that it is
         # done is written here, so a killed turn trains again what has none
+        # (not with `hours`: ultralytics counts the epochs from an epoch's time)
         on_cpu = resolve_device(self.cfg.device) == "cpu"
-        parallel = min(self.cfg.workers, len(todo)) if on_cpu else 1
+        parallel = min(self.cfg.workers, len(todo)) if on_cpu and not t.hours else 1
         fanout = Fanout(workers=max(1, parallel))
+        self.progress("train", len(runs) - len(todo), len(runs))
         for k, result in enumerate(ordered_map(_no_state, None, _fine_tune, todo, fanout)):
             atomic_write_text(Path(todo[k].out) / "drivestack_result.json",
                               json_text(result, indent=1))

@@ -245,26 +245,34 @@ def _no_pickled_label_caches() -> None:
     def refuse(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: drivestack never loads a pickled label cache")
 
+    def skip(prefix: str, path: Path, x: dict[str, Any], version: str) -> None:
+        x["version"] = version  # what ultralytics' own save adds; the file is never read,
+        # so never written (two fine-tunes at once would race on base/labels/*.cache)
+
     dataset.load_dataset_cache_file = refuse  # type: ignore[assignment]
     utils.load_dataset_cache_file = refuse  # type: ignore[assignment]
+    dataset.save_dataset_cache_file = skip  # type: ignore[assignment]
+    utils.save_dataset_cache_file = skip  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
-def _training_threads() -> Iterator[None]:
-    """Train on every core (or this worker's share, `$DRIVESTACK_CPU_THREADS`). ultralytics
-    sets torch's pool to cores - 1 threads for CPU training: one thread on 2 cores, where a
-    320-frame fine-tune took 66.8 s against 41.0 s on both (the same weights' metrics to
-    the last digit)."""
+def ultralytics_threads() -> Iterator[None]:
+    """Within: ultralytics gives torch every core (at most 8, its own cap) or this worker's
+    share (`$DRIVESTACK_CPU_THREADS`); afterwards torch's pool is as it was. ultralytics sets
+    the pool to min(8, cores - 1) threads whenever it picks the CPU (training, export):
+    one thread on 2 cores, where a 320-frame fine-tune took 66.8 s against 41.0 s on both
+    (the same metrics; bench/finetune_threads.py), and an export left the rest of the
+    process (the refiner) on one core."""
     import torch
     import ultralytics.utils.torch_utils as torch_utils
 
     old, pool = torch_utils.NUM_THREADS, torch.get_num_threads()
-    torch_utils.NUM_THREADS = cpu_threads() or cores()
+    torch_utils.NUM_THREADS = cpu_threads() or min(8, cores())
     try:
         yield
     finally:
         torch_utils.NUM_THREADS = old
-        torch.set_num_threads(pool)  # ultralytics leaves its own count behind
+        torch.set_num_threads(pool)
 
 
 def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
@@ -293,7 +301,7 @@ def train_detector(cfg: DetectorTraining) -> dict[str, Any]:
     if cfg.train_list is not None and not Path(cfg.train_list).is_file():
         raise FileNotFoundError(f"train list {cfg.train_list} not found")
     data = training_data_yaml(Path(cfg.data), Path(cfg.out), cfg.train_list)
-    with _training_threads():
+    with ultralytics_threads():
         model.train(
             data=str(data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch,
             seed=cfg.seed, deterministic=True, device=device, workers=cfg.workers,
@@ -354,8 +362,9 @@ def export_onnx(weights: Path, height: int, width: int) -> Path:
     if in_h % 32 or in_w % 32:
         raise ValueError(f"input {in_h}x{in_w} ({height}x{width} at the weights' training "
                          "size) must be multiples of 32")
-    out = model.export(format="onnx", imgsz=(in_h, in_w), simplify=True,
-                                    dynamic=False, half=False, device="cpu")
+    with ultralytics_threads():
+        out = model.export(format="onnx", imgsz=(in_h, in_w), simplify=True,
+                           dynamic=False, half=False, device="cpu")
     return Path(out)
 
 

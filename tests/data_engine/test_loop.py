@@ -113,6 +113,21 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     run_loop(other_cfg, redo_from="report")
     assert json.loads(state_file.read_text())["settings"]["evaluate"]["calibrate_on"] == "hard"
     run_loop(other_cfg)  # now the folder's own settings
+    # a turn killed during train, in 2 worker processes: the runs without a result are
+    # trained again (each with its own seed), a finished one is kept as it is
+    train = tmp_path / "loop" / "train"
+    kept_run = (train / "mined_auto" / "weights" / "best.pt").stat().st_mtime_ns
+    loop.State(OutputFolder.claim(cfg.out, loop.JOB, entries=loop.ENTRIES)).drop_from(
+        "train")
+    atomic_write_text(train / "mined_auto" / "drivestack_result.json", "{}")
+    run_loop(other_cfg.model_copy(update={"workers": 2}))
+    assert (train / "mined_auto" / "weights" / "best.pt").stat().st_mtime_ns == kept_run
+    for name in ("random_auto", "mined_auto_s1", "random_auto_s1"):
+        result = json.loads((train / name / "drivestack_result.json").read_text())
+        assert Path(result["weights"]) == train / name / "weights" / "best.pt"
+        assert result["metrics"] and Path(result["weights"]).is_file()
+        seed = 1 if name.endswith("_s1") else 0
+        assert f"seed: {seed}\n" in (train / name / "args.yaml").read_text()
     # redoing the labels removes the loop's own label files, and never a user's
     labels = tmp_path / "loop" / "labels"
     ours = sorted(labels.glob("*.npz"))
@@ -127,25 +142,6 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     loop.State(OutputFolder.claim(cfg.out, loop.JOB, entries=loop.ENTRIES)).drop_from(
         "relabel")
     assert not any(p.exists() for p in ours) and not any(labels.iterdir())
-
-    # a turn killed during train, in 2 worker processes: the runs without a result are
-    # trained again (each with its own seed), a finished one is kept as it is
-    run_loop(other_cfg)
-    train = tmp_path / "loop" / "train"
-    kept_run = (train / "mined_auto" / "weights" / "best.pt").stat().st_mtime_ns
-    loop.State(OutputFolder.claim(cfg.out, loop.JOB, entries=loop.ENTRIES)).drop_from(
-        "train")
-    from sim.outputs import atomic_write_text as write
-
-    write(train / "mined_auto" / "drivestack_result.json", "{}")
-    run_loop(other_cfg.model_copy(update={"workers": 2}))
-    assert (train / "mined_auto" / "weights" / "best.pt").stat().st_mtime_ns == kept_run
-    for name in ("random_auto", "mined_auto_s1", "random_auto_s1"):
-        result = json.loads((train / name / "drivestack_result.json").read_text())
-        assert Path(result["weights"]) == train / name / "weights" / "best.pt"
-        assert result["metrics"] and Path(result["weights"]).is_file()
-        seed = 1 if name.endswith("_s1") else 0
-        assert f"seed: {seed}\n" in (train / name / "args.yaml").read_text()
 
 
 def test_a_bad_loop_launch_file_names_the_key(tmp_path: Path) -> None:
