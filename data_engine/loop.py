@@ -33,6 +33,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from itertools import chain
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -596,15 +597,19 @@ class _Context:
                     close_mosaic=t.epochs, nbs=t.nbs, freeze=t.freeze,
                     train_list=self.out / "versions" / name / "train.txt"))
         # the fine-tunes run `workers` at a time, each on its share of the cores (on 2
-        # cores two 1-thread fine-tunes finished in the time of 1.25 2-thread ones); on a
-        # GPU one at a time. Each writes only its own run folder; the marker that it is
-        # done is written here, so a killed turn trains again what has none
+        # cores two 1-thread fine-tunes finished in the time of 1.25 2-thread ones), and
+        # those left over (5 runs in 2 workers: the last) here on every core; on a GPU
+        # one at a time. Each writes only its own run folder; the marker that it is done
+        # is written here, so a killed turn trains again what has none
         # (not with `hours`: ultralytics counts the epochs from an epoch's time)
         on_cpu = resolve_device(self.cfg.device) == "cpu"
         parallel = min(self.cfg.workers, len(todo)) if on_cpu and not t.hours else 1
-        fanout = Fanout(workers=max(1, parallel))
+        cut = len(todo) - len(todo) % parallel if parallel > 1 else 0
+        results = chain(ordered_map(_no_state, None, _fine_tune, todo[:cut],
+                                    Fanout(workers=parallel)) if cut else (),
+                        (_fine_tune(None, cfg) for cfg in todo[cut:]))
         self.progress("train", len(runs) - len(todo), len(runs))
-        for k, result in enumerate(ordered_map(_no_state, None, _fine_tune, todo, fanout)):
+        for k, result in enumerate(results):
             atomic_write_text(Path(todo[k].out) / "drivestack_result.json",
                               json_text(result, indent=1))
             self.progress("train", len(runs) - len(todo) + k + 1, len(runs))
