@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from relabel_speed import cpu_name  # bench/ is this script's folder
 
 from perception.datasets import DatasetPlan, generate
 from sim.fanout import CPU_THREADS_ENV, cores
@@ -88,7 +89,7 @@ def main() -> None:
               f"{', '.join(f'{m:.4f}' for m in metrics)}", flush=True)
         out["pair_s"], out["pair_maps"] = round(seconds, 1), [round(m, 4) for m in metrics]
     print(json_text({"frames": args.frames, "cores": n,
-                     "processor": platform.processor() or "?", **out}))
+                     "cpu": cpu_name(), **out}))
 
 
 if __name__ == "__main__":
