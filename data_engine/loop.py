@@ -597,7 +597,8 @@ class _Context:
                     close_mosaic=t.epochs, nbs=t.nbs, freeze=t.freeze,
                     train_list=self.out / "versions" / name / "train.txt"))
         # the fine-tunes run `workers` at a time, each on its share of the cores (on 2
-        # cores two 1-thread fine-tunes finished in the time of 1.25 2-thread ones), and
+        # cores two 1-thread fine-tunes took 49.3 s, one on both cores 29.5 s: 1.2x the
+        # throughput; bench/finetune_threads.py), and
         # those left over (5 runs in 2 workers: the last) here on every core; on a GPU
         # one at a time. Each writes only its own run folder; the marker that it is done
         # is written here, so a killed turn trains again what has none
