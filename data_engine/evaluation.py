@@ -665,9 +665,28 @@ class FailureCounts:
     errors: int = 0
     """Episodes (before and after) that raised."""
 
+    @property
+    def p_value(self) -> float:
+        """Exact two-sided McNemar test of the flips: how likely a split at least this
+        uneven between fixed and broken is when the detector change flips episodes either
+        way with equal chance (1.0: no evidence either way)."""
+        return mcnemar_p(len(self.fixed), len(self.broken))
+
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "n_fixed": len(self.fixed),
-                "n_broken": len(self.broken)}
+                "n_broken": len(self.broken), "p_value": self.p_value}
+
+
+def mcnemar_p(fixed: int, broken: int) -> float:
+    """Exact two-sided McNemar p-value of `fixed` against `broken` paired flips (the
+    binomial test of min(fixed, broken) of their sum at 1/2)."""
+    if fixed < 0 or broken < 0:
+        raise ValueError(f"flip counts must be >= 0, got {fixed} and {broken}")
+    n, k = fixed + broken, min(fixed, broken)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
 
 
 def paired_failures(before: Sequence[LoopRow], after: Sequence[LoopRow],

@@ -225,6 +225,13 @@ def _versus(ev: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _flips(p: dict[str, Any]) -> str:
+    if "p_value" not in p:  # a report of a turn before session 11
+        return ""
+    return (f" (exact McNemar test of the flips: p = {p['p_value']:.2f}; under 0.05 the "
+            "change is more than chance flips)")
+
+
 def _closed_loop(ev: dict[str, Any]) -> list[str]:
     cl = ev.get("closed_loop", {})
     if not cl:
@@ -233,8 +240,8 @@ def _closed_loop(ev: dict[str, Any]) -> list[str]:
     lines = ["## Closed-loop hard suite (rule planner on perception, paired by seed)", "",
              f"Failures (collision or off-road): {p.get('before')} with the current detector, "
              f"{p.get('after')} with the candidate; fixed {p.get('n_fixed')}, broken "
-             f"{p.get('n_broken')}; rule-privileged (exact scene) also fails on "
-             f"{len(p.get('not_fixable', []))} of them (not perception's to fix).", ""]
+             f"{p.get('n_broken')}{_flips(p)}; rule-privileged (exact scene) also fails "
+             f"on {len(p.get('not_fixable', []))} of them (not perception's to fix).", ""]
     rows = []
     for r in cl.get("rows", []):
         c = r["case"]

@@ -186,6 +186,19 @@ def test_paired_failures() -> None:
         ["highway day/clear:500001"])
     with pytest.raises(ValueError, match="same cases"):
         paired_failures(_rows([True, False]), _rows([True]))
+    assert c.p_value == 1.0 and c.as_dict()["p_value"] == 1.0  # one flip each way
+
+
+@pytest.mark.parametrize(("fixed", "broken", "p"), [
+    (0, 0, 1.0), (9, 8, 1.0), (10, 0, 2 / 1024), (0, 10, 2 / 1024),
+    (7, 1, 2 * 9 / 256),  # 2 * (C(8,0) + C(8,1)) / 2^8
+    (6, 0, 2 / 64)])
+def test_mcnemar_p(fixed: int, broken: int, p: float) -> None:
+    from data_engine.evaluation import mcnemar_p
+
+    assert mcnemar_p(fixed, broken) == pytest.approx(p)
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_p(-1, 3)
 
 
 def test_assert_disjoint_names_the_overlap() -> None:

@@ -89,7 +89,8 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     for part in ("## Mining", "## Auto-label quality", "random frames, auto labels",
                  "### Mining against random frames", "run-to-run spread", "seed 1",
                  "## Closed-loop hard suite", "## Promotion", "map_before_after.png",
-                 "Refiner score exponent", "score exp.", "current detector: hard sets only"):
+                 "Refiner score exponent", "score exp.", "current detector: hard sets only",
+                 "exact McNemar test of the flips: p = "):
         assert part in report
     assert (tmp_path / "loop" / "map_before_after.png").stat().st_size > 1000
     held = [json.loads(line)["episode_seed"] for f in (tmp_path / "loop" / "heldout").iterdir()
