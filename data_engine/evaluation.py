@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from data_engine.failure_cause import FailureCause, count_causes
 from perception.datasets import SPLITS, DatasetPlan, generate, read_coco
 from perception.metrics import (
     IOU_THRESHOLDS,
@@ -539,15 +540,18 @@ class LoopRow:
     driving_score: float
     route_completion: float
     error: str | None = None
+    cause: dict[str, Any] | None = None
+    """Why it failed (data_engine.failure_cause.Cause.as_dict), on camera runs; None
+    without camera frames."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _row(case: Case, r: EpisodeResult) -> LoopRow:
+def _row(case: Case, r: EpisodeResult, cause: dict[str, Any] | None = None) -> LoopRow:
     failed = r.collisions > 0 or r.off_road > 0 or r.end in ("collision", "off_road")
     return LoopRow(case, r.planner, failed, r.end, r.driving_score, r.route_completion,
-                   r.error)
+                   r.error, cause)
 
 
 @dataclass(frozen=True)
@@ -579,8 +583,10 @@ class _Driver:
 
     def __call__(self, case: Case, max_steps: int) -> LoopRow:
         self.env.config = case_config(case)
-        return _row(case, run_episode(self.planner, self.source, self.env, case.seed,
-                                      max_steps, name=self.kind, case=case))
+        why = FailureCause() if self.source.needs_camera else None
+        r = run_episode(self.planner, self.source, self.env, case.seed, max_steps,
+                        name=self.kind, case=case, listeners=[why] if why else ())
+        return _row(case, r, why.cause.as_dict() if why else None)
 
     def close(self) -> None:
         self.env.close()
@@ -664,6 +670,9 @@ class FailureCounts:
     """Cases where the rule planner fails on the exact scene too (not perception's)."""
     errors: int = 0
     """Episodes (before and after) that raised."""
+    causes_before: dict[str, int] = field(default_factory=dict)
+    """Failures by cause (data_engine.failure_cause) before; empty when not known."""
+    causes_after: dict[str, int] = field(default_factory=dict)
 
     @property
     def p_value(self) -> float:
@@ -706,7 +715,14 @@ def paired_failures(before: Sequence[LoopRow], after: Sequence[LoopRow],
         fixed=[_name(c) for c in cases if b[c].failed and not a[c].failed],
         broken=[_name(c) for c in cases if a[c].failed and not b[c].failed],
         not_fixable=[_name(c) for c in cases if c in p and p[c].failed],
-        errors=sum(r.error is not None for r in (*before, *after)))
+        errors=sum(r.error is not None for r in (*before, *after)),
+        causes_before=_causes(before), causes_after=_causes(after))
+
+
+def _causes(rows: Sequence[LoopRow]) -> dict[str, int]:
+    """Failures by cause; empty when no failed row knows its cause."""
+    known = [r.cause["cause"] for r in rows if r.failed and r.cause is not None]
+    return count_causes(known) if known else {}
 
 
 def _name(case: Case) -> str:

@@ -729,7 +729,8 @@ class _Context:
         priv = {r.case: r for r in privileged}
         rows = [{"case": _plain(b.case), "failed_before": b.failed, "failed_after": a.failed,
                  "privileged_failed": priv[b.case].failed, "end_before": b.end,
-                 "end_after": a.end} for b, a in zip(loop_before, loop_after, strict=True)]
+                 "end_after": a.end, "cause_before": b.cause, "cause_after": a.cause}
+                for b, a in zip(loop_before, loop_after, strict=True)]
         versus = {}
         if "mined_auto" in after_of and "random_auto" in after_of:
             versus["mined_vs_random"] = compare_reports(

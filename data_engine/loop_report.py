@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.outputs import OutputFolder, atomic_write_text
+from sim.types import CLASS_NAMES
 
 ARM_TITLES = {"mined_auto": "mined frames, auto labels (candidate)",
               "random_auto": "random frames, auto labels (control)",
@@ -242,14 +243,54 @@ def _closed_loop(ev: dict[str, Any]) -> list[str]:
              f"{p.get('after')} with the candidate; fixed {p.get('n_fixed')}, broken "
              f"{p.get('n_broken')}{_flips(p)}; rule-privileged (exact scene) also fails "
              f"on {len(p.get('not_fixable', []))} of them (not perception's to fix).", ""]
+    lines += _causes(p)
     rows = []
+    with_cause = any(r.get("cause_before") for r in cl.get("rows", []))
     for r in cl.get("rows", []):
         c = r["case"]
-        rows.append([f"{c['family']} {c['time_of_day']}/{c['weather']} {c['seed']}",
-                     r["failed_before"], r["failed_after"], r["privileged_failed"]])
-    lines += _table(["episode", "failed before", "failed after", "rule-privileged failed"],
-                    rows)
+        row = [f"{c['family']} {c['time_of_day']}/{c['weather']} {c['seed']}",
+               r["failed_before"], r["failed_after"], r["privileged_failed"]]
+        if with_cause:
+            row += [_cause(r.get("cause_before")), _cause(r.get("cause_after"))]
+        rows.append(row)
+    head = ["episode", "failed before", "failed after", "rule-privileged failed"]
+    lines += _table(head + (["why before", "why after"] if with_cause else []), rows)
     return lines
+
+
+_WHY = {
+    "out_of_view": "out of view: the actor hit was never in the frame from 4 s to 0.5 s "
+                   "before (a car beside or behind the ego in a lane change); no detector "
+                   "sees it",
+    "missed": "missed: in view, and the detector found it in under half of the frames of "
+              "its last second in view (the detector's to fix)",
+    "seen": "seen: in view and detected (the planner's to fix)",
+    "in_view": "in view, no perception frames to judge",
+    "off_road": "off road",
+    "unknown": "no ground truth to tell",
+}
+
+
+def _causes(p: dict[str, Any]) -> list[str]:
+    """The failures by cause (data_engine.failure_cause; ground truth, for the report)."""
+    before, after = p.get("causes_before") or {}, p.get("causes_after") or {}
+    if not before and not after:
+        return []
+    out = ["Why they failed (from the ground truth, data_engine/failure_cause.py; current "
+           "detector / candidate):", ""]
+    for k, text in _WHY.items():
+        if before.get(k) or after.get(k):
+            out.append(f"- {before.get(k, 0)} / {after.get(k, 0)} {text}")
+    return out + [""]
+
+
+def _cause(c: dict[str, Any] | None) -> str:
+    if not c or c.get("cause") in (None, "none"):
+        return ""
+    k = c.get("actor_class")
+    what = CLASS_NAMES[k] if isinstance(k, int) and 0 <= k < len(CLASS_NAMES) else ""
+    found = f" ({c['found']}/{c['judged']})" if c.get("judged") else ""
+    return f"{c['cause']} {what}{found}".strip()
 
 
 def _plot_maps(ev: dict[str, Any], folder: OutputFolder) -> str | None:
