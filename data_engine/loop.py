@@ -40,8 +40,11 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from data_engine.clip import PERCEPTION as PERCEPTION_FILE
+from data_engine.clip import TRUTH as TRUTH_FILE
 from data_engine.evaluation import SCORE_WEIGHTS, SEED_BLOCK
 from data_engine.recorder import RecorderConfig
+from data_engine.selection import ONLINE_CONF, disagreement, online_errors, select_top
 from perception.refine import MAX_IOU_WEIGHT
 from sim.config import StrictModel
 from sim.outputs import Job, OutputFolder, atomic_write_text, json_text
@@ -114,6 +117,11 @@ class TrainSettings(StrictModel):
     max_new_frames: int = Field(default=600, ge=1, le=1_000_000, description=(
         "new frames per arm: a seeded sample over every clip's frames, the same count for "
         "every arm"))
+    select: Literal["disagreement", "sample"] = Field(default="disagreement", description=(
+        "how the mined arms' frames are chosen from the mined clips: `disagreement`, the "
+        "frames where the auto-labels and the online detector disagree most "
+        "(data_engine/selection.py; no ground truth), or `sample`, a seeded sample; the "
+        "random control is always a seeded sample of the random clips"))
     arms: list[Literal["mined_auto", "random_auto", "mined_truth", "mined_online"]] = Field(
         default=["mined_auto", "random_auto", "mined_truth", "mined_online"], min_length=1)
     spread_seeds: list[int] = Field(default=[], max_length=10, description=(
@@ -330,7 +338,8 @@ SETTING_STAGES = {
     "evaluate.heldout_seed": "heldout", "evaluate.nominal_frames": "heldout",
     "evaluate.hard_frames": "heldout", "train.frame_stride": "versions",
     "train.max_new_frames": "versions", "train.arms": "versions",
-    "train.spread_seeds": "versions", "train.spread_arms": "versions", "train": "train",
+    "train.select": "versions", "train.spread_seeds": "versions",
+    "train.spread_arms": "versions", "train": "train",
     "evaluate.calibration_frames": "calibrate", "evaluate.calibration_seed": "calibrate",
     "evaluate.score_weights": "calibrate", "evaluate.calibrate_on": "calibrate",
     "evaluate": "evaluate", "gate": "promote", "promote": "promote"}
@@ -512,21 +521,79 @@ class _Context:
         mined = self.state.result("mine")
         t = self.cfg.train
         frames_of: dict[str, list[Any]] = {arm: self._frames(arm, mined) for arm in t.arms}
-        # the same count for every arm: a seeded sample over all clips' frames (never the
-        # first N, which would keep the first clips, i.e. the first scenarios, only)
+        # the same count for every arm
         n = min(t.max_new_frames, *(len(f) for f in frames_of.values()))
+        scores = self._frame_scores(frames_of, mined) if t.select == "disagreement" else None
+        errors = self._online_errors(mined)  # ground truth: for the report only
         out: dict[str, Any] = {}
         for name, arm, seed in t.runs(self.cfg.seed):
             frames = frames_of[arm]
-            rng = np.random.default_rng(seed)
-            keep = sorted(rng.choice(len(frames), size=n, replace=False).tolist())
+            if scores is not None and arm != "random_auto":
+                keep = select_top(scores, n, seed)
+                how = "disagreement"
+            else:  # a seeded sample over all clips' frames (never the first N, which
+                # would keep the first clips, i.e. the first scenarios, only)
+                rng = np.random.default_rng(seed)
+                keep = sorted(rng.choice(len(frames), size=n, replace=False).tolist())
+                how = "sample"
             chosen = [frames[i] for i in keep]
             (self.folder.own("versions")).mkdir(exist_ok=True)
             manifest = build_version(self.out / "versions" / name, self.out / "base", chosen,
                                      seed=seed, name=name, force=False)
+            err = [errors[f.key] for f in chosen if f.key in errors]
+            pool = [errors[f.key] for f in frames if f.key in errors]
             out[name] = {"arm": arm, "seed": seed, "frames": manifest["new_frames"],
                          "old_frames": manifest["old_frames"], "counts": manifest["counts"],
-                         "available": len(frames)}
+                         "available": len(frames), "selection": how,
+                         "online_errors": float(np.mean(err)) if err else None,
+                         "pool_online_errors": float(np.mean(pool)) if pool else None}
+            if how == "disagreement":
+                out[name]["disagreeing"] = int(np.count_nonzero(np.asarray(scores) > 0))
+        return out
+
+    def _frame_scores(self, frames_of: dict[str, list[Any]], mined: dict[str, Any]
+                      ) -> list[float] | None:
+        """Each mined frame's misses + ghosts of the online detector against its
+        auto-labels (data_engine.selection; no ground truth), in the order of every mined
+        arm's frames; None without a mined arm."""
+        arms = [a for a in frames_of if a != "random_auto"]
+        if not arms:
+            return None
+        auto = frames_of.get("mined_auto") or self._frames("mined_auto", mined)
+        for a in arms:
+            if [f.key for f in frames_of[a]] != [f.key for f in auto]:
+                raise RuntimeError(f"arm {a}: its frames are not the mined clips' frames")
+        online = self._boxes("snapshots", _mined_ids(mined), PERCEPTION_FILE)
+        return [float(sum(disagreement(f.boxes, online[f.key], f.ignore))) for f in auto]
+
+    def _online_errors(self, mined: dict[str, Any]) -> dict[str, int]:
+        """Misses + ghosts of the online detector against the ground truth for every
+        frame of the mined and random clips (for the report only)."""
+        out: dict[str, int] = {}
+        for where, ids in (("snapshots", _mined_ids(mined)), ("random", mined["random_ids"])):
+            online = self._boxes(where, ids, PERCEPTION_FILE)
+            truth = self._boxes(where, ids, TRUTH_FILE)
+            out.update({k: online_errors(truth[k], online[k]) for k in online if k in truth})
+        return out
+
+    def _boxes(self, where: str, ids: list[str], name: str) -> dict[str, np.ndarray]:
+        """Boxes of every frame of snapshots `ids` by frame key: the online detector's
+        (score >= ONLINE_CONF) or the ground truth's (as the ceiling arm takes them)."""
+        from data_engine.clip import boxes_per_frame, npz_arrays
+        from data_engine.relabel import snapshot_frames
+        from data_engine.store import SnapshotStore
+
+        store = SnapshotStore(self.out / where)
+        out: dict[str, np.ndarray] = {}
+        for sid in ids:
+            snap = store.get(sid)
+            n = len(snapshot_frames(snap))
+            for k, b in enumerate(boxes_per_frame(npz_arrays(snap.read(name), name), "", n,
+                                                  name)):
+                assert b is not None
+                keep = _truth_kept(b) if name == TRUTH_FILE else (
+                    b.scores is not None and b.scores >= ONLINE_CONF)
+                out[f"{sid}/{k:06d}"] = b.xyxy[keep]
         return out
 
     def _frames(self, arm: str, mined: dict[str, Any]) -> list[Any]:
@@ -538,7 +605,7 @@ class _Context:
         from data_engine.versions import NewFrame
 
         where, ids = (("random", mined["random_ids"]) if arm == "random_auto"
-                      else ("snapshots", mined["mined_ids"] + mined.get("variation_ids", [])))
+                      else ("snapshots", _mined_ids(mined)))
         store = SnapshotStore(self.out / where)
         t = self.cfg.train
         out: list[NewFrame] = []
@@ -556,11 +623,8 @@ class _Context:
                 per = []
                 for b in boxes_per_frame(npz_arrays(snap.read(name), name), "", n, name):
                     assert b is not None
-                    keep = np.ones(len(b), bool) if arm == "mined_truth" else (
-                        b.scores is not None and b.scores >= 0.25)
-                    if arm == "mined_truth" and b.visible is not None:
-                        wh = b.xyxy[:, 2:] - b.xyxy[:, :2]
-                        keep = (wh >= 4).all(1) & (b.visible >= 0.25)
+                    keep = _truth_kept(b) if arm == "mined_truth" else (
+                        b.scores is not None and b.scores >= ONLINE_CONF)
                     per.append((b.xyxy[keep], b.classes[keep], np.zeros((0, 4), np.float32)))
                 source = "ground_truth" if arm == "mined_truth" else "online"
                 labeler = "" if arm == "mined_truth" else "Perceiver(conf=0.25)"
@@ -782,6 +846,19 @@ class _Context:
 
         files = write_report(self.state.doc, self.cfg, self.folder)
         return {"files": files}
+
+
+def _mined_ids(mined: dict[str, Any]) -> list[str]:
+    """The mined clips: the triggers' and their variations'."""
+    return [*mined["mined_ids"], *mined.get("variation_ids", [])]
+
+
+def _truth_kept(b: Any) -> np.ndarray:
+    """The ground-truth boxes a label set keeps: at least 4 px a side, a quarter visible."""
+    if b.visible is None:
+        return np.ones(len(b.xyxy), bool)
+    wh = b.xyxy[:, 2:] - b.xyxy[:, :2]
+    return np.asarray((wh >= 4).all(1) & (b.visible >= 0.25))
 
 
 def _no_state(_: Any) -> None:
