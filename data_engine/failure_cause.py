@@ -102,11 +102,17 @@ def classify(frames: Sequence[FrameRecord], collision_step: int, dt: float,
               and f.detections is not None]
     if not recent:
         return Cause("in_view", actor_class, len(seen))
-    found = sum(bool(len(f.detections) and  # type: ignore[arg-type]
-                     _iou(f.box, np.asarray(f.detections)[:, :4]).max() >= MATCH_IOU)
-                for f in recent)
+    found = sum(_found(f) for f in recent)
     cause = "missed" if 2 * found < len(recent) else "seen"
     return Cause(cause, actor_class, len(seen), found, len(recent))
+
+
+def _found(f: FrameRecord) -> bool:
+    """The actor's box (in view) is covered by a detection of this frame."""
+    det = np.asarray(f.detections if f.detections is not None else np.zeros((0, 4)))
+    if f.box is None or not len(det):
+        return False
+    return bool(_iou(f.box, det.reshape(-1, 4)[:, :4]).max() >= MATCH_IOU)
 
 
 class FailureCause(Listener):
@@ -149,7 +155,10 @@ class FailureCause(Listener):
 
     @staticmethod
     def _class_of(step: Step, track_id: int) -> int | None:
-        a = step.env.world.state.actors
+        world = step.env.world
+        if world is None:
+            return None
+        a = world.state.actors
         k = np.flatnonzero(np.asarray(a.track_id) == track_id)
         return int(a.cls[k[0]]) if len(k) else None
 

@@ -53,6 +53,7 @@ def write_report(doc: dict[str, Any], cfg: Any, folder: OutputFolder) -> list[st
     files = ["report.md"]
     lines += _mining(st.get("mine", {}))
     lines += _labels(st.get("relabel", {}))
+    lines += _versions(st.get("versions", {}))
     ev = st.get("evaluate", {})
     if ev:
         lines += _maps(ev)
@@ -126,6 +127,26 @@ def _labels(r: dict[str, Any]) -> list[str]:
              v["online"]["overall"]["precision"], v["online"]["overall"]["recall"]]
             for c, v in r.get("by_condition", {}).items()]
     lines += _table(["condition", "auto P", "auto R", "online P", "online R"], rows)
+    return lines
+
+
+def _versions(v: dict[str, Any]) -> list[str]:
+    """How each run's new frames were chosen, and how many errors of the online detector
+    (against the ground truth, for this report only) a chosen frame holds."""
+    runs = {k: r for k, r in v.items() if isinstance(r, dict) and "selection" in r}
+    if not runs:
+        return []
+    lines = ["## Dataset versions", "",
+             "New frames of each run, how they were chosen (`disagreement`: the frames where "
+             "the auto-labels and the online detector disagree most, no ground truth read; "
+             "`sample`: a seeded sample), and the online detector's misses + ghosts a frame "
+             "against the ground truth (this report only), in the chosen frames and in the "
+             "pool they were chosen from.", ""]
+    rows = [[_title(k), r["selection"], r.get("frames"), r.get("available"),
+             r.get("disagreeing", "-"), r.get("online_errors"), r.get("pool_online_errors")]
+            for k, r in runs.items()]
+    lines += _table(["run", "selection", "new frames", "pool", "pool frames that disagree",
+                     "online errors a frame", "in the pool"], rows)
     return lines
 
 

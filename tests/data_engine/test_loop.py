@@ -78,6 +78,16 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     # every arm holds the same number of new frames, sampled over all its clips
     counts = {k: v["frames"] for k, v in st["versions"].items()}
     assert len(set(counts.values())) == 1 and set(counts) == runs
+    # the mined runs take the frames where the auto-labels and the online detector
+    # disagree most, the random control a seeded sample; the report says which and how
+    # many online errors (ground truth, report only) a chosen frame holds
+    v = st["versions"]
+    assert {k: r["selection"] for k, r in v.items()} == {
+        "mined_auto": "disagreement", "mined_auto_s1": "disagreement",
+        "random_auto": "sample", "random_auto_s1": "sample"}
+    assert 0 <= v["mined_auto"]["disagreeing"] <= v["mined_auto"]["available"]
+    assert all(r["online_errors"] is not None and r["pool_online_errors"] is not None
+               for r in v.values())
     spread = st["evaluate"]["spread"]
     assert set(spread["range_by_arm"]) == {"mined_auto", "random_auto"}
     assert spread["spread"] == max(spread["range_by_arm"].values()) >= 0
@@ -90,7 +100,8 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
                  "### Mining against random frames", "run-to-run spread", "seed 1",
                  "## Closed-loop hard suite", "## Promotion", "map_before_after.png",
                  "Refiner score exponent", "score exp.", "current detector: hard sets only",
-                 "exact McNemar test of the flips: p = "):
+                 "exact McNemar test of the flips: p = ", "## Dataset versions",
+                 "| disagreement |"):
         assert part in report
     assert (tmp_path / "loop" / "map_before_after.png").stat().st_size > 1000
     held = [json.loads(line)["episode_seed"] for f in (tmp_path / "loop" / "heldout").iterdir()
