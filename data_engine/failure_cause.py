@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from perception.metrics import box_iou
 from planning.rollout import Listener, Step
 
 WINDOW = 4.0
@@ -75,17 +76,6 @@ class Cause:
                 "judged": self.judged}
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return np.asarray(inter / np.maximum(area + areas - inter, 1e-9))
-
-
 def classify(frames: Sequence[FrameRecord], collision_step: int, dt: float,
              actor_class: int | None = None) -> Cause:
     """The cause of a collision at `collision_step` from the records of the steps before
@@ -112,7 +102,7 @@ def _found(f: FrameRecord) -> bool:
     det = np.asarray(f.detections if f.detections is not None else np.zeros((0, 4)))
     if f.box is None or not len(det):
         return False
-    return bool(_iou(f.box, det.reshape(-1, 4)[:, :4]).max() >= MATCH_IOU)
+    return bool(box_iou(f.box, det.reshape(-1, 4)[:, :4]).max() >= MATCH_IOU)
 
 
 class FailureCause(Listener):

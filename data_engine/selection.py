@@ -22,24 +22,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from perception.metrics import box_iou
+
 MATCH_IOU = 0.5
 """IoU at which an online box covers a label."""
 ONLINE_CONF = 0.25
 """The online detector's boxes counted (the score the planner acts on)."""
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9))
 
 
 def _centre_in(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -65,7 +53,7 @@ def disagreement(labels: np.ndarray, online: np.ndarray,
         return len(labels), 0
     if not len(labels):
         return 0, int((~_centre_in(online, ignore)).sum())
-    m = iou_matrix(labels, online)
+    m = box_iou(labels, online)
     misses = int((m.max(1) < MATCH_IOU).sum())
     ghosts = int(((m.max(0) < MATCH_IOU) & ~_centre_in(online, ignore)).sum())
     return misses, ghosts

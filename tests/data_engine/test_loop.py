@@ -88,6 +88,26 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
     assert 0 <= v["mined_auto"]["disagreeing"] <= v["mined_auto"]["available"]
     assert all(r["online_errors"] is not None and r["pool_online_errors"] is not None
                for r in v.values())
+    # ... and the choice reads no ground truth: with every truth file refused, the same
+    # scores come out
+    from data_engine.clip import TRUTH
+    from data_engine.store_format import Snapshot
+
+    ctx = loop._Context(cfg, OutputFolder.claim(cfg.out, loop.JOB, entries=loop.ENTRIES),
+                        loop.State(OutputFolder.claim(cfg.out, loop.JOB,
+                                                      entries=loop.ENTRIES)), print)
+    pool = {"mined_auto": ctx._frames("mined_auto", st["mine"])}
+    scores = ctx._frame_scores(pool, st["mine"])
+    assert scores is not None and len(scores) == len(pool["mined_auto"]) > 0
+    read = Snapshot.read
+
+    def no_truth(snap: Snapshot, name: str) -> bytes:
+        assert name != TRUTH, "the frame choice read the ground truth"
+        return read(snap, name)
+
+    with monkeypatch.context() as m:
+        m.setattr(Snapshot, "read", no_truth)
+        assert ctx._frame_scores(pool, st["mine"]) == scores
     spread = st["evaluate"]["spread"]
     assert set(spread["range_by_arm"]) == {"mined_auto", "random_auto"}
     assert spread["spread"] == max(spread["range_by_arm"].values()) >= 0

@@ -6,18 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_engine.selection import disagreement, iou_matrix, online_errors, select_top
+from data_engine.selection import disagreement, online_errors, select_top
 
 CAR = [10.0, 10.0, 50.0, 40.0]
 FAR = [200.0, 100.0, 210.0, 110.0]
-
-
-def test_iou_matrix() -> None:
-    m = iou_matrix(np.array([CAR]), np.array([CAR, FAR, [30.0, 10.0, 70.0, 40.0]]))
-    assert m.shape == (1, 3)
-    assert m[0, 0] == pytest.approx(1.0) and m[0, 1] == 0.0
-    assert m[0, 2] == pytest.approx(600 / 1800)  # half overlap: 20x30 of 40x30 + 40x30
-    assert iou_matrix(np.zeros((0, 4)), np.array([CAR])).shape == (0, 1)
 
 
 def test_disagreement_counts_misses_and_ghosts() -> None:
