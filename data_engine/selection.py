@@ -9,7 +9,7 @@ object with no online box over it (a miss, often one the labeler carried back in
 from later frames), or an online box over no label and no ignore region (a ghost). Their
 sum ranks the frames; the top ones are the mined version's frames ("disagreement"
 selection, the offboard-versus-onboard discrepancy that fleet data engines mine). On turn
-9's clips, the 940 top frames held 2.26 online errors a frame against 1.63 for all, and
+9's clips, the 940 top frames held 2.27 online errors a frame against 1.63 for all, and
 their fine-tune gained hard-set mAP50-95 +0.018 [+0.002, +0.029] against +0.012 for a
 seeded sample of the same clips (docs/data_engine.md).
 
