@@ -364,6 +364,7 @@ class _Context:
                  progress: Callable[[str, int, int], None]) -> None:
         self.cfg, self.folder, self.state, self.progress = cfg, folder, state, progress
         self.out = folder.path
+        self._box_cache: dict[tuple[str, tuple[str, ...], str], dict[str, np.ndarray]] = {}
 
     # -- data --------------------------------------------------------------------------
     def stage_base(self) -> dict[str, Any]:
@@ -578,7 +579,14 @@ class _Context:
 
     def _boxes(self, where: str, ids: list[str], name: str) -> dict[str, np.ndarray]:
         """Boxes of every frame of snapshots `ids` by frame key: the online detector's
-        (score >= ONLINE_CONF) or the ground truth's (as the ceiling arm takes them)."""
+        (score >= ONLINE_CONF) or the ground truth's (as the ceiling arm takes them); read
+        once per stage run."""
+        key = (where, tuple(ids), name)
+        if key not in self._box_cache:
+            self._box_cache[key] = self._read_boxes(where, ids, name)
+        return self._box_cache[key]
+
+    def _read_boxes(self, where: str, ids: list[str], name: str) -> dict[str, np.ndarray]:
         from data_engine.clip import boxes_per_frame, npz_arrays
         from data_engine.relabel import snapshot_frames
         from data_engine.store import SnapshotStore

@@ -107,6 +107,7 @@ def test_quick_loop_runs_every_stage_and_resumes(tmp_path: Path,
 
     with monkeypatch.context() as m:
         m.setattr(Snapshot, "read", no_truth)
+        ctx._box_cache.clear()  # read everything again
         assert ctx._frame_scores(pool, st["mine"]) == scores
     spread = st["evaluate"]["spread"]
     assert set(spread["range_by_arm"]) == {"mined_auto", "random_auto"}
