@@ -33,6 +33,7 @@ from planning.features import (
     MAX_GAP,
     N_OBJECTS,
     OBJECT_FEATURES,
+    control_features,
 )
 from planning.noise import FALSE_ALARM_SPREAD, PerceptionNoise, _bucket
 from planning.scene import MAX_RANGE, Scene
@@ -63,6 +64,10 @@ class BatchScene:
     """(B,) int64 real rows of each scene."""
     tracked: np.ndarray | None = None
     """(B, M) bool: the gap rate was measured; None: all measured (privileged)."""
+    target_speed: np.ndarray | None = None
+    """(B,) the meta controller's target speed [m/s]; None: not known (`speed` is taken)."""
+    lane_change: np.ndarray | None = None
+    """(B,) int: the lane change under way (+1 left, -1 right, 0); None: none."""
 
     def __len__(self) -> int:
         return len(self.speed)
@@ -82,7 +87,10 @@ class BatchScene:
                      right_lane=bool(self.right_lane[b]),
                      lane_width=float(self.lane_width[b]),
                      objects=self.objects[b, :k].copy(),
-                     tracked=None if self.tracked is None else self.tracked[b, :k].copy())
+                     tracked=None if self.tracked is None else self.tracked[b, :k].copy(),
+                     target_speed=(None if self.target_speed is None
+                                   else float(self.target_speed[b])),
+                     lane_change=0 if self.lane_change is None else int(self.lane_change[b]))
 
     def take(self, rows: np.ndarray | Sequence[int]) -> BatchScene:
         """The scenes of `rows`, as a new batch."""
@@ -90,7 +98,9 @@ class BatchScene:
         return BatchScene(self.speed[r], self.speed_limit[r], self.lane_offset[r],
                           self.heading_error[r], self.lane_seen[r], self.left_lane[r],
                           self.right_lane[r], self.lane_width[r], self.objects[r],
-                          self.count[r], None if self.tracked is None else self.tracked[r])
+                          self.count[r], None if self.tracked is None else self.tracked[r],
+                          None if self.target_speed is None else self.target_speed[r],
+                          None if self.lane_change is None else self.lane_change[r])
 
     @classmethod
     def from_scenes(cls, scenes: Sequence[Scene]) -> BatchScene:
@@ -107,12 +117,16 @@ class BatchScene:
         def col(name: str, dtype: type) -> np.ndarray:
             return np.array([getattr(s, name) for s in scenes], dtype)
 
+        known = all(s.target_speed is not None for s in scenes)
         return cls(col("speed", np.float64), col("speed_limit", np.float64),
                    col("lane_offset", np.float64), col("heading_error", np.float64),
                    col("lane_seen", bool), col("left_lane", bool), col("right_lane", bool),
                    col("lane_width", np.float64), objects,
                    np.array([len(s.objects) for s in scenes], np.int64),
-                   tracked if any_tracked else None)
+                   tracked if any_tracked else None,
+                   np.array([s.target_speed if s.target_speed is not None else s.speed
+                             for s in scenes], np.float64) if known else None,
+                   col("lane_change", np.int64))
 
 
 def _compact(rows: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +242,8 @@ def batch_corrupt(scene: BatchScene, noise: PerceptionNoise, rng: np.random.Gene
     return BatchScene(speed=scene.speed, speed_limit=scene.speed_limit, lane_offset=offset,
                       heading_error=heading, lane_seen=seen, left_lane=left_lane,
                       right_lane=right_lane, lane_width=width,
-                      objects=objects.astype(np.float32), count=count)
+                      objects=objects.astype(np.float32), count=count,
+                      target_speed=scene.target_speed, lane_change=scene.lane_change)
 
 
 def batch_gap_rates(prev: BatchScene | None, cur: BatchScene, dt: np.ndarray,
@@ -271,7 +286,7 @@ def batch_gap_rates(prev: BatchScene | None, cur: BatchScene, dt: np.ndarray,
 def _with_rates(cur: BatchScene, objs: np.ndarray, tracked: np.ndarray) -> BatchScene:
     return BatchScene(cur.speed, cur.speed_limit, cur.lane_offset, cur.heading_error,
                       cur.lane_seen, cur.left_lane, cur.right_lane, cur.lane_width, objs,
-                      cur.count, tracked)
+                      cur.count, tracked, cur.target_speed, cur.lane_change)
 
 
 def batch_features(scene: BatchScene) -> np.ndarray:
@@ -302,7 +317,13 @@ def batch_features(scene: BatchScene) -> np.ndarray:
     group = _GROUP_OF[np.clip(first[..., 3].astype(np.int64), 0, len(_GROUP_OF) - 1)]
     for g in range(3):
         objects[:, :k, 5 + g] = present & (group == g)
-    vec = np.concatenate([ego, gaps.reshape(n, -1), objects.reshape(n, -1)], axis=1) / _SCALES
+    target = scene.speed if scene.target_speed is None else scene.target_speed
+    change = np.zeros(n) if scene.lane_change is None else scene.lane_change
+    control = control_features(scene.speed.astype(np.float64),
+                               np.asarray(target, np.float64), gaps[:, 1, 0], gaps[:, 1, 1],
+                               np.asarray(change, np.float64))
+    vec = np.concatenate([ego, gaps.reshape(n, -1), objects.reshape(n, -1), control],
+                         axis=1) / _SCALES
     out = np.clip(vec, -CLIP, CLIP).astype(np.float32)
     assert out.shape == (n, FEATURE_DIM)
     return out

@@ -286,6 +286,7 @@ class BatchPlannerVecEnv(_OneBatch):
         bw = env.batch
         assert bw is not None
         scene = batch_scene_from_world(bw, env.camera_spec)
+        scene.target_speed, scene.lane_change = env.target_speeds, env.target_lane_changes
         if rows is not None:
             scene = scene.take(rows)
         if self.source == "privileged":

@@ -9,7 +9,15 @@ clipped to [-CLIP, CLIP]):
 - per lane (left, ego, right): gap to the nearest object ahead in it (MAX_GAP when none)
   and that object's gap rate (how fast the gap grows; negative when closing);
 - the N_OBJECTS nearest objects: present, gap, left of the ego lane centre, relative
-  lane, gap rate, and its class group (vehicle, vulnerable road user, static).
+  lane, gap rate, and its class group (vehicle, vulnerable road user, static);
+- the meta controller (`CONTROL_FEATURES`, appended last): its target speed (FASTER and
+  SLOWER move it by 2.5 m/s and the speed follows it with a lag, so without it a policy
+  cannot tell whether the car is about to speed up), the Gipps safe speed behind the
+  nearest object in the ego lane (`planning.rule_based.safe_speed`, its leader taken at
+  speed + gap rate), and the lane change under way (+1 left, -1 right, 0 none).
+
+Policies trained before the controller features (LEGACY_FEATURE_DIM inputs) read the
+first LEGACY_FEATURE_DIM features: the layout before them is unchanged.
 """
 
 from __future__ import annotations
@@ -28,12 +36,21 @@ EGO_FEATURES: tuple[str, ...] = ("speed", "speed_limit", "lane_offset", "heading
 LANES: tuple[str, ...] = ("left", "ego", "right")
 OBJECT_FEATURES: tuple[str, ...] = ("present", "gap", "left", "lane", "gap_rate", "vehicle",
                                     "vulnerable", "static")
-FEATURE_NAMES: tuple[str, ...] = (
+CONTROL_FEATURES: tuple[str, ...] = ("target_speed", "safe_speed", "lane_change")
+LEGACY_FEATURE_NAMES: tuple[str, ...] = (
     EGO_FEATURES
     + tuple(f"{lane}_{f}" for lane in LANES for f in ("gap", "gap_rate"))
     + tuple(f"obj{k}_{f}" for k in range(N_OBJECTS) for f in OBJECT_FEATURES))
+FEATURE_NAMES: tuple[str, ...] = LEGACY_FEATURE_NAMES + CONTROL_FEATURES
 FEATURE_DIM = len(FEATURE_NAMES)
+LEGACY_FEATURE_DIM = len(LEGACY_FEATURE_NAMES)
+"""Inputs of the policies trained before `CONTROL_FEATURES` (the first features)."""
+OBSERVATION_DIMS: tuple[int, ...] = (FEATURE_DIM, LEGACY_FEATURE_DIM)
+"""Observation sizes a policy may have: today's, or the legacy prefix."""
+SAFE_SPEED_CAP = 40.0
+"""Largest `safe_speed` feature [m/s] (an empty lane's Gipps speed is large)."""
 _SCALE_BY_KIND = {"speed": 30.0, "speed_limit": 30.0, "lane_offset": 2.0,
+                  "target_speed": 30.0, "safe_speed": 30.0,
                   "heading_error": 0.3, "gap": MAX_GAP, "gap_rate": 10.0, "left": 5.0,
                   "lane": 2.0}
 
@@ -67,6 +84,26 @@ def lane_gaps(scene: Scene) -> np.ndarray:
     return out
 
 
+def gipps_speed(gap: np.ndarray, leader_speed: np.ndarray) -> np.ndarray:
+    """`planning.rule_based.safe_speed` with the rule planner's default parameters, for
+    arrays, capped at SAFE_SPEED_CAP [m/s]."""
+    from planning.rule_based import RuleParams
+
+    p = RuleParams()
+    b, tau = p.decel, p.reaction
+    disc = (b * tau) ** 2 + np.maximum(leader_speed, 0.0) ** 2 + 2.0 * b * (gap - p.standstill)
+    v = np.maximum(0.0, -b * tau + np.sqrt(np.maximum(disc, 0.0)))
+    return np.minimum(v, SAFE_SPEED_CAP)
+
+
+def control_features(speed: np.ndarray, target_speed: np.ndarray, ego_gap: np.ndarray,
+                     ego_gap_rate: np.ndarray, lane_change: np.ndarray) -> np.ndarray:
+    """(..., 3) unscaled CONTROL_FEATURES from arrays of one shape (the ego lane's gap and
+    gap rate as `lane_gaps` gives them)."""
+    safe = gipps_speed(ego_gap, speed + ego_gap_rate)
+    return np.stack([target_speed, safe, np.sign(lane_change)], axis=-1)
+
+
 def features(scene: Scene) -> np.ndarray:
     """(FEATURE_DIM,) float32 observation of `scene`, named by FEATURE_NAMES."""
     ego = [scene.speed, scene.speed_limit, scene.lane_offset, scene.heading_error,
@@ -78,5 +115,9 @@ def features(scene: Scene) -> np.ndarray:
     objects[:k, 1:5] = obj[:, [0, 1, 2, 4]]
     groups = np.array([GROUPS.get(int(c), 0) for c in obj[:, 3]], np.int64)
     objects[np.arange(k), 5 + groups] = 1.0
-    vec = np.concatenate([ego, lane_gaps(scene).reshape(-1), objects.reshape(-1)]) / _SCALES
+    gaps = lane_gaps(scene)
+    target = scene.speed if scene.target_speed is None else scene.target_speed
+    control = control_features(np.float64(scene.speed), np.float64(target), gaps[1, 0],
+                               gaps[1, 1], np.float64(scene.lane_change))
+    vec = np.concatenate([ego, gaps.reshape(-1), objects.reshape(-1), control]) / _SCALES
     return np.clip(vec, -CLIP, CLIP).astype(np.float32)

@@ -35,6 +35,7 @@ from planning.scene import (
     front_from_camera,
     lane_of,
     scene_from_world,
+    with_controller,
     with_gap_rates,
 )
 from sim.env import DrivingEnv
@@ -421,7 +422,7 @@ class EmulatedSource:
         dt = 0.0 if self._prev_time is None else now - self._prev_time
         scene = with_gap_rates(self._prev, scene, dt)
         self._prev, self._prev_time = scene, now
-        return scene
+        return with_controller(scene, env)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,9 @@ A policy zip is never unpickled. SB3's own `PPO.load` runs cloudpickle on the zi
 Here only the zip's tensors are read (its `.pth` entries, with torch `weights_only`:
 tensors and plain data) and the plain JSON fields of `data` (the step count); the
 network's layer sizes come from the tensors' shapes, the observation and action sizes
-must be `FEATURE_DIM` and the meta actions, and the SB3 model is built fresh
-(`load_policy`; `load_parameters` for a training run's resume).
+must be one of `OBSERVATION_DIMS` (today's features, or the legacy prefix of a policy
+trained before the controller features) and the meta actions, and the SB3 model is built
+fresh (`load_policy`; `load_parameters` for a training run's resume).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from perception.onnx_cpu import brief, check_finite, check_tensor, quiet_load, refused_global
-from planning.features import CLIP, FEATURE_DIM, features
+from planning.features import CLIP, FEATURE_DIM, LEGACY_FEATURE_DIM, OBSERVATION_DIMS, features
 from planning.scene import Scene
 from sim.actions import META_ACTIONS
 from sim.outputs import not_a_file
@@ -52,7 +53,9 @@ class PolicyPlanner:
             self.shield.reset()
 
     def act(self, scene: Scene) -> int:
-        action, _ = self.model.predict(features(scene), deterministic=True)
+        space = getattr(self.model, "observation_space", None)
+        dim = FEATURE_DIM if space is None else int(space.shape[0])  # legacy: a prefix
+        action, _ = self.model.predict(features(scene)[:dim], deterministic=True)
         proposed = int(np.asarray(action).item())
         chosen = proposed if self.shield is None else self.shield.filter(scene, proposed)
         self.proposed, self.overridden = proposed, chosen != proposed
@@ -179,8 +182,8 @@ def _layers(state: dict[str, Any], prefix: str) -> list[tuple[int, int]]:
 
 def net_arch(state: dict[str, Any], path: Path) -> list[int] | dict[str, list[int]]:
     """SB3's `net_arch` of an actor-critic policy's state dict, from its layers' shapes;
-    `PolicyLoadError` unless they chain from `FEATURE_DIM` inputs to one layer each for
-    the meta actions and the value."""
+    `PolicyLoadError` unless they chain from one of `OBSERVATION_DIMS` inputs to one layer
+    each for the meta actions and the value."""
     arch: dict[str, list[int]] = {}
     for head, key, outputs in (("pi", "policy_net", len(META_ACTIONS)),
                                ("vf", "value_net", 1)):
@@ -190,12 +193,16 @@ def net_arch(state: dict[str, Any], path: Path) -> list[int] | dict[str, list[in
             raise PolicyLoadError(f"policy file {path} is not an SB3 actor-critic policy "
                                   f"for meta actions: no {head} output layer")
         chain = [*shapes, tuple(last.shape)]
-        ins = [FEATURE_DIM] + [o for o, _ in chain[:-1]]
+        first = chain[0][1] if len(chain[0]) == 2 else -1
+        ins = [first if first in OBSERVATION_DIMS else FEATURE_DIM] + [
+            o for o, _ in chain[:-1]]
         if any(len(s) != 2 or s[1] != i for s, i in zip(chain, ins, strict=True)) or (
                 chain[-1][0] != outputs):
             raise PolicyLoadError(
                 f"policy file {path} has {head} layers (out, in) {chain}; the planner gives "
-                f"({FEATURE_DIM},) feature vectors and {len(META_ACTIONS)} meta actions")
+                f"({FEATURE_DIM},) feature vectors (or the first {LEGACY_FEATURE_DIM}, for a "
+                f"policy trained before the controller features) and {len(META_ACTIONS)} "
+                "meta actions")
         arch[head] = [o for o, _ in shapes]
     return arch["pi"] if arch["pi"] == arch["vf"] else arch
 
@@ -239,7 +246,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> Any:
         raise PolicyLoadError(f"policy file {z.path}: its policy_kwargs ({shown}) are not "
                               f"{{'net_arch': {arch}}} as its weights are; drivestack builds "
                               "PPO MlpPolicy networks with SB3's defaults and net_arch only")
-    model = fresh_ppo(arch, dev)
+    model = fresh_ppo(arch, dev, observation_dim(state))
     check_state(z.path, "policy", model.policy.state_dict(), state)
     model.policy.load_state_dict(state)
     model.num_timesteps = z.timesteps
@@ -251,15 +258,33 @@ def _both(arch: Any) -> Any:
     return arch if isinstance(arch, dict) else {"pi": arch, "vf": arch}
 
 
-def fresh_ppo(arch: list[int] | dict[str, list[int]], device: str = "cpu") -> Any:
-    """An untrained SB3 PPO MlpPolicy for the planner's observation and meta actions,
-    without an env (for prediction)."""
+def observation_dim(state: dict[str, Any]) -> int:
+    """Inputs of a policy state dict that `net_arch` accepted."""
+    dim = _in_dim(state)
+    assert dim is not None
+    return dim
+
+
+def _in_dim(state: dict[str, Any]) -> int | None:
+    """Inputs of a policy state dict's first layer (None: not found)."""
+    for key in ("mlp_extractor.policy_net.0.weight", "action_net.weight"):
+        w = state.get(key)
+        if w is not None and len(getattr(w, "shape", ())) == 2:
+            return int(w.shape[1])
+    return None
+
+
+def fresh_ppo(arch: list[int] | dict[str, list[int]], device: str = "cpu",
+              obs_dim: int = FEATURE_DIM) -> Any:
+    """An untrained SB3 PPO MlpPolicy for the planner's observation (`obs_dim` features:
+    FEATURE_DIM, or LEGACY_FEATURE_DIM for an old policy) and meta actions, without an env
+    (for prediction)."""
     from gymnasium import spaces
     from stable_baselines3 import PPO
 
     model = PPO("MlpPolicy", None, policy_kwargs={"net_arch": arch}, device=device,  # type: ignore[arg-type]
                 _init_setup_model=False)
-    model.observation_space = spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,), dtype=np.float32)
+    model.observation_space = spaces.Box(-CLIP, CLIP, shape=(obs_dim,), dtype=np.float32)
     model.action_space = spaces.Discrete(len(META_ACTIONS))
     model.n_envs = 1
     model._setup_model()
@@ -275,6 +300,13 @@ def load_parameters(model: Any, path: str | Path) -> int:
     from stable_baselines3.common.utils import get_device
 
     z = read_policy_zip(path)
+    state = z.params.get("policy")
+    have = getattr(getattr(model, "observation_space", None), "shape", (FEATURE_DIM,))
+    if isinstance(state, dict) and _in_dim(state) == LEGACY_FEATURE_DIM != have[0]:
+        raise PolicyLoadError(f"policy file {z.path} takes the {LEGACY_FEATURE_DIM} features of "
+                              f"before the controller features; training continues only from a "
+                              f"policy with {FEATURE_DIM} inputs: train a new one (it can "
+                              "still be driven: drivestack eval --policy)")
     names, variable_names = model._get_torch_save_params()
     if set(names) != set(z.params):
         raise PolicyLoadError(f"policy file {z.path} holds state dicts {sorted(z.params)}; "

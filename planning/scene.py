@@ -19,6 +19,7 @@ its horizontal field of view and `MAX_RANGE`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,13 @@ class Scene:
     tracked: np.ndarray | None = None
     """(K,) bool: the object's gap rate was measured (it was seen in the previous scene
     too); None: all measured (the privileged scene)."""
+    target_speed: float | None = None
+    """The meta controller's target speed [m/s]: the set point FASTER and SLOWER move (the
+    car's own state, like odometry: known to every source; `DrivingEnv.target_speed`).
+    None: not known (the features then take `speed`)."""
+    lane_change: int = 0
+    """The lane the controller steers to, relative to the ego's lane (+1 left, -1 right,
+    0 none; `DrivingEnv.target_lane_change`)."""
 
 
 def lane_of(left: np.ndarray, lane_width: float) -> np.ndarray:
@@ -178,3 +186,9 @@ def with_gap_rates(prev: Scene | None, cur: Scene, dt: float, smoothing: float =
             objs[i, 4] = keep * prev_objs[j, 4] + (1 - keep) * raw
             tracked[i] = True
     return replace(cur, objects=objs, tracked=tracked)
+
+
+def with_controller(scene: Scene, env: Any) -> Scene:
+    """`scene` with the meta controller's state of `env` (a `DrivingEnv`): its target
+    speed and the lane change under way."""
+    return replace(scene, target_speed=env.target_speed, lane_change=env.target_lane_change)

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from planning.scene import Scene, scene_from_perception, scene_from_world, with_gap_rates
+from planning.scene import (
+    Scene,
+    scene_from_perception,
+    scene_from_world,
+    with_controller,
+    with_gap_rates,
+)
 from sim.env import DrivingEnv
 
 
@@ -39,7 +45,7 @@ class PrivilegedSource:
     def __call__(self, env: DrivingEnv) -> Scene:
         if env.world is None:
             raise RuntimeError("call env.reset() before reading a scene")
-        return scene_from_world(env.world, env.camera_spec)
+        return with_controller(scene_from_world(env.world, env.camera_spec), env)
 
 
 class PerceptionSource:
@@ -70,4 +76,4 @@ class PerceptionSource:
         dt = 0.0 if self._prev_time is None else now - self._prev_time
         scene = with_gap_rates(self._prev, scene, dt)
         self._prev, self._prev_time = scene, now
-        return scene
+        return with_controller(scene, env)

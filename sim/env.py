@@ -190,6 +190,25 @@ class DrivingEnv(gym.Env):
         assert self.frame is not None
         return birdseye(world, self.frame.image)
 
+    # -- the meta controller ---------------------------------------------------------------
+    @property
+    def target_speed(self) -> float | None:
+        """The meta-action controller's target speed [m/s] (the set point FASTER and SLOWER
+        move; the car's own state, as a cruise control's set speed); None before reset or
+        with continuous actions."""
+        c = self._controller
+        return None if c is None or self.action_type != "meta" else float(c.target_speed)
+
+    @property
+    def target_lane_change(self) -> int:
+        """The lane the meta-action controller steers to, relative to the lane the ego is
+        in (+1 left, -1 right, 0 none: no lane change under way); 0 before reset or with
+        continuous actions."""
+        c, w = self._controller, self.world
+        if c is None or w is None or self.action_type != "meta":
+            return 0
+        return int(c.target_lane) - int(w.road.lane_of(w.state.ego.d))
+
     # -- state -------------------------------------------------------------------------
     def get_state(self) -> WorldState:
         """A picklable snapshot of the episode (world + controller memory)."""

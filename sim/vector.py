@@ -51,7 +51,7 @@ from sim.render.batch import BatchCamera
 from sim.rewards import RewardWeights, term_arrays, total_reward
 from sim.types import CameraSpec
 from sim.world.batch import BatchWorld, WorldView
-from sim.world.world import World
+from sim.world.world import World, min_headway
 
 _EVENT_KEYS = ("collision", "off_road", "min_ttc", "hard_brake", "npc_collisions")
 
@@ -183,6 +183,20 @@ class BatchDrivingEnv(VectorEnv):
             self._autoreset = done
         return obs, rewards, terminated, truncated, infos
 
+    @property
+    def target_speeds(self) -> np.ndarray:
+        """(B,) each env's meta-action controller target speed [m/s] (a copy;
+        `DrivingEnv.target_speed`)."""
+        return np.asarray(self._target_speed, np.float64).copy()
+
+    @property
+    def target_lane_changes(self) -> np.ndarray:
+        """(B,) int64: the lane each env's controller steers to, relative to the ego's lane
+        (`DrivingEnv.target_lane_change`)."""
+        bw = self._require_batch()
+        lane = bw.roads.lane_of(bw.ego.d[:, None])[:, 0]
+        return (np.asarray(self._target_lane, np.int64) - lane.astype(np.int64))
+
     def restart_ended(self) -> np.ndarray:
         """Next-step autoreset mode: start the envs whose episode ended in the last `step`
         now, as that step would have (their worlds can be read first, e.g. for a last
@@ -244,7 +258,7 @@ class BatchDrivingEnv(VectorEnv):
             lane_width=roads.lane_width[:, 0], accel=ego.accel, prev_accel=prev_accel,
             dt=self.dt, limit=np.array([w.scenario.speed_limit for w in bw.worlds]),
             collision=events["collision"], off_road=events["off_road"],
-            min_ttc=events["min_ttc"])
+            min_ttc=events["min_ttc"], min_headway=min_headway(bw.actors, bw.ego))
 
     def _require_batch(self) -> BatchWorld:
         if self.batch is None:

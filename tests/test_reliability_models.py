@@ -346,11 +346,13 @@ def test_load_policy_never_unpickles(evil_zip: Path, marker: Path, tmp_path: Pat
 def test_shipped_policies_act_exactly_as_sb3_loads_them(path: Path) -> None:
     from stable_baselines3 import PPO
 
-    from planning.features import CLIP, FEATURE_DIM
+    from planning.features import CLIP, OBSERVATION_DIMS
     from planning.policy import load_policy
 
     ours, sb3 = load_policy(path), PPO.load(path, device="cpu")  # trusted: shipped
-    x = np.random.default_rng(0).uniform(-CLIP, CLIP, (512, FEATURE_DIM)).astype(np.float32)
+    dim = int(sb3.observation_space.shape[0])
+    assert dim in OBSERVATION_DIMS
+    x = np.random.default_rng(0).uniform(-CLIP, CLIP, (512, dim)).astype(np.float32)
     assert np.array_equal(ours.predict(x, deterministic=True)[0],
                           sb3.predict(x, deterministic=True)[0])
     with torch.no_grad():
@@ -384,7 +386,8 @@ def test_a_damaged_or_mismatched_policy_is_one_clear_error(tmp_path: Path) -> No
         s["log_std"] = torch.zeros(5)
 
     cases = {"nan.zip": (nan, r"policy.action_net.bias holds NaN"),
-             "narrow.zip": (narrow, r"pi layers \(out, in\) \[\(128, 10\).*\(61,\) feature"),
+             "narrow.zip": (narrow, r"pi layers \(out, in\) \[\(128, 10\).*\(64,\) feature "
+                                    r"vectors \(or the first 61"),
              "extra.zip": (extra, r"missing none, unexpected \['log_std'\]")}
     for name, (change, message) in cases.items():
         with pytest.raises(PolicyLoadError, match=f"policy file .*{name}.*{message}"):
@@ -402,9 +405,10 @@ def test_a_damaged_or_mismatched_policy_is_one_clear_error(tmp_path: Path) -> No
 def _tiny_run(out: Path, **kw: Any) -> Any:
     from planning.train import PlannerTraining
 
-    kw = {"total_timesteps": 32, "eval_every": 10_000, "checkpoint_every": 10_000, **kw}
+    kw = {"total_timesteps": 32, "eval_every": 10_000, "checkpoint_every": 10_000,
+          "net_arch": (8,), **kw}
     return PlannerTraining(out=out, families=("highway",), n_envs=1,
-                           n_steps=32, batch_size=32, net_arch=(8,),
+                           n_steps=32, batch_size=32,
                            eval_episodes=1, vec_env="dummy",
                            env_kwargs={"scenario": {"episode_seconds": 2}}, **kw)
 
@@ -420,11 +424,17 @@ def test_train_planner_resume_never_unpickles(evil_zip: Path, marker: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] is False and "PolicyLoadError" in summary["error"]
     assert summary["final"] is None and summary["best"] is None
-    # a checkpoint of another network: the launch file's net_arch is (8,), the zip's 128
-    with pytest.raises(PolicyLoadError, match=r"planner.zip: policy does not fit the model "
-                                              r"\(another algorithm or network\?\): missing "
-                                              r"none, unexpected \['mlp_extractor"):
+    # a policy of the legacy features (61 inputs) cannot be trained on
+    with pytest.raises(PolicyLoadError, match=r"planner.zip takes the 61 features of before "
+                                              r"the controller features"):
         train_planner(_tiny_run(out), resume=POLICY)
+    # a checkpoint of another network: the launch file's net_arch is (8,), this one's (4,)
+    other = tmp_path / "other"
+    train_planner(_tiny_run(other, net_arch=(4,)))
+    with pytest.raises(PolicyLoadError, match=r"final.zip: policy mlp_extractor.policy_net.0"
+                                              r".weight has shape \(4, 64\), the model "
+                                              r"\(8, 64\)"):
+        train_planner(_tiny_run(out), resume=other / "final.zip")
 
 
 def test_train_planner_names_only_files_it_wrote(tmp_path: Path) -> None:
@@ -538,6 +548,7 @@ def test_policy_weights_of_another_dtype_or_not_tensors_are_one_clear_error(
         tmp_path: Path) -> None:
     """QA: int64 weights loaded as a meaningless policy (`eval` exited 0), complex64 ones
     with a NaN loaded and failed later, a list or an int was an AttributeError."""
+    from planning.features import LEGACY_FEATURE_DIM
     from planning.policy import fresh_ppo, load_parameters, load_policy, net_arch, read_policy_zip
 
     def values(make: Any) -> Any:
@@ -560,7 +571,7 @@ def test_policy_weights_of_another_dtype_or_not_tensors_are_one_clear_error(
         with pytest.raises(PolicyLoadError, match=f"policy file .*{name}: {message}"):
             load_policy(path)
         with pytest.raises(PolicyLoadError, match=f"policy file .*{name}: {message}"):
-            load_parameters(fresh_ppo(arch), path)
+            load_parameters(fresh_ppo(arch, obs_dim=LEGACY_FEATURE_DIM), path)
     # the optimizer's moments: floating, as the parameters
     state = torch.load(io.BytesIO(zipfile.ZipFile(POLICY).read("policy.optimizer.pth")),
                        weights_only=True)
@@ -571,7 +582,7 @@ def test_policy_weights_of_another_dtype_or_not_tensors_are_one_clear_error(
     path = _zip_with(POLICY, tmp_path / "opt.zip", {"policy.optimizer.pth": buf.getvalue()})
     with pytest.raises(PolicyLoadError, match=r"opt.zip: policy.optimizer state exp_avg of "
                                               r"parameter \d+ holds torch.int32 values"):
-        load_parameters(fresh_ppo(arch), path)
+        load_parameters(fresh_ppo(arch, obs_dim=LEGACY_FEATURE_DIM), path)
 
 
 def test_lane_and_refiner_weights_of_another_dtype_are_one_clear_error(

@@ -416,6 +416,21 @@ def min_ttc(a: ActorTable, ego: Any) -> Any:
     return np.min(ttc, axis=-1, initial=np.inf)
 
 
+def min_headway(a: ActorTable, ego: Any) -> Any:
+    """Smallest time gap over active actors ahead in the ego's corridor (as `min_ttc`
+    finds them): gap / ego speed [s], the speed taken as at least 1 m/s (inf if none).
+    Arrays may carry a leading batch axis, with the ego's fields (B,)."""
+    def col(v: Any) -> Any:
+        return np.asarray(v)[..., None]
+
+    ds = a.s - col(ego.s)
+    lateral = np.abs(a.d - col(ego.d)) < 0.5 * (a.width + col(ego.width)) + 0.2
+    gap = ds - 0.5 * (a.length + col(ego.length))
+    mask = a.active & lateral & (ds > 0)
+    headway = np.maximum(gap, 0.0) / np.maximum(col(ego.speed), 1.0)
+    return np.min(np.where(mask, headway, np.inf), axis=-1, initial=np.inf)
+
+
 def recycle(st: WorldState, road: Road, sc: Scenario, ahead_limit: float) -> None:
     """Respawn moving actors that fell out of the window around the ego, in place
     (the actor table may be a view into a batch, see `sim.world.batch`)."""

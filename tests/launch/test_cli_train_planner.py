@@ -48,7 +48,7 @@ def test_tiny_run_writes_models_and_resumes(write_launch, tmp_path: Path) -> Non
     checkpoints = sorted((out / "checkpoints").glob("planner_*_steps.zip"))
     assert checkpoints and any((out / "tb").rglob("events.out.tfevents.*"))
     model = PPO.load(out / "final.zip", device="cpu")
-    assert model.observation_space.shape == (61,) and model.action_space.n == 5
+    assert model.observation_space.shape == (64,) and model.action_space.n == 5
     # resume from the first checkpoint (128 steps) up to 384: 256 more steps
     resumed = _train(write_launch, out, "--resume", str(checkpoints[0]), "--timesteps", "384")
     assert resumed["timesteps"] == 384 and resumed["trained_now"] == 256

@@ -174,3 +174,74 @@ def test_both_sources_agree_on_a_real_frame() -> None:
             assert len(twin) and np.min(np.abs(twin[:, 0] - gap)) < 0.1 * gap + 2.0
             checked += 1
     assert checked >= 3
+
+
+def test_controller_features_give_the_set_point_the_safe_speed_and_the_lane_change() -> None:
+    from planning.features import LEGACY_FEATURE_DIM, LEGACY_FEATURE_NAMES, SAFE_SPEED_CAP
+    from planning.rule_based import RuleParams, safe_speed
+
+    objects = [[30.0, 0.2, 0, CAR, -4.0], [12.0, 3.4, 1, PEDESTRIAN, 1.0]]
+    scene = _scene(objects, target_speed=27.5, lane_change=-1)
+    vec = features(scene)
+    v = dict(zip(FEATURE_NAMES, vec, strict=True))
+    assert v["target_speed"] == pytest.approx(27.5 / 30)
+    # Gipps behind the car 30 m ahead in the ego lane, which drives at 20 - 4 m/s
+    assert v["safe_speed"] * 30 == pytest.approx(safe_speed(30.0, 16.0, RuleParams()), abs=1e-4)
+    assert v["lane_change"] == -1.0
+    # the legacy layout is the prefix, unchanged by the controller's state
+    assert FEATURE_NAMES[:LEGACY_FEATURE_DIM] == LEGACY_FEATURE_NAMES
+    assert np.array_equal(vec[:LEGACY_FEATURE_DIM], features(_scene(objects))[:LEGACY_FEATURE_DIM])
+    # an unknown set point is the speed; an empty lane is capped; a stopped car close by: 0
+    v = dict(zip(FEATURE_NAMES, features(_scene([])), strict=True))
+    assert v["target_speed"] == pytest.approx(20 / 30) and v["lane_change"] == 0.0
+    assert v["safe_speed"] * 30 == pytest.approx(min(safe_speed(MAX_GAP, 20.0, RuleParams()),
+                                                      SAFE_SPEED_CAP), abs=1e-4)
+    v = dict(zip(FEATURE_NAMES, features(_scene([[4.0, 0.0, 0, CAR, -20.0]])), strict=True))
+    assert v["safe_speed"] == 0.0
+
+
+def test_the_env_reports_its_controller_set_point_and_lane_change() -> None:
+    from sim.actions import FASTER, IDLE, LANE_LEFT, SLOWER, SPEED_STEP
+    from sim.env import DrivingEnv
+
+    env = DrivingEnv(obs_type="state", action_type="meta")
+    assert env.target_speed is None and env.target_lane_change == 0
+    env.reset(seed=3, options={"scenario_seed": 3})
+    assert env.world is not None
+    start = env.target_speed
+    assert start == pytest.approx(env.world.state.ego.speed)
+    env.step(SLOWER)
+    env.step(SLOWER)
+    env.step(FASTER)
+    assert env.target_speed == pytest.approx(max(start - 2 * SPEED_STEP, 0) + SPEED_STEP)
+    lanes = env.world.road.n_lanes
+    here = int(env.world.road.lane_of(env.world.state.ego.d))
+    env.step(LANE_LEFT)
+    assert env.target_lane_change == (1 if here < lanes - 1 else 0)
+    for _ in range(120):  # the change ends: the ego is in the target lane
+        env.step(IDLE)
+    assert env.target_lane_change == 0
+    env.close()
+    cont = DrivingEnv(obs_type="state", action_type="continuous")
+    cont.reset(seed=3)
+    assert cont.target_speed is None and cont.target_lane_change == 0
+
+
+def test_a_legacy_policy_reads_the_first_features() -> None:
+    from gymnasium import spaces
+
+    from planning.features import LEGACY_FEATURE_DIM
+    from planning.policy import PolicyPlanner
+
+    seen = []
+
+    class Legacy:
+        observation_space = spaces.Box(-CLIP, CLIP, shape=(LEGACY_FEATURE_DIM,))
+
+        def predict(self, obs: np.ndarray, deterministic: bool = True) -> tuple[int, None]:
+            seen.append(obs)
+            return 2, None
+
+    scene = _scene([[30.0, 0.2, 0, CAR, -4.0]], target_speed=30.0, lane_change=1)
+    assert PolicyPlanner(Legacy()).act(scene) == 2
+    assert np.array_equal(seen[0], features(scene)[:LEGACY_FEATURE_DIM])
