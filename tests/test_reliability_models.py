@@ -424,10 +424,16 @@ def test_train_planner_resume_never_unpickles(evil_zip: Path, marker: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] is False and "PolicyLoadError" in summary["error"]
     assert summary["final"] is None and summary["best"] is None
-    # a policy of the legacy features (61 inputs) cannot be trained on
-    with pytest.raises(PolicyLoadError, match=r"planner.zip takes the 61 features of before "
+    # a policy of the legacy features (61 inputs) can be driven, not trained on
+    from planning.features import LEGACY_FEATURE_DIM
+    from planning.policy import fresh_ppo, load_policy
+
+    legacy = tmp_path / "legacy.zip"
+    fresh_ppo([8], obs_dim=LEGACY_FEATURE_DIM).save(legacy)
+    assert load_policy(legacy).observation_space.shape == (LEGACY_FEATURE_DIM,)
+    with pytest.raises(PolicyLoadError, match=r"legacy.zip takes the 61 features of before "
                                               r"the controller features"):
-        train_planner(_tiny_run(out), resume=POLICY)
+        train_planner(_tiny_run(out), resume=legacy)
     # a checkpoint of another network: the launch file's net_arch is (8,), this one's (4,)
     other = tmp_path / "other"
     train_planner(_tiny_run(other, net_arch=(4,)))
@@ -548,8 +554,14 @@ def test_policy_weights_of_another_dtype_or_not_tensors_are_one_clear_error(
         tmp_path: Path) -> None:
     """QA: int64 weights loaded as a meaningless policy (`eval` exited 0), complex64 ones
     with a NaN loaded and failed later, a list or an int was an AttributeError."""
-    from planning.features import LEGACY_FEATURE_DIM
-    from planning.policy import fresh_ppo, load_parameters, load_policy, net_arch, read_policy_zip
+    from planning.policy import (
+        fresh_ppo,
+        load_parameters,
+        load_policy,
+        net_arch,
+        observation_dim,
+        read_policy_zip,
+    )
 
     def values(make: Any) -> Any:
         def change(state: dict) -> None:
@@ -565,13 +577,14 @@ def test_policy_weights_of_another_dtype_or_not_tensors_are_one_clear_error(
         "list.zip": (values(lambda v: v.tolist()), r"policy\.\S+ is a list, not a tensor"),
         "int.zip": (values(lambda v: 3), r"policy\.\S+ is an int, not a tensor"),
     }
-    arch = net_arch(read_policy_zip(POLICY).params["policy"], POLICY)
+    state0 = read_policy_zip(POLICY).params["policy"]
+    arch, dim = net_arch(state0, POLICY), observation_dim(state0)
     for name, (change, message) in cases.items():
         path = _policy_with(tmp_path, name, change)
         with pytest.raises(PolicyLoadError, match=f"policy file .*{name}: {message}"):
             load_policy(path)
         with pytest.raises(PolicyLoadError, match=f"policy file .*{name}: {message}"):
-            load_parameters(fresh_ppo(arch, obs_dim=LEGACY_FEATURE_DIM), path)
+            load_parameters(fresh_ppo(arch, obs_dim=dim), path)
     # the optimizer's moments: floating, as the parameters
     state = torch.load(io.BytesIO(zipfile.ZipFile(POLICY).read("policy.optimizer.pth")),
                        weights_only=True)
@@ -582,7 +595,7 @@ def test_policy_weights_of_another_dtype_or_not_tensors_are_one_clear_error(
     path = _zip_with(POLICY, tmp_path / "opt.zip", {"policy.optimizer.pth": buf.getvalue()})
     with pytest.raises(PolicyLoadError, match=r"opt.zip: policy.optimizer state exp_avg of "
                                               r"parameter \d+ holds torch.int32 values"):
-        load_parameters(fresh_ppo(arch, obs_dim=LEGACY_FEATURE_DIM), path)
+        load_parameters(fresh_ppo(arch, obs_dim=dim), path)
 
 
 def test_lane_and_refiner_weights_of_another_dtype_are_one_clear_error(
