@@ -39,7 +39,7 @@ def _static_obstacles(vec: BatchPlannerVecEnv) -> list[tuple[int, int]]:
 def test_the_batch_recipes_put_a_closure_in_every_training_episode(name: str) -> None:
     """The recipes draw 1-2 cone closures and one stalled vehicle per episode in every
     family (the default ranges leave many episodes without one, and rural without
-    stalled vehicles): the policy meets a blocked lane every episode."""
+    stalled vehicles): every training episode holds blocked lanes."""
     job = planner_job(load_launch(LAUNCH / name, TrainPlannerConfig))
     scenario = job.env_kwargs["scenario"]
     vec = BatchPlannerVecEnv(9, families=job.families, source="privileged",
@@ -58,4 +58,4 @@ def test_the_batch_recipes_put_a_closure_in_every_training_episode(name: str) ->
     plain.seed(11)
     plain.reset()
     default = np.array(_static_obstacles(plain))
-    assert (default.sum(axis=1) == 0).any() or (default[:, 1] == 0).any(), default
+    assert (default[:, 0] == 0).any(), default  # the default ranges: some without cones
