@@ -121,4 +121,4 @@ def require_safe_load() -> None:
 
 def openvino_offline() -> None:
     """Before the first `import openvino`: no telemetry (see the module docstring)."""
-    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[assignment]
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[assignment, arg-type]

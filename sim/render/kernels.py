@@ -43,6 +43,15 @@ ONE = 1 << SHIFT
 HALF = ONE // 2
 MODE_IMAGE, MODE_IDS, MODE_BOTH = 1, 2, 3
 MAX_CROSS = 64
+DISPLAY_FIELDS = ("verts", "starts", "rows", "colors", "ids", "modes", "conds", "n")
+"""A display list, the drawing kernels' other output (`rec`): the polygons they would
+fill, in painter's order, for `sim.render.rowfill` to fill later (on the GPU, or on the
+CPU by the same rule): verts (V, 2) int32 fixed-point pixels; starts (P + 1,) int64 (the
+polygon p is verts[starts[p]:starts[p + 1]]); rows (P, 4) int64 (`_rows`: first row, end
+row, fixed-point y min and max); colors (P, 3) uint8; ids (P,) int16 id values; modes
+(P,) int8 (`MODE_*`); conds (P,) int16 (0, or the id value that every vertex's pixel must
+hold in the finished id buffer: the taillights); n (3,) int64 (polygons, vertices, 1 once
+a polygon did not fit)."""
 
 
 @numba.njit(cache=True)
@@ -187,6 +196,46 @@ def _fill_big(img: np.ndarray, ids: np.ndarray, et: np.ndarray, m: int, r0: int,
                 img[y, c0:c1, 2] = c_b
             if mode & 2:
                 ids[y, c0:c1] = id_value
+
+
+@numba.njit(cache=True)
+def _record(rec: tuple, verts: np.ndarray, lo: int, hi: int, color: np.ndarray,
+            id_value: int, mode: int, cond: int, h: int) -> None:
+    """Append polygon verts[lo:hi] to the display list `rec` instead of filling it (see
+    `DISPLAY_FIELDS`); polygons that `fill_one` would not touch (under 3 vertices, no row
+    of an image of height h) are left out. A full list sets its overflow flag."""
+    r_verts, r_starts, r_rows, r_colors, r_ids, r_modes, r_conds, r_n = rec
+    m = hi - lo
+    if m < 3:
+        return
+    r0, r1, vmin, vmax = _rows(verts, lo, hi, 0, h)
+    if r1 <= r0:
+        return
+    p, v = r_n[0], r_n[1]
+    if p >= r_ids.size or v + m > r_verts.shape[0]:
+        r_n[2] = 1
+        return
+    for k in range(m):
+        r_verts[v + k, 0] = verts[lo + k, 0]
+        r_verts[v + k, 1] = verts[lo + k, 1]
+    r_starts[p], r_starts[p + 1] = v, v + m
+    r_rows[p, 0], r_rows[p, 1], r_rows[p, 2], r_rows[p, 3] = r0, r1, vmin, vmax
+    r_colors[p, 0], r_colors[p, 1], r_colors[p, 2] = color[0], color[1], color[2]
+    r_ids[p] = id_value
+    r_modes[p] = mode
+    r_conds[p] = cond
+    r_n[0], r_n[1] = p + 1, v + m
+
+
+@numba.njit(cache=True)
+def _emit(img: np.ndarray, ids: np.ndarray, verts: np.ndarray, lo: int, hi: int,
+          color: np.ndarray, id_value: int, mode: int, xs: np.ndarray, et: np.ndarray,
+          rec: tuple | None) -> None:
+    """`fill_one` when `rec` is None, else the polygon goes to the display list `rec`."""
+    if rec is None:
+        fill_one(img, ids, verts, lo, hi, color, id_value, mode, xs, et)
+    else:
+        _record(rec, verts, lo, hi, color, id_value, mode, 0, ids.shape[0])
 
 
 @numba.njit(cache=True)
@@ -425,7 +474,7 @@ def clip_project(pc: np.ndarray, n: int, near: float, f: float, cx: float, cy: f
 @numba.njit(cache=True)
 def _fill_strip(img: np.ndarray, ids: np.ndarray, a: np.ndarray, b: np.ndarray,
                 color: np.ndarray, id_value: int, near: float, f: float, cx: float,
-                cy: float, xs: np.ndarray) -> None:
+                cy: float, xs: np.ndarray, rec: tuple | None) -> None:
     """Fill the polygon between two camera-frame polylines (S, 3): a, then b backwards,
     clipped at the near plane as one closed polygon."""
     n = a.shape[0] + b.shape[0]
@@ -436,20 +485,22 @@ def _fill_strip(img: np.ndarray, ids: np.ndarray, a: np.ndarray, b: np.ndarray,
     pc[a.shape[0]:] = b[::-1]
     verts = np.empty((2 * n, 2), np.int32)
     m = clip_project(pc, n, near, f, cx, cy, verts, 0, np.empty((2 * n, 3)))
-    fill_one(img, ids, verts, 0, m, color, id_value, MODE_BOTH, xs, np.empty((m, 4)))
+    _emit(img, ids, verts, 0, m, color, id_value, MODE_BOTH, xs, np.empty((m, 4)), rec)
 
 
 # -- the ground ------------------------------------------------------------------------
 @numba.njit(cache=True)
 def draw_ground(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, ego_s: float,
-                ego_yaw: float, road_offsets: np.ndarray, colors: np.ndarray) -> None:
+                ego_yaw: float, road_offsets: np.ndarray, colors: np.ndarray,
+                rec: tuple | None) -> None:
     """Shoulders, road, every boundary's paint (strips, double lines, dashes) and the
     guard rails, in that order.
 
     cam: (pos, R, f, cx, cy, near, far, ...). road: (s0, x, y, heading, s_max, paved half
     width, half width, boundary offsets, marking kinds, dash length, dash period, rail
     sides). `road_offsets`: arc lengths ahead of the ego sampled for the road edges.
-    `colors` (5, 3) uint8: shoulder, road, marking, yellow, rail."""
+    `colors` (5, 3) uint8: shoulder, road, marking, yellow, rail. `rec`: None fills
+    `img` and `ids`; a display list (`DISPLAY_FIELDS`) gets the polygons instead."""
     pos, R, f, cx, cy, near, far = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5], cam[6]
     (s0, rx, ry, rh, s_max, paved_half, half, boundary_d, kinds, dash_length, dash_period,
      rail_sides) = road
@@ -466,22 +517,23 @@ def draw_ground(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, ego_s
     # are written once (the shared edge pixels go to the road, drawn after them)
     right, left = _line(centre, -half, 0.0, pos, R), _line(centre, half, 0.0, pos, R)
     _fill_strip(img, ids, _line(centre, -paved_half, 0.0, pos, R), right, colors[0],
-                ID_SHOULDER, near, f, cx, cy, xs)
+                ID_SHOULDER, near, f, cx, cy, xs, rec)
     _fill_strip(img, ids, left, _line(centre, paved_half, 0.0, pos, R), colors[0],
-                ID_SHOULDER, near, f, cx, cy, xs)
-    _fill_strip(img, ids, right, left, colors[1], ID_ROAD, near, f, cx, cy, xs)
-    _draw_markings(img, ids, cam, road, ego_s, s, colors, xs)
+                ID_SHOULDER, near, f, cx, cy, xs, rec)
+    _fill_strip(img, ids, right, left, colors[1], ID_ROAD, near, f, cx, cy, xs, rec)
+    _draw_markings(img, ids, cam, road, ego_s, s, colors, xs, rec)
     rails = centre[s < ego_s + RAIL_RANGE]
     for side in rail_sides:
         d_rail = side * (paved_half + 0.6)
         lo = _line(rails, d_rail, 0.35, pos, R)
         hi = _line(rails, d_rail, 0.8, pos, R)
-        _fill_strip(img, ids, lo, hi, colors[4], ID_RAIL, near, f, cx, cy, xs)
+        _fill_strip(img, ids, lo, hi, colors[4], ID_RAIL, near, f, cx, cy, xs, rec)
 
 
 @numba.njit(cache=True)
 def _draw_markings(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, ego_s: float,
-                   s: np.ndarray, colors: np.ndarray, xs: np.ndarray) -> None:
+                   s: np.ndarray, colors: np.ndarray, xs: np.ndarray, rec: tuple | None
+                   ) -> None:
     """Every boundary's paint up to MARKING_RANGE: solid strips, double yellow pairs,
     dashes (quads at multiples of the dash period; both ways when the road sampling `s`
     reaches behind the ego)."""
@@ -510,7 +562,7 @@ def _draw_markings(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, eg
                     wx, wy, _ = _road_at(s0, rx, ry, rh, sq, dq)
                     quad[q, 0], quad[q, 1], quad[q, 2] = _to_cam(wx, wy, 0.0, pos, R)
                 m = clip_project(quad, 4, near, f, cx, cy, verts, 0, tmp)
-                fill_one(img, ids, verts, 0, m, colors[2], value, MODE_BOTH, xs, et)
+                _emit(img, ids, verts, 0, m, colors[2], value, MODE_BOTH, xs, et, rec)
             continue
         if kinds[j] == DOUBLE:
             sign = -1.0 if d < 0.0 else 1.0
@@ -522,13 +574,14 @@ def _draw_markings(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, eg
         for k in range(0, k_off.size, 2):
             a = _line(centre, k_off[k], 0.0, pos, R)
             b = _line(centre, k_off[k + 1], 0.0, pos, R)
-            _fill_strip(img, ids, a, b, color, value, near, f, cx, cy, xs)
+            _fill_strip(img, ids, a, b, color, value, near, f, cx, cy, xs, rec)
 
 
 # -- objects ---------------------------------------------------------------------------
 @numba.njit(cache=True)
 def _draw_shadows(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
-                  actors: tuple, color: np.ndarray, xs: np.ndarray) -> None:
+                  actors: tuple, color: np.ndarray, xs: np.ndarray, rec: tuple | None
+                  ) -> None:
     """Dark quads under the actors near the ego (`actors.box_corners`, widened)."""
     pos, R, f, cx, cy, near = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5]
     active, _, a_s, a_x, a_y, a_yaw, length, width, _, _ = actors
@@ -551,16 +604,19 @@ def _draw_shadows(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
             ok = ok and quad[k, 2] > near
         if ok:
             m = clip_project(quad, 4, near, f, cx, cy, qv, 0, tmp)
-            fill_one(img, ids, qv, 0, m, color, 0, MODE_IMAGE, xs, et)
+            _emit(img, ids, qv, 0, m, color, 0, MODE_IMAGE, xs, et, rec)
 
 
 @numba.njit(cache=True)
 def draw_taillights(img: np.ndarray, ids: np.ndarray, cam: tuple, rows: np.ndarray,
                     cls: np.ndarray, x: np.ndarray, y: np.ndarray, yaw: np.ndarray,
-                    length: np.ndarray, width: np.ndarray, height: np.ndarray) -> None:
+                    length: np.ndarray, width: np.ndarray, height: np.ndarray,
+                    rec: tuple | None) -> None:
     """Red lamps on the rear of the cars and trucks among `rows` seen from behind (dusk
     and night), drawn into the image only: the id buffer keeps the vehicle there. A lamp
-    is drawn where all four corners fall on the vehicle's own pixels."""
+    is drawn where all four corners fall on the vehicle's own pixels. With a display list
+    `rec` each lamp goes there with that condition (its `cond`: the vehicle's id value),
+    for the fill to check against the finished id buffer."""
     pos, R, f, cx, cy, near = cam[0], cam[1], cam[2], cam[3], cam[4], cam[5]
     h, w = ids.shape
     xs = np.empty(MAX_CROSS, np.float64)
@@ -587,6 +643,9 @@ def draw_taillights(img: np.ndarray, ids: np.ndarray, cam: tuple, rows: np.ndarr
             if not ok:
                 continue
             m = clip_project(quad, 4, near, f, cx, cy, qv, 0, tmp)
+            if rec is not None:
+                _record(rec, qv, 0, m, _LAMP_COLOR, 0, MODE_IMAGE, r + 1, h)
+                continue
             for k in range(m):
                 py = min(max(qv[k, 1] >> SHIFT, 0), h - 1)
                 px = min(max(qv[k, 0] >> SHIFT, 0), w - 1)
@@ -696,7 +755,8 @@ def _face_color(base: np.ndarray, gain: float, fog_a: float, fog_color: np.ndarr
 @numba.njit(cache=True)
 def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
                  cull_to_view: bool, actors: tuple, clutter: tuple, tables: tuple,
-                 look: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 look: tuple, rec: tuple | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Shadows under the actors, then every object in view far to near, each object's
     parts far to near, each part's faces that face the camera, shaded.
 
@@ -706,7 +766,8 @@ def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
     tables: (part prim, part bounds, part roles, shape start, shape count, role colours,
     faces, face is top, sun, PYRAMID, BODY).
     look: (ambient, diffuse, headlight, fog, fog colour, fog visibility, shadows,
-    shadow colour).
+    shadow colour). rec: None fills `img` and `ids`; a display list (`DISPLAY_FIELDS`)
+    gets the polygons instead (the labels' counts come from the geometry either way).
 
     Returns, per actor row, the pixels of its unoccluded silhouette in all and inside the
     image (for visible fraction and truncation; -1 where they equal its pixels in the id
@@ -721,7 +782,7 @@ def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
     ambient, diffuse, headlight, fog, fog_color, fog_visibility, shadow, shadow_color = look
     xs = np.empty(MAX_CROSS, np.float64)
     if shadow:
-        _draw_shadows(img, ids, cam, ego_s, actors, shadow_color, xs)
+        _draw_shadows(img, ids, cam, ego_s, actors, shadow_color, xs, rec)
     ref, depth = _in_view(cam, ego_s, cull_to_view, actors, clutter)
     n_parts = 0
     for r in ref:
@@ -784,7 +845,7 @@ def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
                 m = clip_project(face_pc, 4, near, f, cx, cy, verts, at, tmp)
                 if m < 3:
                     continue
-                fill_one(img, ids, verts, at, at + m, color, id_value, MODE_BOTH, xs, et)
+                _emit(img, ids, verts, at, at + m, color, id_value, MODE_BOTH, xs, et, rec)
                 owner[n_poly] = r if r >= 0 else -1
                 starts[n_poly + 1] = at + m
                 _grow_box(verts, at, at + m, boxes[o])

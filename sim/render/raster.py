@@ -12,7 +12,9 @@ exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from sim.render.kernels import (
     draw_objects,
     draw_taillights,
 )
+from sim.render.rowfill import DisplayList
 from sim.render.shapes import (
     BODY,
     FACE_IS_TOP,
@@ -46,6 +49,7 @@ from sim.world.scenario import CLUTTER_KINDS
 from sim.world.world import World
 
 ID_SKY, ID_GRASS = 0, -1
+_T = TypeVar("_T")
 ALL_SHAPES: tuple[str, ...] = SHAPE_NAMES + CLUTTER_KINDS
 _ROAD_OFFSETS = np.concatenate([np.arange(-8.0, 20.0, 2.0), np.arange(20.0, 60.0, 4.0),
                                 np.arange(60.0, 400.0, 10.0)])
@@ -119,6 +123,7 @@ class Renderer:
         self.cull_to_view = True
         self._key: object = None
         self._episode: _Episode | None = None
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
         above = (np.arange(spec.height)[:, None] + 0.5) < spec.horizon_y  # as the image
         self._ids_background = np.where(above, ID_SKY, ID_GRASS).astype(np.int16).repeat(
             spec.width, axis=1)
@@ -175,7 +180,8 @@ class Renderer:
         ids = self._ids_background.copy()
         cam_t = (cam.position, cam.R, cam.f, cam.cx, cam.cy, spec.near, spec.far, cam.tan_half,
                  cam.tan_half * spec.height / spec.width)
-        draw_ground(img, ids, cam_t, ep.road, ego.s, ego.yaw, _ROAD_OFFSETS, ep.ground_colors)
+        draw_ground(img, ids, cam_t, ep.road, ego.s, ego.yaw, _ROAD_OFFSETS, ep.ground_colors,
+                    None)
         cond.ground_pass(img)
         poses = world.actor_poses()
         actors = (a.active, a.shape, a.s, *poses, a.length, a.width, a.height, a.color)
@@ -183,12 +189,58 @@ class Renderer:
                 cond.fog_alpha is not None, FOG_COLOR, FOG_VISIBILITY,
                 cond.time_of_day != "night", ep.shadow_color)
         total, inside, drawn, boxes = draw_objects(img, ids, cam_t, ego.s, self.cull_to_view,
-                                                   actors, ep.clutter, _TABLES, look)
-        out = RenderOutput(img, ids, total, inside, boxes, poses)
+                                                   actors, ep.clutter, _TABLES, look, None)
+        result = RenderOutput(img, ids, total, inside, boxes, poses)
         if cond.time_of_day != "day" and drawn.size:
-            draw_taillights(img, ids, cam_t, drawn, a.cls, *poses, a.length, a.width, a.height)
+            draw_taillights(img, ids, cam_t, drawn, a.cls, *poses, a.length, a.width, a.height,
+                            None)
         cond.sensor_pass(img, world.state.step)
-        return out
+        return result
+
+    def record(self, world: World, ground: DisplayList, objects: DisplayList,
+               lights: DisplayList) -> RenderOutput:
+        """`render` without the fills and the per-pixel passes: the polygons go to the
+        display lists instead (appended: the ground, the shadows and objects, the
+        taillights), for `sim.render.rowfill` to fill with the passes between them as
+        `render` does (`sim.render.device`). The output's image and ids are None; its
+        silhouette counts and boxes are `render`'s."""
+        ep = self._prepare(world)
+        cond, spec, cam = ep.conditions, self.spec, self.camera
+        ego, a = world.state.ego, world.state.actors
+        if a.active.size >= np.iinfo(np.int16).max:
+            raise ValueError(f"{a.active.size} actor rows: the int16 id buffer holds at most "
+                             f"{np.iinfo(np.int16).max - 1}")
+        cam.set_pose(ego)
+        if self._scratch is None:  # never written while recording; gives the kernels h, w
+            self._scratch = (np.zeros((spec.height, spec.width, 3), np.uint8),
+                             np.zeros((spec.height, spec.width), np.int16))
+        img, ids = self._scratch
+        cam_t = (cam.position, cam.R, cam.f, cam.cx, cam.cy, spec.near, spec.far, cam.tan_half,
+                 cam.tan_half * spec.height / spec.width)
+        _recorded(ground, lambda rec: draw_ground(img, ids, cam_t, ep.road, ego.s, ego.yaw,
+                                                  _ROAD_OFFSETS, ep.ground_colors, rec))
+        poses = world.actor_poses()
+        actors = (a.active, a.shape, a.s, *poses, a.length, a.width, a.height, a.color)
+        look = (cond.palette.ambient, cond.palette.diffuse, cond.headlight is not None,
+                cond.fog_alpha is not None, FOG_COLOR, FOG_VISIBILITY,
+                cond.time_of_day != "night", ep.shadow_color)
+        total, inside, drawn, boxes = _recorded(
+            objects, lambda rec: draw_objects(img, ids, cam_t, ego.s, self.cull_to_view,
+                                              actors, ep.clutter, _TABLES, look, rec))
+        if cond.time_of_day != "day" and drawn.size:
+            _recorded(lights, lambda rec: draw_taillights(
+                img, ids, cam_t, drawn, a.cls, *poses, a.length, a.width, a.height, rec))
+        return RenderOutput(None, None, total, inside, boxes, poses)  # type: ignore[arg-type]
+
+
+def _recorded(display: DisplayList, call: Callable[[tuple], _T]) -> _T:
+    """`call(rec)` into `display`, again with twice the room while it overflows."""
+    mark = display.mark()
+    while True:
+        result = call(display.as_rec())
+        if not display.overflowed:
+            return result
+        display.rewind(mark, grow=True)
 
 
 __all__ = ["Renderer", "RenderOutput", "ID_SKY", "ID_GRASS", "ID_ROAD", "ID_SHOULDER",

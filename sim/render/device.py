@@ -1,0 +1,295 @@
+"""Camera frames of a batch of worlds drawn into one tensor on a device (issue 17).
+
+`BatchCamera` draws each world with the compiled kernels into host memory. `DeviceCamera`
+splits the same work in two: the kernels make each world's polygons on the host
+(`Renderer.record`: geometry, culling, shading, the labels' silhouette counts) into three
+display lists for the whole batch, and the device fills them, one thread per row of
+every frame (`sim.render.rowfill`), with the per-pixel passes of `Conditions` (headlights,
+fog, rain, exposure, sensor noise) between and after them as torch operations on the
+whole batch. The frames stay on the device as one (B, H, W, 3) uint8 tensor, with the id
+buffer beside it ((B, H, W) int16), for a batched perception model to read without a
+copy to the host.
+
+Why numba-cuda for the fill and torch for the passes: the fill is the kernels' own
+integer and double arithmetic, written once and compiled for both the CPU and CUDA (the
+CPU path is what the tests check against the kernels, byte for byte); the passes are
+table look-ups and saturating adds, which torch does on any device. The passes use
+tables made by the very calls `Conditions` makes (OpenCV's multiply and
+convertScaleAbs over every input value, numpy's float32 fog blend), so they give its
+bytes exactly.
+
+On a device without CUDA (`device="cpu"`) the fill runs compiled on the CPU, on the
+tensors' memory: the same frames, for tests and for machines without a GPU. torch is
+imported when a `DeviceCamera` is made, so `import sim` stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from sim.render.camera import Camera
+from sim.render.conditions import BANK, FOG_COLOR, Conditions
+from sim.render.labels import ground_truth
+from sim.render.raster import Renderer, RenderOutput
+from sim.render.rowfill import DisplayArrays, DisplayList, fill_rows
+from sim.types import CameraSpec, Frame, GroundTruth
+from sim.world.batch import BatchWorld, WorldView
+from sim.world.world import World
+
+if TYPE_CHECKING:  # torch is imported where it is used: `import sim` stays torch-free
+    import torch
+
+
+def multiply_table() -> np.ndarray:
+    """(256, 256) uint8: [g, v] = OpenCV's multiply(v, g, scale=1/255), what
+    `Conditions.ground_pass` does with the headlight gain g."""
+    v, g = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    return cv2.multiply(np.ascontiguousarray(v), np.ascontiguousarray(g), scale=1.0 / 255.0)
+
+
+def exposure_table(alpha: float) -> np.ndarray:
+    """(256,) uint8: OpenCV's convertScaleAbs(v, alpha) for every v."""
+    v = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    return cv2.convertScaleAbs(v, alpha=alpha).reshape(256)
+
+
+def fog_table(alpha: np.ndarray) -> np.ndarray:
+    """(H, 3, 256) uint8: `kernels.fog_blend` of every value v in row y and channel c,
+    uint8(float32(v) * (1 - a[y]) + fog[c] * a[y]) in float32, as it computes."""
+    a = alpha.astype(np.float32).reshape(-1, 1, 1)
+    keep = np.float32(1.0) - a
+    fog = (FOG_COLOR.astype(np.float32).reshape(1, 3, 1) * a).astype(np.float32)
+    v = np.arange(256, dtype=np.float32).reshape(1, 1, 256)
+    return (v * keep + fog).astype(np.uint8)
+
+
+@dataclass
+class DeviceFrames:
+    """One step's frames of a batch, on the device."""
+
+    images: torch.Tensor
+    """(B, H, W, 3) uint8 RGB."""
+    ids: torch.Tensor
+    """(B, H, W) int16 id buffers (`sim.render.raster`)."""
+    outputs: list[RenderOutput]
+    """Per world, the label inputs made on the host (silhouettes, boxes, poses)."""
+    worlds: list[World]
+    cameras: list[Camera]
+
+    def ground_truth(self) -> list[GroundTruth]:
+        """Every world's labels, from its id buffer (copied to the host) and geometry."""
+        ids = self.ids.cpu().numpy()
+        gts = []
+        for b, (out, world, cam) in enumerate(zip(self.outputs, self.worlds, self.cameras,
+                                                 strict=True)):
+            filled = RenderOutput(None, ids[b], out.silhouette_px,  # type: ignore[arg-type]
+                                  out.silhouette_in_image, out.actor_boxes, out.poses)
+            gts.append(ground_truth(world, filled, cam))
+        return gts
+
+    def frames(self) -> list[Frame]:
+        """Host copies as `BatchCamera.render` gives them (image, labels, ids)."""
+        images, ids = self.images.cpu().numpy(), self.ids.cpu().numpy()
+        return [Frame(image=images[b], ground_truth=gt, step=self.worlds[b].state.step,
+                      ids=ids[b]) for b, gt in enumerate(self.ground_truth())]
+
+
+class DeviceCamera:
+    """One camera per world of a batch, drawn on `device` ("cuda", "cuda:1", "cpu"):
+    `render(batch)` gives the frames as `DeviceFrames`; on the host, world b's image, id
+    buffer and labels are those of `BatchCamera` (byte for byte on the CPU)."""
+
+    def __init__(self, spec: CameraSpec, n_worlds: int, device: str | torch.device = "cpu"
+                 ) -> None:
+        import torch
+
+        if n_worlds < 1:
+            raise ValueError(f"n_worlds={n_worlds} must be >= 1")
+        self.spec = spec
+        self.device = torch.device(device)
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {self.device} is neither cpu nor cuda")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device}: torch sees no CUDA device here")
+        self.renderers = [Renderer(spec) for _ in range(n_worlds)]
+        self.lists = (DisplayList(), DisplayList(), DisplayList())
+        h, w = spec.height, spec.width
+        dev = self.device
+        self.images = torch.zeros((n_worlds, h, w, 3), dtype=torch.uint8, device=dev)
+        self.ids = torch.zeros((n_worlds, h, w), dtype=torch.int16, device=dev)
+        self._backgrounds = torch.zeros_like(self.images)
+        self._ids_background = torch.from_numpy(self.renderers[0]._ids_background).to(dev)
+        self._keys: list[object] = [None] * n_worlds
+        self._conditions: list[Conditions | None] = [None] * n_worlds
+        self._exposure = torch.zeros((n_worlds, 256), dtype=torch.uint8, device=dev)
+        self._multiply = torch.from_numpy(multiply_table()).to(dev).reshape(-1)
+        self._tables: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.renderers)
+
+    def _table(self, array: np.ndarray, make: Callable[[np.ndarray], np.ndarray] | None = None
+               ) -> torch.Tensor:
+        """`array` (or `make(array)`) on the device, once per host array (the condition
+        layers are shared, cached arrays)."""
+        import torch
+
+        hit = self._tables.get(id(array))
+        if hit is None or hit[0] is not array:
+            value = array if make is None else make(array)
+            hit = (array, torch.from_numpy(np.array(value, order="C")).to(self.device))
+            self._tables[id(array)] = hit
+        return hit[1]
+
+    def _episode(self, b: int) -> None:
+        """World b's per-episode layers on the device when its episode changed."""
+        r = self.renderers[b]
+        if r._key == self._keys[b]:
+            return
+        cond = r.conditions
+        assert cond is not None
+        import torch
+
+        self._backgrounds[b] = torch.from_numpy(cond.background)
+        self._exposure[b] = torch.from_numpy(exposure_table(cond.exposure))
+        self._conditions[b] = cond
+        self._keys[b] = r._key
+
+    def render(self, batch: BatchWorld, views: list[WorldView] | None = None) -> DeviceFrames:
+        """Every world's frame, drawn on the device."""
+        n = len(self.renderers)
+        if len(batch) != n:
+            raise ValueError(f"the batch has {len(batch)} worlds, this camera {n}")
+        if views is None:
+            poses = batch.actor_poses()
+            views = [batch.view(b, poses) for b in range(n)]
+        worlds = [views[b] for b in range(n)]  # each reads as a World
+        return self.render_worlds(worlds)  # type: ignore[arg-type]
+
+    def render_worlds(self, worlds: list[World]) -> DeviceFrames:
+        """The frames of `worlds` (one per camera, e.g. `DrivingEnv` worlds)."""
+        n = len(self.renderers)
+        if len(worlds) != n:
+            raise ValueError(f"{len(worlds)} worlds for {n} cameras")
+        for d in self.lists:
+            d.clear()
+        bounds = np.zeros((3, n + 1), np.int64)
+        outputs = []
+        for b, world in enumerate(worlds):
+            outputs.append(self.renderers[b].record(world, *self.lists))
+            bounds[:, b + 1] = [d.polygons for d in self.lists]
+            self._episode(b)
+        import torch
+
+        steps = [int(w.state.step) for w in worlds]
+        img, ids = self.images, self.ids
+        img.copy_(self._backgrounds)
+        ids.copy_(self._ids_background.expand_as(ids))
+        ground, objects, lights = (self._upload(d) for d in self.lists)
+        fp = torch.from_numpy(bounds).to(self.device)
+        self._fill(ground, fp[0])
+        self._ground_pass()
+        self._fill(objects, fp[1])
+        if bounds[2, -1]:
+            self._fill(lights, fp[2])
+        self._sensor_pass(steps)
+        return DeviceFrames(img, ids, outputs, list(worlds),
+                            [r.camera for r in self.renderers])
+
+    def _upload(self, display: DisplayList) -> DisplayArrays:
+        import torch
+
+        a = display.arrays()
+        dev = self.device
+
+        def put(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=False)
+
+        return DisplayArrays(put(a.verts), put(a.starts), put(a.rows), put(a.colors),
+                             put(a.ids), put(a.modes), put(a.conds))
+
+    def _fill(self, display: DisplayArrays, frame_poly: torch.Tensor) -> None:
+        if self.device.type == "cuda":
+            fill_rows(self.images, self.ids, display, frame_poly)
+            return
+        host = DisplayArrays(*(t.numpy() for t in (
+            display.verts, display.starts, display.rows, display.colors, display.ids,
+            display.modes, display.conds)))
+        fill_rows(self.images.numpy(), self.ids.numpy(), host, frame_poly.numpy())
+
+    def _worlds(self, test: Callable[[Conditions], object]) -> list[tuple[int, Conditions]]:
+        """(b, conditions) of the worlds whose conditions pass `test`."""
+        return [(b, c) for b, c in enumerate(self._conditions) if c is not None and test(c)]
+
+    def _index(self, worlds: list[tuple[int, Conditions]]) -> torch.Tensor:
+        import torch
+
+        return torch.tensor([b for b, _ in worlds], dtype=torch.long, device=self.device)
+
+    def _ground_pass(self) -> None:
+        """`Conditions.ground_pass` for every world: headlights, then fog by row."""
+        import torch
+
+        img = self.images
+        night = [(b, c, c.headlight) for b, c in self._worlds(lambda c: c.headlight is not None)]
+        if night:
+            first = night[0][2]
+            assert first is not None
+            if any(g is None or not np.array_equal(g, first) for _, _, g in night[1:]):
+                raise ValueError("night worlds with different headlight layers")
+            k = self._index([(b, c) for b, c, _ in night])
+            index = self._table(first).long() * 256 + img[k].long()
+            img[k] = torch.take(self._multiply, index)
+        fog = [(b, c, c.fog_alpha) for b, c in self._worlds(lambda c: c.fog_alpha is not None)]
+        if fog:
+            alpha = fog[0][2]
+            assert alpha is not None  # the same rows for every world of one camera spec
+            k = self._index([(b, c) for b, c, _ in fog])
+            table = self._table(alpha, lambda a: fog_table(a[:, 0, 0])).reshape(-1)
+            h = img.shape[1]
+            base = (torch.arange(h, device=self.device).view(1, h, 1, 1) * 3
+                    + torch.arange(3, device=self.device).view(1, 1, 1, 3)) * 256
+            img[k] = torch.take(table, base + img[k].long())
+
+    def _layers(self, worlds: list[tuple[int, Conditions]], bank: Callable[[Conditions], object],
+                steps: list[int]) -> torch.Tensor:
+        """The bank layer of each world's step, stacked."""
+        import torch
+
+        out = []
+        for b, c in worlds:
+            layers = bank(c)
+            assert isinstance(layers, np.ndarray)
+            out.append(self._table(layers)[steps[b] % BANK])
+        return torch.stack(out)
+
+    def _sensor_pass(self, steps: list[int]) -> None:
+        """`Conditions.sensor_pass` for every world: rain, exposure, sensor noise."""
+        import torch
+
+        img = self.images
+        rain = self._worlds(lambda c: c.rain is not None)
+        if rain:
+            k = self._index(rain)
+            layers = self._layers(rain, lambda c: c.rain, steps)
+            img[k] = (img[k].to(torch.int16) + layers).clamp_(max=255).to(torch.uint8)
+        exposed = self._worlds(lambda c: abs(c.exposure - 1.0) > 1e-3)
+        if exposed:
+            k = self._index(exposed)
+            flat = img[k].reshape(len(exposed), -1).long()
+            img[k] = torch.gather(self._exposure[k], 1, flat).reshape(img[k].shape)
+        noisy = self._worlds(lambda c: c.noise is not None)
+        if noisy:
+            k = self._index(noisy)
+            pos = self._layers(noisy, lambda c: c.noise and c.noise[0], steps)
+            neg = self._layers(noisy, lambda c: c.noise and c.noise[1], steps)
+            v = img[k].to(torch.int16) + pos
+            img[k] = (v.clamp_(max=255) - neg).clamp_(min=0).to(torch.uint8)
+
+
+__all__ = ["DeviceCamera", "DeviceFrames", "multiply_table", "exposure_table", "fog_table"]

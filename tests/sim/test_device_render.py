@@ -1,0 +1,149 @@
+"""The device renderer (issue 17): display lists filled row by row give the compiled
+kernels' frames and labels byte for byte; the CUDA kernel agrees with the CPU fill in
+numba's CUDA simulator; the per-pixel tables equal the OpenCV / numpy calls they replace."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sim.config import family_config, sample_scenario
+from sim.render.batch import BatchCamera
+from sim.render.conditions import FOG_COLOR
+from sim.render.device import DeviceCamera, exposure_table, fog_table, multiply_table
+from sim.render.kernels import fog_blend
+from sim.render.raster import Renderer
+from sim.render.rowfill import DisplayList, fill_rows
+from sim.types import CameraSpec
+from sim.world.batch import BatchWorld
+from sim.world.world import World
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOKS = [("day", "clear"), ("night", "clear"), ("dusk", "rain"), ("day", "fog"),
+         ("night", "fog"), ("night", "rain"), ("dusk", "clear"), ("day", "rain")]
+PICKS = [("highway", 1), ("urban", 2), ("rural", 0), ("highway", 7), ("urban", 5),
+         ("urban", 12), ("rural", 3), ("highway", 9)]
+LABELS = ("boxes_xyxy", "class_ids", "track_ids", "distance", "visible_fraction",
+          "truncation", "occluded")
+
+
+def _scenarios() -> list:
+    """Every time of day and weather, with the families' exposures and sensor noise."""
+    return [dataclasses.replace(sample_scenario(family_config(f), s), time_of_day=t, weather=w)
+            for (f, s), (t, w) in zip(PICKS, LOOKS, strict=True)]
+
+
+def test_device_camera_on_the_cpu_gives_the_batch_cameras_frames_and_labels() -> None:
+    scenarios = _scenarios()
+    assert any(abs(s.exposure - 1.0) > 1e-3 for s in scenarios)
+    assert all(s.noise_std > 0.25 for s in scenarios)
+    batch = BatchWorld(scenarios)
+    reference = BatchCamera(CameraSpec(), len(scenarios))
+    device = DeviceCamera(CameraSpec(), len(scenarios), "cpu")
+    labelled = 0
+    for step in range(31):
+        batch.step(np.zeros(len(scenarios)), np.full(len(scenarios), 0.6))
+        if step % 15:
+            continue
+        want = reference.render(batch)
+        drawn = device.render(batch)
+        assert drawn.images.shape == (len(scenarios), 192, 320, 3)
+        assert drawn.images.dtype == torch.uint8 and drawn.ids.dtype == torch.int16
+        got = drawn.frames()
+        for b, (w, g) in enumerate(zip(want, got, strict=True)):
+            np.testing.assert_array_equal(g.image, w.image, err_msg=f"world {b} {LOOKS[b]}")
+            np.testing.assert_array_equal(g.ids, w.ids, err_msg=f"world {b}")
+            for key in LABELS:
+                np.testing.assert_array_equal(g.ground_truth[key], w.ground_truth[key],
+                                              err_msg=f"{key}, world {b}")
+            np.testing.assert_array_equal(g.ground_truth.lanes.xs, w.ground_truth.lanes.xs)
+            np.testing.assert_array_equal(g.ground_truth.lanes.visible,
+                                          w.ground_truth.lanes.visible)
+            labelled += len(w.ground_truth.track_ids)
+    assert labelled > 40, "the frames must show objects"
+
+
+def test_recording_keeps_the_renderers_label_inputs() -> None:
+    world = World(_scenarios()[4])
+    for _ in range(20):
+        world.step(0.0, 0.5)
+    drawn = Renderer(CameraSpec()).render(world)
+    recorded = Renderer(CameraSpec()).record(world, DisplayList(), DisplayList(), DisplayList())
+    assert recorded.image is None and recorded.ids is None
+    np.testing.assert_array_equal(recorded.silhouette_px, drawn.silhouette_px)
+    np.testing.assert_array_equal(recorded.silhouette_in_image, drawn.silhouette_in_image)
+    np.testing.assert_array_equal(recorded.actor_boxes, drawn.actor_boxes)
+
+
+def test_a_full_display_list_grows_and_records_the_same_polygons() -> None:
+    world = World(_scenarios()[1])
+    for _ in range(20):
+        world.step(0.0, 0.5)
+    big = DisplayList(), DisplayList(), DisplayList()
+    tiny = DisplayList(1, 4), DisplayList(1, 4), DisplayList(1, 4)
+    Renderer(CameraSpec()).record(world, *big)
+    Renderer(CameraSpec()).record(world, *tiny)
+    assert big[1].polygons > 50 and big[2].polygons > 0, "objects and taillights recorded"
+    for a, b in zip(big, tiny, strict=True):
+        assert not a.overflowed and not b.overflowed
+        for name, x in vars(a.arrays()).items():
+            np.testing.assert_array_equal(getattr(b.arrays(), name), x, err_msg=name)
+
+
+def test_the_cuda_kernel_in_numbas_simulator_fills_as_the_cpu_path() -> None:
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, str(ROOT / "tests/sim/_cudasim_fill.py")], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["equal"], result
+    ground, objects, lights = result["changed"]
+    assert ground > 1000 and objects > 300 and lights > 0, result  # every path ran
+
+
+def test_pass_tables_equal_the_calls_they_replace() -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (192, 320, 3), dtype=np.uint8)
+    gain = rng.integers(0, 256, (192, 320, 3), dtype=np.uint8)
+    table = multiply_table()
+    np.testing.assert_array_equal(table[gain, img], cv2.multiply(img, gain, scale=1.0 / 255))
+    for alpha in (0.1, 0.853, 1.1385, 3.9):
+        np.testing.assert_array_equal(exposure_table(alpha)[img],
+                                      cv2.convertScaleAbs(img, alpha=alpha))
+    alpha = rng.uniform(0.0, 1.0, 192).astype(np.float32)
+    want = img.copy()
+    fog_blend(want, alpha, FOG_COLOR)
+    fog = fog_table(alpha)
+    got = fog[np.arange(192)[:, None, None], np.arange(3)[None, None, :], img]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fill_rows_refuses_mismatched_shapes() -> None:
+    d = DisplayList()
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        fill_rows(np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.int16), d.arrays(),
+                  np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="B \\+ 1 needed"):
+        fill_rows(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.int16),
+                  d.arrays(), np.zeros(2, np.int64))
+
+
+def test_device_camera_refuses_bad_devices_and_batches() -> None:
+    with pytest.raises(ValueError, match="n_worlds"):
+        DeviceCamera(CameraSpec(), 0)
+    with pytest.raises(ValueError, match="neither cpu nor cuda"):
+        DeviceCamera(CameraSpec(), 1, "meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            DeviceCamera(CameraSpec(), 1, "cuda")
+    with pytest.raises(ValueError, match="3 worlds"):
+        DeviceCamera(CameraSpec(), 2).render(BatchWorld(_scenarios()[:3]))
