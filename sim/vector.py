@@ -18,7 +18,7 @@ second (bench/README.md).
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from gymnasium.utils import seeding
@@ -53,6 +53,9 @@ from sim.types import CameraSpec
 from sim.world.batch import BatchWorld, WorldView
 from sim.world.world import World, min_headway
 
+if TYPE_CHECKING:
+    from sim.render.device import DeviceCamera
+
 _EVENT_KEYS = ("collision", "off_road", "min_ttc", "hard_brake", "npc_collisions")
 
 
@@ -81,6 +84,7 @@ class BatchDrivingEnv(VectorEnv):
         labels: bool | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         scenarios: list[ScenarioConfig] | None = None,
+        device: str | None = None,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be an int >= 1")
@@ -107,7 +111,24 @@ class BatchDrivingEnv(VectorEnv):
         self.single_action_space = action_space(action_type)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.camera = BatchCamera(self.camera_spec, num_envs)
+        self.device: Any = None
+        """None: numpy in and out (the default). A torch device ("cuda", "cpu"): the
+        frames are drawn on it (`sim.render.device.DeviceCamera`) and observations,
+        rewards, terminated and truncated come back as torch tensors on it; actions may
+        be tensors on any device. Physics stays on the host; infos stay numpy."""
+        self.camera: BatchCamera | DeviceCamera
+        if device is None:
+            self.camera = BatchCamera(self.camera_spec, num_envs)
+        else:
+            import torch
+
+            from sim.render.device import DeviceCamera
+
+            try:
+                self.device = torch.device(device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
+            self.camera = DeviceCamera(self.camera_spec, num_envs, self.device)
         self.batch: BatchWorld | None = None
         self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
         # the meta-action controllers of all envs as arrays (`MetaController` per env,
@@ -145,13 +166,16 @@ class BatchDrivingEnv(VectorEnv):
         for i in range(self.num_envs):
             self._start(i)
         self._autoreset[:] = False
-        return self._observe(self.batch.events(), {})
+        obs, infos = self._observe(self.batch.events(), {})
+        return self._to_device(obs), infos
 
-    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray,
-                                          dict[str, Any]]:
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """gymnasium's vector step; with a `device`, tensors on it instead of arrays."""
         bw = self._require_batch()
         n = self.num_envs
         restart = self._autoreset.copy()
+        if self.device is not None and hasattr(actions, "detach"):
+            actions = actions.detach().cpu().numpy()
         actions = self._check_actions(actions)
         steer, accel = np.zeros(n), np.zeros(n)
         if self.action_type == "meta":
@@ -181,7 +205,28 @@ class BatchDrivingEnv(VectorEnv):
             obs, infos = self._restart_now(done, obs, infos)
         else:
             self._autoreset = done
-        return obs, rewards, terminated, truncated, infos
+        if self.device is None:
+            return obs, rewards, terminated, truncated, infos
+        import torch
+
+        dev = self.device
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                infos["final_obs"][i] = self._to_device(infos["final_obs"][i])
+        return (self._to_device(obs), torch.as_tensor(rewards, dtype=torch.float32, device=dev),
+                torch.as_tensor(terminated, device=dev), torch.as_tensor(truncated, device=dev),
+                infos)
+
+    def _to_device(self, obs: Any) -> Any:
+        """Observations as tensors on `self.device` (the frames are there already)."""
+        if self.device is None:
+            return obs
+        import torch
+
+        def put(x: Any) -> Any:
+            return x if isinstance(x, torch.Tensor) else torch.as_tensor(x, device=self.device)
+
+        return {k: put(v) for k, v in obs.items()} if isinstance(obs, dict) else put(obs)
 
     @property
     def target_speeds(self) -> np.ndarray:
@@ -218,17 +263,28 @@ class BatchDrivingEnv(VectorEnv):
         idx = np.flatnonzero(done)
         final_obs = np.empty(self.num_envs, dtype=object)
         for i in idx:  # one by one: a list of arrays would be read as one array
-            final_obs[i] = ({k: v[i].copy() for k, v in obs.items()}
-                            if self.obs_type == "dict" else obs[i].copy())
+            final_obs[i] = ({k: _row_copy(v, int(i)) for k, v in obs.items()}
+                            if self.obs_type == "dict" else _row_copy(obs, int(i)))
         final_info = _copy_info(infos)
         for i in idx:
             bw.replace(int(i), self._next_scenario(int(i)))
             self._start(int(i))
         events, poses = bw.events(), bw.actor_poses()
         images = obs["camera"] if self.obs_type == "dict" else obs
+        drawn = None
+        if self.device is not None and self.obs_type != "state":
+            # the device camera draws the whole batch: the envs that carry on get the
+            # frames they had (same state, same step), the restarted ones their first
+            drawn = self._draw_on_device(bw, [bw.view(i, poses) for i in range(self.num_envs)],
+                                         "ground_truth" in infos)
+            images.copy_(drawn[0])
         for i in idx:  # only the restarted envs are observed again
             view = bw.view(int(i), poses)
-            if "ground_truth" in infos:
+            if drawn is not None:
+                if drawn[1] is not None:
+                    infos["ground_truth"][i] = drawn[1][i]
+            elif "ground_truth" in infos:
+                assert isinstance(self.camera, BatchCamera)
                 frame = self.camera.render_one(int(i), view,
                                                images[i] if self.obs_type != "state" else None)
                 infos["ground_truth"][i] = frame.ground_truth
@@ -339,12 +395,17 @@ class BatchDrivingEnv(VectorEnv):
         if views is None and (render or states):
             poses = bw.actor_poses()
             views = [bw.view(i, poses) for i in range(n)]
-        frames = None
-        if render:
+        frames: list[Any] | None = None
+        images: Any = None
+        if render and self.device is not None:
             assert views is not None
+            images, frames = self._draw_on_device(bw, views, self.labels)
+        elif render:
+            assert views is not None
+            assert isinstance(self.camera, BatchCamera)
             spec = self.camera_spec
             images = np.empty((n, spec.height, spec.width, 3), np.uint8)
-            frames = self.camera.render(bw, views, out=images)
+            frames = [f.ground_truth for f in self.camera.render(bw, views, out=images)]
         if states:
             assert views is not None
             state = np.stack([state_vector(cast(World, v)) for v in views])
@@ -362,13 +423,30 @@ class BatchDrivingEnv(VectorEnv):
         }
         if frames is not None:
             gts = np.empty(n, dtype=object)
-            gts[:] = [f.ground_truth for f in frames]
+            gts[:] = frames
             infos["ground_truth"] = gts
         if self.obs_type == "camera":
             return images, infos
         if self.obs_type == "state":
             return state, infos
         return {"camera": images, "state": state}, infos
+
+
+    def _draw_on_device(self, bw: BatchWorld, views: list[WorldView], labels: bool
+                        ) -> tuple[Any, list[Any] | None]:
+        """The frames on the device (a new tensor: the camera's buffer is drawn over at
+        the next step) and, when `labels`, every env's labels (the id buffers copied to
+        the host for them)."""
+        from sim.render.device import DeviceCamera
+
+        assert isinstance(self.camera, DeviceCamera)
+        drawn = self.camera.render(bw, views)
+        return drawn.images.clone(), (drawn.ground_truth() if labels else None)
+
+
+def _row_copy(x: Any, i: int) -> Any:
+    """A copy of row i of a numpy array or a torch tensor."""
+    return x[i].clone() if hasattr(x, "clone") else x[i].copy()
 
 
 def _copy_info(infos: dict[str, Any]) -> dict[str, Any]:
