@@ -339,7 +339,53 @@ class Perceiver:
         if self.refiner is not None:
             dets = self.refiner(batch, dets)
         lanes = self._lanes(batch)
-        latency = (time.perf_counter() - t0) * 1000.0 / len(batch)
+        return self._assemble(dets, lanes, (time.perf_counter() - t0) * 1000.0 / len(batch))
+
+    def tensor_path(self, images: Any) -> bool:
+        """Whether `perceive_tensor(images)` keeps the frames where they are: the detector
+        is PyTorch (`RawDetector`'s upload/detect path) on the tensor's device, the lanes
+        run on PyTorch at the camera's size, and no box refiner (it crops on the host)."""
+        raw = self.raw
+        if raw is None or raw.model is None or self.refiner is not None:
+            return False
+        if self.lane_model is not None and (self.lane_onnx is not None
+                                            or self._lane_scale != 1.0
+                                            or str(images.device) != str(self._lane_device)):
+            return False
+        return str(images.device) == str(raw.device) or (
+            images.is_cuda and str(raw.device) == "cuda")
+
+    def perceive_tensor(self, images: Any) -> list[Perception]:
+        """Perceive a (B, H, W, 3) uint8 torch tensor, e.g. `DeviceCamera`'s frames. When
+        `tensor_path(images)` (on a GPU: the PyTorch detector and lanes, no refiner) the
+        frames never leave the device: both networks read the tensor and only boxes and
+        lane points come back. Otherwise the frames go to the host and through
+        `__call__` (on the CPU that costs no copy: the tensor's memory is read)."""
+        import torch
+
+        want = (self.camera.height, self.camera.width, 3)
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 \
+                or images.ndim != 4 or tuple(images.shape[1:]) != want:
+            got = (f"{images.dtype} tensor of shape {tuple(images.shape)}"
+                   if isinstance(images, torch.Tensor) else _shown(images))
+            raise ValueError(f"images: expected a uint8 torch tensor of shape (B, {want[0]}, "
+                             f"{want[1]}, 3) (the camera spec), got {got}")
+        if not self.tensor_path(images):
+            return self(list(images.detach().cpu().numpy()))
+        if len(images) == 0:
+            return []
+        assert self.raw is not None
+        t0 = time.perf_counter()
+        dets = self.raw.detect(images)
+        lanes: list[LaneEstimate | None] = [None] * len(images)
+        if self.lane_model is not None:
+            with torch.inference_mode():
+                xs, scores = decode(self.lane_model(images).cpu(), self.lane_spec)
+            lanes = self._lane_estimates(xs, scores)
+        return self._assemble(dets, lanes, (time.perf_counter() - t0) * 1000.0 / len(images))
+
+    def _assemble(self, dets: list[np.ndarray], lanes: list[LaneEstimate | None],
+                  latency: float) -> list[Perception]:
         out = []
         for k, d in enumerate(dets):
             boxes = np.ascontiguousarray(d[:, :4], np.float32)
@@ -373,6 +419,11 @@ class Perceiver:
             with torch.inference_mode():
                 x = torch.from_numpy(np.stack(batch)).to(self._lane_device)
                 xs, scores = decode(self.lane_model(x).cpu(), ls)
+        return self._lane_estimates(xs, scores)
+
+    def _lane_estimates(self, xs: Any, scores: Any) -> list[LaneEstimate | None]:
+        """Decoded lane points (model pixels) -> per frame the estimate in camera pixels."""
+        ls, k = self.lane_spec, self._lane_scale
         rows = np.round((np.asarray(ls.rows, np.float64) + 0.5) * k - 0.5).astype(np.int64)
         if k != 1.0:
             # pixel centres: x_camera + 0.5 = (x_model + 0.5) * k
