@@ -9,9 +9,10 @@ by side in one run, with an agreement check (issue 17).
 For each batch size B and each device, a batch of B worlds (the three families, every
 time of day and weather) steps with a fixed control; only the rendering is timed:
 - `host`: `BatchCamera.render` (images and labels in host memory, one core);
-- `device:<d> images`: `DeviceCamera.render` (images and id buffers on the device);
-  its stages: `record` (the kernels' geometry on the host, one core) and `fill` (the
-  upload, the row fill and the per-pixel passes, synchronised);
+- `device:<d>[:threads<k>] images`: `DeviceCamera.render` (images and id buffers on the
+  device); its stages: `record` (the kernels' geometry on the host, in k threads,
+  `--threads`) and `fill` (the upload, the row fill and the per-pixel passes,
+  synchronised);
 - `device:<d> +labels`: the same and every frame's labels (`DeviceFrames.ground_truth`,
   which copies the id buffers to the host).
 Agreement (first batch size, after a few steps): images and id buffers of the device
@@ -109,8 +110,8 @@ def agreement(spec: CameraSpec, n: int, device: str) -> dict[str, Any]:
             "max_box_diff_px": box_diff, "frames_with_other_label_count": label_count_diff}
 
 
-def bench(spec: CameraSpec, n: int, devices: list[str], seconds: float, host_max: int
-          ) -> dict[str, Any]:
+def bench(spec: CameraSpec, n: int, devices: list[str], seconds: float, host_max: int,
+          threads: list[int]) -> dict[str, Any]:
     batch = BatchWorld(scenarios(n))
     for _ in range(5):
         step(batch)
@@ -119,18 +120,15 @@ def bench(spec: CameraSpec, n: int, devices: list[str], seconds: float, host_max
         host = BatchCamera(spec, n)
         per, _ = timed(lambda: host.render(batch), seconds, "cpu")
         res["host"] = {"frames_per_s": n / per}
-    for d in devices:
+    for d, th in ((d, th) for d in devices for th in threads):
         if d.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        cam = DeviceCamera(spec, n, d)
+        cam = DeviceCamera(spec, n, d, threads=th)
         per, _ = timed(lambda cam=cam: cam.render(batch), seconds, d)
         views = [batch.view(b, batch.actor_poses()) for b in range(n)]
 
         def record(cam: DeviceCamera = cam, views: list = views) -> None:
-            for lst in cam.lists:
-                lst.clear()
-            for b in range(n):
-                cam.renderers[b].record(views[b], *cam.lists)
+            cam.record(views)
 
         per_rec, _ = timed(record, seconds / 2, "cpu")
         per_lab, _ = timed(lambda cam=cam: cam.render(batch).ground_truth(), seconds, d)
@@ -140,7 +138,8 @@ def bench(spec: CameraSpec, n: int, devices: list[str], seconds: float, host_max
         if d.startswith("cuda"):
             row["gpu_mem_mb_per_1000_worlds"] = (torch.cuda.max_memory_allocated() / 2**20
                                                  * 1000 / n)
-        res[f"device:{d}"] = row
+        res[f"device:{d}" + (f":threads{th}" if th > 1 else "")] = row
+        cam.close()
     return res
 
 
@@ -149,6 +148,8 @@ def main() -> None:
     p.add_argument("--worlds", type=int, nargs="+", default=[32, 128])
     p.add_argument("--devices", nargs="+", default=["cpu"])
     p.add_argument("--seconds", type=float, default=5.0, help="timed budget per figure")
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="host threads recording the polygons (DeviceCamera(threads=))")
     p.add_argument("--host-max", type=int, default=1024,
                    help="time the host kernels only up to this many worlds")
     p.add_argument("--quick", action="store_true", help="smoke check: 8 worlds, 0.5 s")
@@ -173,12 +174,12 @@ def main() -> None:
               f"{a['ids_equal']:.4%}, largest box difference {a['max_box_diff_px']:.1f} px, "
               f"frames with another label count {a['frames_with_other_label_count']}")
     for n in args.worlds:
-        r = bench(spec, n, args.devices, args.seconds, args.host_max)
+        r = bench(spec, n, args.devices, args.seconds, args.host_max, args.threads)
         out["runs"].append(r)
         if "host" in r:
             print(f"B={n}: host kernels {r['host']['frames_per_s']:,.0f} frames/s")
-        for d in args.devices:
-            x = r[f"device:{d}"]
+        for key in (k for k in r if k.startswith("device:")):
+            x, d = r[key], key[len("device:"):]
             mem = (f", {x['gpu_mem_mb_per_1000_worlds']:,.0f} MB GPU per 1,000 worlds"
                    if "gpu_mem_mb_per_1000_worlds" in x else "")
             print(f"  device {d}: {x['frames_per_s']:,.0f} frames/s (record {x['record_ms']:.1f} ms"

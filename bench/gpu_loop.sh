@@ -33,7 +33,7 @@ timeout 200 $PY -m pytest -q -x -p no:cacheprovider tests/sim/test_device_render
   tests/sim/test_device_vector.py 2>&1 | tail -3 | tee "$OUTDIR/tests.log"
 
 stamp "2. rendering"
-timeout 220 $PY bench/device_render.py --devices "$DEVICE" --worlds $WORLDS \
+timeout 220 $PY bench/device_render.py --devices "$DEVICE" --worlds $WORLDS --threads 1 8 \
   --seconds "$SECONDS_" 2>&1 | tee "$OUTDIR/render.log" | grep -v '^{'
 tail -n 1 "$OUTDIR/render.log" > "$OUTDIR/render.json"
 

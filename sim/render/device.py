@@ -26,6 +26,7 @@ imported when a `DeviceCamera` is made, so `import sim` stays light.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -104,12 +105,18 @@ class DeviceCamera:
     `render(batch)` gives the frames as `DeviceFrames`; on the host, world b's image, id
     buffer and labels are those of `BatchCamera` (byte for byte on the CPU)."""
 
-    def __init__(self, spec: CameraSpec, n_worlds: int, device: str | torch.device = "cpu"
-                 ) -> None:
+    def __init__(self, spec: CameraSpec, n_worlds: int, device: str | torch.device = "cpu",
+                 threads: int = 1) -> None:
         import torch
 
         if n_worlds < 1:
             raise ValueError(f"n_worlds={n_worlds} must be >= 1")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be an int >= 1")
+        self.threads = min(threads, n_worlds)
+        """Host threads that record the worlds' polygons (the kernels release the GIL),
+        each a contiguous share of the worlds into display lists of its own."""
+        self._pool: ThreadPoolExecutor | None = None
         self.spec = spec
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
@@ -118,6 +125,8 @@ class DeviceCamera:
             raise ValueError(f"device {self.device}: torch sees no CUDA device here")
         self.renderers = [Renderer(spec) for _ in range(n_worlds)]
         self.lists = (DisplayList(), DisplayList(), DisplayList())
+        self._thread_lists = [(DisplayList(), DisplayList(), DisplayList())
+                              for _ in range(self.threads)]
         h, w = spec.height, spec.width
         dev = self.device
         self.images = torch.zeros((n_worlds, h, w, 3), dtype=torch.uint8, device=dev)
@@ -176,17 +185,12 @@ class DeviceCamera:
         n = len(self.renderers)
         if len(worlds) != n:
             raise ValueError(f"{len(worlds)} worlds for {n} cameras")
-        for d in self.lists:
-            d.clear()
-        bounds = np.zeros((3, n + 1), np.int64)
-        outputs = []
-        for b, world in enumerate(worlds):
-            outputs.append(self.renderers[b].record(world, *self.lists))
-            bounds[:, b + 1] = [d.polygons for d in self.lists]
-            self._episode(b)
+        outputs, bounds = self.record(worlds)
         import torch
 
         steps = [int(w.state.step) for w in worlds]
+        for b in range(n):
+            self._episode(b)
         img, ids = self.images, self.ids
         img.copy_(self._backgrounds)
         ids.copy_(self._ids_background.expand_as(ids))
@@ -200,6 +204,51 @@ class DeviceCamera:
         self._sensor_pass(steps)
         return DeviceFrames(img, ids, outputs, list(worlds),
                             [r.camera for r in self.renderers])
+
+    def record(self, worlds: list[World]) -> tuple[list[RenderOutput], np.ndarray]:
+        """The host half of `render_worlds`: every world's polygons into `self.lists`
+        (in `threads` threads); returns the label inputs and, per list, the polygon count
+        after each world ((3, B + 1))."""
+        n = len(worlds)
+        bounds = np.zeros((3, n + 1), np.int64)
+        outputs: list[RenderOutput] = [None] * n  # type: ignore[list-item]
+        cuts = np.linspace(0, n, self.threads + 1).astype(int)
+
+        def record(k: int) -> None:  # worlds cuts[k]:cuts[k + 1] into lists k
+            lists = self._thread_lists[k] if self.threads > 1 else self.lists
+            for d in lists:
+                d.clear()
+            for b in range(cuts[k], cuts[k + 1]):
+                outputs[b] = self.renderers[b].record(worlds[b], *lists)
+                bounds[:, b + 1] = [d.polygons for d in lists]
+
+        if self.threads == 1:
+            record(0)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="record")
+            list(self._pool.map(record, range(self.threads)))
+            self._merge(cuts, bounds)
+        return outputs, bounds
+
+    def _merge(self, cuts: np.ndarray, bounds: np.ndarray) -> None:
+        """The threads' display lists, in world order, into `self.lists`; `bounds` (per
+        list, the polygon count after each world, counted per thread) become global."""
+        for j, merged in enumerate(self.lists):
+            parts = [self._thread_lists[k][j] for k in range(self.threads)]
+            p_off = v_off = 0
+            merged.clear()
+            for k, part in enumerate(parts):
+                bounds[j, cuts[k] + 1: cuts[k + 1] + 1] += p_off
+                merged.extend(part, v_off)
+                p_off += part.polygons
+                v_off += int(part.n[1])
+
+    def close(self) -> None:
+        """Stop the recording threads (a later `render` starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _upload(self, display: DisplayList) -> DisplayArrays:
         import torch

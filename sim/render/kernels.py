@@ -22,7 +22,9 @@ stay visible, and polygons that share an edge overlap by at most a pixel (painte
 order decides). The silhouette counts of the labels use the same rule, so they match
 the pixels of the frame exactly.
 
-The kernels are compiled by numba on first use and cached on disk (`cache=True`). A
+The kernels are compiled by numba on first use and cached on disk (`cache=True`); the
+three drawing entry points release the GIL (`nogil=True`), so threads draw worlds side
+by side (`sim.render.device.DeviceCamera(threads=...)`). A
 coordinate's arithmetic is integer or IEEE double, so frames are the same on every
 machine. Everything compiled lives in this one module: numba's cache checks only the
 file of a function, so a kernel cached beside a changed callee in another file would
@@ -489,7 +491,7 @@ def _fill_strip(img: np.ndarray, ids: np.ndarray, a: np.ndarray, b: np.ndarray,
 
 
 # -- the ground ------------------------------------------------------------------------
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def draw_ground(img: np.ndarray, ids: np.ndarray, cam: tuple, road: tuple, ego_s: float,
                 ego_yaw: float, road_offsets: np.ndarray, colors: np.ndarray,
                 rec: tuple | None) -> None:
@@ -607,7 +609,7 @@ def _draw_shadows(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
             _emit(img, ids, qv, 0, m, color, 0, MODE_IMAGE, xs, et, rec)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def draw_taillights(img: np.ndarray, ids: np.ndarray, cam: tuple, rows: np.ndarray,
                     cls: np.ndarray, x: np.ndarray, y: np.ndarray, yaw: np.ndarray,
                     length: np.ndarray, width: np.ndarray, height: np.ndarray,
@@ -752,7 +754,7 @@ def _face_color(base: np.ndarray, gain: float, fog_a: float, fog_color: np.ndarr
         out[ch] = np.uint8(np.rint(min(max(c, 0.0), 255.0)))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
                  cull_to_view: bool, actors: tuple, clutter: tuple, tables: tuple,
                  look: tuple, rec: tuple | None

@@ -211,6 +211,23 @@ class DisplayList:
     def overflowed(self) -> bool:
         return bool(self.n[2])
 
+    def extend(self, other: DisplayList, vertex_offset: int) -> None:
+        """Append `other`'s polygons (its vertex starts moved by `vertex_offset`, the
+        vertices this list holds)."""
+        p, v = self.polygons, int(self.n[1])
+        if vertex_offset != v:
+            raise ValueError(f"vertex_offset {vertex_offset} != the {v} vertices held")
+        q, w = other.polygons, int(other.n[1])
+        while p + q > len(self.ids) or v + w > len(self.verts):
+            self.rewind((p, v), grow=True)
+        self.verts[v:v + w] = other.verts[:w]
+        self.starts[p:p + q + 1] = other.starts[:q + 1] + v
+        for mine, theirs in ((self.rows, other.rows), (self.colors, other.colors),
+                             (self.ids, other.ids), (self.modes, other.modes),
+                             (self.conds, other.conds)):
+            mine[p:p + q] = theirs[:q]
+        self.n[0], self.n[1] = p + q, v + w
+
     def arrays(self) -> DisplayArrays:
         """Views of the filled part."""
         p, v = self.polygons, int(self.n[1])

@@ -147,3 +147,19 @@ def test_device_camera_refuses_bad_devices_and_batches() -> None:
             DeviceCamera(CameraSpec(), 1, "cuda")
     with pytest.raises(ValueError, match="3 worlds"):
         DeviceCamera(CameraSpec(), 2).render(BatchWorld(_scenarios()[:3]))
+
+
+def test_recording_threads_give_the_same_frames() -> None:
+    scenarios = _scenarios()
+    batch = BatchWorld(scenarios)
+    for _ in range(12):
+        batch.step(np.zeros(len(scenarios)), np.full(len(scenarios), 0.6))
+    one = DeviceCamera(CameraSpec(), len(scenarios), "cpu").render(batch)
+    three = DeviceCamera(CameraSpec(), len(scenarios), "cpu", threads=3)
+    got = three.render(batch)
+    np.testing.assert_array_equal(got.images.numpy(), one.images.numpy())
+    np.testing.assert_array_equal(got.ids.numpy(), one.ids.numpy())
+    assert three.lists[1].polygons == sum(t[1].polygons for t in three._thread_lists) > 100
+    three.close()
+    with pytest.raises(ValueError, match="threads"):
+        DeviceCamera(CameraSpec(), 2, threads=0)
