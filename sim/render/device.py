@@ -35,9 +35,9 @@ import numpy as np
 
 from sim.render.camera import Camera
 from sim.render.conditions import BANK, FOG_COLOR, Conditions
-from sim.render.labels import ground_truth
+from sim.render.labels import ground_truth, lane_rows
 from sim.render.raster import Renderer, RenderOutput
-from sim.render.rowfill import DisplayArrays, DisplayList, fill_rows
+from sim.render.rowfill import DisplayArrays, DisplayList, actor_pixels, fill_rows
 from sim.types import CameraSpec, Frame, GroundTruth
 from sim.world.batch import BatchWorld, WorldView
 from sim.world.world import World
@@ -83,14 +83,37 @@ class DeviceFrames:
     cameras: list[Camera]
 
     def ground_truth(self) -> list[GroundTruth]:
-        """Every world's labels, from its id buffer (copied to the host) and geometry."""
-        ids = self.ids.cpu().numpy()
+        """Every world's labels: each actor's visible pixels counted on the device
+        (`rowfill.actor_pixels`), the id buffers' lane label rows copied to the host, the
+        rest from the recorded geometry; `BatchCamera`'s labels (tested on the CPU)."""
+        import torch
+
+        n = len(self.outputs)
+        spec = self.cameras[0].spec
+        k = max(1, max(len(o.actor_boxes) for o in self.outputs))
+        boxes = np.zeros((n, k, 4), np.int64)  # empty boxes for padding rows
+        for b, o in enumerate(self.outputs):
+            boxes[b, :len(o.actor_boxes)] = o.actor_boxes
+        if self.ids.is_cuda:
+            dev = self.ids.device
+            count_t = torch.zeros((n, k), dtype=torch.int64, device=dev)
+            vbox_t = torch.zeros((n, k, 4), dtype=torch.int64, device=dev)
+            actor_pixels(self.ids, torch.from_numpy(boxes).to(dev), count_t, vbox_t)
+            count, vbox = count_t.cpu().numpy(), vbox_t.cpu().numpy()
+        else:
+            count, vbox = np.zeros((n, k), np.int64), np.zeros((n, k, 4), np.int64)
+            actor_pixels(self.ids.numpy(), boxes, count, vbox)
+        rows = lane_rows(spec.height, spec.horizon_y)
+        at_rows = self.ids[:, torch.from_numpy(rows).to(self.ids.device)].cpu().numpy()
+        buffer = np.zeros((spec.height, spec.width), np.int16)  # only the lane rows read
         gts = []
         for b, (out, world, cam) in enumerate(zip(self.outputs, self.worlds, self.cameras,
                                                  strict=True)):
-            filled = RenderOutput(None, ids[b], out.silhouette_px,  # type: ignore[arg-type]
+            buffer[rows] = at_rows[b]
+            filled = RenderOutput(None, buffer, out.silhouette_px,  # type: ignore[arg-type]
                                   out.silhouette_in_image, out.actor_boxes, out.poses)
-            gts.append(ground_truth(world, filled, cam))
+            m = len(out.actor_boxes)
+            gts.append(ground_truth(world, filled, cam, (count[b, :m], vbox[b, :m])))
         return gts
 
     def frames(self) -> list[Frame]:

@@ -332,7 +332,17 @@ def object_labels(ids: np.ndarray, total: np.ndarray, inside: np.ndarray, boxes:
     silhouette `total`; -1: the visible pixels are the whole silhouette), truncation
     (silhouette pixels outside the image over all), occluded (under half of the in-image
     silhouette seen) and the distance from the camera to the nearest footprint point."""
-    n = total.size
+    count, box = actor_pixels(ids, boxes, total.size)
+    return labels_from_pixels(count, box, total, inside, x, y, yaw, length, width, cam_x,
+                              cam_y)
+
+
+@numba.njit(cache=True)
+def actor_pixels(ids: np.ndarray, boxes: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The first half of `object_labels`: per actor row r < n, its pixels in `ids` (id
+    r + 1, searched in boxes[r]) and their box (x0, y0, x1, y1; x1 <= x0 when none).
+    (`sim.render.rowfill.actor_pixels` counts the same on a device.)"""
     count = np.zeros(n, np.int64)
     box = np.zeros((n, 4), np.int64)
     for r in range(n):
@@ -345,6 +355,16 @@ def object_labels(ids: np.ndarray, total: np.ndarray, inside: np.ndarray, boxes:
                     bx0, bx1 = min(bx0, xx), max(bx1, xx + 1)
                     by0, by1 = min(by0, yy), max(by1, yy + 1)
         box[r, 0], box[r, 1], box[r, 2], box[r, 3] = bx0, by0, bx1, by1
+    return count, box
+
+
+@numba.njit(cache=True)
+def labels_from_pixels(count: np.ndarray, box: np.ndarray, total: np.ndarray,
+                       inside: np.ndarray, x: np.ndarray, y: np.ndarray, yaw: np.ndarray,
+                       length: np.ndarray, width: np.ndarray, cam_x: float, cam_y: float
+                       ) -> tuple[np.ndarray, ...]:
+    """The second half of `object_labels`, from each actor's pixel count and box."""
+    n = total.size
     total, inside = total.copy(), inside.copy()
     for r in range(n):
         if total[r] < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.render.camera import Camera
-from sim.render.kernels import lane_points, object_labels
+from sim.render.kernels import labels_from_pixels, lane_points, object_labels
 from sim.render.raster import ID_CLUTTER, ID_MARKING, ID_RAIL, MARKING_RANGE, RenderOutput
 from sim.types import ABSENT, GroundTruth, LaneLabels
 from sim.world.world import World
@@ -24,15 +24,24 @@ def lane_rows(height: int, horizon_y: float) -> np.ndarray:
     return rows.astype(np.int64)
 
 
-def _objects(world: World, out: RenderOutput, camera: Camera) -> dict[str, np.ndarray]:
+def _objects(world: World, out: RenderOutput, camera: Camera,
+             pixels: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Boxes of the visible pixels of every actor, with its visible fraction (visible
     pixels over its unoccluded, untruncated silhouette) and truncation (silhouette
-    pixels outside the image over all of them). Fully hidden actors get no label."""
+    pixels outside the image over all of them). Fully hidden actors get no label.
+    `pixels`: each actor row's pixel count and box in the id buffer, when counted
+    already (on a device: `sim.render.rowfill.actor_pixels`)."""
     a = world.state.actors
     x, y, yaw = out.poses
-    rows, boxes, vis, trunc, occluded, dist = object_labels(
-        out.ids, out.silhouette_px, out.silhouette_in_image, out.actor_boxes, x, y, yaw,
-        a.length, a.width, float(camera.position[0]), float(camera.position[1]))
+    cam_x, cam_y = float(camera.position[0]), float(camera.position[1])
+    if pixels is None:
+        rows, boxes, vis, trunc, occluded, dist = object_labels(
+            out.ids, out.silhouette_px, out.silhouette_in_image, out.actor_boxes, x, y, yaw,
+            a.length, a.width, cam_x, cam_y)
+    else:
+        rows, boxes, vis, trunc, occluded, dist = labels_from_pixels(
+            pixels[0], pixels[1], out.silhouette_px, out.silhouette_in_image, x, y, yaw,
+            a.length, a.width, cam_x, cam_y)
     return {
         "boxes_xyxy": boxes,
         "class_ids": a.cls[rows].astype(np.int64),
@@ -60,14 +69,17 @@ def _lanes(world: World, out: RenderOutput, camera: Camera, rows: np.ndarray) ->
     )
 
 
-def ground_truth(world: World, out: RenderOutput, camera: Camera) -> GroundTruth:
-    """Labels for the frame in `out`, drawn from `world` by `camera`."""
+def ground_truth(world: World, out: RenderOutput, camera: Camera,
+                 pixels: tuple[np.ndarray, np.ndarray] | None = None) -> GroundTruth:
+    """Labels for the frame in `out`, drawn from `world` by `camera`. With `pixels` (each
+    actor row's pixel count and box, counted on a device), `out.ids` is read only at the
+    lane label rows (`lane_rows`)."""
     road, ego = world.road, world.state.ego
     rows = lane_rows(camera.spec.height, camera.spec.horizon_y)
     lane = int(road.lane_of(ego.d))
     herr = float(np.angle(np.exp(1j * (ego.yaw - float(road.heading_at(ego.s))))))
     return GroundTruth(
-        **_objects(world, out, camera),
+        **_objects(world, out, camera, pixels),
         lanes=_lanes(world, out, camera, rows),
         ego_lane_offset=float(ego.d - road.lane_center(lane)),
         ego_heading_error=herr,

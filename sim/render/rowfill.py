@@ -125,6 +125,70 @@ def _fill_rows_kernel(img, ids, verts, starts, rows, colors, idv, modes, conds, 
                    frame_poly[b], frame_poly[b + 1], xs)
 
 
+def _actor_pixels(ids, b, r, boxes, count, vbox):  # type: ignore[no-untyped-def]
+    """`kernels.actor_pixels` for actor row r of frame b: its pixels (id r + 1) in
+    boxes[b, r] and their box, into count[b, r] and vbox[b, r]. One body for the CPU and
+    CUDA, as `_fill_row`."""
+    v = r + 1
+    x0 = boxes[b, r, 0]
+    y0 = boxes[b, r, 1]
+    x1 = boxes[b, r, 2]
+    y1 = boxes[b, r, 3]
+    bx0 = x1
+    by0 = y1
+    bx1 = x0
+    by1 = y0
+    c = 0
+    for yy in range(y0, y1):
+        for xx in range(x0, x1):
+            if ids[b, yy, xx] == v:
+                c += 1
+                bx0 = min(bx0, xx)
+                bx1 = max(bx1, xx + 1)
+                by0 = min(by0, yy)
+                by1 = max(by1, yy + 1)
+    count[b, r] = c
+    vbox[b, r, 0] = bx0
+    vbox[b, r, 1] = by0
+    vbox[b, r, 2] = bx1
+    vbox[b, r, 3] = by1
+
+
+_actor_pixels_cpu = numba.njit(cache=True)(_actor_pixels)
+_actor_pixels_cuda = cuda.jit(device=True)(_actor_pixels)
+
+
+@numba.njit(cache=True)
+def _actor_pixels_all_cpu(ids, boxes, count, vbox):  # type: ignore[no-untyped-def]
+    for b in range(boxes.shape[0]):
+        for r in range(boxes.shape[1]):
+            _actor_pixels_cpu(ids, b, r, boxes, count, vbox)
+
+
+@cuda.jit
+def _actor_pixels_kernel(ids, boxes, count, vbox):  # type: ignore[no-untyped-def]
+    t = cuda.grid(1)
+    n = boxes.shape[1]
+    if t >= boxes.shape[0] * n:
+        return
+    b = t // n
+    _actor_pixels_cuda(ids, b, t - b * n, boxes, count, vbox)
+
+
+def actor_pixels(ids, boxes, count, vbox) -> None:  # type: ignore[no-untyped-def]
+    """Every frame's actors' pixels in the id buffers ids (B, H, W) int16: for actor row r
+    of frame b, searched in boxes[b, r] ((B, N, 4) int64, x0, y0, x1, y1; empty for rows
+    not drawn), the count into count (B, N) int64 and their box into vbox (B, N, 4)
+    int64, as `kernels.actor_pixels`. numpy arrays: on the CPU; else CUDA arrays, one
+    thread an actor row."""
+    if not isinstance(ids, np.ndarray):
+        n = int(boxes.shape[0]) * int(boxes.shape[1])
+        if n:
+            _actor_pixels_kernel[(n + THREADS - 1) // THREADS, THREADS](ids, boxes, count, vbox)
+        return
+    _actor_pixels_all_cpu(ids, boxes, count, vbox)
+
+
 @dataclass
 class DisplayArrays:
     """The arrays of a display list (`kernels.DISPLAY_FIELDS`), numpy or on a device."""
@@ -235,4 +299,4 @@ class DisplayList:
                              self.colors[:p], self.ids[:p], self.modes[:p], self.conds[:p])
 
 
-__all__ = ["DisplayList", "DisplayArrays", "fill_rows", "THREADS"]
+__all__ = ["DisplayList", "DisplayArrays", "fill_rows", "actor_pixels", "THREADS"]

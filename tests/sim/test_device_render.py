@@ -108,6 +108,7 @@ def test_the_cuda_kernel_in_numbas_simulator_fills_as_the_cpu_path() -> None:
     assert result["equal"], result
     ground, objects, lights = result["changed"]
     assert ground > 1000 and objects > 300 and lights > 0, result  # every path ran
+    assert result["pixels_equal"] and result["actors_seen"] >= 3, result  # label counts
 
 
 def test_pass_tables_equal_the_calls_they_replace() -> None:
