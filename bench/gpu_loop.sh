@@ -4,7 +4,8 @@
 #   bash bench/gpu_loop.sh OUTDIR
 # 1. the device renderer's tests (their CPU path) and its agreement with the host kernels
 #    on CUDA (bench/device_render.py: pixels, id buffers, boxes);
-# 2. rendering on the GPU, B = 1,024 / 4,096 / 16,384 worlds, the host kernels beside it;
+# 2. rendering on the GPU, B = 1,024 / 4,096 worlds (1 and 8 recording threads), the
+#    host kernels beside it;
 # 3. the closed loop with perception on the GPU (bench/gpu_closed_loop.py), deciding on
 #    every step and on every 3rd, B = 1,024 / 4,096;
 # 4. everything printed also goes to OUTDIR/*.log and the JSON lines to OUTDIR/*.json.
@@ -13,7 +14,7 @@ set -u
 OUTDIR=${1:?usage: bash bench/gpu_loop.sh OUTDIR}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-WORLDS=${WORLDS:-1024 4096 16384}
+WORLDS=${WORLDS:-1024 4096}
 ENVS=${ENVS:-1024 4096}
 SECONDS_=${SECONDS_:-4}
 export PYTHONUNBUFFERED=1
