@@ -128,7 +128,7 @@ def bench(spec: CameraSpec, n: int, devices: list[str], seconds: float, host_max
         views = [batch.view(b, batch.actor_poses()) for b in range(n)]
 
         def record(cam: DeviceCamera = cam, views: list = views) -> None:
-            cam.record(views)
+            cam.record_batch(batch, views)
 
         per_rec, _ = timed(record, seconds / 2, "cpu")
         per_lab, _ = timed(lambda cam=cam: cam.render(batch).ground_truth(), seconds, d)

@@ -46,3 +46,19 @@ class Camera:
         z = pc[..., 2]
         return np.stack([self.f * pc[..., 0] / z + self.cx, self.f * pc[..., 1] / z + self.cy],
                         axis=-1)
+
+
+def camera_poses(spec: CameraSpec, x: np.ndarray, y: np.ndarray, yaw: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`Camera.set_pose` for B egos at once: positions (B, 3) and rotations (B, 3, 3),
+    the same operations element by element."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    zeros, ones = np.zeros_like(c), np.ones_like(c)
+    pitch = np.radians(spec.pitch_deg)
+    cp, sp = np.cos(pitch), np.sin(pitch)
+    fwd = np.stack([c, s, zeros], 1)
+    left = np.stack([-s, c, zeros], 1)
+    up = np.stack([zeros, zeros, ones], 1)
+    pos = np.stack([x, y, np.full_like(c, spec.mount_height)], 1) + spec.mount_forward * fwd
+    rot = np.stack([-left, -(up * cp + fwd * sp), fwd * cp - up * sp], 1)
+    return pos, rot

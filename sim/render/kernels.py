@@ -33,6 +33,8 @@ keep the old callee.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
@@ -879,6 +881,64 @@ def draw_objects(img: np.ndarray, ids: np.ndarray, cam: tuple, ego_s: float,
     total, inside, actor_boxes = _silhouettes(ref, boxes, verts, starts[:n_poly + 1],
                                               owner[:n_poly], active.size, h, w)
     return total, inside, drawn[:n_drawn], actor_boxes
+
+
+@numba.njit(cache=True, nogil=True)
+def record_worlds(lo: int, hi: int, cam: tuple, cam_pos: np.ndarray, cam_r: np.ndarray,
+                  ego_s: np.ndarray, ego_yaw: np.ndarray, statics: Any, look_f: np.ndarray,
+                  look_b: np.ndarray, shadow_colors: np.ndarray, actors: tuple,
+                  cls: np.ndarray, road_offsets: np.ndarray, tables: tuple,
+                  fog: tuple, cull_to_view: bool, img: np.ndarray, ids: np.ndarray,
+                  recs: tuple, out: tuple) -> int:
+    """`Renderer.record` for worlds lo..hi-1 of a batch in one call (no Python between
+    worlds, the GIL released): their polygons into the display lists recs (ground,
+    objects, taillights), their label inputs into `out`.
+
+    cam: (f, cx, cy, near, far, tan_half, tan_v) of the shared camera spec; cam_pos
+    (B, 3) and cam_r (B, 3, 3) each world's camera pose; statics: a typed list of each
+    world's (road, ground colours, clutter) as `draw_ground` / `draw_objects` take them;
+    look_f (B, 2) ambient, diffuse; look_b (B, 4) headlight, fog, shadows, taillights;
+    shadow_colors (B, 3); actors: the batch's (B, N) arrays (active, shape, s, x, y, yaw,
+    length, width, height, color (B, N, 3)); cls (B, N); fog: (colour, visibility).
+    out: (total (B, N), inside (B, N), boxes (B, N, 4), drawn (B, N), n_drawn (B,), ends
+    (3, B): each list's polygon count after each world). Returns hi, or the first world
+    whose polygons did not fit: the lists are then as before that world, for the caller
+    to grow them and go on from there."""
+    f, cx, cy, near, far, tan_half, tan_v = cam
+    active, shape, a_s, x, y, yaw, length, width, height, color = actors
+    total_out, inside_out, boxes_out, drawn_out, n_drawn_out, ends = out
+    marks = np.zeros((3, 2), np.int64)
+    for b in range(lo, hi):
+        for j in range(3):
+            marks[j, 0], marks[j, 1] = recs[j][7][0], recs[j][7][1]
+        camb = (cam_pos[b], cam_r[b], f, cx, cy, near, far, tan_half, tan_v)
+        road, colors, clutter = statics[b]
+        draw_ground(img, ids, camb, road, ego_s[b], ego_yaw[b], road_offsets, colors, recs[0])
+        act = (active[b], shape[b], a_s[b], x[b], y[b], yaw[b], length[b], width[b], height[b],
+               color[b])
+        look = (look_f[b, 0], look_f[b, 1], look_b[b, 0], look_b[b, 1], fog[0], fog[1],
+                look_b[b, 2], shadow_colors[b])
+        total, inside, drawn, boxes = draw_objects(img, ids, camb, ego_s[b], cull_to_view, act,
+                                                   clutter, tables, look, recs[1])
+        if look_b[b, 3] and drawn.size:
+            draw_taillights(img, ids, camb, drawn, cls[b], x[b], y[b], yaw[b], length[b],
+                            width[b], height[b], recs[2])
+        full = False
+        for j in range(3):
+            full = full or recs[j][7][2] != 0
+        if full:
+            for j in range(3):
+                recs[j][7][0], recs[j][7][1], recs[j][7][2] = marks[j, 0], marks[j, 1], 0
+            return b
+        n = total.size
+        total_out[b, :n] = total
+        inside_out[b, :n] = inside
+        boxes_out[b, :n] = boxes
+        drawn_out[b, :drawn.size] = drawn
+        n_drawn_out[b] = drawn.size
+        for j in range(3):
+            ends[j, b] = recs[j][7][0]
+    return hi
 
 
 @numba.njit(cache=True)

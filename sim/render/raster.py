@@ -77,6 +77,9 @@ PART_PRIM, PART_BOUNDS, PART_ROLES, SHAPE_START, SHAPE_COUNT = _part_table()
 assert set(SHAPE_PARTS) >= set(ALL_SHAPES)
 _TABLES = (PART_PRIM, PART_BOUNDS, PART_ROLES, SHAPE_START, SHAPE_COUNT,
            ROLE_COLORS.astype(np.float64), FACES, FACE_IS_TOP, SUN, PYRAMID, BODY)
+TABLES, ROAD_OFFSETS = _TABLES, _ROAD_OFFSETS
+"""The shape tables and road sampling `draw_objects` / `draw_ground` take (for
+`sim.render.device`, which calls the kernels for a batch)."""
 
 
 @dataclass

@@ -164,3 +164,32 @@ def test_recording_threads_give_the_same_frames() -> None:
     three.close()
     with pytest.raises(ValueError, match="threads"):
         DeviceCamera(CameraSpec(), 2, threads=0)
+
+
+def test_batch_recording_gives_the_per_world_lists_and_label_inputs() -> None:
+    scenarios = _scenarios()
+    batch = BatchWorld(scenarios)
+    for _ in range(14):
+        batch.step(np.zeros(len(scenarios)), np.full(len(scenarios), 0.6))
+    poses = batch.actor_poses()
+    views = [batch.view(b, poses) for b in range(len(scenarios))]
+    ref = DeviceCamera(CameraSpec(), len(scenarios))
+    want, want_bounds = ref.record(views)  # type: ignore[arg-type]
+    for threads, room in ((1, None), (3, None), (1, (1, 4))):
+        cam = DeviceCamera(CameraSpec(), len(scenarios), threads=threads)
+        if room is not None:  # lists that must grow while recording
+            cam.lists = (DisplayList(*room), DisplayList(*room), DisplayList(*room))
+        got, bounds = cam.record_batch(batch, views)
+        np.testing.assert_array_equal(bounds, want_bounds)
+        for a, b in zip(ref.lists, cam.lists, strict=True):
+            for name, x in vars(a.arrays()).items():
+                np.testing.assert_array_equal(getattr(b.arrays(), name), x, err_msg=name)
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(g.silhouette_px, w.silhouette_px)
+            np.testing.assert_array_equal(g.silhouette_in_image, w.silhouette_in_image)
+            np.testing.assert_array_equal(g.actor_boxes, w.actor_boxes)
+        for r, c in zip(ref.renderers, cam.renderers, strict=True):
+            np.testing.assert_array_equal(c.camera.R, r.camera.R)
+            np.testing.assert_array_equal(c.camera.position, r.camera.position)
+        cam.close()
+    assert want_bounds[2, -1] > 0, "taillights recorded"
