@@ -56,11 +56,12 @@ def sync(device: str) -> None:
 class Loop:
     """B envs with perception and the policy in the loop."""
 
-    def __init__(self, n: int, device: str, decide_every: int, seed: int = 0) -> None:
+    def __init__(self, n: int, device: str, decide_every: int, threads: int = 1,
+                 seed: int = 0) -> None:
         self.device, self.decide_every = device, decide_every
         cfgs = [family_config(("highway", "rural", "urban")[i % 3]) for i in range(n)]
         self.env = BatchDrivingEnv(n, scenarios=cfgs, obs_type="camera", action_type="meta",
-                                   labels=False, device=device)
+                                   labels=False, device=device, render_threads=threads)
         self.perceiver = Perceiver(device=device, refine=False, lane_backend="torch"
                                    if device.startswith("cuda") else "auto")
         self.model = load_policy(POLICY, device)
@@ -112,8 +113,9 @@ class Loop:
         self.t += 1
 
 
-def run(n: int, device: str, decide_every: int, seconds: float) -> dict[str, Any]:
-    loop = Loop(n, device, decide_every)
+def run(n: int, device: str, decide_every: int, seconds: float, threads: int
+        ) -> dict[str, Any]:
+    loop = Loop(n, device, decide_every, threads)
     for _ in range(2 * decide_every):  # warm-up (compiles, cudnn autotune)
         loop.step()
     loop.times = dict.fromkeys(STAGES, 0.0)
@@ -123,7 +125,7 @@ def run(n: int, device: str, decide_every: int, seconds: float) -> dict[str, Any
         loop.step()
         steps += 1
     wall = time.perf_counter() - t0
-    out = {"envs": n, "device": device, "decide_every": decide_every,
+    out = {"envs": n, "device": device, "decide_every": decide_every, "threads": threads,
            "steps_per_s": n * steps / wall, "decisions_per_s": loop.decisions / wall,
            "wall_s": wall, "steps": steps,
            "stage_ms_per_step": {k: 1e3 * v / steps for k, v in loop.times.items()},
@@ -139,6 +141,8 @@ def main() -> None:
     p.add_argument("--envs", type=int, nargs="+", default=[8, 32])
     p.add_argument("--decide-every", type=int, nargs="+", default=[1, 3])
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="host threads recording the frames' polygons")
     p.add_argument("--quick", action="store_true", help="smoke check: 4 envs, 0.5 s")
     args = p.parse_args()
     if args.quick:
@@ -150,7 +154,7 @@ def main() -> None:
         for n in args.envs:
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            r = run(n, args.device, k, args.seconds)
+            r = run(n, args.device, k, args.seconds, args.threads)
             out["runs"].append(r)
             stages = ", ".join(f"{s} {v:.1f}" for s, v in r["stage_ms_per_step"].items())
             mem = (f", {r['gpu_mem_mb_per_1000_envs']:,.0f} MB GPU per 1,000 envs"

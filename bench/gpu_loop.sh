@@ -40,6 +40,6 @@ tail -n 1 "$OUTDIR/render.log" > "$OUTDIR/render.json"
 
 stamp "3. closed loop"
 timeout 240 $PY bench/gpu_closed_loop.py --device "$DEVICE" --envs $ENVS \
-  --decide-every 1 3 --seconds "$SECONDS_" 2>&1 | tee "$OUTDIR/loop.log" | grep -v '^{'
+  --decide-every 1 3 --threads 8 --seconds "$SECONDS_" 2>&1 | tee "$OUTDIR/loop.log" | grep -v '^{'
 tail -n 1 "$OUTDIR/loop.log" > "$OUTDIR/loop.json"
 stamp "end"

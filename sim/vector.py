@@ -85,6 +85,7 @@ class BatchDrivingEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         scenarios: list[ScenarioConfig] | None = None,
         device: str | None = None,
+        render_threads: int = 1,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be an int >= 1")
@@ -115,7 +116,9 @@ class BatchDrivingEnv(VectorEnv):
         """None: numpy in and out (the default). A torch device ("cuda", "cpu"): the
         frames are drawn on it (`sim.render.device.DeviceCamera`) and observations,
         rewards, terminated and truncated come back as torch tensors on it; actions may
-        be tensors on any device. Physics stays on the host; infos stay numpy."""
+        be tensors on any device. Physics stays on the host; infos stay numpy.
+        `render_threads`: host threads recording the frames' polygons
+        (`DeviceCamera(threads=...)`)."""
         self.camera: BatchCamera | DeviceCamera
         if device is None:
             self.camera = BatchCamera(self.camera_spec, num_envs)
@@ -128,7 +131,8 @@ class BatchDrivingEnv(VectorEnv):
                 self.device = torch.device(device)
             except (RuntimeError, TypeError) as exc:
                 raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
-            self.camera = DeviceCamera(self.camera_spec, num_envs, self.device)
+            self.camera = DeviceCamera(self.camera_spec, num_envs, self.device,
+                                       threads=render_threads)
         self.batch: BatchWorld | None = None
         self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
         # the meta-action controllers of all envs as arrays (`MetaController` per env,
