@@ -8,7 +8,9 @@
 #    host kernels beside it;
 # 3. the closed loop with perception on the GPU (bench/gpu_closed_loop.py), deciding on
 #    every step and on every 3rd, B = 1,024 / 4,096;
-# 4. everything printed also goes to OUTDIR/*.log and the JSON lines to OUTDIR/*.json.
+# 4. planner training with perception in the loop (launch/train_planner_perception_gpu.yaml,
+#    resumed from planning/weights/planner.zip for TRAIN_MORE decisions): decisions/s;
+# everything printed also goes to OUTDIR/*.log and the JSON lines to OUTDIR/*.json.
 # A CPU dry run: DEVICE=cpu WORLDS="8" ENVS="4" SECONDS_=0.5 bash bench/gpu_loop.sh /tmp/x
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_loop.sh OUTDIR}
@@ -17,6 +19,7 @@ DEVICE=${DEVICE:-cuda}
 WORLDS=${WORLDS:-1024 4096}
 ENVS=${ENVS:-1024 4096}
 SECONDS_=${SECONDS_:-4}
+TRAIN_MORE=${TRAIN_MORE:-262144}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR"
 t0=$(date +%s)
@@ -42,4 +45,21 @@ stamp "3. closed loop"
 timeout 240 $PY bench/gpu_closed_loop.py --device "$DEVICE" --envs $ENVS \
   --decide-every 1 3 --threads 8 --seconds "$SECONDS_" 2>&1 | tee "$OUTDIR/loop.log" | grep -v '^{'
 tail -n 1 "$OUTDIR/loop.log" > "$OUTDIR/loop.json"
+
+stamp "4. planner training with perception in the loop"
+RECIPE=launch/train_planner_perception_gpu.yaml
+if [ "$DEVICE" = cpu ]; then  # a dry run: the recipe on the CPU, a few envs
+  sed -e 's/^perceiver_device: cuda/perceiver_device: cpu/' -e 's/^device: cuda/device: cpu/' \
+      -e 's/^n_envs: 1024/n_envs: 4/' -e 's/^n_steps: 64 /n_steps: 16 /' \
+      -e 's/^batch_size: 16384/batch_size: 32/' -e 's/^render_threads: 8/render_threads: 1/' \
+      "$RECIPE" > /tmp/gpu_loop_recipe.yaml
+  RECIPE=/tmp/gpu_loop_recipe.yaml
+fi
+rm -rf /tmp/gpu_loop_train
+timeout 200 $PY -m launch train-planner "$RECIPE" --resume planning/weights/planner.zip \
+  --timesteps $(( 5013504 + TRAIN_MORE )) --out /tmp/gpu_loop_train --no-progress \
+  > "$OUTDIR/train.log" 2>&1
+tail -n 1 "$OUTDIR/train.log" | tee "$OUTDIR/train.json" | $PY -c \
+  "import json, sys; d = json.loads(sys.stdin.read()); print('training with perception:', d['trained_now'], 'decisions,', d['agent_steps_per_s'], 'decisions/s')" \
+  || tail -c 1500 "$OUTDIR/train.log"
 stamp "end"

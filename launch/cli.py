@@ -429,10 +429,14 @@ def planner_job(cfg: TrainPlannerConfig) -> Any:
     """The `planning.train.PlannerTraining` a checked launch file describes."""
     from planning.train import PlannerTraining
 
-    fields = cfg.model_dump(exclude={"scenario", "shield", "shield_penalty", "reward_weights"})
+    fields = cfg.model_dump(exclude={"scenario", "shield", "shield_penalty", "reward_weights",
+                                     "perceiver_device", "render_threads"})
+    seen = ({"perceiver_device": cfg.perceiver_device, "render_threads": cfg.render_threads}
+            if cfg.source == "perception" else {})
     return PlannerTraining(**{**fields, "families": tuple(cfg.families),
                               "net_arch": tuple(cfg.net_arch)},
-                           env_kwargs={**({"scenario": cfg.scenario} if cfg.scenario else {}),
+                           env_kwargs={**seen,
+                                       **({"scenario": cfg.scenario} if cfg.scenario else {}),
                                        **({"shield": True} if cfg.shield else {}),
                                        **({"shield_penalty": cfg.shield_penalty}
                                           if cfg.shield_penalty else {}),

@@ -316,8 +316,14 @@ class TrainPlannerConfig(_Strict):
     out: Path = Field(default=Path("runs/planner"), description="run folder")
     algo: Literal["ppo", "sac"] = Field(
         default="ppo", description="ppo (meta-actions) | sac (continuous controls)")
-    source: Literal["emulated", "privileged"] = Field(
-        default="emulated", description="scene the policy sees while training")
+    source: Literal["emulated", "privileged", "perception"] = Field(
+        default="emulated", description=(
+            "scene the policy sees while training: emulated perception, the exact scene, "
+            "or the stack's perception on rendered frames (slow on a CPU; a GPU's job)"))
+    perceiver_device: PerceptionDevice = Field(default="cpu", description=(
+        "source perception: where the frames are drawn and perceived (cpu, cuda, ...)"))
+    render_threads: int = Field(default=1, ge=1, le=256, description=(
+        "source perception, vec_env batch: host threads recording the frames' polygons"))
     families: list[Family] = Field(default=["highway", "rural", "urban"], min_length=1)
     total_timesteps: int = Field(default=200_000, ge=1, le=1 << 40,
                                  description="agent decisions")

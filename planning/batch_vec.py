@@ -135,6 +135,12 @@ class BatchPlannerVecEnv(_OneBatch):
     for the batch, seeded by `noise_seed`: the same distributions as
     `EmulatedSource`, other draws.
 
+    `source="perception"`: the features come from the stack's own perception: every
+    env's frame is drawn on `device` (`sim.render.device.DeviceCamera`, `render_threads`
+    host threads recording) and perceived there (`perceiver`, default the shipped
+    `Perceiver` on `device`), scenes and gap rates as `PerceptionSource` makes them; on a
+    GPU the frames do not leave it. No shield with this source.
+
     `shield=True`: each env's meta action passes through its own
     `planning.shield.SafetyShield` on the scene behind its latest observation, as
     `ShieldedActions` does per env (reset when its episode restarts); `infos[i]` then
@@ -148,7 +154,9 @@ class BatchPlannerVecEnv(_OneBatch):
                  noise: Any = None, noise_seed: int = 0,
                  scenario: dict[str, Any] | None = None,
                  reward_weights: dict[str, float] | None = None,
-                 shield: bool = False, shield_penalty: float = 0.0) -> None:
+                 shield: bool = False, shield_penalty: float = 0.0,
+                 perceiver: Any = None, device: str = "cpu", render_threads: int = 1
+                 ) -> None:
         from gymnasium import spaces
 
         from planning.features import CLIP, FEATURE_DIM
@@ -163,9 +171,11 @@ class BatchPlannerVecEnv(_OneBatch):
         bad = [f for f in families if f not in FAMILIES]
         if not families or bad:
             raise ValueError(f"families={list(families)!r}; allowed: {', '.join(FAMILIES)}")
-        if source not in ("privileged", "emulated"):
-            raise ValueError(f"source={source!r}; allowed: privileged, emulated (the "
-                             "batched env renders nothing; perception runs per env)")
+        if source not in ("privileged", "emulated", "perception"):
+            raise ValueError(f"source={source!r}; allowed: privileged, emulated, perception")
+        if source == "perception" and shield:
+            raise ValueError("shield: the batched env shields the privileged and emulated "
+                             "sources; with perception use make_planner_env per env")
         k = DECISION_EVERY if decision_every is None else decision_every
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"decision_every={k!r} must be an int >= 1")
@@ -214,6 +224,22 @@ class BatchPlannerVecEnv(_OneBatch):
             self.shields = [SafetyShield() for _ in range(num_envs)]
         self._scene: Any = None
         """The `BatchScene` behind the latest observations (what the shields see)."""
+        self.camera: Any = None
+        self.perceiver: Any = None
+        if source == "perception":
+            from perception.detector import resolve_device, torch_device
+            from sim.render.device import DeviceCamera
+
+            device = resolve_device(device)  # "auto", "cuda:1", "1" ... -> "cpu", "1"
+            self.camera = DeviceCamera(env.camera_spec, num_envs, torch_device(device),
+                                       threads=render_threads)
+            if perceiver is None:
+                from perception.perceiver import Perceiver
+
+                perceiver = Perceiver(device=device, camera=env.camera_spec)
+            self.perceiver = perceiver
+            self._scenes: list[Any] = [None] * num_envs
+            self._times = np.zeros(num_envs)
 
     # -- VecEnv --------------------------------------------------------------------------
     def reset(self) -> np.ndarray:
@@ -285,6 +311,8 @@ class BatchPlannerVecEnv(_OneBatch):
         env = self.env
         bw = env.batch
         assert bw is not None
+        if self.source == "perception":
+            return self._perceive(rows)
         scene = batch_scene_from_world(bw, env.camera_spec)
         scene.target_speed, scene.lane_change = env.target_speeds, env.target_lane_changes
         if rows is not None:
@@ -308,8 +336,48 @@ class BatchPlannerVecEnv(_OneBatch):
             self._scene = tracked
         return batch_features(tracked)
 
+    def _perceive(self, rows: np.ndarray | None) -> np.ndarray:
+        """Feature vectors from perception: every env's frame drawn on the device
+        (`DeviceCamera`), perceived there (`Perceiver.perceive_tensor`), each env's scene
+        and gap rates as `PerceptionSource` makes them (tracked across its decisions,
+        afresh after a restart), the controller's state, `features`."""
+        from dataclasses import replace
+
+        import torch
+
+        from planning.features import features
+        from planning.scene import scene_from_perception, with_gap_rates
+
+        env = self.env
+        bw = env.batch
+        assert bw is not None
+        images = self.camera.render(bw).images
+        sel = np.arange(self.num_envs) if rows is None else np.asarray(rows)
+        if rows is not None:
+            images = images[torch.as_tensor(sel, device=images.device)]
+        percs = self.perceiver.perceive_tensor(images)
+        speeds, targets = bw.ego.speed, env.target_speeds
+        changes, now = env.target_lane_changes, bw.world_steps * env.dt
+        dim = int(self.observation_space.shape[0])  # type: ignore[index]
+        out = np.empty((len(sel), dim), np.float32)
+        for k, i in enumerate(sel):
+            scene = scene_from_perception(percs[k], float(speeds[i]), env.camera_spec,
+                                          bw.worlds[i].scenario.speed_limit)
+            prev = None if self._fresh[i] else self._scenes[i]
+            scene = with_gap_rates(prev, scene, 0.0 if prev is None
+                                   else float(now[i] - self._times[i]))
+            if rows is None:
+                self._scenes[i], self._times[i] = scene, now[i]
+            out[k] = features(replace(scene, target_speed=float(targets[i]),
+                                      lane_change=int(changes[i])))
+        if rows is None:
+            self._fresh[:] = False
+        return out
+
     def close(self) -> None:
         self.env.close()
+        if self.camera is not None:
+            self.camera.close()
 
 
 class ParallelBatchVecEnv(_OneBatch):

@@ -45,7 +45,7 @@ class PlannerTraining:
 
     out: Path
     algo: Algo = "ppo"
-    source: Literal["emulated", "privileged"] = "emulated"
+    source: Literal["emulated", "privileged", "perception"] = "emulated"
     families: tuple[str, ...] = ("highway", "rural", "urban")
     """Env i drives families[i % len(families)]."""
     total_timesteps: int = 200_000
@@ -96,10 +96,15 @@ class PlannerTraining:
                 raise ValueError("vec_env=batch steps meta actions (ppo); sac drives "
                                  "continuous controls: use vec_env subprocess or dummy")
             extra = sorted(set(self.env_kwargs) - {"scenario", "noise_path", "reward_weights",
-                                                   "shield", "shield_penalty"})
+                                                   "shield", "shield_penalty",
+                                                   "perceiver_device", "render_threads"})
             if extra:
                 raise ValueError(f"vec_env=batch: {', '.join(extra)} not supported there: "
                                  "use vec_env subprocess or dummy")
+        seen = sorted({"perceiver_device", "render_threads"} & set(self.env_kwargs))
+        if seen and self.source != "perception":
+            raise ValueError(f"{', '.join(seen)}: for source perception only (source is "
+                             f"{self.source!r})")
         check_number("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
         check_number("gamma", self.gamma, 0.0, 1.0)
         if self.torch_threads is not None:
@@ -125,6 +130,12 @@ def _monitored(kwargs: dict[str, Any]) -> Any:
     return Monitor(make_planner_env(**kwargs))
 
 
+def per_env_kwargs(cfg: PlannerTraining) -> dict[str, Any]:
+    """`cfg.env_kwargs` as `make_planner_env` takes them (the batch's recording threads
+    are no argument of one env)."""
+    return {k: v for k, v in cfg.env_kwargs.items() if k != "render_threads"}
+
+
 def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -> Any:
     """`n` envs over the configured families, seeded seed, seed + 1, ..., stepped as
     `kind` (default `cfg.vec_env`)."""
@@ -141,6 +152,9 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
             "reward_weights": cfg.env_kwargs.get("reward_weights"),
             "shield": bool(cfg.env_kwargs.get("shield", False)),
             "shield_penalty": float(cfg.env_kwargs.get("shield_penalty", 0.0))}
+        if cfg.source == "perception":
+            kwargs["device"] = str(cfg.env_kwargs.get("perceiver_device", "cpu"))
+            kwargs["render_threads"] = int(cfg.env_kwargs.get("render_threads", 1))
         workers = min(cfg.batch_workers, n)
         batch: Any = (ParallelBatchVecEnv(n, workers=workers, **kwargs) if workers > 1
                       else BatchPlannerVecEnv(n, **kwargs))
@@ -149,7 +163,7 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
         return vec
     extra = {"action_type": "continuous"} if cfg.algo == "sac" else {}
     fns = [_env_fn({"source": cfg.source, "family": cfg.families[i % len(cfg.families)],
-                    "decision_every": cfg.decision_every, **extra, **cfg.env_kwargs})
+                    "decision_every": cfg.decision_every, **extra, **per_env_kwargs(cfg)})
            for i in range(n)]
     vec = (SubprocVecEnv(fns, start_method="spawn") if kind == "subprocess" and n > 1
            else DummyVecEnv(fns))
@@ -224,7 +238,7 @@ def collect_demonstrations(cfg: PlannerTraining, steps: int, seed: int
             env.close()
         env = make_planner_env(source=cfg.source, family=family,
                                decision_every=cfg.decision_every, seed=seed + episode,
-                               **cfg.env_kwargs)
+                               **per_env_kwargs(cfg))
         obs, _ = env.reset(seed=seed + episode)
         planner.reset()
         done = False

@@ -138,15 +138,17 @@ def test_emulated_noise_is_seeded_and_applied() -> None:
 
 def test_bad_arguments_are_one_clear_error() -> None:
     with pytest.raises(ValueError, match="source"):
-        BatchPlannerVecEnv(2, source="perception")
+        BatchPlannerVecEnv(2, source="lidar")
     with pytest.raises(ValueError, match="families"):
         BatchPlannerVecEnv(2, families=("moon",))
     with pytest.raises(ValueError, match="num_envs"):
         BatchPlannerVecEnv(0)
     with pytest.raises(ValueError, match="vec_env=batch"):
         PlannerTraining(out=Path("x"), algo="sac")
-    with pytest.raises(ValueError, match="perceiver_device"):
+    with pytest.raises(ValueError, match="perceiver_device: for source perception only"):
         PlannerTraining(out=Path("x"), env_kwargs={"perceiver_device": "cpu"})
+    PlannerTraining(out=Path("x"), source="perception",
+                    env_kwargs={"perceiver_device": "cpu", "render_threads": 2})
     PlannerTraining(out=Path("x"), env_kwargs={"shield": True})  # batched since issue 15
 
 
