@@ -261,14 +261,19 @@ class DeviceCamera:
                 outputs[b] = self.renderers[b].record(worlds[b], *lists)
                 bounds[:, b + 1] = [d.polygons for d in lists]
 
-        if self.threads == 1:
-            record(0)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="record")
-            list(self._pool.map(record, range(self.threads)))
+        self._each_thread(record)
+        if self.threads > 1:
             self._merge(cuts, bounds)
         return outputs, bounds
+
+    def _each_thread(self, work: Callable[[int], None]) -> None:
+        """work(k) for every recording thread k (here when there is one)."""
+        if self.threads == 1:
+            work(0)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="record")
+        list(self._pool.map(work, range(self.threads)))
 
     def record_batch(self, batch: BatchWorld, views: list[WorldView]
                      ) -> tuple[list[RenderOutput], np.ndarray]:
@@ -333,12 +338,7 @@ class DeviceCamera:
                     for d in lists:
                         d.rewind(d.mark(), grow=True)
 
-        if self.threads == 1:
-            record(0)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="record")
-            list(self._pool.map(record, range(self.threads)))
+        self._each_thread(record)
         bounds = np.zeros((3, n + 1), np.int64)
         bounds[:, 1:] = out[5]
         if self.threads > 1:

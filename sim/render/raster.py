@@ -162,9 +162,8 @@ class Renderer:
             self._key = key
         return self._episode
 
-    def render(self, world: World, out: np.ndarray | None = None) -> RenderOutput:
-        """The frame of `world`; drawn into `out` ((H, W, 3) uint8, e.g. a row of a
-        batch's observation array) when given, else into a new array."""
+    def _inputs(self, world: World) -> _Inputs:
+        """The kernels' inputs for `world`'s frame (the camera posed on its ego)."""
         ep = self._prepare(world)
         cond, spec, cam = ep.conditions, self.spec, self.camera
         ego, a = world.state.ego, world.state.actors
@@ -172,6 +171,22 @@ class Renderer:
             raise ValueError(f"{a.active.size} actor rows: the int16 id buffer holds at most "
                              f"{np.iinfo(np.int16).max - 1}")
         cam.set_pose(ego)
+        cam_t = (cam.position, cam.R, cam.f, cam.cx, cam.cy, spec.near, spec.far, cam.tan_half,
+                 cam.tan_half * spec.height / spec.width)
+        poses = world.actor_poses()
+        actors = (a.active, a.shape, a.s, *poses, a.length, a.width, a.height, a.color)
+        look = (cond.palette.ambient, cond.palette.diffuse, cond.headlight is not None,
+                cond.fog_alpha is not None, FOG_COLOR, FOG_VISIBILITY,
+                cond.time_of_day != "night", ep.shadow_color)
+        lights = (a.cls, *poses, a.length, a.width, a.height)
+        return _Inputs(ep, cam_t, ego.s, ego.yaw, poses, actors, look, lights,
+                       cond.time_of_day != "day")
+
+    def render(self, world: World, out: np.ndarray | None = None) -> RenderOutput:
+        """The frame of `world`; drawn into `out` ((H, W, 3) uint8, e.g. a row of a
+        batch's observation array) when given, else into a new array."""
+        x = self._inputs(world)
+        ep, cond = x.episode, x.episode.conditions
         if out is None:
             img = cond.background.copy()
         else:
@@ -181,24 +196,16 @@ class Renderer:
             img = out
             np.copyto(img, cond.background)
         ids = self._ids_background.copy()
-        cam_t = (cam.position, cam.R, cam.f, cam.cx, cam.cy, spec.near, spec.far, cam.tan_half,
-                 cam.tan_half * spec.height / spec.width)
-        draw_ground(img, ids, cam_t, ep.road, ego.s, ego.yaw, _ROAD_OFFSETS, ep.ground_colors,
-                    None)
+        draw_ground(img, ids, x.cam, ep.road, x.ego_s, x.ego_yaw, _ROAD_OFFSETS,
+                    ep.ground_colors, None)
         cond.ground_pass(img)
-        poses = world.actor_poses()
-        actors = (a.active, a.shape, a.s, *poses, a.length, a.width, a.height, a.color)
-        look = (cond.palette.ambient, cond.palette.diffuse, cond.headlight is not None,
-                cond.fog_alpha is not None, FOG_COLOR, FOG_VISIBILITY,
-                cond.time_of_day != "night", ep.shadow_color)
-        total, inside, drawn, boxes = draw_objects(img, ids, cam_t, ego.s, self.cull_to_view,
-                                                   actors, ep.clutter, _TABLES, look, None)
-        result = RenderOutput(img, ids, total, inside, boxes, poses)
-        if cond.time_of_day != "day" and drawn.size:
-            draw_taillights(img, ids, cam_t, drawn, a.cls, *poses, a.length, a.width, a.height,
-                            None)
+        total, inside, drawn, boxes = draw_objects(img, ids, x.cam, x.ego_s, self.cull_to_view,
+                                                   x.actors, ep.clutter, _TABLES, x.look, None)
+        if x.taillights and drawn.size:
+            cls, lx, ly, lyaw, ll, lw, lh = x.lights
+            draw_taillights(img, ids, x.cam, drawn, cls, lx, ly, lyaw, ll, lw, lh, None)
         cond.sensor_pass(img, world.state.step)
-        return result
+        return RenderOutput(img, ids, total, inside, boxes, x.poses)
 
     def record(self, world: World, ground: DisplayList, objects: DisplayList,
                lights: DisplayList) -> RenderOutput:
@@ -207,33 +214,39 @@ class Renderer:
         taillights), for `sim.render.rowfill` to fill with the passes between them as
         `render` does (`sim.render.device`). The output's image and ids are None; its
         silhouette counts and boxes are `render`'s."""
-        ep = self._prepare(world)
-        cond, spec, cam = ep.conditions, self.spec, self.camera
-        ego, a = world.state.ego, world.state.actors
-        if a.active.size >= np.iinfo(np.int16).max:
-            raise ValueError(f"{a.active.size} actor rows: the int16 id buffer holds at most "
-                             f"{np.iinfo(np.int16).max - 1}")
-        cam.set_pose(ego)
+        x = self._inputs(world)
+        ep, spec = x.episode, self.spec
         if self._scratch is None:  # never written while recording; gives the kernels h, w
             self._scratch = (np.zeros((spec.height, spec.width, 3), np.uint8),
                              np.zeros((spec.height, spec.width), np.int16))
         img, ids = self._scratch
-        cam_t = (cam.position, cam.R, cam.f, cam.cx, cam.cy, spec.near, spec.far, cam.tan_half,
-                 cam.tan_half * spec.height / spec.width)
-        _recorded(ground, lambda rec: draw_ground(img, ids, cam_t, ep.road, ego.s, ego.yaw,
+        _recorded(ground, lambda rec: draw_ground(img, ids, x.cam, ep.road, x.ego_s, x.ego_yaw,
                                                   _ROAD_OFFSETS, ep.ground_colors, rec))
-        poses = world.actor_poses()
-        actors = (a.active, a.shape, a.s, *poses, a.length, a.width, a.height, a.color)
-        look = (cond.palette.ambient, cond.palette.diffuse, cond.headlight is not None,
-                cond.fog_alpha is not None, FOG_COLOR, FOG_VISIBILITY,
-                cond.time_of_day != "night", ep.shadow_color)
         total, inside, drawn, boxes = _recorded(
-            objects, lambda rec: draw_objects(img, ids, cam_t, ego.s, self.cull_to_view,
-                                              actors, ep.clutter, _TABLES, look, rec))
-        if cond.time_of_day != "day" and drawn.size:
-            _recorded(lights, lambda rec: draw_taillights(
-                img, ids, cam_t, drawn, a.cls, *poses, a.length, a.width, a.height, rec))
-        return RenderOutput(None, None, total, inside, boxes, poses)  # type: ignore[arg-type]
+            objects, lambda rec: draw_objects(img, ids, x.cam, x.ego_s, self.cull_to_view,
+                                              x.actors, ep.clutter, _TABLES, x.look, rec))
+        if x.taillights and drawn.size:
+            cls, lx, ly, lyaw, ll, lw, lh = x.lights
+            _recorded(lights, lambda rec: draw_taillights(img, ids, x.cam, drawn, cls, lx, ly,
+                                                          lyaw, ll, lw, lh, rec))
+        return RenderOutput(None, None, total, inside, boxes, x.poses)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Inputs:
+    """What the kernels take for one frame (`Renderer._inputs`)."""
+
+    episode: _Episode
+    cam: tuple
+    ego_s: float
+    ego_yaw: float
+    poses: tuple[np.ndarray, np.ndarray, np.ndarray]
+    actors: tuple
+    look: tuple
+    lights: tuple
+    """`draw_taillights`' actor arrays (class, x, y, yaw, length, width, height)."""
+    taillights: bool
+    """Dusk or night: the lamps are drawn."""
 
 
 def _recorded(display: DisplayList, call: Callable[[tuple], _T]) -> _T:
