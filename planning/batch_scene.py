@@ -34,6 +34,7 @@ from planning.features import (
     N_OBJECTS,
     OBJECT_FEATURES,
     control_features,
+    path_features,
 )
 from planning.noise import FALSE_ALARM_SPREAD, PerceptionNoise, _bucket
 from planning.scene import MAX_RANGE, Scene
@@ -322,8 +323,9 @@ def batch_features(scene: BatchScene) -> np.ndarray:
     control = control_features(scene.speed.astype(np.float64),
                                np.asarray(target, np.float64), gaps[:, 1, 0], gaps[:, 1, 1],
                                np.asarray(change, np.float64))
-    vec = np.concatenate([ego, gaps.reshape(n, -1), objects.reshape(n, -1), control],
-                         axis=1) / _SCALES
+    paths = path_features(obj, valid, scene.lane_width, scene.lane_offset, scene.speed)
+    vec = np.concatenate([ego, gaps.reshape(n, -1), objects.reshape(n, -1), control,
+                          paths.reshape(n, -1)], axis=1) / _SCALES
     out = np.clip(vec, -CLIP, CLIP).astype(np.float32)
     assert out.shape == (n, FEATURE_DIM)
     return out

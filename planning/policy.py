@@ -7,8 +7,9 @@ A policy zip is never unpickled. SB3's own `PPO.load` runs cloudpickle on the zi
 Here only the zip's tensors are read (its `.pth` entries, with torch `weights_only`:
 tensors and plain data) and the plain JSON fields of `data` (the step count); the
 network's layer sizes come from the tensors' shapes, the observation and action sizes
-must be one of `OBSERVATION_DIMS` (today's features, or the legacy prefix of a policy
-trained before the controller features) and the meta actions, and the SB3 model is built
+must be one of `OBSERVATION_DIMS` (today's features, or the prefix an older policy was
+trained on: before the controller features, or before the path features) and the meta
+actions, and the SB3 model is built
 fresh (`load_policy`; `load_parameters` for a training run's resume).
 """
 
@@ -26,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from perception.onnx_cpu import brief, check_finite, check_tensor, quiet_load, refused_global
-from planning.features import CLIP, FEATURE_DIM, LEGACY_FEATURE_DIM, OBSERVATION_DIMS, features
+from planning.features import (
+    CLIP,
+    CONTROL_FEATURE_DIM,
+    FEATURE_DIM,
+    LEGACY_FEATURE_DIM,
+    OBSERVATION_DIMS,
+    features,
+)
 from planning.scene import Scene
 from sim.actions import META_ACTIONS
 from sim.outputs import not_a_file
@@ -200,9 +208,9 @@ def net_arch(state: dict[str, Any], path: Path) -> list[int] | dict[str, list[in
                 chain[-1][0] != outputs):
             raise PolicyLoadError(
                 f"policy file {path} has {head} layers (out, in) {chain}; the planner gives "
-                f"({FEATURE_DIM},) feature vectors (or the first {LEGACY_FEATURE_DIM}, for a "
-                f"policy trained before the controller features) and {len(META_ACTIONS)} "
-                "meta actions")
+                f"({FEATURE_DIM},) feature vectors (or the first {CONTROL_FEATURE_DIM} or "
+                f"{LEGACY_FEATURE_DIM}, for a policy trained before the path or the controller "
+                f"features) and {len(META_ACTIONS)} meta actions")
         arch[head] = [o for o, _ in shapes]
     return arch["pi"] if arch["pi"] == arch["vf"] else arch
 
@@ -302,11 +310,11 @@ def load_parameters(model: Any, path: str | Path) -> int:
     z = read_policy_zip(path)
     state = z.params.get("policy")
     have = getattr(getattr(model, "observation_space", None), "shape", (FEATURE_DIM,))
-    if isinstance(state, dict) and _in_dim(state) == LEGACY_FEATURE_DIM != have[0]:
-        raise PolicyLoadError(f"policy file {z.path} takes the {LEGACY_FEATURE_DIM} features of "
-                              f"before the controller features; training continues only from a "
-                              f"policy with {FEATURE_DIM} inputs: train a new one (it can "
-                              "still be driven: drivestack eval --policy)")
+    if isinstance(state, dict) and (dim := _in_dim(state)) in OBSERVATION_DIMS and dim != have[0]:
+        raise PolicyLoadError(f"policy file {z.path} takes {dim} features (an older policy's "
+                              f"prefix); training continues only from a policy with "
+                              f"{have[0]} inputs: train a new one (it can still be driven: "
+                              "drivestack eval --policy)")
     names, variable_names = model._get_torch_save_params()
     if set(names) != set(z.params):
         raise PolicyLoadError(f"policy file {z.path} holds state dicts {sorted(z.params)}; "

@@ -386,8 +386,8 @@ def test_a_damaged_or_mismatched_policy_is_one_clear_error(tmp_path: Path) -> No
         s["log_std"] = torch.zeros(5)
 
     cases = {"nan.zip": (nan, r"policy.action_net.bias holds NaN"),
-             "narrow.zip": (narrow, r"pi layers \(out, in\) \[\(128, 10\).*\(64,\) feature "
-                                    r"vectors \(or the first 61"),
+             "narrow.zip": (narrow, r"pi layers \(out, in\) \[\(128, 10\).*\(\d+,\) feature "
+                                    r"vectors \(or the first 64 or 61"),
              "extra.zip": (extra, r"missing none, unexpected \['log_std'\]")}
     for name, (change, message) in cases.items():
         with pytest.raises(PolicyLoadError, match=f"policy file .*{name}.*{message}"):
@@ -424,22 +424,23 @@ def test_train_planner_resume_never_unpickles(evil_zip: Path, marker: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] is False and "PolicyLoadError" in summary["error"]
     assert summary["final"] is None and summary["best"] is None
-    # a policy of the legacy features (61 inputs) can be driven, not trained on
-    from planning.features import LEGACY_FEATURE_DIM
+    # a policy of an older feature prefix (61 or 64 inputs) can be driven, not trained on
+    from planning.features import CONTROL_FEATURE_DIM, FEATURE_DIM, LEGACY_FEATURE_DIM
     from planning.policy import fresh_ppo, load_policy
 
-    legacy = tmp_path / "legacy.zip"
-    fresh_ppo([8], obs_dim=LEGACY_FEATURE_DIM).save(legacy)
-    assert load_policy(legacy).observation_space.shape == (LEGACY_FEATURE_DIM,)
-    with pytest.raises(PolicyLoadError, match=r"legacy.zip takes the 61 features of before "
-                                              r"the controller features"):
-        train_planner(_tiny_run(out), resume=legacy)
+    for dim in (LEGACY_FEATURE_DIM, CONTROL_FEATURE_DIM):
+        legacy = tmp_path / f"legacy{dim}.zip"
+        fresh_ppo([8], obs_dim=dim).save(legacy)
+        assert load_policy(legacy).observation_space.shape == (dim,)
+        with pytest.raises(PolicyLoadError, match=rf"legacy{dim}.zip takes {dim} features "
+                                                  r"\(an older policy's prefix\)"):
+            train_planner(_tiny_run(out), resume=legacy)
     # a checkpoint of another network: the launch file's net_arch is (8,), this one's (4,)
     other = tmp_path / "other"
     train_planner(_tiny_run(other, net_arch=(4,)))
     with pytest.raises(PolicyLoadError, match=r"final.zip: policy mlp_extractor.policy_net.0"
-                                              r".weight has shape \(4, 64\), the model "
-                                              r"\(8, 64\)"):
+                                              rf".weight has shape \(4, {FEATURE_DIM}\), the model "
+                                              rf"\(8, {FEATURE_DIM}\)"):
         train_planner(_tiny_run(out), resume=other / "final.zip")
 
 

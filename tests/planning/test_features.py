@@ -245,3 +245,42 @@ def test_a_legacy_policy_reads_the_first_features() -> None:
     scene = _scene([[30.0, 0.2, 0, CAR, -4.0]], target_speed=30.0, lane_change=1)
     assert PolicyPlanner(Legacy()).act(scene) == 2
     assert np.array_equal(seen[0], features(scene)[:LEGACY_FEATURE_DIM])
+
+
+def test_path_features_count_an_object_by_its_body_not_its_lane() -> None:
+    from planning.features import CONTROL_FEATURE_DIM, PATH_FEATURES, SAFE_SPEED_CAP
+    from planning.rule_based import RuleParams, safe_speed
+
+    # a broken-down car 25 m ahead, its centre 2.0 m right of the ego lane's centre: its
+    # lane is the right one (round(2.0 / 3.5) = 1 lane), but its body (half width 1.0)
+    # reaches into the ego's path (0.95 + 1.0 + 0.5 margin = 2.45 m from the centre line)
+    stalled = [25.0, -2.0, -1, CAR, -20.0]
+    v = dict(zip(FEATURE_NAMES, features(_scene([stalled], lane_offset=0.0)), strict=True))
+    assert v["ego_gap"] == 1.0  # the lane feature misses it ...
+    assert v["ego_path_gap"] == pytest.approx(25 / MAX_GAP)  # ... the path does not
+    assert v["ego_path_gap_rate"] == pytest.approx(-2.0)
+    assert v["ego_path_safe_speed"] * 30 == pytest.approx(safe_speed(25.0, 0.0, RuleParams()),
+                                                           abs=1e-4)
+    assert v["right_path_gap"] == pytest.approx(25 / MAX_GAP)  # right lane centre -3.5 m
+    assert v["left_path_gap"] == 1.0 and v["left_path_gap_rate"] == 0.0  # left centre +3.5
+    assert v["left_path_safe_speed"] * 30 == pytest.approx(SAFE_SPEED_CAP)
+    # 3.0 m right is outside the ego's path (2.45 m); a pedestrian (half width 0.3) at
+    # 1.6 m is inside (1.75 m) and behind it, the path's safe speed is the slowest of both
+    far = [25.0, -3.0, -1, CAR, -20.0]
+    walker = [40.0, 1.6, 0, PEDESTRIAN, -19.0]
+    v = dict(zip(FEATURE_NAMES, features(_scene([far, walker], lane_offset=0.0)), strict=True))
+    assert v["ego_path_gap"] == pytest.approx(40 / MAX_GAP)
+    assert v["ego_path_safe_speed"] * 30 == pytest.approx(safe_speed(40.0, 1.0, RuleParams()),
+                                                           abs=1e-4)
+    # the body's own path counts too: the ego 1.0 m left of its lane centre sees a car
+    # 2.8 m left of it (1.8 m from the body, inside 2.45) that the centre line's path misses
+    side = [15.0, 2.8, 1, CAR, 0.0]
+    assert features(_scene([side], lane_offset=1.0))[FEATURE_NAMES.index("ego_path_gap")] \
+        == pytest.approx(15 / MAX_GAP)
+    assert features(_scene([side], lane_offset=0.0))[FEATURE_NAMES.index("ego_path_gap")] \
+        == pytest.approx(1.0)
+    # objects behind (gap <= -2 m) are in no path; the features are appended last, so a
+    # policy trained before them reads an unchanged prefix
+    v = dict(zip(FEATURE_NAMES, features(_scene([[-3.0, 0.0, 0, CAR, 2.0]])), strict=True))
+    assert v["ego_path_gap"] == 1.0
+    assert FEATURE_NAMES[CONTROL_FEATURE_DIM:] == PATH_FEATURES
