@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from perception.perceiver import Perceiver  # noqa: E402
 from planning.features import features  # noqa: E402
+from planning.memory import NeighbourMemory  # noqa: E402
 from planning.policy import load_policy  # noqa: E402
 from planning.scene import Scene, scene_from_perception, with_gap_rates  # noqa: E402
 from sim.config import family_config  # noqa: E402
@@ -67,6 +68,7 @@ class Loop:
         self.model = load_policy(POLICY, device)
         self.obs, _ = self.env.reset(seed=seed)
         self.prev: list[Scene | None] = [None] * n
+        self.memory = NeighbourMemory(n)
         self.actions = np.full(n, 1, np.int64)  # IDLE until the first decision
         self.t = 0
         self.times = dict.fromkeys(STAGES, 0.0)
@@ -91,8 +93,9 @@ class Loop:
                 s = scene_from_perception(p, float(speeds[i]), env.camera_spec, limits[i])
                 s = with_gap_rates(self.prev[i], s, dt)
                 self.prev[i] = s
+                memory = self.memory.update_scene(s, dt, row=i)
                 x[i] = features(dataclasses.replace(s, target_speed=float(targets[i]),
-                                                    lane_change=int(changes[i])))[:dim]
+                                                    lane_change=int(changes[i])), memory)[:dim]
             t2 = clock()
             with torch.inference_mode():
                 act, _ = self.model.policy.predict(x, deterministic=True)
@@ -110,6 +113,7 @@ class Loop:
         done = (terminated | truncated).cpu().numpy()
         for i in np.flatnonzero(done):
             self.prev[i] = None  # a new episode next step
+            self.memory.reset([i])
         self.t += 1
 
 

@@ -36,6 +36,7 @@ from planning.features import (
     control_features,
     path_features,
 )
+from planning.memory import NEUTRAL_MEMORY
 from planning.noise import FALSE_ALARM_SPREAD, PerceptionNoise, _bucket
 from planning.scene import MAX_RANGE, Scene
 from sim.types import CameraSpec
@@ -290,8 +291,9 @@ def _with_rates(cur: BatchScene, objs: np.ndarray, tracked: np.ndarray) -> Batch
                       cur.count, tracked, cur.target_speed, cur.lane_change)
 
 
-def batch_features(scene: BatchScene) -> np.ndarray:
-    """(B, FEATURE_DIM) float32: `planning.features.features` of every scene."""
+def batch_features(scene: BatchScene, memory: np.ndarray | None = None) -> np.ndarray:
+    """(B, FEATURE_DIM) float32: `planning.features.features` of every scene; `memory`:
+    (B, len(MEMORY_FEATURES)) unscaled (`NeighbourMemory.update`; None: neutral)."""
     n = len(scene)
     obj = scene.objects
     valid = scene.valid
@@ -324,8 +326,10 @@ def batch_features(scene: BatchScene) -> np.ndarray:
                                np.asarray(target, np.float64), gaps[:, 1, 0], gaps[:, 1, 1],
                                np.asarray(change, np.float64))
     paths = path_features(obj, valid, scene.lane_width, scene.lane_offset, scene.speed)
+    mem = (np.broadcast_to(NEUTRAL_MEMORY, (n, len(NEUTRAL_MEMORY))) if memory is None
+           else np.asarray(memory, np.float64))
     vec = np.concatenate([ego, gaps.reshape(n, -1), objects.reshape(n, -1), control,
-                          paths.reshape(n, -1)], axis=1) / _SCALES
+                          paths.reshape(n, -1), mem], axis=1) / _SCALES
     out = np.clip(vec, -CLIP, CLIP).astype(np.float32)
     assert out.shape == (n, FEATURE_DIM)
     return out

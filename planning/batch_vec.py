@@ -207,6 +207,10 @@ class BatchPlannerVecEnv(_OneBatch):
         self._prev: Any = None
         self._prev_steps = np.zeros(num_envs, np.int64)
         self._fresh = np.ones(num_envs, bool)
+        from planning.memory import NeighbourMemory
+
+        self.memory = NeighbourMemory(num_envs)
+        """What each env's planner remembers of its neighbours (reset with its episode)."""
         self.render_mode = None
         super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
                                               dtype=np.float32),
@@ -311,6 +315,8 @@ class BatchPlannerVecEnv(_OneBatch):
         env = self.env
         bw = env.batch
         assert bw is not None
+        if rows is None:  # the envs that start an episode: nothing remembered
+            self.memory.reset(np.flatnonzero(self._fresh))
         if self.source == "perception":
             return self._perceive(rows)
         scene = batch_scene_from_world(bw, env.camera_spec)
@@ -320,7 +326,10 @@ class BatchPlannerVecEnv(_OneBatch):
         if self.source == "privileged":
             if rows is None:
                 self._scene = scene
-            return batch_features(scene)
+            memory = self._remember(scene, rows)
+            if rows is None:
+                self._fresh[:] = False
+            return batch_features(scene, memory)
         sel = slice(None) if rows is None else rows
         steps = bw.world_steps.copy()
         ego = bw.ego
@@ -331,10 +340,18 @@ class BatchPlannerVecEnv(_OneBatch):
         prev = None if self._prev is None else (
             self._prev if rows is None else self._prev.take(rows))
         tracked = batch_gap_rates(prev, noisy, dt)
+        memory = self._remember(tracked, rows)
         if rows is None:
             self._prev, self._prev_steps, self._fresh[:] = tracked, steps, False
             self._scene = tracked
-        return batch_features(tracked)
+        return batch_features(tracked, memory)
+
+    def _remember(self, scene: Any, rows: np.ndarray | None) -> np.ndarray:
+        """The memory's features for `scene` (a `BatchScene` of every env, or of `rows`),
+        one decision after the last."""
+        return self.memory.update(scene.objects, scene.valid, scene.lane_offset,
+                                  scene.lane_width, scene.lane_seen,
+                                  self.decision_every * self.env.dt, rows)
 
     def _perceive(self, rows: np.ndarray | None) -> np.ndarray:
         """Feature vectors from perception: every env's frame drawn on the device
@@ -368,8 +385,9 @@ class BatchPlannerVecEnv(_OneBatch):
                                    else float(now[i] - self._times[i]))
             if rows is None:
                 self._scenes[i], self._times[i] = scene, now[i]
+            memory = self.memory.update_scene(scene, self.decision_every * env.dt, row=int(i))
             out[k] = features(replace(scene, target_speed=float(targets[i]),
-                                      lane_change=int(changes[i])))
+                                      lane_change=int(changes[i])), memory)
         if rows is None:
             self._fresh[:] = False
         return out

@@ -24,15 +24,23 @@ clipped to [-CLIP, CLIP]):
   an object by its body, not by the lane its centre is in: a broken-down car half on the
   shoulder or a car straddling two lanes blocks the paths it overlaps.
 
-Policies trained before the controller features (LEGACY_FEATURE_DIM inputs) or before the
-path features (CONTROL_FEATURE_DIM inputs) read that prefix of the features: the layout
-before them is unchanged.
+- the memory (`planning.memory.MEMORY_FEATURES`, last): time since the episode started
+  and, per side, whether an object seen close in that lane is predicted beside the ego
+  now, out of the camera's view, and how long ago it was seen. The memory is the
+  caller's state (`NeighbourMemory`, updated once per decision); `features(scene)`
+  without it gives the memory of an ego that has driven a while and remembers nothing.
+
+Policies trained before the controller features (LEGACY_FEATURE_DIM inputs), the path
+features (CONTROL_FEATURE_DIM) or the memory (PATH_FEATURE_DIM) read that prefix of the
+features: the layout before them is unchanged.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from planning.memory import MEMORY_FEATURES, NEUTRAL_MEMORY
+from planning.memory import SCALES as MEMORY_SCALES
 from planning.scene import Scene
 from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK
 
@@ -52,13 +60,17 @@ LEGACY_FEATURE_NAMES: tuple[str, ...] = (
     EGO_FEATURES
     + tuple(f"{lane}_{f}" for lane in LANES for f in ("gap", "gap_rate"))
     + tuple(f"obj{k}_{f}" for k in range(N_OBJECTS) for f in OBJECT_FEATURES))
-FEATURE_NAMES: tuple[str, ...] = LEGACY_FEATURE_NAMES + CONTROL_FEATURES + PATH_FEATURES
+FEATURE_NAMES: tuple[str, ...] = (LEGACY_FEATURE_NAMES + CONTROL_FEATURES + PATH_FEATURES
+                                  + MEMORY_FEATURES)
 FEATURE_DIM = len(FEATURE_NAMES)
 LEGACY_FEATURE_DIM = len(LEGACY_FEATURE_NAMES)
 """Inputs of the policies trained before `CONTROL_FEATURES` (the first features)."""
 CONTROL_FEATURE_DIM = LEGACY_FEATURE_DIM + len(CONTROL_FEATURES)
 """Inputs of the policies trained before `PATH_FEATURES` (the first features)."""
-OBSERVATION_DIMS: tuple[int, ...] = (FEATURE_DIM, CONTROL_FEATURE_DIM, LEGACY_FEATURE_DIM)
+PATH_FEATURE_DIM = CONTROL_FEATURE_DIM + len(PATH_FEATURES)
+"""Inputs of the policies trained before `MEMORY_FEATURES` (the first features)."""
+OBSERVATION_DIMS: tuple[int, ...] = (FEATURE_DIM, PATH_FEATURE_DIM, CONTROL_FEATURE_DIM,
+                                     LEGACY_FEATURE_DIM)
 """Observation sizes a policy may have: today's, or an older policy's prefix."""
 SAFE_SPEED_CAP = 40.0
 """Largest `safe_speed` feature [m/s] (an empty lane's Gipps speed is large)."""
@@ -78,7 +90,8 @@ def _kind(name: str) -> str:
     return rest if head in LANES and rest.startswith("gap") else name
 
 
-FEATURE_SCALES: dict[str, float] = {n: _SCALE_BY_KIND.get(_kind(n), 1.0)
+FEATURE_SCALES: dict[str, float] = {n: MEMORY_SCALES[n] if n in MEMORY_SCALES
+                                    else _SCALE_BY_KIND.get(_kind(n), 1.0)
                                     for n in FEATURE_NAMES}
 """Divisor of each feature (units: m, m/s, rad; flags and one-hots are 1)."""
 _SCALES = np.array([FEATURE_SCALES[n] for n in FEATURE_NAMES])
@@ -160,8 +173,10 @@ def path_features(objects: np.ndarray, valid: np.ndarray, lane_width: np.ndarray
     return out
 
 
-def features(scene: Scene) -> np.ndarray:
-    """(FEATURE_DIM,) float32 observation of `scene`, named by FEATURE_NAMES."""
+def features(scene: Scene, memory: np.ndarray | None = None) -> np.ndarray:
+    """(FEATURE_DIM,) float32 observation of `scene`, named by FEATURE_NAMES; `memory`:
+    the unscaled MEMORY_FEATURES of this decision (`NeighbourMemory.update`; None:
+    `NEUTRAL_MEMORY`)."""
     ego = [scene.speed, scene.speed_limit, scene.lane_offset, scene.heading_error,
            float(scene.lane_seen), float(scene.left_lane), float(scene.right_lane)]
     objects = np.zeros((N_OBJECTS, len(OBJECT_FEATURES)))
@@ -178,6 +193,7 @@ def features(scene: Scene) -> np.ndarray:
     paths = path_features(scene.objects[None], np.ones((1, len(scene.objects)), bool),
                           np.array([scene.lane_width]), np.array([scene.lane_offset]),
                           np.array([scene.speed]))
+    mem = NEUTRAL_MEMORY if memory is None else np.asarray(memory, np.float64)
     vec = np.concatenate([ego, gaps.reshape(-1), objects.reshape(-1), control,
-                          paths.reshape(-1)]) / _SCALES
+                          paths.reshape(-1), mem]) / _SCALES
     return np.clip(vec, -CLIP, CLIP).astype(np.float32)

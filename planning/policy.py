@@ -33,8 +33,11 @@ from planning.features import (
     FEATURE_DIM,
     LEGACY_FEATURE_DIM,
     OBSERVATION_DIMS,
+    PATH_FEATURE_DIM,
     features,
 )
+from planning.memory import NeighbourMemory
+from planning.rule_based import RuleParams
 from planning.scene import Scene
 from sim.actions import META_ACTIONS
 from sim.outputs import not_a_file
@@ -47,9 +50,15 @@ class PolicyPlanner:
     """A trained SB3 policy whose observation is `features(scene)` and whose action is a
     meta action, optionally filtered by a `planning.shield.SafetyShield`."""
 
-    def __init__(self, model: Any, shield: Any = None) -> None:
+    def __init__(self, model: Any, shield: Any = None, decision_dt: float | None = None
+                 ) -> None:
         self.model = model
         self.shield = shield
+        self.memory = NeighbourMemory(1)
+        """What it remembers of its neighbours (`planning.memory`), one update per `act`."""
+        self.decision_dt = RuleParams().decision_dt if decision_dt is None else decision_dt
+        """Time between two calls of `act` [s] (default: the rule planner's, 3 steps at
+        15 Hz, the cadence the policies are trained and driven at)."""
         self.proposed: int | None = None
         """The policy's own action at the last decision (before the shield)."""
         self.overridden = False
@@ -57,13 +66,15 @@ class PolicyPlanner:
 
     def reset(self) -> None:
         self.proposed, self.overridden = None, False
+        self.memory.reset()
         if self.shield is not None:
             self.shield.reset()
 
     def act(self, scene: Scene) -> int:
         space = getattr(self.model, "observation_space", None)
         dim = FEATURE_DIM if space is None else int(space.shape[0])  # legacy: a prefix
-        action, _ = self.model.predict(features(scene)[:dim], deterministic=True)
+        memory = self.memory.update_scene(scene, self.decision_dt)
+        action, _ = self.model.predict(features(scene, memory)[:dim], deterministic=True)
         proposed = int(np.asarray(action).item())
         chosen = proposed if self.shield is None else self.shield.filter(scene, proposed)
         self.proposed, self.overridden = proposed, chosen != proposed
@@ -208,9 +219,10 @@ def net_arch(state: dict[str, Any], path: Path) -> list[int] | dict[str, list[in
                 chain[-1][0] != outputs):
             raise PolicyLoadError(
                 f"policy file {path} has {head} layers (out, in) {chain}; the planner gives "
-                f"({FEATURE_DIM},) feature vectors (or the first {CONTROL_FEATURE_DIM} or "
-                f"{LEGACY_FEATURE_DIM}, for a policy trained before the path or the controller "
-                f"features) and {len(META_ACTIONS)} meta actions")
+                f"({FEATURE_DIM},) feature vectors (or the first {PATH_FEATURE_DIM}, "
+                f"{CONTROL_FEATURE_DIM} or {LEGACY_FEATURE_DIM}, for a policy trained before "
+                f"the memory, the path or the controller features) and {len(META_ACTIONS)} "
+                "meta actions")
         arch[head] = [o for o, _ in shapes]
     return arch["pi"] if arch["pi"] == arch["vf"] else arch
 

@@ -22,6 +22,7 @@ from gymnasium import spaces
 
 import sim  # noqa: F401  (registers the drivestack/ env ids)
 from planning.features import CLIP, FEATURE_DIM, features
+from planning.memory import NeighbourMemory
 from planning.noise import EmulatedSource, PerceptionNoise
 from planning.rollout import DECISION_EVERY
 from planning.scene import Scene
@@ -65,9 +66,11 @@ class DecisionEvery(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 class SceneObservation(gym.ObservationWrapper):
-    """Observations are `features(source(env))`: the planner's (FEATURE_DIM,) float32
-    vector of the scene `source` reads from the unwrapped `DrivingEnv` after each step.
-    The latest scene is kept in `self.scene`; the source is reset with the env.
+    """Observations are `features(source(env), memory)`: the planner's (FEATURE_DIM,)
+    float32 vector of the scene `source` reads from the unwrapped `DrivingEnv` after each
+    step, with the `NeighbourMemory` of the scenes before it (one update per step of this
+    wrapper: wrap a `DecisionEvery` env, so one per decision). The latest scene is kept in
+    `self.scene`; the source and the memory are reset with the env.
 
     The three wrappers below record their arguments, so `env.spec.make()` rebuilds them
     with fresh sources; this one does not (a source tracks one env and is not shared)."""
@@ -85,18 +88,26 @@ class SceneObservation(gym.ObservationWrapper):
         self.source = source
         self.scene: Scene | None = None
         """The scene behind the latest observation."""
+        self.memory = NeighbourMemory(1)
+        k, inner = 1, env
+        while isinstance(inner, gym.Wrapper):
+            k = inner.k if isinstance(inner, DecisionEvery) else k
+            inner = inner.env
+        self.decision_dt = k * base.dt
+        """Time between two observations [s] (the memory's step)."""
         self.observation_space = spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
                                             dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         self.source.reset()
+        self.memory.reset()
         self.scene = None
         return super().reset(seed=seed, options=options)
 
     def observation(self, observation: Any) -> np.ndarray:
         self.scene = self.source(cast(DrivingEnv, self.env.unwrapped))
-        return features(self.scene)
+        return features(self.scene, self.memory.update_scene(self.scene, self.decision_dt))
 
 
 class PerceptionObservation(SceneObservation, gym.utils.RecordConstructorArgs):

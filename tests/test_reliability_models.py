@@ -387,7 +387,7 @@ def test_a_damaged_or_mismatched_policy_is_one_clear_error(tmp_path: Path) -> No
 
     cases = {"nan.zip": (nan, r"policy.action_net.bias holds NaN"),
              "narrow.zip": (narrow, r"pi layers \(out, in\) \[\(128, 10\).*\(\d+,\) feature "
-                                    r"vectors \(or the first 64 or 61"),
+                                    r"vectors \(or the first 73, 64 or 61"),
              "extra.zip": (extra, r"missing none, unexpected \['log_std'\]")}
     for name, (change, message) in cases.items():
         with pytest.raises(PolicyLoadError, match=f"policy file .*{name}.*{message}"):
@@ -424,11 +424,16 @@ def test_train_planner_resume_never_unpickles(evil_zip: Path, marker: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] is False and "PolicyLoadError" in summary["error"]
     assert summary["final"] is None and summary["best"] is None
-    # a policy of an older feature prefix (61 or 64 inputs) can be driven, not trained on
-    from planning.features import CONTROL_FEATURE_DIM, FEATURE_DIM, LEGACY_FEATURE_DIM
+    # a policy of an older feature prefix (61, 64 or 73 inputs) can be driven, not trained on
+    from planning.features import (
+        CONTROL_FEATURE_DIM,
+        FEATURE_DIM,
+        LEGACY_FEATURE_DIM,
+        PATH_FEATURE_DIM,
+    )
     from planning.policy import fresh_ppo, load_policy
 
-    for dim in (LEGACY_FEATURE_DIM, CONTROL_FEATURE_DIM):
+    for dim in (LEGACY_FEATURE_DIM, CONTROL_FEATURE_DIM, PATH_FEATURE_DIM):
         legacy = tmp_path / f"legacy{dim}.zip"
         fresh_ppo([8], obs_dim=dim).save(legacy)
         assert load_policy(legacy).observation_space.shape == (dim,)

@@ -248,7 +248,12 @@ def test_a_legacy_policy_reads_the_first_features() -> None:
 
 
 def test_path_features_count_an_object_by_its_body_not_its_lane() -> None:
-    from planning.features import CONTROL_FEATURE_DIM, PATH_FEATURES, SAFE_SPEED_CAP
+    from planning.features import (
+        CONTROL_FEATURE_DIM,
+        PATH_FEATURE_DIM,
+        PATH_FEATURES,
+        SAFE_SPEED_CAP,
+    )
     from planning.rule_based import RuleParams, safe_speed
 
     # a broken-down car 25 m ahead, its centre 2.0 m right of the ego lane's centre: its
@@ -283,4 +288,4 @@ def test_path_features_count_an_object_by_its_body_not_its_lane() -> None:
     # policy trained before them reads an unchanged prefix
     v = dict(zip(FEATURE_NAMES, features(_scene([[-3.0, 0.0, 0, CAR, 2.0]])), strict=True))
     assert v["ego_path_gap"] == 1.0
-    assert FEATURE_NAMES[CONTROL_FEATURE_DIM:] == PATH_FEATURES
+    assert FEATURE_NAMES[CONTROL_FEATURE_DIM:PATH_FEATURE_DIM] == PATH_FEATURES

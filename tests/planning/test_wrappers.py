@@ -20,7 +20,8 @@ import sim  # noqa: F401  (registers the drivestack/ ids)
 from perception.detector import DEFAULT_WEIGHTS
 from perception.lanes import DEFAULT_LANE_WEIGHTS
 from perception.perceiver import Detections, Perception
-from planning.features import CLIP, FEATURE_DIM, FEATURE_NAMES, features
+from planning.features import CLIP, FEATURE_DIM, FEATURE_NAMES, FEATURE_SCALES, features
+from planning.memory import NeighbourMemory
 from planning.noise import PerceptionNoise
 from planning.sources import PrivilegedSource
 from planning.wrappers import (
@@ -148,13 +149,19 @@ def test_scene_observation_is_the_feature_vector_of_its_scene() -> None:
     assert env.observation_space == spaces.Box(-CLIP, CLIP, (FEATURE_DIM,), np.float32)
     obs, _ = env.reset(seed=1)
     assert source.resets == 1 and source.calls == 1
-    assert env.scene is not None and np.array_equal(obs, features(env.scene))
+    # the scene's features, with the memory of an episode's first decision
+    memory = NeighbourMemory(1)
+    assert env.scene is not None and np.array_equal(
+        obs, features(env.scene, memory.update_scene(env.scene, 2 / 15)))
+    assert obs[FEATURE_NAMES.index("time")] == 0.0
     obs, *_ = env.step(IDLE)
     assert source.calls == 2  # one scene per decision, not per env step
     assert obs.dtype == np.float32 and obs.shape == (FEATURE_DIM,)
     assert obs[FEATURE_NAMES.index("lane_seen")] == 1.0
-    env.reset(seed=2)
-    assert source.resets == 2
+    assert obs[FEATURE_NAMES.index("time")] * FEATURE_SCALES["time"] == pytest.approx(2 / 15)
+    assert np.array_equal(obs, features(env.scene, memory.update_scene(env.scene, 2 / 15)))
+    obs, _ = env.reset(seed=2)
+    assert source.resets == 2 and obs[FEATURE_NAMES.index("time")] == 0.0
 
 
 class FakePerceiver:
