@@ -8,13 +8,17 @@ from typing import Any
 import numpy as np
 
 from sim.types import Events, check_number
-from sim.world.world import World, min_headway
+from sim.world.world import World, min_headway, min_side_gap
 
 TTC_WARNING = 2.0
 """Time to collision below which the `ttc` term fires [s]."""
 HEADWAY_TARGET = 1.0
 """Time gap to what is ahead in the ego's path below which the `headway` term grows
 from 0 (at the target) to 1 (touching) [s]."""
+SIDE_TARGET = 0.5
+"""Lateral clearance to an actor beside the ego below which the `side` term grows from 0
+(at the target) to 1 (touching) [m]. Two cars centred in neighbouring 3 m lanes keep
+about 1 m."""
 MAX_WEIGHT = 1e6
 """Largest magnitude of a reward weight (terms are about [-1, 1.2])."""
 
@@ -33,6 +37,9 @@ class RewardWeights:
     headway: float = 0.0
     """Tailgating (time gap under HEADWAY_TARGET); off by default, the planner recipes
     weigh it."""
+    side: float = 0.0
+    """Crowding an actor beside the ego (lateral clearance under SIDE_TARGET: a lane
+    change into a car alongside, squeezing past a stalled car); off by default."""
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -65,15 +72,16 @@ def reward_terms(world: World, events: Events, prev_accel: float) -> dict[str, f
         prev_accel=np.asarray(prev_accel), dt=world.dt,
         limit=np.asarray(world.scenario.speed_limit), collision=np.asarray(events.collision),
         off_road=np.asarray(events.off_road), min_ttc=np.asarray(events.min_ttc),
-        min_headway=np.asarray(min_headway(world.state.actors, ego)))
+        min_headway=np.asarray(min_headway(world.state.actors, ego)),
+        min_side_gap=np.asarray(min_side_gap(world.state.actors, ego)))
     return {k: float(v) for k, v in terms.items()}
 
 
 def term_arrays(*, speed: np.ndarray, yaw: np.ndarray, heading: np.ndarray, d: np.ndarray,
                 lane_center: np.ndarray, lane_width: np.ndarray, accel: np.ndarray,
                 prev_accel: np.ndarray, dt: float, limit: np.ndarray, collision: np.ndarray,
-                off_road: np.ndarray, min_ttc: np.ndarray, min_headway: np.ndarray
-                ) -> dict[str, np.ndarray]:
+                off_road: np.ndarray, min_ttc: np.ndarray, min_headway: np.ndarray,
+                min_side_gap: np.ndarray) -> dict[str, np.ndarray]:
     """The terms of `reward_terms` for arrays of egos (one world each), element-wise."""
     herr = np.angle(np.exp(1j * (yaw - heading)))
     v_along = speed * np.cos(herr)
@@ -88,6 +96,7 @@ def term_arrays(*, speed: np.ndarray, yaw: np.ndarray, heading: np.ndarray, d: n
         "comfort": np.minimum(jerk / 10.0, 1.0),
         "ttc": (min_ttc < TTC_WARNING).astype(np.float64),
         "headway": np.maximum(0.0, 1.0 - min_headway / HEADWAY_TARGET),
+        "side": np.clip(1.0 - min_side_gap / SIDE_TARGET, 0.0, 1.0),
     }
 
 

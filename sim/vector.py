@@ -51,7 +51,7 @@ from sim.render.batch import BatchCamera
 from sim.rewards import RewardWeights, term_arrays, total_reward
 from sim.types import CameraSpec
 from sim.world.batch import BatchWorld, WorldView
-from sim.world.world import World, min_headway
+from sim.world.world import World, min_headway, min_side_gap
 
 if TYPE_CHECKING:
     from sim.render.device import DeviceCamera
@@ -318,7 +318,8 @@ class BatchDrivingEnv(VectorEnv):
             lane_width=roads.lane_width[:, 0], accel=ego.accel, prev_accel=prev_accel,
             dt=self.dt, limit=np.array([w.scenario.speed_limit for w in bw.worlds]),
             collision=events["collision"], off_road=events["off_road"],
-            min_ttc=events["min_ttc"], min_headway=min_headway(bw.actors, bw.ego))
+            min_ttc=events["min_ttc"], min_headway=min_headway(bw.actors, bw.ego),
+            min_side_gap=min_side_gap(bw.actors, bw.ego))
 
     def _require_batch(self) -> BatchWorld:
         if self.batch is None:

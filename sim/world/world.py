@@ -416,6 +416,11 @@ def min_ttc(a: ActorTable, ego: Any) -> Any:
     return np.min(ttc, axis=-1, initial=np.inf)
 
 
+SIDE_REACH = 1.0
+"""`min_side_gap` counts actors whose extent along the road comes this close to the
+ego's [m]."""
+
+
 def min_headway(a: ActorTable, ego: Any) -> Any:
     """Smallest time gap over active actors ahead in the ego's corridor (as `min_ttc`
     finds them): gap / ego speed [s], the speed taken as at least 1 m/s (inf if none).
@@ -429,6 +434,19 @@ def min_headway(a: ActorTable, ego: Any) -> Any:
     mask = a.active & lateral & (ds > 0)
     headway = np.maximum(gap, 0.0) / np.maximum(col(ego.speed), 1.0)
     return np.min(np.where(mask, headway, np.inf), axis=-1, initial=np.inf)
+
+
+def min_side_gap(a: ActorTable, ego: Any) -> Any:
+    """Smallest lateral clearance [m] between the ego's body and an active actor beside
+    it (their extents along the road overlap, or come within SIDE_REACH): the distance
+    between the two bodies across the road, negative when they overlap (inf if none).
+    Arrays may carry a leading batch axis, with the ego's fields (B,)."""
+    def col(v: Any) -> Any:
+        return np.asarray(v)[..., None]
+
+    beside = np.abs(a.s - col(ego.s)) < 0.5 * (a.length + col(ego.length)) + SIDE_REACH
+    gap = np.abs(a.d - col(ego.d)) - 0.5 * (a.width + col(ego.width))
+    return np.min(np.where(a.active & beside, gap, np.inf), axis=-1, initial=np.inf)
 
 
 def recycle(st: WorldState, road: Road, sc: Scenario, ahead_limit: float) -> None:

@@ -1,4 +1,5 @@
-"""The reward terms that read the traffic around the ego: the time gap (`headway`)."""
+"""The reward terms that read the traffic around the ego: the time gap (`headway`) and the
+lateral clearance to what is beside it (`side`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import math
 import pytest
 
 from sim.env import DrivingEnv
-from sim.rewards import HEADWAY_TARGET, RewardWeights, reward_terms
+from sim.rewards import HEADWAY_TARGET, SIDE_TARGET, RewardWeights, reward_terms
 from sim.types import Events
-from sim.world.world import min_headway
+from sim.world.world import SIDE_REACH, min_headway, min_side_gap
 
 
 def _one_actor_ahead(gap: float, lateral: float = 0.0, speed: float = 20.0) -> DrivingEnv:
@@ -55,3 +56,53 @@ def test_headway_is_off_by_default_and_weighed_when_asked() -> None:
     _, reward, _, _, info = env.step(1)
     w = RewardWeights(headway=-2.0)
     assert reward == pytest.approx(sum(getattr(w, k) * v for k, v in info["rewards"].items()))
+
+
+def test_min_side_gap_is_the_lateral_clearance_to_what_is_beside() -> None:
+    # level with the ego, 0.6 m clear of it on its left: no penalty (SIDE_TARGET 0.5 m)
+    env = _one_actor_ahead(0.0)
+    assert env.world is not None
+    a, ego = env.world.state.actors, env.world.state.ego
+    a.s[0] = ego.s
+    half = 0.5 * (a.width[0] + ego.width)
+    a.d[0] = ego.d + half + 0.6
+    assert min_side_gap(a, ego) == pytest.approx(0.6)
+    assert reward_terms(env.world, Events(), 0.0)["side"] == 0.0
+    a.d[0] = ego.d - (half + 0.2)  # on the right, 0.2 m clear
+    assert reward_terms(env.world, Events(), 0.0)["side"] == pytest.approx(1 - 0.2 / SIDE_TARGET)
+    a.d[0] = ego.d + half - 0.3  # overlapping: capped at 1
+    assert reward_terms(env.world, Events(), 0.0)["side"] == 1.0
+    # ahead or behind, out of reach along the road: not beside
+    for ds in (0.5 * (a.length[0] + ego.length) + SIDE_REACH + 0.1,
+               -0.5 * (a.length[0] + ego.length) - SIDE_REACH - 0.1):
+        a.s[0] = ego.s + ds
+        assert math.isinf(min_side_gap(a, ego))
+        assert reward_terms(env.world, Events(), 0.0)["side"] == 0.0
+    a.s[0] = ego.s + 0.5 * (a.length[0] + ego.length) + SIDE_REACH - 0.1  # within reach
+    assert min_side_gap(a, ego) == pytest.approx(half - 0.3 - half)
+    a.active[0] = False
+    assert math.isinf(min_side_gap(a, ego))
+
+
+def test_the_batch_gives_the_same_side_term() -> None:
+    import numpy as np
+
+    from sim.vector import BatchDrivingEnv
+
+    batch = BatchDrivingEnv(3, obs_type="state", action_type="meta")
+    batch.reset(seed=[5, 6, 7])
+    singles = [DrivingEnv(obs_type="state", action_type="meta") for _ in range(3)]
+    for env, seed in zip(singles, (5, 6, 7), strict=True):
+        env.reset(seed=seed)
+    fired = 0
+    for t in range(120):
+        actions = np.array([(0, 2, 3, 1)[(t // 7 + k) % 4] for k in range(3)])
+        _, _, term, trunc, info = batch.step(actions)
+        for k, env in enumerate(singles):
+            one = env.step(int(actions[k]))[4]
+            assert info["rewards"]["side"][k] == pytest.approx(one["rewards"]["side"])
+            fired += one["rewards"]["side"] > 0
+        if (term | trunc).any():
+            break
+    assert fired  # the lane changes of these seeds crowd someone (the test compares values)
+    assert RewardWeights().side == 0.0
