@@ -361,6 +361,10 @@ class TrainPlannerConfig(_Strict):
         "policy learns to need the shield less)"))
     reward_weights: dict[str, float] = Field(default={}, description=(
         "overrides of sim.rewards.RewardWeights (e.g. {ttc: -1.0, collision: -20.0})"))
+    feature_set: Literal["control", "path", "memory"] = Field(default="control", description=(
+        "the policy's observation (planning.features.FEATURE_SETS): control (64 features, "
+        "the shipped policies'), path (+ the paths' gaps and safe speeds, 73), memory (+ "
+        "what it remembers beside it, 78)"))
 
     @model_validator(mode="after")
     def _shield_penalty(self) -> TrainPlannerConfig:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
+from planning.features import DEFAULT_FEATURE_SET
 from sim.types import check_number
 from sim.vector import BatchDrivingEnv
 
@@ -155,13 +156,14 @@ class BatchPlannerVecEnv(_OneBatch):
                  scenario: dict[str, Any] | None = None,
                  reward_weights: dict[str, float] | None = None,
                  shield: bool = False, shield_penalty: float = 0.0,
-                 perceiver: Any = None, device: str = "cpu", render_threads: int = 1
-                 ) -> None:
+                 perceiver: Any = None, device: str = "cpu", render_threads: int = 1,
+                 feature_set: str = DEFAULT_FEATURE_SET) -> None:
         from gymnasium import spaces
 
-        from planning.features import CLIP, FEATURE_DIM
+        from planning.features import CLIP
         from planning.noise import PerceptionNoise
         from planning.rollout import DECISION_EVERY
+        from planning.wrappers import feature_dim
         from sim.actions import IDLE, META_ACTIONS
         from sim.config import FAMILIES, family_config
 
@@ -212,7 +214,9 @@ class BatchPlannerVecEnv(_OneBatch):
         self.memory = NeighbourMemory(num_envs)
         """What each env's planner remembers of its neighbours (reset with its episode)."""
         self.render_mode = None
-        super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
+        self.dim = feature_dim(feature_set)
+        """Features observed: the first `dim` (`planning.features.FEATURE_SETS`)."""
+        super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(self.dim,),
                                               dtype=np.float32),
                          spaces.Discrete(len(META_ACTIONS)))
         self._actions: np.ndarray | None = None
@@ -329,7 +333,7 @@ class BatchPlannerVecEnv(_OneBatch):
             memory = self._remember(scene, rows)
             if rows is None:
                 self._fresh[:] = False
-            return batch_features(scene, memory)
+            return batch_features(scene, memory)[:, :self.dim]
         sel = slice(None) if rows is None else rows
         steps = bw.world_steps.copy()
         ego = bw.ego
@@ -344,7 +348,7 @@ class BatchPlannerVecEnv(_OneBatch):
         if rows is None:
             self._prev, self._prev_steps, self._fresh[:] = tracked, steps, False
             self._scene = tracked
-        return batch_features(tracked, memory)
+        return batch_features(tracked, memory)[:, :self.dim]
 
     def _remember(self, scene: Any, rows: np.ndarray | None) -> np.ndarray:
         """The memory's features for `scene` (a `BatchScene` of every env, or of `rows`),
@@ -387,7 +391,7 @@ class BatchPlannerVecEnv(_OneBatch):
                 self._scenes[i], self._times[i] = scene, now[i]
             memory = self.memory.update_scene(scene, self.decision_every * env.dt, row=int(i))
             out[k] = features(replace(scene, target_speed=float(targets[i]),
-                                      lane_change=int(changes[i])), memory)
+                                      lane_change=int(changes[i])), memory)[:dim]
         if rows is None:
             self._fresh[:] = False
         return out
@@ -410,9 +414,11 @@ class ParallelBatchVecEnv(_OneBatch):
 
         from gymnasium import spaces
 
-        from planning.features import CLIP, FEATURE_DIM
+        from planning.features import CLIP
+        from planning.wrappers import feature_dim
         from sim.actions import META_ACTIONS
 
+        dim = feature_dim(kwargs.get("feature_set", "control"))
         if isinstance(workers, bool) or not isinstance(workers, int) or not (
                 1 <= workers <= num_envs):
             raise ValueError(f"workers={workers!r} must be an int in 1..num_envs")
@@ -443,8 +449,7 @@ class ParallelBatchVecEnv(_OneBatch):
                 raise RuntimeError(f"a batch worker failed to start: {status}")
         self.render_mode = None
         self._closed = False
-        super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
-                                              dtype=np.float32),
+        super().__init__(num_envs, spaces.Box(-CLIP, CLIP, shape=(dim,), dtype=np.float32),
                          spaces.Discrete(len(META_ACTIONS)))
 
     def reset(self) -> np.ndarray:

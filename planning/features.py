@@ -71,6 +71,11 @@ PATH_FEATURE_DIM = CONTROL_FEATURE_DIM + len(PATH_FEATURES)
 """Inputs of the policies trained before `MEMORY_FEATURES` (the first features)."""
 OBSERVATION_DIMS: tuple[int, ...] = (FEATURE_DIM, PATH_FEATURE_DIM, CONTROL_FEATURE_DIM,
                                      LEGACY_FEATURE_DIM)
+FEATURE_SETS: dict[str, int] = {"control": CONTROL_FEATURE_DIM, "path": PATH_FEATURE_DIM,
+                                "memory": FEATURE_DIM}
+"""Observations a planner env can give (the first that many features): "control" (the
+shipped policies'), "path" (+ PATH_FEATURES), "memory" (+ MEMORY_FEATURES: all)."""
+DEFAULT_FEATURE_SET = "control"
 """Observation sizes a policy may have: today's, or an older policy's prefix."""
 SAFE_SPEED_CAP = 40.0
 """Largest `safe_speed` feature [m/s] (an empty lane's Gipps speed is large)."""

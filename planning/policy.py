@@ -323,10 +323,11 @@ def load_parameters(model: Any, path: str | Path) -> int:
     state = z.params.get("policy")
     have = getattr(getattr(model, "observation_space", None), "shape", (FEATURE_DIM,))
     if isinstance(state, dict) and (dim := _in_dim(state)) in OBSERVATION_DIMS and dim != have[0]:
-        raise PolicyLoadError(f"policy file {z.path} takes {dim} features (an older policy's "
-                              f"prefix); training continues only from a policy with "
-                              f"{have[0]} inputs: train a new one (it can still be driven: "
-                              "drivestack eval --policy)")
+        raise PolicyLoadError(f"policy file {z.path} takes {dim} features, this run's "
+                              f"feature_set {have[0]}; training continues only from a policy "
+                              "of the same feature set: set feature_set to the policy's or "
+                              "train a new one (it can still be driven: drivestack eval "
+                              "--policy)")
     names, variable_names = model._get_torch_save_params()
     if set(names) != set(z.params):
         raise PolicyLoadError(f"policy file {z.path} holds state dicts {sorted(z.params)}; "

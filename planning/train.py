@@ -81,6 +81,8 @@ class PlannerTraining:
     2 loaded cores), torch's default otherwise."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra make_planner_env arguments (e.g. noise_path)."""
+    feature_set: str = "control"
+    """The policy's observation (`planning.features.FEATURE_SETS`)."""
     imitation_steps: int = 0
     """Warm start: decisions of the rule-based planner recorded on the training source
     and cloned into the policy before RL (0: start from scratch). PPO only."""
@@ -105,6 +107,9 @@ class PlannerTraining:
         if seen and self.source != "perception":
             raise ValueError(f"{', '.join(seen)}: for source perception only (source is "
                              f"{self.source!r})")
+        from planning.wrappers import feature_dim
+
+        feature_dim(self.feature_set)
         check_number("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
         check_number("gamma", self.gamma, 0.0, 1.0)
         if self.torch_threads is not None:
@@ -132,8 +137,9 @@ def _monitored(kwargs: dict[str, Any]) -> Any:
 
 def per_env_kwargs(cfg: PlannerTraining) -> dict[str, Any]:
     """`cfg.env_kwargs` as `make_planner_env` takes them (the batch's recording threads
-    are no argument of one env)."""
-    return {k: v for k, v in cfg.env_kwargs.items() if k != "render_threads"}
+    are no argument of one env), with the feature set."""
+    return {**{k: v for k, v in cfg.env_kwargs.items() if k != "render_threads"},
+            "feature_set": cfg.feature_set}
 
 
 def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -> Any:
@@ -151,7 +157,8 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
             "noise_seed": seed, "scenario": cfg.env_kwargs.get("scenario"),
             "reward_weights": cfg.env_kwargs.get("reward_weights"),
             "shield": bool(cfg.env_kwargs.get("shield", False)),
-            "shield_penalty": float(cfg.env_kwargs.get("shield_penalty", 0.0))}
+            "shield_penalty": float(cfg.env_kwargs.get("shield_penalty", 0.0)),
+            "feature_set": cfg.feature_set}
         if cfg.source == "perception":
             kwargs["device"] = str(cfg.env_kwargs.get("perceiver_device", "cpu"))
             kwargs["render_threads"] = int(cfg.env_kwargs.get("render_threads", 1))

@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 import sim  # noqa: F401  (registers the drivestack/ env ids)
-from planning.features import CLIP, FEATURE_DIM, features
+from planning.features import CLIP, DEFAULT_FEATURE_SET, FEATURE_SETS, features
 from planning.memory import NeighbourMemory
 from planning.noise import EmulatedSource, PerceptionNoise
 from planning.rollout import DECISION_EVERY
@@ -35,6 +35,14 @@ from sim.types import check_number
 
 SOURCES: tuple[str, ...] = ("privileged", "emulated", "perception")
 """Names of the scene sources `make_planner_env` accepts."""
+
+
+def feature_dim(feature_set: str) -> int:
+    """Features a planner env observes with `feature_set`; ValueError naming the allowed
+    sets otherwise."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"feature_set={feature_set!r}; allowed: {', '.join(FEATURE_SETS)}")
+    return FEATURE_SETS[feature_set]
 
 
 class DecisionEvery(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -75,7 +83,8 @@ class SceneObservation(gym.ObservationWrapper):
     The three wrappers below record their arguments, so `env.spec.make()` rebuilds them
     with fresh sources; this one does not (a source tracks one env and is not shared)."""
 
-    def __init__(self, env: gym.Env, source: SceneSource) -> None:
+    def __init__(self, env: gym.Env, source: SceneSource,
+                 feature_set: str = DEFAULT_FEATURE_SET) -> None:
         super().__init__(env)
         base = env.unwrapped
         if not isinstance(base, DrivingEnv):
@@ -95,8 +104,9 @@ class SceneObservation(gym.ObservationWrapper):
             inner = inner.env
         self.decision_dt = k * base.dt
         """Time between two observations [s] (the memory's step)."""
-        self.observation_space = spaces.Box(-CLIP, CLIP, shape=(FEATURE_DIM,),
-                                            dtype=np.float32)
+        self.dim = feature_dim(feature_set)
+        """Features observed: the first `dim` (`planning.features.FEATURE_SETS`)."""
+        self.observation_space = spaces.Box(-CLIP, CLIP, shape=(self.dim,), dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -107,35 +117,39 @@ class SceneObservation(gym.ObservationWrapper):
 
     def observation(self, observation: Any) -> np.ndarray:
         self.scene = self.source(cast(DrivingEnv, self.env.unwrapped))
-        return features(self.scene, self.memory.update_scene(self.scene, self.decision_dt))
+        memory = self.memory.update_scene(self.scene, self.decision_dt)
+        return features(self.scene, memory)[:self.dim]
 
 
 class PerceptionObservation(SceneObservation, gym.utils.RecordConstructorArgs):
     """Planner vectors from perception on the camera frame (`PerceptionSource`):
     `perceiver` is a `Perceiver` or any callable with its interface."""
 
-    def __init__(self, env: gym.Env, perceiver: Any) -> None:
+    def __init__(self, env: gym.Env, perceiver: Any,
+                 feature_set: str = DEFAULT_FEATURE_SET) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, perceiver=perceiver,
+                                                 feature_set=feature_set,
                                                  _disable_deepcopy=True)  # one model, shared
-        super().__init__(env, PerceptionSource(perceiver))
+        super().__init__(env, PerceptionSource(perceiver), feature_set)
 
 
 class EmulatedPerceptionObservation(SceneObservation, gym.utils.RecordConstructorArgs):
     """Planner vectors from the world corrupted like the measured perceiver
     (`EmulatedSource`; `noise` None loads the shipped figures)."""
 
-    def __init__(self, env: gym.Env, noise: PerceptionNoise | None = None, seed: int = 0
-                 ) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self, noise=noise, seed=seed)
-        super().__init__(env, EmulatedSource(noise, seed))
+    def __init__(self, env: gym.Env, noise: PerceptionNoise | None = None, seed: int = 0,
+                 feature_set: str = DEFAULT_FEATURE_SET) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, noise=noise, seed=seed,
+                                                 feature_set=feature_set)
+        super().__init__(env, EmulatedSource(noise, seed), feature_set)
 
 
 class PrivilegedObservation(SceneObservation, gym.utils.RecordConstructorArgs):
     """Planner vectors from the exact world state (`PrivilegedSource`)."""
 
-    def __init__(self, env: gym.Env) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self)
-        super().__init__(env, PrivilegedSource())
+    def __init__(self, env: gym.Env, feature_set: str = DEFAULT_FEATURE_SET) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, feature_set=feature_set)
+        super().__init__(env, PrivilegedSource(), feature_set)
 
 
 class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -184,7 +198,8 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
                      scenario: dict[str, Any] | None = None,
                      action_type: str = "meta", shield: bool = False,
                      reward_weights: dict[str, float] | None = None,
-                     shield_penalty: float = 0.0) -> gym.Env:
+                     shield_penalty: float = 0.0,
+                     feature_set: str = DEFAULT_FEATURE_SET) -> gym.Env:
     """The planner's env: `drivestack/{Family}-v0` with meta (or continuous) actions,
     `DecisionEvery`, then the observation wrapper of `source`.
 
@@ -203,9 +218,11 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         shield_penalty: taken off the reward of each decision the shield vetoes.
         reward_weights: weights of the reward terms (`sim.rewards.RewardWeights`; None:
             the defaults).
+        feature_set: the observation, a key of `planning.features.FEATURE_SETS`.
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r}; allowed: {', '.join(SOURCES)}")
+    feature_dim(feature_set)
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; allowed: {', '.join(FAMILIES)}")
     if action_type not in ("meta", "continuous"):
@@ -223,15 +240,17 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
     env = DecisionEvery(env, decision_every)
     wrapped: SceneObservation
     if source == "privileged":
-        wrapped = PrivilegedObservation(env)
+        wrapped = PrivilegedObservation(env, feature_set)
     elif source == "emulated":
         noise = PerceptionNoise.load(noise_path) if noise_path is not None else None
-        wrapped = EmulatedPerceptionObservation(env, noise, seed=seed or 0)
+        wrapped = EmulatedPerceptionObservation(env, noise, seed=seed or 0,
+                                                feature_set=feature_set)
     else:
         from perception.perceiver import Perceiver
 
         camera = cast(DrivingEnv, env.unwrapped).camera_spec
-        wrapped = PerceptionObservation(env, Perceiver(device=perceiver_device, camera=camera))
+        wrapped = PerceptionObservation(env, Perceiver(device=perceiver_device, camera=camera),
+                                        feature_set)
     if seed is not None:
         wrapped.action_space.seed(seed)
     if shield:

@@ -424,28 +424,30 @@ def test_train_planner_resume_never_unpickles(evil_zip: Path, marker: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] is False and "PolicyLoadError" in summary["error"]
     assert summary["final"] is None and summary["best"] is None
-    # a policy of an older feature prefix (61, 64 or 73 inputs) can be driven, not trained on
+    # a policy of another feature set (61 or 73 inputs; the run observes 64) can be
+    # driven, not trained on
     from planning.features import (
-        CONTROL_FEATURE_DIM,
-        FEATURE_DIM,
+        DEFAULT_FEATURE_SET,
+        FEATURE_SETS,
         LEGACY_FEATURE_DIM,
         PATH_FEATURE_DIM,
     )
     from planning.policy import fresh_ppo, load_policy
 
-    for dim in (LEGACY_FEATURE_DIM, CONTROL_FEATURE_DIM, PATH_FEATURE_DIM):
+    for dim in (LEGACY_FEATURE_DIM, PATH_FEATURE_DIM):
         legacy = tmp_path / f"legacy{dim}.zip"
         fresh_ppo([8], obs_dim=dim).save(legacy)
         assert load_policy(legacy).observation_space.shape == (dim,)
-        with pytest.raises(PolicyLoadError, match=rf"legacy{dim}.zip takes {dim} features "
-                                                  r"\(an older policy's prefix\)"):
+        with pytest.raises(PolicyLoadError, match=rf"legacy{dim}.zip takes {dim} features, this "
+                                                  r"run's feature_set 64"):
             train_planner(_tiny_run(out), resume=legacy)
     # a checkpoint of another network: the launch file's net_arch is (8,), this one's (4,)
+    dim = FEATURE_SETS[DEFAULT_FEATURE_SET]
     other = tmp_path / "other"
     train_planner(_tiny_run(other, net_arch=(4,)))
     with pytest.raises(PolicyLoadError, match=r"final.zip: policy mlp_extractor.policy_net.0"
-                                              rf".weight has shape \(4, {FEATURE_DIM}\), the model "
-                                              rf"\(8, {FEATURE_DIM}\)"):
+                                              rf".weight has shape \(4, {dim}\), the model "
+                                              rf"\(8, {dim}\)"):
         train_planner(_tiny_run(out), resume=other / "final.zip")
 
 

@@ -14,10 +14,11 @@ from planning.wrappers import make_planner_env
 def test_perception_batch_matches_the_per_env_stack() -> None:
     families = ("urban", "highway", "rural")
     n = 3
-    vec = BatchPlannerVecEnv(n, families=families, source="perception")
+    # every feature, the memory included (the default set is a prefix of them)
+    vec = BatchPlannerVecEnv(n, families=families, source="perception", feature_set="memory")
     vec.seed(300)
     obs = vec.reset()
-    envs = [make_planner_env("perception", families[i]) for i in range(n)]
+    envs = [make_planner_env("perception", families[i], feature_set="memory") for i in range(n)]
     one = [e.reset(seed=300 + i)[0] for i, e in enumerate(envs)]
     # the batched ONNX lane model may round its last bits otherwise than at batch 1
     np.testing.assert_allclose(obs, np.stack(one), atol=1e-4)

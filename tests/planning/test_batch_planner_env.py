@@ -11,17 +11,20 @@ import numpy as np
 import pytest
 
 from planning.batch_vec import BatchPlannerVecEnv
+from planning.features import FEATURE_NAMES
 from planning.train import PlannerTraining, train_planner
 from planning.wrappers import make_planner_env
 
 
-def test_privileged_batch_matches_the_per_env_stack() -> None:
+@pytest.mark.parametrize("feature_set", ["control", "memory"])
+def test_privileged_batch_matches_the_per_env_stack(feature_set: str) -> None:
     families = ("urban", "highway")
     n = 4
-    vec = BatchPlannerVecEnv(n, families=families, source="privileged")
+    vec = BatchPlannerVecEnv(n, families=families, source="privileged", feature_set=feature_set)
     vec.seed(100)
     obs = vec.reset()
-    envs = [make_planner_env("privileged", families[i % 2]) for i in range(n)]
+    envs = [make_planner_env("privileged", families[i % 2], feature_set=feature_set)
+            for i in range(n)]
     one = [e.reset(seed=100 + i)[0] for i, e in enumerate(envs)]
     np.testing.assert_array_equal(obs, np.stack(one))
     rng = np.random.default_rng(0)
@@ -39,6 +42,9 @@ def test_privileged_batch_matches_the_per_env_stack() -> None:
             if term or trunc:  # the last observation of the episode
                 np.testing.assert_array_equal(infos[i]["terminal_observation"], o)
                 assert infos[i]["TimeLimit.truncated"] == (trunc and not term)
+                if feature_set == "memory":  # the next episode starts with no memory
+                    assert obs[i][FEATURE_NAMES.index("time")] == 0.0
+                    assert o[FEATURE_NAMES.index("time")] > 0.0
                 alive[i] = False
                 ended += 1
             else:

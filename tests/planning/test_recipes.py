@@ -59,3 +59,22 @@ def test_the_batch_recipes_put_a_closure_in_every_training_episode(name: str) ->
     plain.reset()
     default = np.array(_static_obstacles(plain))
     assert (default[:, 0] == 0).any(), default  # the default ranges: some without cones
+
+
+def test_the_feature_set_reaches_the_training_envs(tmp_path: Path) -> None:
+    """`feature_set` in a launch file sets the observation of both training paths; the
+    default is the shipped policies' (so the recipes reproduce them); a bad name is one
+    clear error naming the allowed ones."""
+    from planning.features import FEATURE_SETS
+    from planning.train import make_vec
+
+    job = planner_job(TrainPlannerConfig(out=tmp_path))
+    assert job.feature_set == "control"
+    job = planner_job(TrainPlannerConfig(out=tmp_path, feature_set="memory", n_envs=2))
+    for kind in ("batch", "dummy"):
+        vec = make_vec(job, 0, 2, kind)
+        assert vec.observation_space.shape == (FEATURE_SETS["memory"],)
+        assert vec.reset().shape == (2, FEATURE_SETS["memory"])
+        vec.close()
+    with pytest.raises(ValueError, match="feature_set"):
+        TrainPlannerConfig(out=tmp_path, feature_set="all")  # type: ignore[arg-type]

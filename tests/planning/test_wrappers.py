@@ -20,7 +20,15 @@ import sim  # noqa: F401  (registers the drivestack/ ids)
 from perception.detector import DEFAULT_WEIGHTS
 from perception.lanes import DEFAULT_LANE_WEIGHTS
 from perception.perceiver import Detections, Perception
-from planning.features import CLIP, FEATURE_DIM, FEATURE_NAMES, FEATURE_SCALES, features
+from planning.features import (
+    CLIP,
+    DEFAULT_FEATURE_SET,
+    FEATURE_DIM,
+    FEATURE_NAMES,
+    FEATURE_SCALES,
+    FEATURE_SETS,
+    features,
+)
 from planning.memory import NeighbourMemory
 from planning.noise import PerceptionNoise
 from planning.sources import PrivilegedSource
@@ -145,7 +153,8 @@ class CountingSource:
 def test_scene_observation_is_the_feature_vector_of_its_scene() -> None:
     source = CountingSource()
     env = SceneObservation(DecisionEvery(gym.make("drivestack/Highway-v0", obs_type="state",
-                                                  action_type="meta"), 2), source)
+                                                  action_type="meta"), 2), source,
+                           feature_set="memory")
     assert env.observation_space == spaces.Box(-CLIP, CLIP, (FEATURE_DIM,), np.float32)
     obs, _ = env.reset(seed=1)
     assert source.resets == 1 and source.calls == 1
@@ -210,11 +219,29 @@ def test_emulated_observation_uses_its_noise() -> None:
     assert obs[FEATURE_NAMES.index("lane_seen")] == 0.0
 
 
+DEFAULT_DIM = FEATURE_SETS[DEFAULT_FEATURE_SET]
+
+
+def test_the_feature_set_is_a_prefix_of_the_features() -> None:
+    envs = {name: make_planner_env("privileged", seed=0, feature_set=name)
+            for name in FEATURE_SETS}
+    obs = {name: env.reset(seed=3)[0] for name, env in envs.items()}
+    for _ in range(4):
+        obs = {name: env.step(2)[0] for name, env in envs.items()}  # a lane change right
+    full = obs["memory"]
+    for name, o in obs.items():
+        assert o.shape == (FEATURE_SETS[name],) == envs[name].observation_space.shape
+        assert np.array_equal(o, full[:len(o)])
+    assert make_planner_env("privileged").observation_space.shape == (DEFAULT_DIM,)
+    with pytest.raises(ValueError, match="feature_set='all'; allowed: control, path, memory"):
+        make_planner_env("privileged", feature_set="all")
+
+
 # -- make_planner_env ---------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")
 @pytest.mark.parametrize("source", ["privileged", "emulated"])
 def test_planner_env_passes_the_env_checkers(source: str) -> None:
-    env = make_planner_env(source, seed=0)
+    env = make_planner_env(source, seed=0, feature_set="memory")
     assert env.observation_space.shape == (FEATURE_DIM,)
     assert isinstance(env.action_space, spaces.Discrete) and env.action_space.n == 5
     gym_check_env(env, skip_render_check=True)
@@ -273,7 +300,7 @@ def test_planner_envs_run_in_spawned_subprocesses() -> None:
     try:
         venv.seed(5)
         obs = venv.reset()
-        assert obs.shape == (2, FEATURE_DIM) and obs.dtype == np.float32
+        assert obs.shape == (2, DEFAULT_DIM) and obs.dtype == np.float32
         for _ in range(3):
             obs, rewards, _, infos = venv.step(np.array([IDLE, FASTER]))
         assert rewards.shape == (2,) and [i["decision_steps"] for i in infos] == [2, 2]
