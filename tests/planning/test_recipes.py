@@ -16,7 +16,8 @@ from sim.types import CAR, TRUCK
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
 RECIPES = sorted(LAUNCH.glob("train_planner*.yaml"))
-CURRICULUM = ("train_planner_batch.yaml", "train_planner_batch_gpu.yaml")
+CURRICULUM = ("train_planner_batch.yaml", "train_planner_batch_gpu.yaml",
+              "train_planner_memory.yaml")
 
 
 def test_the_recipes_are_found() -> None:
