@@ -27,6 +27,7 @@ from perception.lanes import NOMINAL_LANE_WIDTH
 from planning.features import (
     _SCALES,
     CLIP,
+    CONTROL_FEATURE_DIM,
     FEATURE_DIM,
     GROUPS,
     LANES,
@@ -291,9 +292,12 @@ def _with_rates(cur: BatchScene, objs: np.ndarray, tracked: np.ndarray) -> Batch
                       cur.count, tracked, cur.target_speed, cur.lane_change)
 
 
-def batch_features(scene: BatchScene, memory: np.ndarray | None = None) -> np.ndarray:
-    """(B, FEATURE_DIM) float32: `planning.features.features` of every scene; `memory`:
-    (B, len(MEMORY_FEATURES)) unscaled (`NeighbourMemory.update`; None: neutral)."""
+def batch_features(scene: BatchScene, memory: np.ndarray | None = None,
+                   dim: int = FEATURE_DIM) -> np.ndarray:
+    """(B, dim) float32: the first `dim` of `planning.features.features` of every scene
+    (a feature set of `FEATURE_SETS`; the path features are only computed when asked
+    for); `memory`: (B, len(MEMORY_FEATURES)) unscaled (`NeighbourMemory.update`; None:
+    neutral)."""
     n = len(scene)
     obj = scene.objects
     valid = scene.valid
@@ -325,13 +329,14 @@ def batch_features(scene: BatchScene, memory: np.ndarray | None = None) -> np.nd
     control = control_features(scene.speed.astype(np.float64),
                                np.asarray(target, np.float64), gaps[:, 1, 0], gaps[:, 1, 1],
                                np.asarray(change, np.float64))
-    paths = path_features(obj, valid, scene.lane_width, scene.lane_offset, scene.speed)
+    paths = (path_features(obj, valid, scene.lane_width, scene.lane_offset, scene.speed)
+             if dim > CONTROL_FEATURE_DIM else np.zeros((n, 3, 3)))
     mem = (np.broadcast_to(NEUTRAL_MEMORY, (n, len(NEUTRAL_MEMORY))) if memory is None
            else np.asarray(memory, np.float64))
     vec = np.concatenate([ego, gaps.reshape(n, -1), objects.reshape(n, -1), control,
                           paths.reshape(n, -1), mem], axis=1) / _SCALES
-    out = np.clip(vec, -CLIP, CLIP).astype(np.float32)
-    assert out.shape == (n, FEATURE_DIM)
+    out = np.clip(vec[:, :dim], -CLIP, CLIP).astype(np.float32)
+    assert out.shape == (n, dim)
     return out
 
 

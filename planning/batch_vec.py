@@ -333,7 +333,7 @@ class BatchPlannerVecEnv(_OneBatch):
             memory = self._remember(scene, rows)
             if rows is None:
                 self._fresh[:] = False
-            return batch_features(scene, memory)[:, :self.dim]
+            return batch_features(scene, memory, self.dim)
         sel = slice(None) if rows is None else rows
         steps = bw.world_steps.copy()
         ego = bw.ego
@@ -348,11 +348,15 @@ class BatchPlannerVecEnv(_OneBatch):
         if rows is None:
             self._prev, self._prev_steps, self._fresh[:] = tracked, steps, False
             self._scene = tracked
-        return batch_features(tracked, memory)[:, :self.dim]
+        return batch_features(tracked, memory, self.dim)
 
-    def _remember(self, scene: Any, rows: np.ndarray | None) -> np.ndarray:
+    def _remember(self, scene: Any, rows: np.ndarray | None) -> np.ndarray | None:
         """The memory's features for `scene` (a `BatchScene` of every env, or of `rows`),
-        one decision after the last."""
+        one decision after the last; None when the feature set leaves them out."""
+        from planning.features import PATH_FEATURE_DIM
+
+        if self.dim <= PATH_FEATURE_DIM:
+            return None
         return self.memory.update(scene.objects, scene.valid, scene.lane_offset,
                                   scene.lane_width, scene.lane_seen,
                                   self.decision_every * self.env.dt, rows)

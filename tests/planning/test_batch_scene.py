@@ -67,6 +67,12 @@ def test_features_match(worlds) -> None:  # noqa: ANN001
     got = batch_features(BatchScene.from_scenes(everything))
     want = np.stack([features(s) for s in everything])
     np.testing.assert_array_equal(got, want)
+    # a feature set is the prefix (the path features then are not computed)
+    from planning.features import FEATURE_SETS
+
+    for dim in FEATURE_SETS.values():
+        np.testing.assert_array_equal(
+            batch_features(BatchScene.from_scenes(everything), dim=dim), want[:, :dim])
 
 
 def test_gap_rates_match() -> None:
