@@ -107,7 +107,7 @@ class NeighbourMemory:
         self.time[r] += step
         gap, rate, clear = self.gap[r], self.rate[r], self.clear[r]
         age, active = self.age[r], self.active[r]
-        # predict, then forget what has passed, aged out or is still ahead in view
+        # predict, then forget what has passed the ego or aged out
         gap += rate * step[:, None, None]
         age += step[:, None, None]
         active &= (gap > -clear) & (age < p.memory_time)
