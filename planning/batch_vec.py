@@ -357,7 +357,7 @@ class BatchPlannerVecEnv(_OneBatch):
 
         if self.dim <= PATH_FEATURE_DIM:
             return None
-        return self.memory.update(scene.objects, scene.valid, scene.lane_offset,
+        return self.memory.update(scene.objects, scene.valid, scene.speed, scene.lane_offset,
                                   scene.lane_width, scene.lane_seen,
                                   self.decision_every * self.env.dt, rows)
 

@@ -15,16 +15,20 @@ policy's `MEMORY_FEATURES`:
   `RuleParams.memory_time`; the cap when none).
 
 An object is remembered when seen in a neighbour lane (relative lane +-1) with a gap under
-`RuleParams.memory_gap`; each decision its predicted gap moves by its gap rate (only
-closing rates: an object pulling away is not waiting beside) and it is forgotten once
-past the ego, older than `memory_time`, or seen again (the new sighting replaces it). When
+`RuleParams.memory_gap`, with its ground speed (the ego's speed plus its gap rate, then);
+each decision its predicted gap moves by that speed less the ego's own (the mean of its
+speeds at the two decisions), so an ego that slows down after overtaking a car sees the
+car come level again, and it is forgotten once past the ego, older than `memory_time`, or
+seen again (the new sighting replaces it). (The rule planner's ghosts keep the gap rate of
+the sighting, which is wrong as soon as the ego changes speed.) When
 the ego's lane offset jumps by more than 0.6 lane widths (it crossed into a neighbour
 lane) the memory of both sides is dropped: the side it moved to is now its own lane, and
 what was beside the old lane on the far side is two lanes away.
 
     memory = NeighbourMemory(num_envs)
     memory.reset()                        # at the start of every episode (or rows of it)
-    extra = memory.update(scenes, dt)     # (B, len(MEMORY_FEATURES)) unscaled, per decision
+    extra = memory.update_scene(scene, dt, row=b)   # (len(MEMORY_FEATURES),) unscaled
+    extra = memory.update(objects, valid, speed, lane_offset, lane_width, lane_seen, dt)
 """
 
 from __future__ import annotations
@@ -71,12 +75,14 @@ class NeighbourMemory:
         self.n = int(num_envs)
         shape = (self.n, len(SIDES), SLOTS)
         self.gap = np.zeros(shape)
-        self.rate = np.zeros(shape)
+        self.ground = np.zeros(shape)
+        """Each remembered object's ground speed when last seen [m/s]."""
         self.clear = np.zeros(shape)
         self.age = np.zeros(shape)
         self.active = np.zeros(shape, bool)
         self.time = np.zeros(self.n)
         self.prev_offset = np.full(self.n, np.nan)
+        self.prev_speed = np.zeros(self.n)
         self.started = np.zeros(self.n, bool)
         """The env has had a decision since its reset (its time runs)."""
 
@@ -88,13 +94,14 @@ class NeighbourMemory:
         self.prev_offset[r] = np.nan
         self.started[r] = False
 
-    def update(self, objects: np.ndarray, valid: np.ndarray, lane_offset: np.ndarray,
-               lane_width: np.ndarray, lane_seen: np.ndarray, dt: float,
-               rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def update(self, objects: np.ndarray, valid: np.ndarray, speed: np.ndarray,
+               lane_offset: np.ndarray, lane_width: np.ndarray, lane_seen: np.ndarray,
+               dt: float, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """One decision of `rows` (None: every env), `dt` seconds after the last one:
-        `objects` (R, M, 5) scene rows of which `valid` (R, M) are real, and (R,) lane
-        offsets, widths and whether the lane was seen. Returns (R, len(MEMORY_FEATURES))
-        unscaled features. The first update after a reset does not advance time."""
+        `objects` (R, M, 5) scene rows of which `valid` (R, M) are real, and (R,) ego
+        speeds [m/s], lane offsets, widths and whether the lane was seen. Returns
+        (R, len(MEMORY_FEATURES)) unscaled features. The first update after a reset does
+        not advance time."""
         p = self.params
         r = np.arange(self.n) if rows is None else np.asarray(rows, np.int64)
         obj = np.asarray(objects, np.float64)
@@ -102,13 +109,19 @@ class NeighbourMemory:
         offset = np.asarray(lane_offset, np.float64)
         width = np.asarray(lane_width, np.float64)
         seen = np.asarray(lane_seen, bool)
+        speed = np.asarray(speed, np.float64)
+        if not np.all(np.isfinite(speed)):
+            raise ValueError("NeighbourMemory.update: the ego speed is NaN or infinite")
         step = np.where(self.started[r], float(dt), 0.0)
+        ego_v = np.where(self.started[r], 0.5 * (self.prev_speed[r] + speed), speed)
         self.started[r] = True
+        self.prev_speed[r] = speed
         self.time[r] += step
-        gap, rate, clear = self.gap[r], self.rate[r], self.clear[r]
+        gap, ground, clear = self.gap[r], self.ground[r], self.clear[r]
         age, active = self.age[r], self.active[r]
-        # predict, then forget what has passed the ego or aged out
-        gap += rate * step[:, None, None]
+        # predict (the object at its ground speed, the ego at its own), then forget what
+        # has passed the ego or aged out
+        gap += (ground - ego_v[:, None, None]) * step[:, None, None]
         age += step[:, None, None]
         active &= (gap > -clear) & (age < p.memory_time)
         # a lane change (the offset jumps): both sides' memories are void
@@ -132,11 +145,11 @@ class NeighbourMemory:
                 slot = np.argmax(np.where(active[:, s], age[:, s], np.inf), axis=1)
                 rr, ss = rows_r[new], slot[new]
                 gap[rr, s, ss] = o[new, 0]
-                rate[rr, s, ss] = np.minimum(o[new, 4], 0.0)
+                ground[rr, s, ss] = np.maximum(speed[new] + o[new, 4], 0.0)
                 clear[rr, s, ss] = _CLEAR[np.clip(o[new, 3].astype(np.int64), 0, _CLASSES - 1)]
                 age[rr, s, ss] = 0.0
                 active[rr, s, ss] = True
-        self.gap[r], self.rate[r], self.clear[r] = gap, rate, clear
+        self.gap[r], self.ground[r], self.clear[r] = gap, ground, clear
         self.age[r], self.active[r] = age, active
         beside = active & (gap < BESIDE_FRONT)
         out = np.empty((len(r), len(MEMORY_FEATURES)))
@@ -150,7 +163,7 @@ class NeighbourMemory:
     def update_scene(self, scene: Any, dt: float, row: int = 0) -> np.ndarray:
         """`update` of one env from one `planning.scene.Scene`; (len(MEMORY_FEATURES),)."""
         objects = np.asarray(scene.objects, np.float64).reshape(1, -1, 5)
-        return self.update(objects, np.ones(objects.shape[:2], bool),
+        return self.update(objects, np.ones(objects.shape[:2], bool), np.array([scene.speed]),
                            np.array([scene.lane_offset]), np.array([scene.lane_width]),
                            np.array([scene.lane_seen]), dt, rows=[row])[0]
 

@@ -17,8 +17,9 @@ LEFT, LEFT_AGE, RIGHT, RIGHT_AGE = (MEMORY_FEATURES.index(n) for n in (
     "left_beside", "left_beside_age", "right_beside", "right_beside_age"))
 
 
-def _scene(objects: list[list[float]], offset: float = 0.0, seen: bool = True) -> Scene:
-    return Scene(speed=20.0, speed_limit=25.0, lane_offset=offset, heading_error=0.0,
+def _scene(objects: list[list[float]], offset: float = 0.0, seen: bool = True,
+           speed: float = 20.0) -> Scene:
+    return Scene(speed=speed, speed_limit=25.0, lane_offset=offset, heading_error=0.0,
                  lane_seen=seen, left_lane=True, right_lane=True, lane_width=3.5,
                  objects=np.array(objects, np.float32).reshape(-1, 5))
 
@@ -63,8 +64,30 @@ def test_what_is_not_remembered() -> None:
     # forgotten after memory_time even if it never fell back (a standing car beside a
     # standing ego)
     m.reset()
-    stay = _drive(m, [_scene([[1.0, 3.5, 1, CONE, 0.0]])] + [_scene([])] * 110)
+    stay = _drive(m, [_scene([[1.0, 3.5, 1, CONE, 0.0]], speed=0.0)]
+                  + [_scene([], speed=0.0)] * 110)
     assert stay[1:100, LEFT].all() and not stay[101:, LEFT].any()
+
+
+def test_the_prediction_follows_the_egos_own_speed() -> None:
+    # overtaking a 15 m/s car at 20 m/s, seen last 2 m ahead on the left: at a constant
+    # ego speed it falls back past the ego (to -12.8 m) within 3 s; if the ego then slows to the
+    # car's speed, the car stays level with it (the gap rate of the sighting would have
+    # dropped it: urban 7029 in docs/models.md)
+    last = [_scene([[2.0, 3.5, 1, CAR, -5.0]])]
+    m = NeighbourMemory(1)
+    constant = _drive(m, last + [_scene([])] * 20)[:, LEFT]
+    assert constant[:15].all() and not constant[15:].any()
+    m.reset()
+    slowed = _drive(m, last + [_scene([], speed=15.0)] * 20)[:, LEFT]
+    assert slowed.all()
+    # the ego speeds up to 25 m/s instead: the car falls back sooner (the first step at
+    # the mean of the two speeds: 2 - 1.5 - 2 k)
+    m.reset()
+    faster = _drive(m, last + [_scene([], speed=25.0)] * 20)[:, LEFT]
+    assert faster[:8].all() and not faster[8:].any()
+    with pytest.raises(ValueError, match="speed is NaN"):
+        m.update_scene(_scene([], speed=float("nan")), DT)
 
 
 def test_a_lane_change_or_a_reset_forgets() -> None:
@@ -109,7 +132,8 @@ def test_the_memory_of_a_batch_is_each_envs_memory() -> None:
                             rng.integers(-1, 2, k), rng.choice([CAR, CONE], k),
                             rng.uniform(-6, 2, k)], axis=1) if k else np.zeros((0, 5))
             scenes.append(_scene(obj.tolist(), offset=float(rng.uniform(-1.9, 1.9)),
-                                 seen=bool(rng.random() > 0.1)))
+                                 seen=bool(rng.random() > 0.1),
+                                 speed=float(rng.uniform(0.0, 30.0))))
         m = max(len(s.objects) for s in scenes)
         objects = np.zeros((n, m, 5))
         valid = np.zeros((n, m), bool)
@@ -121,6 +145,7 @@ def test_the_memory_of_a_batch_is_each_envs_memory() -> None:
             batch.reset([2])
             single[2].reset()
         got = batch.update(objects[rows], valid[rows],
+                           np.array([scenes[b].speed for b in rows]),
                            np.array([scenes[b].lane_offset for b in rows]),
                            np.full(len(rows), 3.5),
                            np.array([scenes[b].lane_seen for b in rows]), DT, rows)
