@@ -64,6 +64,16 @@ class PolicyPlanner:
         self.overridden = False
         """The shield replaced the policy's action at the last decision."""
 
+    def set_decision_dt(self, dt: float) -> None:
+        """The time between two calls of `act` [s] (`planning.rollout.PlannerAgent` sets
+        it from its `decision_every` and the env's step): the memory moves its neighbours
+        by it, and so does the shield's."""
+        if not (np.isfinite(dt) and dt > 0):
+            raise ValueError(f"decision_dt must be a positive number of seconds, got {dt!r}")
+        self.decision_dt = float(dt)
+        if self.shield is not None:
+            self.shield.set_decision_dt(dt)
+
     def reset(self) -> None:
         self.proposed, self.overridden = None, False
         self.memory.reset()

@@ -147,6 +147,7 @@ class PlannerAgent:
     def __init__(self, planner: Any, source: Any, decision_every: int = DECISION_EVERY
                  ) -> None:
         self.planner, self.source, self.decision_every = planner, source, int(decision_every)
+        self._timed = False
 
     @property
     def needs_camera(self) -> bool:
@@ -157,6 +158,10 @@ class PlannerAgent:
         self.source.reset()
 
     def act(self, env: DrivingEnv) -> Any:
+        timed = getattr(self.planner, "set_decision_dt", None)
+        if timed is not None and not self._timed:  # the planner's memory runs at our cadence
+            timed(self.decision_every * env.dt)
+            self._timed = True
         return self.planner.act(self.source(env))
 
     @property

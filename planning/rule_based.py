@@ -230,6 +230,13 @@ class RulePlanner:
         self.lane_changes = lane_changes
         self.mem = _Memory()
 
+    def set_decision_dt(self, dt: float) -> None:
+        """The time between two calls of `act` [s], when the caller decides at another
+        cadence than `RuleParams.decision_dt` (`planning.rollout.PlannerAgent` sets it)."""
+        if not (np.isfinite(dt) and dt > 0):
+            raise ValueError(f"decision_dt must be a positive number of seconds, got {dt!r}")
+        self.params = replace(self.params, decision_dt=float(dt))
+
     def reset(self) -> None:
         self.mem = _Memory()
 

@@ -191,3 +191,35 @@ def test_the_deployed_policy_remembers_and_forgets_with_its_episode() -> None:
     planner.reset()
     planner.act(_scene([]))
     assert seen[2][i] == 0.0 and seen[2][FEATURE_NAMES.index("time")] == 0.0
+
+
+@pytest.mark.parametrize("every", [3, 6])
+def test_the_agent_times_the_planners_memory_at_its_own_cadence(every: int) -> None:
+    """`PlannerAgent` deciding every `every` steps tells the planner (and its shield) how
+    far apart its decisions are: a memory timed for 3 steps would misplace a remembered
+    neighbour when the eval runs at another `--decision-every`."""
+    from planning.policy import PolicyPlanner
+    from planning.rollout import PlannerAgent
+    from planning.rule_based import RulePlanner
+    from planning.shield import SafetyShield
+    from planning.sources import PrivilegedSource
+    from sim.env import DrivingEnv
+
+    class Model:
+        def predict(self, obs: np.ndarray, deterministic: bool = True) -> tuple[int, None]:
+            return 1, None
+
+    env = DrivingEnv(obs_type="state", action_type="meta")
+    env.reset(seed=0)
+    policy, rule = PolicyPlanner(Model(), SafetyShield()), RulePlanner()
+    for planner in (policy, rule):
+        agent = PlannerAgent(planner, PrivilegedSource(), every)
+        agent.reset()
+        agent.act(env)
+    assert policy.decision_dt == pytest.approx(every * env.dt)
+    assert policy.shield is not None
+    assert policy.shield.params.decision_dt == pytest.approx(every * env.dt)
+    assert rule.params.decision_dt == pytest.approx(every * env.dt)
+    with pytest.raises(ValueError, match="decision_dt must be a positive"):
+        policy.set_decision_dt(float("nan"))
+    env.close()
