@@ -437,7 +437,7 @@ def planner_job(cfg: TrainPlannerConfig) -> Any:
                               "net_arch": tuple(cfg.net_arch)},
                            env_kwargs={**seen,
                                        **({"scenario": cfg.scenario} if cfg.scenario else {}),
-                                       **({"shield": True} if cfg.shield else {}),
+                                       **({"shield": cfg.shield} if cfg.shield else {}),
                                        **({"shield_penalty": cfg.shield_penalty}
                                           if cfg.shield_penalty else {}),
                                        **({"reward_weights": cfg.reward_weights}

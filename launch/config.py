@@ -354,11 +354,13 @@ class TrainPlannerConfig(_Strict):
     imitation_steps: int = Field(
         default=0, ge=0, description="warm start: rule-planner decisions cloned before RL")
     imitation_epochs: int = Field(default=10, ge=1, le=100_000)
-    shield: bool = Field(default=False, description=(
-        "train behind the safety shield (planning.shield); drive the result as rl-shield"))
+    shield: bool | Literal["advise"] = Field(default=False, description=(
+        "true: train behind the safety shield (planning.shield; drive the result as "
+        "rl-shield); advise: the shield only judges the policy's actions, which run "
+        "(with shield_penalty: its safety checks shape the reward of a bare policy)"))
     shield_penalty: float = Field(default=0.0, ge=0.0, le=1e6, description=(
-        "with shield: taken off the reward of each decision the shield vetoes (so the "
-        "policy learns to need the shield less)"))
+        "with shield: taken off the reward of each decision the shield vetoes, or would "
+        "veto with advise (so the policy learns to need the shield less)"))
     reward_weights: dict[str, float] = Field(default={}, description=(
         "overrides of sim.rewards.RewardWeights (e.g. {ttc: -1.0, collision: -20.0})"))
     feature_set: Literal["control", "path", "memory"] = Field(default="control", description=(

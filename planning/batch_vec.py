@@ -147,7 +147,10 @@ class BatchPlannerVecEnv(_OneBatch):
     `ShieldedActions` does per env (reset when its episode restarts); `infos[i]` then
     holds "executed_action" and "shield_vetoed", and `shield_penalty` is taken off the
     reward of every vetoed decision (so the policy learns to stay within the shield's
-    limits by itself instead of leaning on it)."""
+    limits by itself instead of leaning on it). `shield="advise"`: the policy's own action
+    runs, and `shield_penalty` is taken off each decision the shield would have vetoed
+    (`SafetyShield.advise`): the rule planner's safety checks as a shaping of the reward
+    of a policy that drives bare (`infos[i]["shield_vetoed"]`: it would have)."""
 
     def __init__(self, num_envs: int = 32, families: Sequence[str] = ("highway", "rural",
                                                                        "urban"),
@@ -155,7 +158,7 @@ class BatchPlannerVecEnv(_OneBatch):
                  noise: Any = None, noise_seed: int = 0,
                  scenario: dict[str, Any] | None = None,
                  reward_weights: dict[str, float] | None = None,
-                 shield: bool = False, shield_penalty: float = 0.0,
+                 shield: bool | str = False, shield_penalty: float = 0.0,
                  perceiver: Any = None, device: str = "cpu", render_threads: int = 1,
                  feature_set: str = DEFAULT_FEATURE_SET) -> None:
         from gymnasium import spaces
@@ -175,6 +178,8 @@ class BatchPlannerVecEnv(_OneBatch):
             raise ValueError(f"families={list(families)!r}; allowed: {', '.join(FAMILIES)}")
         if source not in ("privileged", "emulated", "perception"):
             raise ValueError(f"source={source!r}; allowed: privileged, emulated, perception")
+        if not isinstance(shield, bool) and shield != "advise":
+            raise ValueError(f"shield={shield!r}; allowed: false, true, advise")
         if source == "perception" and shield:
             raise ValueError("shield: the batched env shields the privileged and emulated "
                              "sources; with perception use make_planner_env per env")
@@ -226,6 +231,8 @@ class BatchPlannerVecEnv(_OneBatch):
         if shield_penalty and not shield:
             raise ValueError("shield_penalty needs shield=True")
         self.shield_penalty = float(shield_penalty)
+        self.advise = shield == "advise"
+        """The shields judge and the policy's actions run (`shield="advise"`)."""
         if shield:
             from planning.shield import SafetyShield
 
@@ -271,6 +278,10 @@ class BatchPlannerVecEnv(_OneBatch):
         n, env = self.num_envs, self.env
         proposed = self._actions
         actions = proposed if self.shields is None else self._shielded(proposed)
+        if self.advise:  # judged, not replaced
+            vetoed, actions = actions != proposed, proposed
+        else:
+            vetoed = actions != proposed
         rewards = np.zeros(n, np.float64)
         infos: list[dict[str, Any]] = [{} for _ in range(n)]
         live = np.ones(n, bool)
@@ -292,10 +303,10 @@ class BatchPlannerVecEnv(_OneBatch):
         self._fresh[env.restart_ended()] = True  # ended twice within one decision: rare
         self._actions = None
         if self.shields is not None:
-            rewards -= self.shield_penalty * (actions != proposed)
+            rewards -= self.shield_penalty * vetoed
             for k in range(n):
                 infos[k]["executed_action"] = int(actions[k])
-                infos[k]["shield_vetoed"] = bool(actions[k] != proposed[k])
+                infos[k]["shield_vetoed"] = bool(vetoed[k])
                 if not live[k]:
                     self.shields[k].reset()
         return self._observe(), rewards.astype(np.float32), ~live, infos
@@ -303,7 +314,8 @@ class BatchPlannerVecEnv(_OneBatch):
     def _shielded(self, proposed: np.ndarray) -> np.ndarray:
         """The actions the shields let through, each on its env's latest scene."""
         assert self.shields is not None and self._scene is not None
-        return np.array([sh.filter(self._scene.scene(i), int(a)) for i, (sh, a)
+        judge = "advise" if self.advise else "filter"
+        return np.array([getattr(sh, judge)(self._scene.scene(i), int(a)) for i, (sh, a)
                          in enumerate(zip(self.shields, proposed, strict=True))], np.int64)
 
     def _observe(self, rows: np.ndarray | None = None) -> np.ndarray:

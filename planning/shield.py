@@ -47,6 +47,45 @@ class SafetyShield(RulePlanner):
         self.vetoed += int(chosen != a)
         return chosen
 
+    def advise(self, scene: Scene, proposed: int) -> int:
+        """The action `filter` would execute instead of `proposed`, while `proposed` is
+        what runs: the shield as an adviser (training with `shield: advise`, where the
+        policy pays for each decision the shield would veto but drives bare). Its copy of
+        the controller follows `proposed` (and the scene's own target speed when known),
+        so its next verdicts judge the car as it really drives."""
+        a = int(proposed)
+        if not 0 <= a < len(META_ACTIONS):
+            raise ValueError(f"meta action {proposed!r} out of range 0..{len(META_ACTIONS) - 1}")
+        self._observe(scene)
+        m = self.mem
+        if scene.target_speed is not None:
+            m.target_speed = float(scene.target_speed)
+        kept = (m.target_speed, m.target_lane, m.origin_lane, m.since_change, m.leaving)
+        chosen = self._choose(scene, a)
+        m.target_speed, m.target_lane, m.origin_lane, m.since_change, m.leaving = kept
+        self._follow(scene, a)
+        self.vetoed += int(chosen != a)
+        return chosen
+
+    def _follow(self, scene: Scene, a: int) -> None:
+        """Its copy of the controller after action `a` (as `sim.actions` moves the
+        controller: a lane change retargets from the lane it steers to, within the road)."""
+        m = self.mem
+        assert m.target_speed is not None  # set by _observe
+        if a in (LANE_LEFT, LANE_RIGHT):
+            rel = 1 if a == LANE_LEFT else -1
+            new = m.target_lane + rel
+            exists = scene.left_lane if new > m.lane else scene.right_lane
+            if new == m.lane:  # steered back
+                m.target_lane, m.since_change = new, 0.0
+            elif abs(new - m.lane) == 1 and exists:
+                self._change(new - m.lane)
+        elif a == SLOWER:
+            m.target_speed = max(m.target_speed - SPEED_STEP, 0.0)
+        elif a == FASTER:
+            m.target_speed = min(m.target_speed + SPEED_STEP,
+                                 MAX_TARGET_FACTOR * scene.speed_limit)
+
     def _choose(self, scene: Scene, a: int) -> int:
         m = self.mem
         abort = self._abort(scene)

@@ -156,7 +156,7 @@ def make_vec(cfg: PlannerTraining, seed: int, n: int, kind: str | None = None) -
             "decision_every": cfg.decision_every, "noise": cfg.env_kwargs.get("noise_path"),
             "noise_seed": seed, "scenario": cfg.env_kwargs.get("scenario"),
             "reward_weights": cfg.env_kwargs.get("reward_weights"),
-            "shield": bool(cfg.env_kwargs.get("shield", False)),
+            "shield": cfg.env_kwargs.get("shield", False),
             "shield_penalty": float(cfg.env_kwargs.get("shield_penalty", 0.0)),
             "feature_set": cfg.feature_set}
         if cfg.source == "perception":

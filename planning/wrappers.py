@@ -157,10 +157,11 @@ class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
     latest observation, before they reach the env (shielded RL: the policy learns within
     what the shield allows). `info["executed_action"]` is the action the env got,
     `info["shield_vetoed"]` whether it differs from the policy's; `penalty` is taken off
-    the reward of a vetoed decision."""
+    the reward of a vetoed decision. `advise=True`: the policy's action runs and the
+    shield only judges it (`SafetyShield.advise`; `shield_vetoed`: it would have vetoed)."""
 
-    def __init__(self, env: gym.Env, penalty: float = 0.0) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self)
+    def __init__(self, env: gym.Env, penalty: float = 0.0, advise: bool = False) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, penalty=penalty, advise=advise)
         if not isinstance(env, SceneObservation):
             raise TypeError(f"ShieldedActions wraps a SceneObservation, got {type(env).__name__}")
         if not isinstance(env.action_space, spaces.Discrete):
@@ -169,6 +170,7 @@ class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
         super().__init__(env)
         self.shield = SafetyShield()
         self.penalty = float(penalty)
+        self.advise = bool(advise)
 
     @property
     def scene(self) -> Scene | None:
@@ -185,18 +187,23 @@ class ShieldedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if scene is None:
             raise RuntimeError("step before reset")
         proposed = int(np.asarray(action).item())
-        executed = self.shield.filter(scene, proposed)
+        if self.advise:
+            vetoed = self.shield.advise(scene, proposed) != proposed
+            executed = proposed
+        else:
+            executed = self.shield.filter(scene, proposed)
+            vetoed = executed != proposed
         obs, reward, terminated, truncated, info = self.env.step(executed)
-        reward = float(reward) - self.penalty * (executed != proposed)
+        reward = float(reward) - self.penalty * vetoed
         return obs, reward, terminated, truncated, {
-            **info, "executed_action": executed, "shield_vetoed": executed != proposed}
+            **info, "executed_action": executed, "shield_vetoed": vetoed}
 
 
 def make_planner_env(source: str = "emulated", family: str = "highway",
                      decision_every: int = DECISION_EVERY, seed: int | None = None,
                      noise_path: str | None = None, perceiver_device: str = "cpu",
                      scenario: dict[str, Any] | None = None,
-                     action_type: str = "meta", shield: bool = False,
+                     action_type: str = "meta", shield: bool | str = False,
                      reward_weights: dict[str, float] | None = None,
                      shield_penalty: float = 0.0,
                      feature_set: str = DEFAULT_FEATURE_SET) -> gym.Env:
@@ -214,8 +221,10 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         perceiver_device: device of the Perceiver ("cpu", "auto", "0", ...).
         scenario: overrides of the family's `ScenarioConfig` fields.
         action_type: "meta" (Discrete(5), PPO) or "continuous" (steer, accel; SAC).
-        shield: filter the meta actions through the `SafetyShield` (`ShieldedActions`).
-        shield_penalty: taken off the reward of each decision the shield vetoes.
+        shield: filter the meta actions through the `SafetyShield` (`ShieldedActions`);
+            "advise": the shield only judges them (the policy drives bare).
+        shield_penalty: taken off the reward of each decision the shield vetoes (or, with
+            "advise", would veto).
         reward_weights: weights of the reward terms (`sim.rewards.RewardWeights`; None:
             the defaults).
         feature_set: the observation, a key of `planning.features.FEATURE_SETS`.
@@ -223,6 +232,8 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
     if source not in SOURCES:
         raise ValueError(f"source={source!r}; allowed: {', '.join(SOURCES)}")
     feature_dim(feature_set)
+    if not isinstance(shield, bool) and shield != "advise":
+        raise ValueError(f"shield={shield!r}; allowed: false, true, advise")
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; allowed: {', '.join(FAMILIES)}")
     if action_type not in ("meta", "continuous"):
@@ -257,7 +268,7 @@ def make_planner_env(source: str = "emulated", family: str = "highway",
         if action_type != "meta":
             raise ValueError("shield: the safety shield filters meta actions "
                              "(action_type='meta')")
-        return ShieldedActions(wrapped, shield_penalty)
+        return ShieldedActions(wrapped, shield_penalty, advise=shield == "advise")
     if shield_penalty:
         raise ValueError("shield_penalty needs shield=True")
     return wrapped
