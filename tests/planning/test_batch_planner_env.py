@@ -53,15 +53,19 @@ def test_privileged_batch_matches_the_per_env_stack(feature_set: str) -> None:
     assert compared > 200 and ended >= 1, (compared, ended)
 
 
-def test_the_batched_shield_matches_the_per_env_shield() -> None:
+@pytest.mark.parametrize("shield", [True, "advise"])
+def test_the_batched_shield_matches_the_per_env_shield(shield: bool | str) -> None:
     """shield=True: each env's actions pass its own SafetyShield as `ShieldedActions`
-    filters them per env: the same executed actions, vetoes, observations and ends."""
+    filters them per env: the same executed actions, vetoes, observations and ends.
+    shield="advise": the same verdicts, and the policy's own actions run."""
     families = ("urban", "highway", "rural")
     n = 3
-    vec = BatchPlannerVecEnv(n, families=families, source="privileged", shield=True)
+    vec = BatchPlannerVecEnv(n, families=families, source="privileged", shield=shield,
+                             shield_penalty=1.0)
     vec.seed(300)
     obs = vec.reset()
-    envs = [make_planner_env("privileged", families[i], shield=True) for i in range(n)]
+    envs = [make_planner_env("privileged", families[i], shield=shield, shield_penalty=1.0)
+            for i in range(n)]
     np.testing.assert_array_equal(obs, np.stack([e.reset(seed=300 + i)[0]
                                                  for i, e in enumerate(envs)]))
     rng = np.random.default_rng(1)
@@ -76,6 +80,8 @@ def test_the_batched_shield_matches_the_per_env_shield() -> None:
             o, r, term, trunc, info = env.step(int(actions[i]))
             assert infos[i]["executed_action"] == info["executed_action"]
             assert infos[i]["shield_vetoed"] == info["shield_vetoed"]
+            if shield == "advise":
+                assert info["executed_action"] == actions[i]
             vetoed += int(info["shield_vetoed"])
             assert bool(dones[i]) == (term or trunc)
             assert rewards[i] == pytest.approx(r, rel=1e-5, abs=1e-5)
@@ -122,6 +128,12 @@ def test_the_shield_penalty_is_taken_off_each_vetoed_decision() -> None:
     with pytest.raises(ValueError, match="shield_penalty"):
         TrainPlannerConfig(shield_penalty=1.0)
     assert TrainPlannerConfig(shield=True, shield_penalty=1.0).shield_penalty == 1.0
+    advised = TrainPlannerConfig(shield="advise", shield_penalty=1.0)
+    from launch.cli import planner_job
+
+    assert planner_job(advised).env_kwargs["shield"] == "advise"
+    with pytest.raises(ValueError, match="shield"):
+        TrainPlannerConfig(shield="maybe")
 
 
 def test_emulated_noise_is_seeded_and_applied() -> None:

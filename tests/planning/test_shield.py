@@ -52,12 +52,40 @@ def test_no_speeding_up_into_a_slow_car_and_braking_forced() -> None:
 def test_bad_action_is_refused() -> None:
     with pytest.raises(ValueError, match="out of range"):
         SafetyShield().filter(scene(), 7)
+    with pytest.raises(ValueError, match="out of range"):
+        SafetyShield().advise(scene(), -1)
+    with pytest.raises(ValueError, match="allowed: false, true, advise"):
+        make_planner_env(source="privileged", shield="maybe")  # type: ignore[arg-type]
+    from planning.batch_vec import BatchPlannerVecEnv
+
+    with pytest.raises(ValueError, match="allowed: false, true, advise"):
+        BatchPlannerVecEnv(2, source="privileged", shield="on")
+
+
+def test_the_adviser_judges_and_follows_the_policy() -> None:
+    """`advise` gives the verdict `filter` would and lets the proposed action run: its
+    copy of the controller follows what runs, so its verdicts judge the car as driven."""
+    blocked = scene([SLOW_AHEAD], left=False, right=False)
+    adviser = SafetyShield(NO_WARMUP)
+    assert adviser.advise(blocked, FASTER) == SLOWER and adviser.vetoed == 1
+    far = scene([(60.0, 0.0, CAR, 25.0)], speed=25.0, left=False, right=False)
+    shield, adviser = SafetyShield(NO_WARMUP), SafetyShield(NO_WARMUP)
+    filtered = [shield.filter(far, FASTER) for _ in range(4)]
+    advised = [adviser.advise(far, FASTER) for _ in range(4)]
+    assert filtered[-1] == IDLE and advised[:2] == filtered[:2] and advised[-1] == SLOWER
+    assert shield.mem.target_speed is not None and adviser.mem.target_speed is not None
+    assert adviser.mem.target_speed > shield.mem.target_speed  # it pressed FASTER 4 times
+    # a lane change it advises against still runs: its copy of the controller changes lane
+    beside = scene([(2.0, 3.5, CAR, 25.0)])
+    adviser = SafetyShield(NO_WARMUP)
+    assert adviser.advise(beside, LANE_LEFT) != LANE_LEFT
+    assert adviser.mem.target_lane == adviser.mem.lane + 1
 
 
 def test_random_policy_crashes_less_behind_the_shield() -> None:
     """The same random action sequence, 6 episodes on the exact scene, with and without."""
-    crashes = {}
-    for shield in (False, True):
+    crashes: dict[bool | str, int] = {}
+    for shield in (False, True, "advise"):
         rng, n = np.random.default_rng(0), 0
         for ep in range(6):
             env = make_planner_env(source="privileged", family=("highway", "rural",
@@ -66,8 +94,10 @@ def test_random_policy_crashes_less_behind_the_shield() -> None:
             for _ in range(150):
                 a = int(rng.choice(5, p=[0.1, 0.3, 0.1, 0.4, 0.1]))
                 _, _, term, trunc, info = env.step(a)
-                if shield:
+                if shield is True:
                     assert info["shield_vetoed"] == (info["executed_action"] != a)
+                elif shield == "advise":  # judged, not replaced: it drives as without
+                    assert info["executed_action"] == a
                 if term or trunc:
                     n += bool(info["events"]["collision"] or info["events"]["off_road"])
                     break
@@ -75,6 +105,7 @@ def test_random_policy_crashes_less_behind_the_shield() -> None:
         crashes[shield] = n
     assert crashes[False] >= 4, crashes
     assert crashes[True] <= 1, crashes
+    assert crashes["advise"] == crashes[False], crashes
 
 
 def test_shielded_env_checks() -> None:
