@@ -314,9 +314,9 @@ class BatchPlannerVecEnv(_OneBatch):
     def _shielded(self, proposed: np.ndarray) -> np.ndarray:
         """The actions the shields let through, each on its env's latest scene."""
         assert self.shields is not None and self._scene is not None
-        judge = "advise" if self.advise else "filter"
-        return np.array([getattr(sh, judge)(self._scene.scene(i), int(a)) for i, (sh, a)
-                         in enumerate(zip(self.shields, proposed, strict=True))], np.int64)
+        return np.array([(sh.advise if self.advise else sh.filter)(self._scene.scene(i), int(a))
+                         for i, (sh, a) in enumerate(zip(self.shields, proposed, strict=True))],
+                        np.int64)
 
     def _observe(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Feature vectors of every env (or of `rows` only, for a last observation before

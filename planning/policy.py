@@ -41,6 +41,7 @@ from planning.rule_based import RuleParams
 from planning.scene import Scene
 from sim.actions import META_ACTIONS
 from sim.outputs import not_a_file
+from sim.types import check_number
 
 MAX_ENTRY_BYTES = 256 << 20
 """Largest zip entry read [bytes] (the shipped policies' largest is 0.4 MB)."""
@@ -68,8 +69,7 @@ class PolicyPlanner:
         """The time between two calls of `act` [s] (`planning.rollout.PlannerAgent` sets
         it from its `decision_every` and the env's step): the memory moves its neighbours
         by it, and so does the shield's."""
-        if not (np.isfinite(dt) and dt > 0):
-            raise ValueError(f"decision_dt must be a positive number of seconds, got {dt!r}")
+        check_number("decision_dt", dt, 0.0, 3600.0, unit="s", open_lo=True)
         self.decision_dt = float(dt)
         if self.shield is not None:
             self.shield.set_decision_dt(dt)

@@ -33,7 +33,7 @@ import numpy as np
 
 from planning.scene import Scene
 from sim.actions import FASTER, IDLE, LANE_LEFT, LANE_RIGHT, SLOWER, SPEED_STEP
-from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK
+from sim.types import CAR, CONE, CYCLIST, PEDESTRIAN, TRUCK, check_number
 
 EGO_LENGTH = 4.6
 """Ego body length [m] (sim.types.EgoState)."""
@@ -233,8 +233,7 @@ class RulePlanner:
     def set_decision_dt(self, dt: float) -> None:
         """The time between two calls of `act` [s], when the caller decides at another
         cadence than `RuleParams.decision_dt` (`planning.rollout.PlannerAgent` sets it)."""
-        if not (np.isfinite(dt) and dt > 0):
-            raise ValueError(f"decision_dt must be a positive number of seconds, got {dt!r}")
+        check_number("decision_dt", dt, 0.0, 3600.0, unit="s", open_lo=True)
         self.params = replace(self.params, decision_dt=float(dt))
 
     def reset(self) -> None:

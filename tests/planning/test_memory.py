@@ -220,6 +220,6 @@ def test_the_agent_times_the_planners_memory_at_its_own_cadence(every: int) -> N
     assert policy.shield is not None
     assert policy.shield.params.decision_dt == pytest.approx(every * env.dt)
     assert rule.params.decision_dt == pytest.approx(every * env.dt)
-    with pytest.raises(ValueError, match="decision_dt must be a positive"):
+    with pytest.raises(ValueError, match="decision_dt: must be a finite number"):
         policy.set_decision_dt(float("nan"))
     env.close()
